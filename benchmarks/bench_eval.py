@@ -1,0 +1,208 @@
+"""calib_mmlu evaluation vs the stock lm-eval MMLU task, same model and questions (issue 7).
+
+Both tasks run through ``lm_eval.simple_evaluate`` on the same HFLM wrapping one local tiny Llama, over
+the same N synthetic MMLU-schema questions (written to a temp dir):
+
+* stock:  lm-eval's own ``tasks/mmlu/default/_default_template_yaml`` (built-in multiple_choice scorer,
+          metric ``acc``), included as-is; only the dataset is pointed at the local JSONL;
+* calib:  ``calib_mmlu`` from ``lm_eval_tasks/`` (custom_dataset loader + ``process_results`` + conf/cw-ECE
+          aggregation by the metrics core), reading the same JSONL through ``CALIB_LM_EVAL_DATA_DIR``.
+
+Each run covers everything ``simple_evaluate`` does: building the task (data loading), the requests,
+the model forwards and the metrics. Runs are interleaved (A B A B ...) after one warm-up each, and the
+median is compared (target: calib / stock <= 1.05). A forward pre-hook counts model calls and rows to
+check that HFLM's one-token-continuation cache gives ONE forward row per question for both tasks (K=4
+requests per question), and both tasks must report the same accuracy (identical prompts and logits).
+
+Usage: python benchmarks/bench_eval.py [--n 400] [--repeats 5] [--hidden 128] [--layers 2] [--batch-size 16] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ROOT / "lm_eval_tasks"
+
+
+def _fixture_generator():
+    spec = importlib.util.spec_from_file_location("calib_make_fixtures", TASKS / "calib" / "data" / "make_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_questions(path: Path, n: int, seed: int = 0) -> list[dict]:
+    import random
+
+    gen = _fixture_generator()
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        q, c, g = gen.make_question(rng, i, 4)
+        rows.append({"question": f"[{i}] {q}", "subject": gen.SUBJECTS[i % len(gen.SUBJECTS)], "choices": c, "answer": g})
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return rows
+
+
+def stock_task_yaml(data_file: Path) -> str:
+    import lm_eval
+
+    template = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "_default_template_yaml"
+    if not template.exists():
+        sys.exit(f"lm-eval's MMLU template not found at {template}")
+    return (
+        f"include: {template}\n"
+        "task: bench_stock_mmlu\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data_file}\n    dev: {data_file}\n"
+    )
+
+
+def build_model(hidden: int, layers: int, seed: int = 0):
+    from axolotl_calib_plugin.testing import build_llama, build_tokenizer
+
+    tok = build_tokenizer()
+    heads = max(2, hidden // 64)
+    model = build_llama(tok, hidden_size=hidden, num_layers=layers, num_heads=heads, seed=seed).eval()
+    return tok, model
+
+
+class ForwardCounter:
+    def __init__(self, model):
+        self.calls = 0
+        self.rows = 0
+        self.seconds = 0.0
+        self._t0 = None
+        self._pre = model.register_forward_pre_hook(self._on_pre, with_kwargs=True)
+        self._post = model.register_forward_hook(self._on_post)
+
+    def _on_pre(self, mod, args, kwargs):
+        x = args[0] if args else kwargs["input_ids"]
+        self.calls += 1
+        self.rows += int(x.shape[0])
+        self._t0 = time.perf_counter()
+
+    def _on_post(self, mod, args, out):
+        self.seconds += time.perf_counter() - self._t0
+
+    def reset(self):
+        self.calls = self.rows = 0
+        self.seconds = 0.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=400, help="number of questions (default 400)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per task, interleaved (default 5)")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared CPU; 0 = torch default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import setup_logging
+
+    setup_logging("ERROR")
+    tok, model = build_model(args.hidden, args.layers)
+    counter = ForwardCounter(model)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)
+
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
+        tmp = Path(tmp)
+        (tmp / "data").mkdir()
+        (tmp / "tasks").mkdir()
+        rows = write_questions(tmp / "data" / "calib_mmlu.jsonl", args.n)
+        (tmp / "tasks" / "bench_stock_mmlu.yaml").write_text(stock_task_yaml(tmp / "data" / "calib_mmlu.jsonl"))
+        os.environ["CALIB_LM_EVAL_DATA_DIR"] = str(tmp / "data")
+        tm = TaskManager(include_path=[str(TASKS), str(tmp / "tasks")], include_defaults=False)
+
+        tasks = {"stock": "bench_stock_mmlu", "calib": "calib_mmlu"}
+        times = {k: [] for k in tasks}
+        fwd = {k: [] for k in tasks}
+        results = {}
+
+        def run(kind):
+            counter.reset()
+            with contextlib.redirect_stderr(io.StringIO()):  # HFLM's progress bars ignore TQDM_DISABLE
+                t0 = time.perf_counter()
+                res = lm_eval.simple_evaluate(model=lm, tasks=[tasks[kind]], task_manager=tm, bootstrap_iters=0,
+                                              log_samples=False, verbosity="ERROR")
+                dt = time.perf_counter() - t0
+            results[kind] = res["results"][tasks[kind]]
+            return dt, (counter.calls, counter.rows, counter.seconds)
+
+        for kind in tasks:  # warm-up (HF json cache for the stock task, lazy imports, allocator)
+            run(kind)
+        for _ in range(args.repeats):
+            for kind in tasks:
+                dt, f = run(kind)
+                times[kind].append(dt)
+                fwd[kind].append(f)
+
+    n_prompts = len({(r["question"], tuple(r["choices"])) for r in rows})
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fwd_s = {k: statistics.median(f[2] for f in fwd[k]) for k in tasks}
+    rest = {k: statistics.median(t - f[2] for t, f in zip(times[k], fwd[k])) for k in tasks}
+    paired = statistics.median(c / s for c, s in zip(times["calib"], times["stock"]))
+    ratio = med["calib"] / med["stock"]
+    print()
+    print(f"calib_mmlu vs stock lm-eval MMLU task: {args.n} questions (K=4, {4 * args.n} loglikelihood requests), "
+          f"tiny Llama hidden={args.hidden} layers={args.layers}, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} torch thread(s), lm_eval {getattr(lm_eval, '__version__', '?')}")
+    print(f"{args.repeats} interleaved timed runs per task after 1 warm-up each; wall time of simple_evaluate "
+          "(task build + requests + forwards + metrics); 'outside forward' = total - time inside model.forward")
+    print()
+    cols = ["task", "median s", "min s", "max s", "in forward s", "outside fwd s", "fwd calls", "fwd rows/question",
+            "acc", "conf_ece", "cw_ece"]
+    table = []
+    for kind, name in tasks.items():
+        calls, frows, _ = fwd[kind][-1]
+        r = results[kind]
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"
+        table.append([name, f"{med[kind]:.3f}", f"{min(times[kind]):.3f}", f"{max(times[kind]):.3f}", f"{fwd_s[kind]:.3f}",
+                      f"{rest[kind]:.3f}", str(calls), f"{frows / n_prompts:.3f}", fmt(r["acc,none"]),
+                      fmt(r.get("conf_ece,none")), fmt(r.get("cw_ece,none"))])
+    w = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
+    print("| " + " | ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cols)) + " |")
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for row in table:
+        print("| " + " | ".join(v.ljust(w[i]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(row)) + " |")
+    print()
+    verdict = "OK" if ratio <= 1.05 else "ABOVE TARGET"
+    print(f"ratio calib / stock, median wall time:        {ratio:.3f}x   (target <= 1.05x: {verdict})")
+    print(f"ratio calib / stock, median of paired runs:   {paired:.3f}x")
+    print(f"harness time outside the model, calib - stock: {rest['calib'] - rest['stock']:+.3f} s "
+          f"({(rest['calib'] - rest['stock']) / args.n * 1e3:+.3f} ms per question)")
+    same_acc = abs(results["calib"]["acc,none"] - results["stock"]["acc,none"]) < 1e-12
+    one_fwd = all(f[1] == n_prompts for k in tasks for f in fwd[k])
+    print(f"same accuracy from both tasks (same prompts, same logits): {same_acc}")
+    print(f"one forward row per question for both tasks ({n_prompts} distinct questions, 4 requests each): {one_fwd}")
+    return 0 if same_acc and one_fwd else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

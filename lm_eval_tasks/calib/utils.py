@@ -1,0 +1,393 @@
+"""Thin adapter between lm-eval 0.4.11+ and axolotl_calib_plugin for the ``calib_*`` tasks.
+
+* Prompt: ``axolotl_calib_plugin.prompts.format_mcq_prompt`` (the prompt the plugin trains with),
+  choices are the option letters, continuation ``" A"``: one loglikelihood request per letter,
+  which HFLM answers with ONE forward pass per question (single-token continuations share a context).
+* Option probability = softmax over the K option-letter log-likelihoods (= softmax over the K
+  letter logits at the answer position: the log-softmax normaliser cancels).
+* Metrics: ``axolotl_calib_plugin.metrics`` (conf_ece, cw_ece; 10 bins). Nothing is re-implemented here.
+* Data: every task loads through :func:`load_suite` (``custom_dataset``), which reads the hub dataset
+  by default, or local JSONL files in the hub schema when ``CALIB_LM_EVAL_DATA_DIR`` (or metadata
+  ``calib_data_dir``) is set, and normalises every row to ``{id, question, choices, gold, subject, source}``.
+  Malformed rows raise :class:`CalibDataError` naming the file (or hub split) and the row.
+
+lm-eval 0.4.11 re-executes this file for every ``!function`` tag: keep it import-light and stateless
+(no registries, no decorators).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from axolotl_calib_plugin import metrics as _metrics
+from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, answer_to_index, format_mcq_prompt, option_letters
+
+N_BINS = 10
+DATA_DIR_ENV = "CALIB_LM_EVAL_DATA_DIR"
+
+
+class CalibDataError(ValueError):
+    """Malformed evaluation data; the message names the file (or hub split) and the row."""
+
+
+# --------------------------------------------------------------------------------------------
+# prompt / choices / scoring (used by the YAML)
+# --------------------------------------------------------------------------------------------
+
+
+def doc_to_text(doc: dict) -> str:
+    """``question\\nA. c0\\n...\\nAnswer:`` -- exactly the plugin's training prompt."""
+    return format_mcq_prompt(doc["question"], doc["choices"])
+
+
+def doc_to_choice(doc: dict) -> list[str]:
+    """The first K option letters (K varies per row: ARC has 3-5 options)."""
+    return option_letters(len(doc["choices"]))
+
+
+def option_probs(logliks) -> list[float]:
+    """Softmax (float64) over the K option log-likelihoods, as plain Python floats."""
+    ll = np.asarray(logliks, dtype=np.float64)
+    p = np.exp(ll - ll.max())
+    return (p / p.sum()).tolist()
+
+
+def process_results(doc: dict, results: list) -> dict:
+    """``results`` = [(loglik, is_greedy), ...] in ``doc_to_choice`` order.
+
+    Returns the per-question ``acc`` (0/1, argmax with ties to the lowest index, as
+    ``metrics.accuracy``) and the item ``{"probs": [...K floats], "gold": int, "logliks": [...K floats]}``
+    under both ECE keys (one item list per aggregation); ``--log_samples`` therefore records each
+    question's option probabilities as plain JSON.
+    """
+    k = len(doc["choices"])
+    if len(results) != k:  # pragma: no cover - the harness always sends one result per choice
+        raise RuntimeError(f"expected {k} option log-likelihoods for doc {doc.get('id')!r}, got {len(results)}")
+    logliks = [float(r[0]) for r in results]
+    probs = option_probs(logliks)
+    gold = int(doc["gold"])
+    # logliks = the letter logits minus one shared constant (the log-softmax normaliser), so temperature
+    # scaling can use them directly: softmax(logliks / T) == softmax(letter_logits / T).
+    item = {"probs": probs, "gold": gold, "logliks": logliks}
+    return {"acc": float(int(np.argmax(probs)) == gold), "conf_ece": item, "cw_ece": item}
+
+
+def stack_items(items: list) -> tuple[np.ndarray, np.ndarray]:
+    """Items -> (probs (n, Kmax) zero-padded, labels (n,)). Padding with zeros is what the metrics
+    core documents for mixed option counts (a padded 0 adds nothing to any bin's gap)."""
+    items = list(items)
+    if not items:
+        raise ValueError("no evaluated questions: cannot compute an ECE over zero samples")
+    kmax = max(len(it["probs"]) for it in items)
+    probs = np.zeros((len(items), kmax), dtype=np.float64)
+    labels = np.empty(len(items), dtype=np.int64)
+    for i, it in enumerate(items):
+        p = it["probs"]
+        probs[i, : len(p)] = p
+        labels[i] = it["gold"]
+    return probs, labels
+
+
+def conf_ece(items: list) -> float:
+    """Corpus-level conf-ECE (10 bins) of all evaluated questions, by the shared metrics core."""
+    return _metrics.conf_ece(*stack_items(items), n_bins=N_BINS)
+
+
+def cw_ece(items: list) -> float:
+    """Corpus-level class-wise ECE (10 bins, averaged over the Kmax padded classes), shared core."""
+    return _metrics.cw_ece(*stack_items(items), n_bins=N_BINS)
+
+
+# --------------------------------------------------------------------------------------------
+# row normalisers: hub schema -> {question, choices, gold, id, subject}
+# --------------------------------------------------------------------------------------------
+
+
+def _req(row: dict, key: str, kind: type | tuple = str) -> Any:
+    if key not in row or row[key] is None:
+        raise CalibDataError(f"missing field {key!r} (fields present: {sorted(row)})")
+    val = row[key]
+    if kind is str and not isinstance(val, str):
+        raise CalibDataError(f"field {key!r} must be a string, got {type(val).__name__} {val!r}")
+    if kind is str and not val.strip():
+        raise CalibDataError(f"field {key!r} is empty")
+    if kind is not str and not isinstance(val, kind):
+        raise CalibDataError(f"field {key!r} must be {getattr(kind, '__name__', kind)}, got {type(val).__name__} {val!r}")
+    return val
+
+
+def _option(row: dict, key: str) -> str:
+    """An option given as its own field (MedMCQA opa..opd, SciQ distractors): present, a string, may be empty."""
+    if row.get(key) is None:
+        raise CalibDataError(f"missing field {key!r} (fields present: {sorted(row)})")
+    if not isinstance(row[key], (str, int, float)) or isinstance(row[key], bool):
+        raise CalibDataError(f"field {key!r} must be a string, got {type(row[key]).__name__} {row[key]!r}")
+    return str(row[key])
+
+
+def _check_choices(choices: Any, key: str = "choices") -> list[str]:
+    if not isinstance(choices, (list, tuple)):
+        raise CalibDataError(f"{key!r} must be a list of strings, got {type(choices).__name__} {choices!r}")
+    if len(choices) < 2:
+        raise CalibDataError(f"{key!r} has {len(choices)} option(s); an MCQ needs at least 2")
+    if len(choices) > len(DEFAULT_LETTERS):
+        raise CalibDataError(f"{key!r} has {len(choices)} options; at most {len(DEFAULT_LETTERS)} (letters A-J) are supported")
+    for j, c in enumerate(choices):
+        # empty option texts are allowed (they occur in real hub data and still give a valid prompt)
+        if not isinstance(c, (str, int, float)) or isinstance(c, bool):
+            raise CalibDataError(f"{key!r}[{j}] must be a string, got {type(c).__name__} {c!r}")
+    return [str(c) for c in choices]
+
+
+def _gold(answer: Any, choices: list[str], key: str) -> int:
+    try:
+        return answer_to_index(answer, choices)
+    except ValueError as e:
+        raise CalibDataError(f"field {key!r}: {e}") from None
+
+
+def _labelled(row: dict, question_key: str) -> dict:
+    """ARC / OpenBookQA / CommonsenseQA: ``choices = {text: [...], label: [...]}``, ``answerKey``."""
+    q = _req(row, question_key)
+    ch = _req(row, "choices", dict)
+    texts = _check_choices(ch.get("text"), "choices.text")
+    labels = ch.get("label")
+    if not isinstance(labels, (list, tuple)) or len(labels) != len(texts):
+        raise CalibDataError(f"'choices.label' must be a list as long as 'choices.text' ({len(texts)}), got {labels!r}")
+    key = _req(row, "answerKey")
+    labels = [str(x).strip() for x in labels]
+    if key.strip() not in labels:
+        raise CalibDataError(f"answerKey {key!r} is not one of the labels {labels}")
+    return {"question": q, "choices": texts, "gold": labels.index(key.strip())}
+
+
+def _norm_mmlu(row: dict) -> dict:
+    choices = _check_choices(_req(row, "choices", (list, tuple)))
+    if "answer" not in row:
+        raise CalibDataError(f"missing field 'answer' (fields present: {sorted(row)})")
+    return {"question": _req(row, "question"), "choices": choices, "gold": _gold(row["answer"], choices, "answer"),
+            "subject": str(row.get("subject") or "")}
+
+
+def _norm_medmcqa(row: dict) -> dict:
+    choices = _check_choices([_option(row, k) for k in ("opa", "opb", "opc", "opd")])
+    if "cop" not in row:
+        raise CalibDataError(f"missing field 'cop' (fields present: {sorted(row)})")
+    return {"question": _req(row, "question"), "choices": choices, "gold": _gold(row["cop"], choices, "cop"),
+            "subject": str(row.get("subject_name") or "")}
+
+
+def _norm_openbookqa(row: dict) -> dict:
+    return _labelled(row, "question_stem")
+
+
+def _norm_arc(row: dict) -> dict:
+    return _labelled(row, "question")
+
+
+def _norm_commonsense_qa(row: dict) -> dict:
+    return _labelled(row, "question") | {"subject": str(row.get("question_concept") or "")}
+
+
+def sciq_order(question: str, n: int = 4) -> list[int]:
+    """Deterministic permutation of SciQ's options, seeded by a hash of the question (stable across
+    processes and Python versions, unlike ``hash()``)."""
+    seed = int.from_bytes(hashlib.blake2b(question.encode("utf-8"), digest_size=8).digest(), "little")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def _norm_sciq(row: dict) -> dict:
+    q = _req(row, "question")
+    raw = [_option(row, k) for k in ("distractor1", "distractor2", "distractor3", "correct_answer")]
+    order = sciq_order(q, len(raw))
+    return {"question": q, "choices": _check_choices([raw[i] for i in order]), "gold": order.index(3)}
+
+
+def _norm_mcq(row: dict) -> dict:
+    """The project's MCQ schema: ``{question, choices, answer (index | letter | choice text)}``."""
+    choices = _check_choices(_req(row, "choices", (list, tuple)))
+    if "answer" not in row:
+        raise CalibDataError(f"missing field 'answer' (fields present: {sorted(row)})")
+    return {"question": _req(row, "question"), "choices": choices, "gold": _gold(row["answer"], choices, "answer"),
+            "subject": str(row.get("subject") or "")}
+
+
+# --------------------------------------------------------------------------------------------
+# suites: hub coordinates + normaliser (README.md documents the same table)
+# --------------------------------------------------------------------------------------------
+
+
+class Suite(NamedTuple):
+    name: str
+    hub_path: str
+    hub_name: str | None
+    split: str
+    normalize: Callable[[dict], dict]
+    #: optional ``data_files`` restricting what is downloaded (MMLU: skip the 51 MB auxiliary_train)
+    data_files: dict | None = None
+    schema: str = ""
+
+
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in [
+        Suite("calib_mmlu", "cais/mmlu", None, "test", _norm_mmlu, {"test": "all/test-*.parquet"},
+              "question, subject, choices (4 str), answer (0-3)"),
+        Suite("calib_medmcqa", "openlifescienceai/medmcqa", None, "validation", _norm_medmcqa, None,
+              "id, question, opa, opb, opc, opd, cop (0-3), subject_name"),
+        Suite("calib_openbookqa", "allenai/openbookqa", "main", "test", _norm_openbookqa, None,
+              "id, question_stem, choices {text, label}, answerKey"),
+        Suite("calib_arc_challenge", "allenai/ai2_arc", "ARC-Challenge", "test", _norm_arc, None,
+              "id, question, choices {text, label} (3-5), answerKey"),
+        Suite("calib_commonsense_qa", "tau/commonsense_qa", None, "validation", _norm_commonsense_qa, None,
+              "id, question, question_concept, choices {label, text} (5), answerKey"),
+        Suite("calib_sciq", "allenai/sciq", None, "test", _norm_sciq, None,
+              "question, distractor1, distractor2, distractor3, correct_answer, support"),
+    ]
+}
+
+IN_DOMAIN = ("calib_mmlu", "calib_medmcqa", "calib_openbookqa")
+OUT_DOMAIN = ("calib_arc_challenge", "calib_commonsense_qa", "calib_sciq")
+POOLS = {"calib_in_domain_pooled": IN_DOMAIN, "calib_out_domain_pooled": OUT_DOMAIN}
+
+#: calib_jsonl tasks: metadata key, then environment variable, holding the JSONL path(s).
+JSONL_SOURCES = {"calib_jsonl": ("data_files", "CALIB_JSONL"), "calib_jsonl_ood": ("ood_data_files", "CALIB_JSONL_OOD")}
+
+
+def read_jsonl(path: str) -> list[tuple[str, dict]]:
+    """Rows of a JSONL file (or a JSON file holding a list) as ``(where, row)``; clear errors."""
+    if not os.path.isfile(path):
+        raise CalibDataError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    out = []
+    if path.endswith(".json") and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CalibDataError(f"{path}: not valid JSON ({e})") from None
+        out = [(f"{path} item {i}", r) for i, r in enumerate(rows)]
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CalibDataError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            out.append((f"{path} line {lineno}", row))
+    if not out:
+        raise CalibDataError(f"{path}: no rows")
+    return out
+
+
+def _normalize_rows(rows, normalize, source: str) -> list[dict]:
+    docs = []
+    for i, (where, row) in enumerate(rows):
+        if not isinstance(row, dict):
+            raise CalibDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        try:
+            d = normalize(row)
+        except CalibDataError as e:
+            raise CalibDataError(f"{where}: {e}") from None
+        d.setdefault("subject", "")
+        d["id"] = str(row.get("id", i))
+        d["source"] = source
+        docs.append(d)
+    return docs
+
+
+def _hub_rows(suite: Suite):
+    import datasets
+
+    kw = {"data_files": suite.data_files} if suite.data_files else {}
+    label = f"hub {suite.hub_path}" + (f" ({suite.hub_name})" if suite.hub_name else "") + f" split {suite.split}"
+    try:
+        ds = datasets.load_dataset(suite.hub_path, suite.hub_name, split=suite.split, **kw)
+    except Exception as e:  # offline, gated, renamed...: say how to use local data instead
+        raise CalibDataError(
+            f"{suite.name}: could not load {label} ({type(e).__name__}: {e}). Without hub access, set "
+            f"{DATA_DIR_ENV}=<dir> with {suite.name}.jsonl in the same schema ({suite.schema})"
+        ) from e
+    return ((f"{label} row {i}", row) for i, row in enumerate(ds))
+
+
+def load_suite_docs(name: str, data_dir: str | None = None) -> list[dict]:
+    """Normalised docs of one suite: local ``<data_dir>/<name>.jsonl`` if a data dir is given, else the hub."""
+    suite = SUITES[name]
+    if data_dir:
+        path = os.path.join(data_dir, f"{name}.jsonl")
+        if not os.path.isfile(path):
+            raise CalibDataError(
+                f"{name}: local data dir {data_dir!r} (from ${DATA_DIR_ENV} or metadata calib_data_dir) has no "
+                f"{name}.jsonl; expected JSONL rows in the {suite.hub_path} schema: {suite.schema}"
+            )
+        rows = read_jsonl(path)
+    else:
+        rows = _hub_rows(suite)
+    return _normalize_rows(rows, suite.normalize, name)
+
+
+def _features():
+    import datasets
+
+    return datasets.Features({
+        "id": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "choices": datasets.Sequence(datasets.Value("string")),
+        "gold": datasets.Value("int64"),
+        "subject": datasets.Value("string"),
+        "source": datasets.Value("string"),
+    })
+
+
+def to_dataset_dict(docs: list[dict], split: str):
+    import datasets
+
+    keys = ("id", "question", "choices", "gold", "subject", "source")
+    cols = {k: [d[k] for d in docs] for k in keys}
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(cols, features=_features())})
+
+
+def _jsonl_paths(task: str, kwargs: dict) -> list[str]:
+    meta_key, env_key = JSONL_SOURCES[task]
+    spec = kwargs.get(meta_key) or os.environ.get(env_key)
+    if not spec:
+        raise CalibDataError(
+            f"{task} needs an MCQ JSONL file ({{question, choices, answer}} per line): set {env_key}=/path/file.jsonl "
+            f"or pass --metadata '{{\"{meta_key}\": \"/path/file.jsonl\"}}'"
+        )
+    paths = spec if isinstance(spec, (list, tuple)) else [p for p in str(spec).split(",") if p.strip()]
+    return [os.path.abspath(os.path.expanduser(str(p).strip())) for p in paths]
+
+
+def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
+    """``custom_dataset`` of every calib task (``dataset_kwargs: {suite: ..., split: ...}`` in the YAML).
+
+    ``suite`` is a suite name (``calib_mmlu``...), a list of suite names (pooled tasks: one docs list),
+    or ``calib_jsonl`` / ``calib_jsonl_ood``. ``kwargs`` are lm-eval's metadata (``version``, CLI
+    ``--metadata`` keys, model_args): ``calib_data_dir`` (else ``$CALIB_LM_EVAL_DATA_DIR``) switches the
+    hub suites to local JSONL; ``data_files`` / ``ood_data_files`` feed calib_jsonl / calib_jsonl_ood.
+    """
+    if isinstance(suite, str) and suite in JSONL_SOURCES:
+        docs = []
+        for path in _jsonl_paths(suite, kwargs):
+            docs += _normalize_rows(read_jsonl(path), _norm_mcq, os.path.basename(path))
+        return to_dataset_dict(docs, split)
+    names = [suite] if isinstance(suite, str) else list(suite or [])
+    unknown = [n for n in names if n not in SUITES]
+    if not names or unknown:
+        raise CalibDataError(f"unknown suite(s) {unknown or names!r}; known: {sorted(SUITES)} + {sorted(JSONL_SOURCES)}")
+    data_dir = kwargs.get("calib_data_dir") or os.environ.get(DATA_DIR_ENV) or None
+    docs = []
+    for n in names:
+        docs += load_suite_docs(n, data_dir)
+    return to_dataset_dict(docs, split)
