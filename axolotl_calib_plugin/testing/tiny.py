@@ -2,7 +2,7 @@
 
 Real users load 7B-70B checkpoints from the hub; tests, the demo and the benchmarks build these
 instead, so nothing ever needs the network. The tokenizer is guaranteed to encode every option
-letter (``"A"`` and ``" A"`` .. ``"E"``/``" E"``) as a single token and ships a small chat template.
+letter (``"A"``/``" A"`` .. ``"J"``/``" J"``, the default ``calib_option_letters``) as a single token and ships a small chat template.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 600, 
     from transformers import PreTrainedTokenizerFast
 
     corpus = list(corpus) if corpus is not None else default_corpus()
-    letters = list(DEFAULT_LETTERS[:5])
-    # Repeat the letters so BPE always learns the " A" merges, whatever the corpus.
+    letters = list(DEFAULT_LETTERS)
+    # Repeat the letters so BPE always learns the " A" .. " J" merges, whatever the corpus.
     corpus = corpus + [" ".join(f"Answer: {c}" for c in letters)] * 50
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

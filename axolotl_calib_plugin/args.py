@@ -1,0 +1,295 @@
+"""Config schema of the calibration plugin: the top-level ``calib_*`` keys and their checks.
+
+Axolotl merges this model into its own config model by multiple inheritance (see
+``axolotl.integrations.config.merge_input_args``), so the ``mode="before"`` validators below see
+the WHOLE raw config dict, like ``integrations/liger/args.py`` and ``cut_cross_entropy/args.py``.
+That is what lets us (a) reject misspelled ``calib_*`` keys, which Axolotl would otherwise drop
+silently, (b) expand the ``cft`` / ``rcft`` presets, and (c) keep Axolotl's ``train_on_inputs``
+in sync with ``calib_sft_scope``.
+
+The validators are no-ops for configs that do not list the plugin: the ``PluginManager`` is a
+process-wide singleton, so once registered our model is merged into every later config of the
+same process (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from .prompts import DEFAULT_LETTERS
+
+#: the dotted name users put under ``plugins:`` (``axolotl_calib_plugin.plugin.CalibrationPlugin`` also works).
+PLUGIN_NAME = "axolotl_calib_plugin.CalibrationPlugin"
+#: the dataset ``type:`` of our MCQ strategy (``axolotl_calib_plugin.mcq.load`` is the same loader).
+DATASET_TYPE = "axolotl_calib_plugin.mcq"
+
+#: preset -> (calib_sft_scope, calib_lambda) used for the keys the user left unset.
+MODE_PRESETS: dict[str, tuple[str, float]] = {
+    "cft": ("answer", 1.0),
+    "rcft": ("prompt_and_answer", 1.0),
+}
+#: calib_sft_scope -> the value of Axolotl's ``train_on_inputs`` that implements it.
+SCOPE_TO_TRAIN_ON_INPUTS = {"answer": False, "prompt_and_answer": True}
+
+
+def is_plugin_listed(plugins: Any) -> bool:
+    """True if a ``plugins:`` list names our plugin class (by either dotted path)."""
+    if not plugins:
+        return False
+    if isinstance(plugins, str):
+        plugins = [plugins]
+    return any(
+        isinstance(p, str) and p.startswith("axolotl_calib_plugin.") and p.rsplit(".", 1)[-1] == "CalibrationPlugin"
+        for p in plugins
+    )
+
+
+def is_calib_dataset_type(ds_type: Any) -> bool:
+    """True for ``type: axolotl_calib_plugin.mcq`` and its explicit ``...mcq.load`` form."""
+    return isinstance(ds_type, str) and (ds_type == DATASET_TYPE or ds_type.startswith(DATASET_TYPE + "."))
+
+
+def _get(obj: Any, key: str) -> Any:
+    """Read ``key`` from a dict, a DictDefault or a pydantic dataset model alike."""
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+class CalibrationArgs(BaseModel):
+    """Input args of the calibration plugin (all top-level, all prefixed ``calib_``)."""
+
+    calib_mode: Literal["cft", "rcft"] = Field(
+        default="cft",
+        json_schema_extra={
+            "description": "Preset. cft: SFT loss on the answer only (calib_sft_scope=answer) + calib_lambda*ECE; "
+            "rcft: SFT loss on prompt and answer (calib_sft_scope=prompt_and_answer) + calib_lambda*ECE. "
+            "Both presets use calib_lambda=1.0. Keys set explicitly override the preset."
+        },
+    )
+    calib_lambda: float | None = Field(
+        default=None,
+        ge=0.0,
+        allow_inf_nan=False,
+        json_schema_extra={"description": "Weight of the ECE term. Default from calib_mode (1.0). 0 = plain SFT."},
+    )
+    calib_sft_scope: Literal["answer", "prompt_and_answer"] | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Tokens the SFT (cross-entropy) loss covers. Default from calib_mode. Sets Axolotl's "
+            "train_on_inputs (answer -> false, prompt_and_answer -> true); a contradicting train_on_inputs is an error."
+        },
+    )
+    calib_bins: int = Field(
+        default=10, ge=2, json_schema_extra={"description": "Number M of equal-width confidence bins of the E-step."}
+    )
+    calib_refresh: Literal["epoch"] | int = Field(
+        default="epoch",
+        json_schema_extra={
+            "description": "When the E-step/M-step refresh the targets: 'epoch' (start of every epoch) or every N optimizer steps."
+        },
+    )
+    calib_ece_loss: Literal["mse", "kl"] = Field(
+        default="mse",
+        json_schema_extra={
+            "description": "Distance between the targets p(x) and the model's option distribution: squared error or KL(p || model)."
+        },
+    )
+    calib_nonmax_split: Literal["proportional", "uniform", "reference"] = Field(
+        default="proportional",
+        json_schema_extra={
+            "description": "How the M-step splits 1 - q_m over the non-argmax options: proportional to the model's own "
+            "non-max probabilities, uniformly, or as the authors' reference code (tanh re-weighting)."
+        },
+    )
+    calib_option_letters: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LETTERS),
+        json_schema_extra={
+            "description": "Option labels in order (a K-option row uses the first K). Each must be ONE token after "
+            "the prompt for this tokenizer. A string such as 'ABCD' is split into characters."
+        },
+    )
+    calib_prompt_format: Literal["plain", "chat_template"] = Field(
+        default="plain",
+        json_schema_extra={
+            "description": "plain: '<question>\\nA. ..\\nAnswer:' + ' A' (lm-eval MMLU format); chat_template: the same "
+            "prompt as the user turn, the bare letter as the assistant turn (Axolotl's chat_template / the tokenizer's)."
+        },
+    )
+    calib_system_prompt: str | None = Field(
+        default=None,
+        json_schema_extra={"description": "Optional system turn (chat_template format only)."},
+    )
+    calib_estep_batch_size: int = Field(
+        default=8, ge=1, json_schema_extra={"description": "Batch size of the E-step inference pass."}
+    )
+    calib_field_question: str = Field(default="question", json_schema_extra={"description": "Dataset column of the question."})
+    calib_field_choices: str = Field(
+        default="choices", json_schema_extra={"description": "Dataset column of the list of choices."}
+    )
+    calib_field_answer: str = Field(
+        default="answer",
+        json_schema_extra={"description": "Dataset column of the answer: 0-based index, letter, or the choice text."},
+    )
+
+    # ------------------------------------------------------------------ field checks
+    @field_validator("calib_refresh", mode="before")
+    @classmethod
+    def _check_refresh(cls, value):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"calib_refresh must be 'epoch' or a positive integer number of optimizer steps, got {value!r}")
+
+    @field_validator("calib_option_letters", mode="before")
+    @classmethod
+    def _check_letters(cls, value):
+        if isinstance(value, str):
+            value = list(value)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"calib_option_letters must be a list of strings, got {value!r}")
+        value = list(value)
+        if len(value) < 2:
+            raise ValueError(f"calib_option_letters needs at least 2 letters, got {value!r}")
+        bad = [v for v in value if not v.strip() or v != v.strip()]
+        if bad:
+            raise ValueError(f"calib_option_letters must be non-empty and carry no surrounding whitespace, got {bad!r}")
+        dup = sorted({v for v in value if value.count(v) > 1})
+        if dup:
+            raise ValueError(f"calib_option_letters has duplicates {dup}")
+        return value
+
+    # ------------------------------------------------------------------ whole-config checks
+    @model_validator(mode="before")
+    @classmethod
+    def check_calib_config(cls, data):
+        """Reject typos, expand presets and sync ``train_on_inputs`` (only when the plugin is listed)."""
+        if not isinstance(data, dict):
+            return data
+        for key in [k for k in CalibrationArgs.model_fields if k in data and data[k] is None]:
+            del data[key]  # `key: null` means unset (Axolotl's convention), so the default applies
+        listed = is_plugin_listed(data.get("plugins"))
+        calib_keys = sorted(k for k, v in data.items() if isinstance(k, str) and k.startswith("calib") and v is not None)
+        if not listed:
+            # Merged into a config that lists other plugins only (singleton manager): our keys there
+            # mean the user forgot us. Without a `plugins` key this is CalibrationArgs(**...) itself.
+            if calib_keys and "plugins" in data:
+                raise ValueError(plugin_missing_message(calib_keys))
+            return data
+        _check_unknown_keys(cls, data)
+        _expand_presets(data)
+        _check_incompatible(data)
+        return data
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any] | None) -> "CalibrationArgs":
+        """The resolved calibration settings of an (already validated or raw) Axolotl cfg.
+
+        Works on cfgs that never went through the merged schema (unit tests, scripts): the
+        presets are expanded here too, and the cfg itself is not modified.
+        """
+        cfg = cfg or {}
+        data = {k: cfg[k] for k in cfg if isinstance(k, str) and k.startswith("calib") and cfg[k] is not None}
+        if cfg.get("train_on_inputs") is not None:
+            data["train_on_inputs"] = cfg.get("train_on_inputs")
+        _check_unknown_keys(cls, data, allowed={"train_on_inputs"})
+        _expand_presets(data)
+        data.pop("train_on_inputs", None)
+        return cls(**data)
+
+    @property
+    def train_on_inputs(self) -> bool:
+        return SCOPE_TO_TRAIN_ON_INPUTS[self.calib_sft_scope or MODE_PRESETS[self.calib_mode][0]]
+
+
+# ---------------------------------------------------------------------- helpers (pure, on the raw dict)
+def calib_field_names() -> list[str]:
+    return list(CalibrationArgs.model_fields)
+
+
+def plugin_missing_message(calib_keys: list[str]) -> str:
+    return (
+        f"the config sets {', '.join(calib_keys)} but `plugins:` does not list {PLUGIN_NAME}. Without the plugin "
+        "Axolotl silently drops these keys and trains plain SFT. Add\n  plugins:\n    - " + PLUGIN_NAME
+    )
+
+
+def _check_unknown_keys(cls, data: dict, allowed: set[str] = frozenset()) -> None:
+    """Fail on ``calib*`` keys (or near-misses such as ``calb_lambda``) that are not our fields."""
+    ours = calib_field_names()
+    known = set(cls.model_fields) | set(allowed)
+    unknown = []
+    for key in data:
+        if not isinstance(key, str) or key in known:
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.8)
+        if key.startswith("calib") or key.startswith("calibration") or close:
+            unknown.append((key, close))
+    if not unknown:
+        return
+    lines = []
+    for key, close in unknown:
+        hint = close or difflib.get_close_matches(key, ours, n=1, cutoff=0.5)
+        lines.append(f"  {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    raise ValueError(
+        "unknown calibration plugin key(s):\n" + "\n".join(lines) + "\nvalid keys: " + ", ".join(ours)
+    )
+
+
+def _expand_presets(data: dict) -> None:
+    """Fill calib_sft_scope / calib_lambda from calib_mode and set or check ``train_on_inputs``."""
+    mode = data.get("calib_mode") or "cft"
+    if mode not in MODE_PRESETS:
+        return  # the Literal field reports the bad value, naming calib_mode
+    scope_default, lam_default = MODE_PRESETS[mode]
+    scope_given = data.get("calib_sft_scope") is not None
+    if not scope_given:
+        data["calib_sft_scope"] = scope_default
+    if data.get("calib_lambda") is None:
+        data["calib_lambda"] = lam_default
+    scope = data["calib_sft_scope"]
+    if scope not in SCOPE_TO_TRAIN_ON_INPUTS:
+        return  # reported by the Literal field
+    want = SCOPE_TO_TRAIN_ON_INPUTS[scope]
+    have = data.get("train_on_inputs")
+    if have is None:
+        data["train_on_inputs"] = want
+    elif bool(have) != want:
+        origin = "calib_sft_scope: " + scope if scope_given else f"calib_mode: {mode} (implies calib_sft_scope: {scope})"
+        raise ValueError(
+            f"{origin} needs train_on_inputs: {str(want).lower()}, but the config sets train_on_inputs: "
+            f"{str(bool(have)).lower()}. Remove train_on_inputs (the plugin sets it) or set calib_sft_scope to "
+            f"{'prompt_and_answer' if have else 'answer'} explicitly."
+        )
+
+
+def _check_incompatible(data: dict) -> None:
+    """Reject Axolotl settings that would make the calibration columns wrong or absent."""
+    if data.get("rl"):
+        raise ValueError(f"the calibration plugin trains with SFT; it does not support rl: {data.get('rl')}")
+    if data.get("batch_flattening") is True:
+        raise ValueError(
+            "batch_flattening: true is not supported with the calibration plugin (its collator drops the "
+            "calib_* columns); use sample_packing: true, which the plugin supports."
+        )
+    if str(data.get("excess_length_strategy") or "").lower() == "truncate":
+        raise ValueError(
+            "excess_length_strategy: truncate is not supported with the calibration plugin: truncation can cut "
+            "off the answer letter and desynchronises the per-token calib_* columns. Use drop (default) or raise, "
+            "or raise sequence_len."
+        )
+    # Axolotl concatenates the tokenized datasets, which needs identical columns: every training
+    # dataset must come through our strategy (which emits the calib_* columns).
+    datasets = data.get("datasets") or []
+    others = [(i, _get(ds, "type")) for i, ds in enumerate(datasets) if not is_calib_dataset_type(_get(ds, "type"))]
+    if others:
+        listing = ", ".join(f"datasets[{i}] type: {t}" for i, t in others)
+        raise ValueError(
+            f"with the calibration plugin every training dataset needs `type: {DATASET_TYPE}` (it emits the answer "
+            f"position and gold option the loss needs, and Axolotl can only merge datasets with the same columns); "
+            f"got {listing}"
+        )

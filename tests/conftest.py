@@ -1,0 +1,172 @@
+"""Shared pytest fixtures (owner: P1; ask before adding so they stay general).
+
+* offline environment: set before anything imports huggingface_hub / transformers (they read
+  the variables at import time), and re-asserted per test;
+* ``tiny_model_dir`` / ``tiny_tokenizer``: a local tiny Llama built once per session;
+* ``mcq_rows``: writes a JSONL of ``question`` / ``choices`` / ``answer`` rows;
+* ``tiny_cfg``: a CPU-safe Axolotl config dict for the tiny model with fresh output and
+  prepared-data dirs (Axolotl's dataset cache ignores plugin keys and file contents);
+* ``validate_cfg``: ``prepare_plugins`` + ``validate_config`` (schema only, nothing downloaded);
+* the ``PluginManager`` singleton is reset around every test, as in Axolotl's own conftest.
+
+Nothing here imports axolotl at collection time: tests that never touch it stay fast.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_DISABLED": "true",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(OFFLINE_ENV)
+
+#: CPU-safe settings every tiny Axolotl config needs (see notes/axolotl_plugins.md §7).
+CPU_SETTINGS = {
+    "bf16": False,
+    "fp16": False,
+    "tf32": False,
+    "flash_attention": False,
+    "optimizer": "adamw_torch",
+    "dataset_num_proc": 1,
+    "save_safetensors": True,
+}
+PLUGIN = "axolotl_calib_plugin.CalibrationPlugin"
+
+
+@pytest.fixture(autouse=True)
+def offline_env(monkeypatch):
+    """Re-assert the offline variables for every test (a test may have changed them)."""
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    yield
+
+
+def _reset_plugin_manager():
+    base = sys.modules.get("axolotl.integrations.base")
+    if base is None:  # axolotl never imported: nothing to reset
+        return
+    pm = base.PluginManager
+    pm._cfg = None
+    if pm._instance is not None:
+        pm._instance.plugins = collections.OrderedDict()
+
+
+@pytest.fixture(autouse=True)
+def reset_plugin_manager():
+    """The PluginManager is a process-wide singleton: clear it before and after each test."""
+    _reset_plugin_manager()
+    yield
+    _reset_plugin_manager()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """Path of a tiny local Llama + tokenizer (built once per session, float32, ~100 KB)."""
+    from axolotl_calib_plugin.testing import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    """The tiny model's tokenizer (session-scoped: do not mutate it; copy.deepcopy if needed)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def make_mcq_rows(n: int = 8, num_options: int | tuple[int, ...] = 4, seed: int = 0,
+                  answer_as: str = "index") -> list[dict]:
+    """``n`` deterministic MCQ rows; ``num_options`` is K or a cycle of Ks; ``answer_as`` is
+    ``index`` (int), ``letter`` ("B") or ``text`` (the choice itself)."""
+    rng = random.Random(seed)
+    words = "red green blue cat dog heart lung cell atom light water energy".split()
+    ks = (num_options,) if isinstance(num_options, int) else tuple(num_options)
+    rows = []
+    for i in range(n):
+        k = ks[i % len(ks)]
+        choices = [f"{words[(i + j) % len(words)]} {j}" for j in range(k)]
+        gold = rng.randrange(k)
+        answer = {"index": gold, "letter": "ABCDEFGHIJ"[gold], "text": choices[gold]}[answer_as]
+        rows.append({"id": i, "question": f"Which is {words[i % len(words)]} number {i}?",
+                     "choices": choices, "answer": answer})
+    return rows
+
+
+@pytest.fixture
+def mcq_rows(tmp_path):
+    """Factory: ``mcq_rows(n=8, rows=None, name="mcq.jsonl", **make_mcq_rows_kw) -> Path`` of a JSONL
+    file (``rows`` given: written as-is, for bad-input tests)."""
+
+    def _write(n: int = 8, rows: list[dict] | None = None, name: str = "mcq.jsonl", **kw) -> Path:
+        rows = rows if rows is not None else make_mcq_rows(n, **kw)
+        path = tmp_path / name
+        with open(path, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, tiny_model_dir, mcq_rows):
+    """Factory: ``tiny_cfg(**overrides) -> DictDefault`` of a CPU config for the tiny model that
+    lists the plugin and trains on a fresh ``mcq_rows()`` file (``datasets=`` overrides it)."""
+
+    def _make(**overrides):
+        from axolotl.utils.dict import DictDefault
+
+        if "datasets" not in overrides:
+            overrides["datasets"] = [{"path": str(mcq_rows(name="tiny_cfg_train.jsonl")),
+                                      "type": "axolotl_calib_plugin.mcq"}]
+        cfg = {
+            "base_model": tiny_model_dir,
+            "plugins": [PLUGIN],
+            "calib_option_letters": list("ABCDE"),  # the tiny tokenizer has single-token " A".." E" only
+            "sequence_len": 256,
+            "micro_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "num_epochs": 1,
+            "learning_rate": 1e-3,
+            "val_set_size": 0,
+            "output_dir": str(tmp_path / "out"),
+            "dataset_prepared_path": str(tmp_path / "prepared"),
+            **CPU_SETTINGS,
+        }
+        cfg.update(overrides)
+        return DictDefault(cfg)
+
+    return _make
+
+
+@pytest.fixture
+def validate_cfg():
+    """``validate_cfg(cfg) -> DictDefault``: register the listed plugins, then validate against
+    Axolotl's schema with their args merged (what ``load_cfg`` does before it touches the model)."""
+
+    def _validate(cfg):
+        from axolotl.utils.config import prepare_plugins, validate_config
+        from axolotl.utils.dict import DictDefault
+
+        raw = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        cfg = DictDefault(copy.deepcopy(raw))  # validate_config rewrites `datasets` in place
+        prepare_plugins(cfg)
+        return validate_config(cfg)
+
+    return _validate
