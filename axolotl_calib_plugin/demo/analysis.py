@@ -1,0 +1,138 @@
+"""Pure analysis of the demo's evaluation outputs: metrics, preference collapse, temperature scaling.
+
+Everything takes per-question option log-likelihoods (what lm-eval computed for the continuations
+``" A"`` .. ``" D"``) and uses :mod:`axolotl_calib_plugin.metrics` for every ECE / accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import metrics
+from ..temperature import apply_temperature, fit_temperature
+
+N_BINS = 10
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Scores:
+    conf_ece: float
+    cw_ece: float
+    acc: float
+    mean_conf: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> Scores:
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    return Scores(
+        conf_ece=metrics.conf_ece(probs, labels, n_bins),
+        cw_ece=metrics.cw_ece(probs, labels, n_bins),
+        acc=metrics.accuracy(probs, labels),
+        mean_conf=float(probs.max(axis=1).mean()),
+        n=int(len(labels)),
+    )
+
+
+@dataclass
+class PairStats:
+    """Preference collapse on held-out pairs (one pair (a, b) of options per question).
+
+    With r = pi(a) / (pi(a) + pi(b)) (sequence probabilities of the two answers; the paper's preference
+    ratio, notes §7):
+
+    * ``pref_ratio``: mean over pairs of the ratio of the answer the model prefers, max(r, 1 - r);
+      ``true_pref``: mean true probability P(y_m > y_o | x) = p*_m / (p*_m + p*_o) of that same answer
+      winning (Bradley-Terry on p*). pref_ratio > true_pref is the paper's preference collapse
+      (the model's preference ratio exceeds the true preference proportion); the oracle has equality.
+    * ``ratio_hi`` / ``true_hi``: the same with the pair oriented by p* (y_hi = the truly preferred answer).
+    * ``rank_acc``: share of held-out sampled preference labels the model ranks correctly,
+      pi(chosen) > pi(rejected) (the oracle's rank_acc is the ceiling).
+    """
+
+    pref_ratio: float
+    true_pref: float
+    ratio_hi: float
+    true_hi: float
+    rank_acc: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pair_stats(logliks: np.ndarray, pairs: list[dict], p_star: np.ndarray) -> PairStats:
+    """``logliks`` (n, K): log pi(letter | prompt) (full vocabulary; any per-row shift cancels in the ratio)."""
+    ll = np.asarray(logliks, dtype=np.float64)
+    ps = np.asarray(p_star, dtype=np.float64)
+    if len(pairs) != len(ll) or len(ps) != len(ll):
+        raise ValueError(f"{len(pairs)} pairs, {len(ll)} log-likelihood rows and {len(ps)} p* rows must match")
+    w = np.array([p["chosen_idx"] for p in pairs])
+    lo = np.array([p["rejected_idx"] for p in pairs])
+    rows = np.arange(len(ll))
+    r_w = 1.0 / (1.0 + np.exp(ll[rows, lo] - ll[rows, w]))  # model's ratio for the labelled winner
+    t_w = ps[rows, w] / (ps[rows, w] + ps[rows, lo])  # true P(winner > loser)
+    model_prefers_w = r_w >= 0.5
+    hi_is_w = t_w >= 0.5
+    return PairStats(
+        pref_ratio=float(np.where(model_prefers_w, r_w, 1 - r_w).mean()),
+        true_pref=float(np.where(model_prefers_w, t_w, 1 - t_w).mean()),
+        ratio_hi=float(np.where(hi_is_w, r_w, 1 - r_w).mean()),
+        true_hi=float(np.where(hi_is_w, t_w, 1 - t_w).mean()),
+        rank_acc=float((ll[rows, w] > ll[rows, lo]).mean()),
+        n=int(len(ll)),
+    )
+
+
+def temperature_scale(fit_logliks: np.ndarray, fit_labels: np.ndarray, *eval_logliks: np.ndarray):
+    """Fit one T on the held-out set; return ``(T, [probs of each eval set], [scaled logliks])``."""
+    t = fit_temperature(fit_logliks, fit_labels)
+    probs = [apply_temperature(z, t) for z in eval_logliks]
+    scaled = [np.asarray(z, dtype=np.float64) / t for z in eval_logliks]
+    return t, probs, scaled
+
+
+def reliability_curve(probs: np.ndarray, labels: np.ndarray, kind: str = "conf", n_bins: int = N_BINS) -> dict:
+    """Plot data of a reliability diagram, from :func:`metrics.reliability_bins`.
+
+    ``kind="conf"``: max-probability bins. ``kind="class"``: every class's probability against
+    ``1[label == k]``, the K classes pooled per bin (counts add; the bin's confidence / accuracy are
+    count-weighted means over classes), which is what a single class-wise diagram shows.
+    Returns ``edges``, ``count``, ``density`` (share of samples per bin), ``confidence``, ``accuracy``
+    (NaN for empty bins) and ``ece`` (conf-ECE or cw-ECE).
+    """
+    rb = metrics.reliability_bins(probs, labels, n_bins=n_bins, kind=kind)
+    if kind == "conf":
+        count = rb.count.astype(np.float64)
+        conf, acc = rb.mean_confidence, rb.accuracy
+    else:
+        count_k = rb.count.astype(np.float64)  # (K, M)
+        count = count_k.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conf = np.nansum(np.nan_to_num(rb.mean_confidence) * count_k, axis=0) / count
+            acc = np.nansum(np.nan_to_num(rb.accuracy) * count_k, axis=0) / count
+        conf = np.where(count > 0, conf, np.nan)
+        acc = np.where(count > 0, acc, np.nan)
+    total = count.sum()
+    return {
+        "kind": kind,
+        "edges": rb.edges.tolist(),
+        "count": count.astype(int).tolist(),
+        "density": (count / total).tolist() if total else [0.0] * len(count),
+        "confidence": [None if np.isnan(x) else float(x) for x in conf],
+        "accuracy": [None if np.isnan(x) else float(x) for x in acc],
+        "ece": float(rb.ece),
+    }

@@ -1,0 +1,106 @@
+"""The Axolotl YAML configs of the demo (written into ``<out>/configs/`` so every step can be re-run by hand).
+
+Every training step is a plain Axolotl config run with ``python -m axolotl.cli.train <cfg>.yml``:
+
+* ``base.yml``   SFT of the fresh tiny Llama on the in-domain questions with answers sampled from p*
+                 (plain Axolotl: a user-defined prompt format that produces exactly the MCQ prompt
+                 ``axolotl_calib_plugin.prompts.format_mcq_prompt`` + ``" <letter>"`` + EOS, loss on the answer).
+* ``dpo.yml``    ``rl: dpo`` (TRL's DPOTrainer) from ``base`` on preference pairs; ``type: passthrough``
+                 reads ``prompt`` / ``chosen`` / ``rejected`` from the JSONL as they are.
+* ``ls.yml``     like ``base.yml`` but from the aligned model, with label smoothing
+                 (``demo_label_smoothing`` via :mod:`axolotl_calib_plugin.demo.support`).
+* ``cft.yml`` / ``rcft.yml``: the calibration plugin from the aligned model
+                 (``plugins: [axolotl_calib_plugin.CalibrationPlugin]``, ``type: axolotl_calib_plugin.mcq``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+
+CPU_KEYS: dict[str, Any] = {
+    # notes/axolotl_plugins.md §7: bf16 auto on CPU silently means fp16; force float32.
+    "bf16": False,
+    "fp16": False,
+    "tf32": False,
+    "optimizer": "adamw_torch",
+    "dataset_num_proc": 1,
+    "sample_packing": False,
+    "save_strategy": "no",
+    "val_set_size": 0,
+    "logging_steps": 10,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.05,
+    "save_safetensors": True,
+}
+
+PLAIN_SFT_TYPE = {
+    "field_instruction": "prompt",
+    "field_output": "completion",
+    "format": "{instruction}",
+    "no_input_format": "{instruction}",
+}
+
+
+def _base(model: str, out_dir: str, prepared: str, *, seq_len: int, batch: int, epochs: float, lr: float,
+          seed: int) -> dict:
+    cfg = dict(CPU_KEYS)
+    cfg.update({
+        "base_model": os.path.abspath(model),
+        "output_dir": os.path.abspath(out_dir),
+        "dataset_prepared_path": os.path.abspath(prepared),
+        "sequence_len": seq_len,
+        "micro_batch_size": batch,
+        "num_epochs": epochs,
+        "learning_rate": lr,
+        "seed": seed,
+    })
+    return cfg
+
+
+def sft_config(model, data, out_dir, prepared, *, label_smoothing: float = 0.0, **kw) -> dict:
+    cfg = _base(model, out_dir, prepared, **kw)
+    cfg["datasets"] = [{"path": os.path.abspath(data), "type": dict(PLAIN_SFT_TYPE)}]
+    cfg["train_on_inputs"] = False
+    if label_smoothing:
+        cfg["plugins"] = ["axolotl_calib_plugin.demo.support.DemoSupportPlugin"]
+        cfg["demo_label_smoothing"] = float(label_smoothing)
+    return cfg
+
+
+def dpo_config(model, data, out_dir, prepared, *, beta: float, **kw) -> dict:
+    cfg = _base(model, out_dir, prepared, **kw)
+    cfg.update({
+        "rl": "dpo",
+        "dpo_beta": beta,
+        "datasets": [{"path": os.path.abspath(data), "type": "passthrough", "split": "train"}],
+        "plugins": ["axolotl_calib_plugin.demo.support.DemoSupportPlugin"],
+        "demo_gc_freeze": True,
+    })
+    return cfg
+
+
+def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins: int = 10, **kw) -> dict:
+    cfg = _base(model, out_dir, prepared, **kw)
+    cfg.update({
+        "plugins": ["axolotl_calib_plugin.CalibrationPlugin"],
+        "calib_mode": mode,
+        "calib_lambda": lam,
+        "calib_bins": bins,
+        "calib_refresh": "epoch",
+        "calib_option_letters": ["A", "B", "C", "D"],
+        "calib_estep_batch_size": 64,
+        "datasets": [{"path": os.path.abspath(data), "type": "axolotl_calib_plugin.mcq"}],
+    })
+    # train_on_inputs is set by the plugin from calib_mode (cft: false, rcft: true).
+    return cfg
+
+
+def write_config(cfg: dict, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return path
