@@ -1,0 +1,249 @@
+"""``AxolotlCalibTrainer``: Axolotl's trainer plus the ECE term of CFT / RCFT.
+
+total = L_SFT + calib_lambda * L_ECE, from ONE forward pass:
+
+* L_SFT is the model's own cross-entropy over the dataset ``labels``. Which tokens it covers is
+  decided at tokenization time by ``train_on_inputs`` (set from ``calib_sft_scope``): answer only
+  for CFT, prompt + answer for RCFT.
+* L_ECE compares, at every answer position (``calib_sample_id >= 0``; several per row when
+  packed), the model's softmax over the K option letters with the fixed target of that sample
+  from the current :class:`~axolotl_calib_plugin.em.EMState` (set by the EM-refresh callback).
+  The option logits come from ``hidden_states[-1]`` times the K letter rows of the output head
+  (:func:`~axolotl_calib_plugin.loss.option_logits`), so no extra forward and no full-vocabulary
+  logits are needed.
+
+Subclassing :class:`AxolotlTrainer` (not ``transformers.Trainer``) keeps Axolotl's packing,
+sampler, scheduler, optimizer and checkpoint mixins.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from typing_extensions import override
+
+from axolotl.core.trainers.base import AxolotlTrainer
+from axolotl.utils.logging import get_logger
+
+from .em import EMState
+from .loss import answer_positions, ece_loss, option_logits
+
+LOG = get_logger(__name__)
+
+CALIB_COLUMNS = ("calib_sample_id", "calib_answer_idx", "calib_num_options")
+
+
+def _calib_args(cfg):
+    from .args import CalibrationArgs
+
+    return CalibrationArgs.from_cfg(cfg)
+
+
+class AxolotlCalibTrainer(AxolotlTrainer):
+    """Axolotl trainer with the calibration (ECE) term and its logging.
+
+    Attributes set by the plugin / callback: ``calib_state`` (the current :class:`EMState`,
+    ``None`` before the first E-step) and ``calib_resume_from`` (the checkpoint ``train`` resumed
+    from, read by :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback`).
+    """
+
+    tag_names = ["axolotl", "calibration"]
+
+    def __init__(self, *args, calib_cfg=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Per-micro-batch means + HF's division by the accumulation steps: a per-batch ECE term is
+        # only consistent when the model does NOT take num_items_in_batch (notes §3).
+        self.model_accepts_loss_kwargs = False
+        self._calib_cfg = calib_cfg
+        self._calib_settings = None
+        self._calib_option_ids: Optional[list[int]] = None
+        self._calib_path_checked = False
+        self._calib_use_full_logits = False
+        self._calib_parts: dict[str, list] = {}
+        self.calib_state: Optional[EMState] = None
+        self.calib_resume_from = None
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def calib_cfg(self):
+        if self._calib_cfg is not None:
+            return self._calib_cfg
+        if self.axolotl_cfg is not None:
+            return self.axolotl_cfg
+        from axolotl.integrations.base import PluginManager
+
+        return PluginManager.get_instance().cfg
+
+    @property
+    def calib_settings(self):
+        """The resolved :class:`~axolotl_calib_plugin.args.CalibrationArgs` of this run."""
+        if self._calib_settings is None:
+            self._calib_settings = _calib_args(self.calib_cfg)
+        return self._calib_settings
+
+    @property
+    def calib_option_ids(self) -> list[int]:
+        """Token ids of the option letters after ``t*`` (a K-option row uses the first K)."""
+        if self._calib_option_ids is None:
+            from .mcq import option_token_ids
+
+            self._calib_option_ids = list(option_token_ids(self.processing_class, self.calib_cfg))
+        return self._calib_option_ids
+
+    # ------------------------------------------------------------------ data
+    @override
+    def _set_signature_columns_if_needed(self):
+        """Keep the per-token calib_* columns through ``remove_unused_columns`` (as kd does)."""
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None:
+            for col in CALIB_COLUMNS:
+                if col not in self._signature_columns:
+                    self._signature_columns.append(col)
+
+    @override
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        self.calib_resume_from = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    # ------------------------------------------------------------------ loss
+    def _option_id_tensor(self, device) -> torch.Tensor:
+        cached = getattr(self, "_calib_ids_tensor", None)
+        if cached is None or cached.device != device:
+            cached = torch.as_tensor(self.calib_option_ids, dtype=torch.long, device=device)
+            self._calib_ids_tensor = cached
+        return cached
+
+    def _answer_option_logits(self, model, outputs, b_idx, t_idx, seq_shape) -> torch.Tensor:
+        """(P, L) logits of the L configured letters at the answer positions."""
+        ids = self._option_id_tensor(b_idx.device)
+        full = getattr(outputs, "logits", None)
+        # Full (B, T, V) logits exist unless a fused loss or logits_to_keep skipped them.
+        have_full = isinstance(full, torch.Tensor) and full.ndim == 3 and tuple(full.shape[:2]) == tuple(seq_shape)
+        if self._calib_use_full_logits and have_full:
+            return full[b_idx, t_idx][:, ids.to(full.device)].float()
+        hidden_states = getattr(outputs, "hidden_states", None)
+        if not hidden_states:
+            if have_full:
+                return full[b_idx, t_idx][:, ids.to(full.device)].float()
+            raise RuntimeError(
+                f"{type(model).__name__}.forward returned neither hidden_states nor full logits; the "
+                "calibration loss needs one of them at the answer positions"
+            )
+        logits = option_logits(model, hidden_states[-1][b_idx, t_idx], ids)
+        if not self._calib_path_checked and have_full:
+            # One-time self-check (P x K numbers): is hidden_states[-1] really the head's input here?
+            ref = full[b_idx, t_idx][:, ids.to(full.device)].float().detach()
+            tol = 1e-3 if ref.dtype == torch.float32 and full.dtype == torch.float32 else 5e-2
+            if not torch.allclose(logits.detach(), ref, rtol=tol, atol=tol * max(1.0, float(ref.abs().max()))):
+                LOG.warning(
+                    "calibration: option logits from hidden_states[-1] disagree with the model's logits "
+                    "(max abs diff %.4g); this architecture post-processes its last hidden state. "
+                    "Using the full logits at the answer positions instead (a fused CE loss would not work).",
+                    float((logits.detach() - ref).abs().max()),
+                )
+                self._calib_use_full_logits = True
+                logits = full[b_idx, t_idx][:, ids.to(full.device)].float()
+        self._calib_path_checked = True
+        return logits
+
+    @override
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        sample_id = inputs.pop("calib_sample_id", None)
+        answer_idx = inputs.pop("calib_answer_idx", None)
+        num_options = inputs.pop("calib_num_options", None)
+        inputs.pop("num_items_in_batch", None)
+        lam = float(self.calib_settings.calib_lambda or 0.0)
+        if sample_id is None or lam == 0.0:
+            # Not an MCQ batch, or plain SFT (lambda = 0): nothing to add.
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+        training = model.training
+        state = self.calib_state
+        if training and state is None:
+            raise RuntimeError(
+                "calibration loss: no EM state yet. The E-step runs from EMRefreshCallback at the start of "
+                "training; was the trainer built through CalibrationPlugin (add_callbacks_post_trainer)?"
+            )
+        inputs["output_hidden_states"] = True
+        sft_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        b_idx, t_idx = answer_positions(sample_id)
+        ids = sample_id[b_idx, t_idx]
+        k = num_options[b_idx, t_idx]
+        if state is not None and ids.numel():
+            if training:
+                targets, found = state.lookup(ids), None
+            else:  # eval rows need not be training samples: only those with a target count
+                targets, found = state.lookup(ids, strict=False)
+        else:
+            targets, found = None, None
+
+        logits = None
+        if targets is not None and (found is None or bool(found.any())):
+            logits = self._answer_option_logits(model, outputs, b_idx, t_idx, sample_id.shape)
+            if found is not None:
+                logits, targets, k = logits[found], targets[found], k[found]
+            ece = ece_loss(logits, targets, k, kind=self.calib_settings.calib_ece_loss)
+            loss = sft_loss + lam * ece
+        else:
+            ece = None
+            loss = sft_loss
+        self._calib_accumulate("train" if training else "eval", sft_loss, ece)
+
+        if return_outputs:
+            return loss, outputs
+        return loss
+
+    def _calib_accumulate(self, split: str, sft_loss: torch.Tensor, ece: Optional[torch.Tensor]) -> None:
+        """Keep the detached parts (no kernel, no host sync per step); ``log`` averages them."""
+        self._calib_parts.setdefault(split, []).append((sft_loss.detach(), None if ece is None else ece.detach()))
+
+    def _calib_window_sums(self, split: str) -> Optional[torch.Tensor]:
+        """[sum sft, n sft, sum ece, n ece] of the logging window (and clear it)."""
+        parts = self._calib_parts.pop(split, None)
+        if not parts:
+            return None
+        sft = torch.stack([p[0].float() for p in parts])
+        eces = [p[1].float() for p in parts if p[1] is not None]
+        ece_sum = torch.stack(eces).sum() if eces else torch.zeros((), device=sft.device)
+        return torch.stack([sft.sum(), torch.tensor(float(len(parts)), device=sft.device), ece_sum,
+                            torch.tensor(float(len(eces)), device=sft.device)]).to(torch.float64)
+
+    # ------------------------------------------------------------------ logging / eval
+    @override
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add ``calib/sft_loss`` and ``calib/ece_loss`` (mean over the logging window and over
+        ranks) to the train logs, ``eval_calib/...`` to eval logs."""
+        split = "train" if "loss" in logs else ("eval" if "eval_loss" in logs else None)
+        if split is not None:
+            s = self._calib_window_sums(split)
+            if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                    and torch.distributed.get_world_size() > 1:
+                # Every rank logs from the same training-loop step, so this collective lines up.
+                if s is None:
+                    s = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+                s = s.to(self.args.device)
+                torch.distributed.all_reduce(s)
+            if s is not None:
+                prefix = "calib/" if split == "train" else "eval_calib/"
+                if float(s[1]) > 0:
+                    logs[prefix + "sft_loss"] = round(float(s[0] / s[1]), 6)
+                if float(s[3]) > 0:
+                    logs[prefix + "ece_loss"] = round(float(s[2] / s[3]), 6)
+        return super().log(logs, start_time)
+
+    @override
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # compute_loss asks for hidden_states; never gather them as "predictions".
+        if ignore_keys is None:
+            ignore_keys = list(getattr(getattr(self.model, "config", None), "keys_to_ignore_at_inference", None)
+                               or ["past_key_values"])
+        ignore_keys = list(ignore_keys) + ["hidden_states"]
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+__all__ = ["AxolotlCalibTrainer", "CALIB_COLUMNS"]

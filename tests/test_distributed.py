@@ -1,0 +1,97 @@
+"""A real 2-process CPU (gloo) data-parallel run of CFT through torchrun: both ranks hold identical E-step
+statistics and targets, equal to a single-process run over the same data, and training finishes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from test_train_e2e import log_history, refresh_logs, run_train
+
+pytestmark = pytest.mark.slow
+
+
+#: Axolotl 0.19's normalize_config pins device_map to {"": LOCAL_RANK} whenever WORLD_SIZE > 1, which
+#: transformers reads as accelerator index 1 on a CPU-only box ("Cannot access accelerator device").
+#: This launcher script is Axolotl's train CLI with that one value corrected to "cpu".
+CPU_DDP_TRAIN = """
+import axolotl.cli.config as cli_config
+
+_orig = cli_config.normalize_config
+
+
+def normalize_config(cfg):
+    _orig(cfg)
+    if str(cfg.device).startswith("cpu") and isinstance(cfg.device_map, dict):
+        cfg.device_map = {"": "cpu"}
+
+
+cli_config.normalize_config = normalize_config
+
+if __name__ == "__main__":
+    import fire
+
+    from axolotl.cli.train import do_cli
+
+    fire.Fire(do_cli)
+"""
+
+
+def _states(dump_dir):
+    from axolotl_calib_plugin.em import EMState
+
+    return {f: EMState.load(os.path.join(dump_dir, f)) for f in sorted(os.listdir(dump_dir))}
+
+
+def _same(a, b):
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("sample_ids", "targets", "bin_count")) and all(
+        torch.equal(torch.nan_to_num(getattr(a, k), nan=-1.0), torch.nan_to_num(getattr(b, k), nan=-1.0))
+        for k in ("bin_accuracy", "bin_confidence"))
+
+
+def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_path, tiny_cfg, mcq_rows):
+    from axolotl_calib_plugin.callbacks import DEBUG_DUMP_ENV
+
+    data = mcq_rows(9, num_options=(4, 3, 5, 2), seed=6)  # odd: the rank shards need padding
+    common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                  calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="epoch", seed=3,
+                  calib_estep_batch_size=2)
+    single = tiny_cfg(**common, output_dir=str(tmp_path / "single"), dataset_prepared_path=str(tmp_path / "p1"))
+    (tmp_path / "s").mkdir()
+    run_train(single, tmp_path / "s", env_extra={DEBUG_DUMP_ENV: str(tmp_path / "dump_single")})
+
+    multi = tiny_cfg(**common, output_dir=str(tmp_path / "multi"), dataset_prepared_path=str(tmp_path / "p2"),
+                     ddp_backend="gloo")
+    (tmp_path / "m").mkdir()
+    script = tmp_path / "cpu_ddp_train.py"
+    script.write_text(CPU_DDP_TRAIN)
+    # torchrun (what `accelerate launch --multi_gpu` runs; `accelerate launch --cpu` needs mpirun for
+    # 2 processes) + ACCELERATE_USE_CPU: accelerate then sets up MULTI_CPU with the gloo backend.
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                str(script)]
+    run_train(multi, tmp_path / "m", launcher=launcher,
+              env_extra={DEBUG_DUMP_ENV: str(tmp_path / "dump_multi"), "OMP_NUM_THREADS": "1",
+                         "ACCELERATE_USE_CPU": "true"})
+
+    s = _states(tmp_path / "dump_single")
+    m = _states(tmp_path / "dump_multi")
+    assert sorted(m) == ["refresh1_rank0.pt", "refresh1_rank1.pt", "refresh2_rank0.pt", "refresh2_rank1.pt"]
+    for r in (1, 2):  # every rank holds exactly the same bins and targets, after every refresh
+        assert _same(m[f"refresh{r}_rank0.pt"], m[f"refresh{r}_rank1.pt"])
+    # the first E-step (same initial model) equals the single-process one
+    a, b = s["refresh1_rank0.pt"], m["refresh1_rank0.pt"]
+    assert torch.equal(a.sample_ids, b.sample_ids) and torch.equal(a.bin_count, b.bin_count)
+    assert int(a.bin_count.sum()) == 9
+    torch.testing.assert_close(a.bin_accuracy, b.bin_accuracy, equal_nan=True)
+    torch.testing.assert_close(a.bin_confidence, b.bin_confidence, equal_nan=True, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.targets, b.targets, atol=1e-5, rtol=1e-5)
+    # training finished (2 epochs) as ONE data-parallel job: 9 rows / (2 ranks x 2) = 3 steps per epoch,
+    # the refresh of epoch 1 at step 3, the trainable-token counter all-reduced over both ranks
+    history = log_history(multi.output_dir)
+    assert [(r["calib/refresh"], r["step"]) for r in refresh_logs(history)] == [(1, 0), (2, 3)]
+    losses = [h for h in history if "loss" in h]
+    assert len(losses) == 5 and losses[0]["tokens/trainable"] == 8
+    assert all(h["calib/ece_loss"] > 0 for h in losses)
