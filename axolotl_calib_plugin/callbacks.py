@@ -291,7 +291,8 @@ class EMRefreshCallback(TrainerCallback):
             pad_id = getattr(tok, "eos_token_id", None) or 0
         unwrapped.eval()
         try:
-            out = run_estep(model, self._data, tr.calib_option_ids,
+            option_ids = tr.set_calib_num_options(int(self._data.num_options.max()))
+            out = run_estep(model, self._data, option_ids,
                             batch_size=self.settings.calib_estep_batch_size, device=tr.args.device,
                             pad_id=int(pad_id), use_inference_mode=not self._sharded_params(),
                             show_progress=not getattr(tr.args, "disable_tqdm", False))

@@ -84,11 +84,22 @@ class AxolotlCalibTrainer(AxolotlTrainer):
 
     @property
     def calib_option_ids(self) -> list[int]:
-        """Token ids of the option letters after ``t*`` (a K-option row uses the first K)."""
-        if self._calib_option_ids is None:
-            from .mcq import option_token_ids
+        """Token ids of the option letters after ``t*`` (a K-option row uses the first K).
 
-            self._calib_option_ids = list(option_token_ids(self.processing_class, self.calib_cfg))
+        Only as many letters as the training data needs (its largest K, known once the E-step
+        has run) must be single tokens: 4-option data never checks ``calib_option_letters[4:]``.
+        """
+        if self._calib_option_ids is None:
+            kmax = int(self.calib_state.targets.shape[1]) if self.calib_state is not None else None
+            self.set_calib_num_options(kmax)
+        return self._calib_option_ids
+
+    def set_calib_num_options(self, kmax: Optional[int]) -> list[int]:
+        """Resolve (and cache) the ids of the first ``kmax`` letters (all letters when None)."""
+        from .mcq import option_token_ids
+
+        self._calib_option_ids = list(option_token_ids(self.processing_class, self.calib_cfg, num_options=kmax))
+        self._calib_ids_tensor = None
         return self._calib_option_ids
 
     # ------------------------------------------------------------------ data
@@ -234,6 +245,10 @@ class AxolotlCalibTrainer(AxolotlTrainer):
                     logs[prefix + "sft_loss"] = round(float(s[0] / s[1]), 6)
                 if float(s[3]) > 0:
                     logs[prefix + "ece_loss"] = round(float(s[2] / s[3]), 6)
+                elif split == "eval":
+                    # No eval sample had a target yet (before the first refresh). HF's model card
+                    # table needs the same keys in every eval log, so report it as missing (NaN).
+                    logs[prefix + "ece_loss"] = float("nan")
         return super().log(logs, start_time)
 
     @override

@@ -163,10 +163,15 @@ def test_variable_k_rows_and_custom_fields(build):
     assert [r["calib_answer_idx"][_marker(r)] for r in ds] == [1, 2, 4]
 
 
-def test_letters_beyond_the_rows_k_are_never_checked(build):
-    """Default letters A..J: the tiny tokenizer splits ' F', but 4-option data never needs it."""
+def test_default_letters_are_a_to_j(build):
     ds, cfg = build(ROWS, calib_option_letters=None)
     assert cfg.calib_option_letters == list("ABCDEFGHIJ")
+    assert len(ds) == 3
+
+
+def test_letters_beyond_the_rows_k_are_never_checked(build):
+    """'(E)' is several tokens for the tiny tokenizer, but 4-option data never needs it."""
+    ds, cfg = build(ROWS, calib_option_letters=["A", "B", "C", "D", "(E)"])
     assert len(ds) == 3
 
 
@@ -178,9 +183,11 @@ def test_custom_letters(build, tiny_tokenizer):
 
 # ------------------------------------------------------------------------------------------- option ids
 def test_option_token_ids_names_the_letter_that_is_not_one_token(tiny_tokenizer):
-    with pytest.raises(ValueError, match="option letter 'F' is not a single token"):
-        option_token_ids(tiny_tokenizer, {})  # plain " F" is two tokens for the tiny tokenizer
-    assert len(option_token_ids(tiny_tokenizer, {}, num_options=5)) == 5
+    letters = {"calib_option_letters": ["A", "B", "C", "D", "E", "(F)"]}
+    with pytest.raises(ValueError, match=r"option letter '\(F\)' is not a single token"):
+        option_token_ids(tiny_tokenizer, letters)  # plain " (F)" is several tokens for the tiny tokenizer
+    assert len(option_token_ids(tiny_tokenizer, letters, num_options=5)) == 5
+    assert len(option_token_ids(tiny_tokenizer, {})) == 10  # the default A..J are single tokens
     with pytest.raises(ValueError, match="only 5"):
         option_token_ids(tiny_tokenizer, {"calib_option_letters": "ABCDE"}, num_options=6)
 
@@ -196,8 +203,8 @@ BAD = [
     ({"question": "Q one?", "choices": "a, b", "answer": 0}, "must be a list of strings"),
     ({"question": "Q one?", "choices": None, "answer": 0}, "missing choices"),
     ({"question": "", "choices": ["a", "b"], "answer": 0}, "missing question"),
-    ({"question": "Q one?", "choices": [f"c{i}" for i in range(6)], "answer": 0},
-     "option letter 'F' is not a single token"),
+    ({"question": "Q one?", "choices": [f"c{i}" for i in range(11)], "answer": 0},
+     "11 choices but only 10 option letters"),
 ]
 
 
