@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Sequence
 
-from .demo.pipeline import OFFLINE_ENV
+from .offline import OFFLINE_ENV
 
 
 def _offline_env() -> None:

@@ -38,16 +38,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_DISABLED": "true",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "TRL_EXPERIMENTAL_SILENCE": "1",
-}
+from axolotl_calib_plugin.offline import OFFLINE_ENV
 os.environ.update(OFFLINE_ENV)
 
 import torch  # noqa: E402

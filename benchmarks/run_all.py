@@ -18,18 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from axolotl_calib_plugin.offline import OFFLINE_ENV
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_DISABLED": "true",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONUNBUFFERED": "1",
-}
+HERE = Path(__file__).resolve().parent
 
 
 def discover(names: list[str]) -> list[Path]:

@@ -24,15 +24,7 @@ from pathlib import Path
 
 import pytest
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_DISABLED": "true",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from axolotl_calib_plugin.offline import OFFLINE_ENV
 os.environ.update(OFFLINE_ENV)
 
 #: CPU-safe settings every tiny Axolotl config needs (see notes/axolotl_plugins.md §7).

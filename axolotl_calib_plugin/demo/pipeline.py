@@ -23,17 +23,7 @@ import numpy as np
 from . import analysis, configs, report
 from .world import World, generate, read_jsonl
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_DISABLED": "true",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONUNBUFFERED": "1",
-    "DO_NOT_TRACK": "1",
-}
+from ..offline import OFFLINE_ENV
 
 
 @dataclass(frozen=True)
