@@ -1,18 +1,25 @@
 """Metrics core vs a straightforward per-sample Python loop (issue 7).
 
 Prints, for n = 100k and 1M samples (K=4, 10 bins):
-  * the values of conf-ECE, cw-ECE and accuracy from both implementations (asserted equal to 1e-9),
-  * the wall time of each and the speed ratio loop / core (target >= 100x);
-and then how the core's cost grows with n (10k .. 10M): time per sample should be flat (linear cost).
+  * the values of conf-ECE, cw-ECE and accuracy from the loops and from the core (asserted equal to
+    1e-9; ``calibration_metrics`` is also asserted bit-identical to the three single functions),
+  * for each of ``calibration_metrics`` (all three in one pass), the three separate calls, and each of
+    ``conf_ece`` / ``cw_ece`` / ``accuracy`` alone: the loop time, the core time and the speed ratio
+    loop / core (target >= 100x). Each function is compared with a loop of the same definition(s);
+    ``calibration_metrics`` and the three calls are compared with the one-pass loop of all three;
+then how the core's cost grows with n (10k .. 10M): time per sample should be flat (linear cost);
+then where the time of ``calibration_metrics`` goes, op by op (torch.profiler, n = 1M).
 
-The baseline is deliberately not a strawman: the inputs are converted to Python lists once (timed),
+The baselines are deliberately not strawmen: the inputs are converted to Python lists once (timed),
 the bin of each value is found with ``bisect`` (C) on the precomputed edges m/M, and the per-bin sums
-are accumulated in plain lists -- one Python-level iteration per sample (per sample and class for cw-ECE).
-Both the baseline and the core are timed directly; nothing is extrapolated. A loop that indexes the
-numpy rows directly (np.argmax(row), float(row[j]), scanning the edges) measured the same ~3 us/sample.
-The core is timed as users call it: three functions, each validating its input.
+are accumulated in plain lists -- one Python-level iteration per sample (per sample and class for
+cw-ECE). Everything is timed directly; nothing is extrapolated. A loop that indexes the numpy rows
+directly (np.argmax(row), float(row[j]), scanning the edges) measured the same ~3 us/sample.
+The core is timed as users call it, each call validating its input; core timings are the median of
+``--repeats`` interleaved rounds (every function once per round, so a slow spell hits all of them).
 
 Usage: python benchmarks/bench_metrics.py [--sizes 100000,1000000] [--scaling 10000,...] [--repeats N]
+       [--profile-n N (0: skip the op breakdown)]
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from axolotl_calib_plugin.metrics import accuracy, conf_ece, cw_ece
+from axolotl_calib_plugin.metrics import accuracy, calibration_metrics, conf_ece, cw_ece
 
 K = 4
 N_BINS = 10
@@ -89,7 +96,70 @@ def loop_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) ->
     }
 
 
-def core_metrics(probs, labels, n_bins: int = N_BINS) -> dict[str, float]:
+def _loop_ece(count, s_val, s_hit, n, n_bins):
+    total = 0.0
+    for m in range(n_bins):
+        if count[m]:
+            total += count[m] / n * abs(s_hit[m] / count[m] - s_val[m] / count[m])
+    return total
+
+
+def loop_conf_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:
+    """conf-ECE alone, by the same per-sample loop as :func:`loop_metrics`."""
+    rows, ys = probs.tolist(), labels.tolist()
+    k = len(rows[0])
+    inner = [m / n_bins for m in range(1, n_bins)]
+    cnt, s_conf, s_acc = [0] * n_bins, [0.0] * n_bins, [0.0] * n_bins
+    for row, y in zip(rows, ys):
+        best = 0
+        for j in range(1, k):
+            if row[j] > row[best]:
+                best = j
+        conf = row[best]
+        b = bisect.bisect_left(inner, conf)
+        cnt[b] += 1
+        s_conf[b] += conf
+        if best == y:
+            s_acc[b] += 1.0
+    return _loop_ece(cnt, s_conf, s_acc, len(rows), n_bins)
+
+
+def loop_cw_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:
+    """cw-ECE alone, by the same per-sample, per-class loop as :func:`loop_metrics`."""
+    rows, ys = probs.tolist(), labels.tolist()
+    k = len(rows[0])
+    inner = [m / n_bins for m in range(1, n_bins)]
+    c_cnt = [[0] * n_bins for _ in range(k)]
+    c_p = [[0.0] * n_bins for _ in range(k)]
+    c_y = [[0.0] * n_bins for _ in range(k)]
+    for row, y in zip(rows, ys):
+        for j in range(k):
+            pj = row[j]
+            bj = bisect.bisect_left(inner, pj)
+            c_cnt[j][bj] += 1
+            c_p[j][bj] += pj
+            if j == y:
+                c_y[j][bj] += 1.0
+    return sum(_loop_ece(c_cnt[j], c_p[j], c_y[j], len(rows), n_bins) for j in range(k)) / k
+
+
+def loop_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy alone: argmax (lowest index on ties) per row, compared with the label."""
+    rows, ys = probs.tolist(), labels.tolist()
+    k = len(rows[0])
+    n_correct = 0
+    for row, y in zip(rows, ys):
+        best = 0
+        for j in range(1, k):
+            if row[j] > row[best]:
+                best = j
+        if best == y:
+            n_correct += 1
+    return n_correct / len(rows)
+
+
+def core_three_calls(probs, labels, n_bins: int = N_BINS) -> dict[str, float]:
+    """The three public functions called one after another (each validates its input)."""
     return {
         "conf_ece": conf_ece(probs, labels, n_bins),
         "cw_ece": cw_ece(probs, labels, n_bins),
@@ -122,50 +192,126 @@ def timed(fn, repeats: int):
     return out, statistics.median(times), times
 
 
+def timed_interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall time of each function over ``repeats`` rounds; every round runs each once."""
+    times = {name: [] for name in fns}
+    outs = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return outs, {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def fmt_t(sec: float) -> str:
     return f"{sec * 1e3:9.1f} ms" if sec < 10 else f"{sec:9.2f} s "
 
 
+#: (row label, core function key, loop function key, metric keys it produces)
+ROWS = [
+    ("calibration_metrics (one pass)", "calibration_metrics", "loop_all", ("conf_ece", "cw_ece", "accuracy")),
+    ("conf_ece + cw_ece + accuracy", "three_calls", "loop_all", ("conf_ece", "cw_ece", "accuracy")),
+    ("conf_ece alone", "conf_ece", "loop_conf_ece", ("conf_ece",)),
+    ("cw_ece alone", "cw_ece", "loop_cw_ece", ("cw_ece",)),
+    ("accuracy alone", "accuracy", "loop_accuracy", ("accuracy",)),
+]
+
+
 def compare(n: int, repeats_core: int) -> bool:
     probs, labels = make_data(n)
-    core_metrics(probs[:1000], labels[:1000])  # warm-up
-    core, t_core, _ = timed(lambda: core_metrics(probs, labels), repeats_core)
-    t_core_parts = {}
-    for name, fn in (("conf_ece", conf_ece), ("cw_ece", cw_ece), ("accuracy", accuracy)):
-        _, t_core_parts[name], _ = timed(lambda fn=fn: fn(probs, labels), repeats_core)
-    loop, t_loop, _ = timed(lambda: loop_metrics(probs, labels), 1)
+    core_fns = {
+        "calibration_metrics": lambda: calibration_metrics(probs, labels, N_BINS),
+        "three_calls": lambda: core_three_calls(probs, labels, N_BINS),
+        "conf_ece": lambda: {"conf_ece": conf_ece(probs, labels, N_BINS)},
+        "cw_ece": lambda: {"cw_ece": cw_ece(probs, labels, N_BINS)},
+        "accuracy": lambda: {"accuracy": accuracy(probs, labels)},
+    }
+    loop_fns = {
+        "loop_all": lambda: loop_metrics(probs, labels, N_BINS),
+        "loop_conf_ece": lambda: {"conf_ece": loop_conf_ece(probs, labels, N_BINS)},
+        "loop_cw_ece": lambda: {"cw_ece": loop_cw_ece(probs, labels, N_BINS)},
+        "loop_accuracy": lambda: {"accuracy": loop_accuracy(probs, labels)},
+    }
+    calibration_metrics(probs[:1000], labels[:1000])  # warm-up
+    core, t_core = timed_interleaved(core_fns, repeats_core)
+    loop_repeats = 3 if n <= 100_000 else 1
+    loop, t_loop = timed_interleaved(loop_fns, loop_repeats)
     ok = True
     print(f"\n n = {n:,}  (K={K}, {N_BINS} bins)")
     print(f"   {'metric':<9} {'loop':>20} {'core':>20} {'|diff|':>9}")
     for key in ("conf_ece", "cw_ece", "accuracy"):
-        diff = abs(loop[key] - core[key])
+        diff = abs(loop["loop_all"][key] - core["calibration_metrics"][key])
         ok &= diff <= TOL
-        print(f"   {key:<9} {loop[key]:20.15f} {core[key]:20.15f} {diff:9.1e}{'' if diff <= TOL else '  MISMATCH'}")
-    ratio = t_loop / t_core
-    print(f"   time: loop (all three, one pass, timed once) {fmt_t(t_loop)}   "
-          f"core (all three, median of {repeats_core}) {fmt_t(t_core)}  "
-          f"[conf_ece {t_core_parts['conf_ece'] * 1e3:.1f} ms, cw_ece {t_core_parts['cw_ece'] * 1e3:.1f} ms, "
-          f"accuracy {t_core_parts['accuracy'] * 1e3:.1f} ms]")
-    print(f"   per sample: loop {t_loop / n * 1e9:7.0f} ns, core {t_core / n * 1e9:5.0f} ns "
-          f"(>= 100x needs core <= {t_loop / n * 1e9 / 100:.0f} ns/sample)")
-    print(f"   speed-up loop/core: {ratio:7.1f}x   (target >= 100x: {'PASS' if ratio >= 100 else 'FAIL'})")
+        for lk, ck in (("loop_conf_ece", "conf_ece"), ("loop_cw_ece", "cw_ece"), ("loop_accuracy", "accuracy")):
+            if key in loop[lk]:
+                ok &= abs(loop[lk][key] - loop["loop_all"][key]) <= TOL and abs(core[ck][key] - loop[lk][key]) <= TOL
+        print(f"   {key:<9} {loop['loop_all'][key]:20.15f} {core['calibration_metrics'][key]:20.15f} {diff:9.1e}"
+              f"{'' if diff <= TOL else '  MISMATCH'}")
+    same = core["calibration_metrics"] == core["three_calls"] and all(
+        core["calibration_metrics"][key] == core[key][key] for key in ("conf_ece", "cw_ece", "accuracy")
+    )
+    print(f"   calibration_metrics bit-identical to the three single functions: {same}")
+    print(f"   {'core':<32} {'loop (' + ('median of 3' if loop_repeats > 1 else 'timed once') + ')':>20} "
+          f"{'core (median of ' + str(repeats_core) + ')':>20} {'core ns/sample':>15} {'loop/core':>10}")
+    all_pass = True
+    for label, ck, lk, _ in ROWS:
+        ratio = t_loop[lk] / t_core[ck]
+        all_pass &= ratio >= 100
+        print(f"   {label:<32} {fmt_t(t_loop[lk]):>20} {fmt_t(t_core[ck]):>20} {t_core[ck] / n * 1e9:15.1f} "
+              f"{ratio:9.1f}x  {'PASS' if ratio >= 100 else 'FAIL'}")
+    print(f"   loop (all three) per sample: {t_loop['loop_all'] / n * 1e9:.0f} ns, so >= 100x needs the one-pass "
+          f"core at <= {t_loop['loop_all'] / n * 1e9 / 100:.0f} ns/sample")
     assert ok, f"core and loop disagree by more than {TOL} at n={n}"
-    return ratio >= 100
+    assert same, "calibration_metrics differs from conf_ece / cw_ece / accuracy"
+    return all_pass
 
 
 def scaling(sizes: list[int]) -> None:
-    print(f"\n Core cost vs n (conf_ece + cw_ece + accuracy, each validating its input; median of repeats)")
-    print(f"   {'n':>12} {'time':>12} {'ns/sample':>10} {'ns/sample rel. to smallest':>27}")
+    print("\n Core cost vs n (median of repeats; 'three calls' = conf_ece + cw_ece + accuracy, each validating)")
+    print(f"   {'n':>12} {'calibration_metrics':>20} {'ns/sample':>10} {'rel.':>6} {'three calls':>14} "
+          f"{'ns/sample':>10} {'rel.':>6}")
     base = None
     for n in sizes:
         probs, labels = make_data(n, seed=1)
-        repeats = 7 if n <= 100_000 else (3 if n <= 1_000_000 else 2)
-        core_metrics(probs[:1000], labels[:1000])
-        _, t, _ = timed(lambda: core_metrics(probs, labels), repeats)
-        per = t / n * 1e9
+        repeats = 7 if n <= 100_000 else (5 if n <= 1_000_000 else 3)
+        calibration_metrics(probs[:1000], labels[:1000])
+        _, t = timed_interleaved(
+            {
+                "one": lambda: calibration_metrics(probs, labels, N_BINS),
+                "three": lambda: core_three_calls(probs, labels, N_BINS),
+            },
+            repeats,
+        )
+        per = {key: t[key] / n * 1e9 for key in t}
         base = base or per
-        print(f"   {n:12,} {fmt_t(t):>12} {per:10.1f} {per / base:27.2f}")
+        print(f"   {n:12,} {fmt_t(t['one']):>20} {per['one']:10.1f} {per['one'] / base['one']:6.2f} "
+              f"{fmt_t(t['three']):>14} {per['three']:10.1f} {per['three'] / base['three']:6.2f}")
         del probs, labels
+
+
+def op_breakdown(n: int, repeats: int = 3) -> None:
+    """Self CPU time per torch op inside calibration_metrics (torch.profiler; it adds a few us per op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    probs, labels = make_data(n, seed=2)
+    calibration_metrics(probs, labels, N_BINS)
+    _, t_plain = timed_interleaved({"x": lambda: calibration_metrics(probs, labels, N_BINS)}, 5)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            calibration_metrics(probs, labels, N_BINS)
+        t_prof = (time.perf_counter() - t0) / repeats
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total_ops = sum(e.self_cpu_time_total for e in events) / repeats / 1e6
+    print(f"\n Where the time of calibration_metrics goes, n = {n:,} (torch.profiler, {repeats} calls; "
+          f"{t_plain['x'] * 1e3:.1f} ms/call unprofiled, {t_prof * 1e3:.1f} ms/call profiled)")
+    print(f"   {'op':<24} {'calls/call':>10} {'ms/call':>8} {'ns/sample':>10} {'share':>6}")
+    for e in events[:16]:
+        ms = e.self_cpu_time_total / repeats / 1e3
+        print(f"   {e.key:<24} {e.count / repeats:10.0f} {ms:8.2f} {ms * 1e6 / n:10.2f} {ms / 1e3 / t_prof:6.1%}")
+    rest = t_prof - total_ops
+    print(f"   {'(Python + dispatch)':<24} {'':>10} {rest * 1e3:8.2f} {rest * 1e9 / n:10.2f} {rest / t_prof:6.1%}")
 
 
 def main(argv=None) -> int:
@@ -173,6 +319,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="100000,1000000", help="n for the loop-vs-core comparison")
     ap.add_argument("--scaling", default="10000,100000,1000000,10000000", help="n for the core scaling table")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of the core (median)")
+    ap.add_argument("--profile-n", type=int, default=1_000_000, help="n for the per-op breakdown (0: skip)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: the loop is single-threaded too, and on a shared "
                          "2-core box 2 threads make every torch op wait for a busy core)")
@@ -186,7 +333,9 @@ def main(argv=None) -> int:
     for n in [int(s) for s in args.sizes.split(",") if s]:
         all_ok &= compare(n, args.repeats)
     scaling([int(s) for s in args.scaling.split(",") if s])
-    print(f"\n values identical (<= {TOL:g}) at every n: yes;  speed-up target >= 100x: "
+    if args.profile_n:
+        op_breakdown(args.profile_n)
+    print(f"\n values identical (<= {TOL:g}) at every n: yes;  speed-up target >= 100x for every row: "
           f"{'met' if all_ok else 'NOT met'}")
     return 0
 

@@ -17,11 +17,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from axolotl_calib_plugin import metrics as metrics_module
 from axolotl_calib_plugin.metrics import (
+    ROW_SUM_ATOL,
     ReliabilityBins,
     accuracy,
     bin_edges,
     bin_index,
+    calibration_metrics,
     conf_ece,
     cw_ece,
     reliability_bins,
@@ -426,6 +429,164 @@ def test_string_labels_raise_value_error():
         conf_ece([["0.5", "0.5"], ["0.25", "0.75"]], GOOD_Y)
 
 
+def test_non_numeric_inputs_raise_value_error():
+    # object arrays and ragged lists are not numbers either
+    with pytest.raises(ValueError, match="probs"):
+        conf_ece(np.array([[0.5, 0.5], [0.25, None]], dtype=object), GOOD_Y)
+    with pytest.raises(ValueError):
+        cw_ece([[0.5, 0.5], [1.0]], GOOD_Y)
+    with pytest.raises(ValueError, match="labels"):
+        calibration_metrics(GOOD_P, np.array(["0", "1"]))
+
+
+# ----------------------------------------------------------------------------- calibration_metrics + the fast engine
+def test_calibration_metrics_hand_case():
+    # Case A, M=5: conf-ECE 0.25, cw-ECE 0.375, accuracy 0.75 (see the hand-computed tests above)
+    got = calibration_metrics(CASE_A_PROBS, CASE_A_LABELS, n_bins=5)
+    assert got == {"conf_ece": pytest.approx(0.25, abs=1e-12), "cw_ece": pytest.approx(0.375, abs=1e-12),
+                   "accuracy": 0.75}
+    assert list(got) == ["conf_ece", "cw_ece", "accuracy"]
+    assert all(type(v) is float for v in got.values())
+
+
+@pytest.mark.parametrize("n_bins", [0, 2.5, None])
+def test_calibration_metrics_invalid(n_bins):
+    with pytest.raises(ValueError, match="n_bins"):
+        calibration_metrics(GOOD_P, GOOD_Y, n_bins=n_bins)
+    with pytest.raises(ValueError, match="NaN"):  # bad data is reported before a bad n_bins
+        calibration_metrics([[float("nan"), 1.0]], [0], n_bins=n_bins)
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Force many chunks (3 rows of K=2..3) so that chunk boundaries are exercised on small data."""
+    monkeypatch.setattr(metrics_module, "_CHUNK_ELEMS", 7)
+    monkeypatch.setattr(metrics_module._THREAD_LOCAL, "workspace", None, raising=False)
+    yield
+    metrics_module._THREAD_LOCAL.workspace = None
+
+
+def _all_results(probs, labels, m):
+    return (
+        conf_ece(probs, labels, m),
+        cw_ece(probs, labels, m),
+        accuracy(probs, labels),
+        tuple(calibration_metrics(probs, labels, m).values()),
+        *[(rb.count.tolist(), np.nan_to_num(rb.mean_confidence, nan=-1.0).tolist(),
+           np.nan_to_num(rb.accuracy, nan=-1.0).tolist(), rb.ece)
+          for rb in (reliability_bins(probs, labels, m, kind=kind) for kind in ("conf", "class"))],
+    )
+
+
+def test_chunked_results_bit_identical_to_one_chunk(tiny_chunks):
+    rng = np.random.default_rng(5)
+    for k, m in ((2, 10), (3, 5), (3, 49), (4, 15)):
+        probs = rng.dirichlet(np.full(k, 0.5), size=50)
+        probs[::7] = np.eye(k)[rng.integers(0, k, size=len(probs[::7]))]  # zeros and ones
+        labels = rng.integers(0, k, size=50)
+        metrics_module._CHUNK_ELEMS = 7
+        small = _all_results(probs, labels, m)
+        metrics_module._CHUNK_ELEMS = 1 << 20
+        metrics_module._THREAD_LOCAL.workspace = None
+        assert _all_results(probs, labels, m) == small
+        assert small[0] == pytest.approx(ref_conf_ece(probs, labels, m), abs=1e-12)
+        assert small[1] == pytest.approx(ref_cw_ece(probs, labels, m), abs=1e-12)
+
+
+def test_errors_in_a_later_chunk_name_the_global_row(tiny_chunks):
+    probs = np.tile([[0.25, 0.75]], (40, 1))
+    labels = np.zeros(40, dtype=np.int64)
+    bad = probs.copy()
+    bad[31] = [float("nan"), 1.0]
+    bad_sum = probs.copy()
+    bad_sum[17] = [0.5, 0.4]
+    bad_range = probs.copy()
+    bad_range[23] = [1.5, -0.5]
+    bad_labels = labels.copy()
+    bad_labels[38] = 2
+    for fn in (conf_ece, cw_ece, calibration_metrics):
+        with pytest.raises(ValueError, match="NaN or inf.*row 31"):
+            fn(bad, labels)
+        with pytest.raises(ValueError, match="row 17 sums to 0.900000"):
+            fn(bad_sum, labels)
+        with pytest.raises(ValueError, match=r"\[0, 1\] \(row 23"):
+            fn(bad_range, labels)
+        with pytest.raises(ValueError, match="row 38 has label 2"):
+            fn(probs, bad_labels)
+    with pytest.raises(ValueError, match="row 31"):
+        accuracy(bad, labels)
+
+
+def test_row_sums_at_the_tolerance_are_decided_by_the_reference_validator():
+    # the fast path accepts rows well inside the tolerance and asks validate_probs_labels about the rest,
+    # so both agree on every row sum, including those within rounding of 1 +- ROW_SUM_ATOL
+    for delta in (ROW_SUM_ATOL - 1e-9, ROW_SUM_ATOL - 1e-12, ROW_SUM_ATOL, ROW_SUM_ATOL + 1e-12, ROW_SUM_ATOL + 1e-9):
+        for sign in (1.0, -1.0):
+            probs = [[0.25, 0.75], [0.5 + sign * delta, 0.5]]
+            try:
+                validate_probs_labels(probs, [0, 1])
+                reference_ok = True
+            except ValueError:
+                reference_ok = False
+            if reference_ok:
+                assert calibration_metrics(probs, [0, 1])["accuracy"] == ref_accuracy(probs, [0, 1])
+            else:
+                with pytest.raises(ValueError, match="sum to 1"):
+                    calibration_metrics(probs, [0, 1])
+
+
+def test_exact_binning_matches_bucketize_for_many_n_bins():
+    # the search-free binning, one-sided (e.g. M=10) and two-sided (e.g. M=25, 100), puts every value,
+    # edges and their neighbours included, in the same bin as bin_index (torch.bucketize)
+    assert metrics_module._one_sided_binning_is_exact(10) and not metrics_module._one_sided_binning_is_exact(25)
+    assert not metrics_module._one_sided_binning_is_exact(100)
+    rng = np.random.default_rng(3)
+    for m in [*range(1, 121), 200, 256, 500, 997, 1000]:
+        edges = [j / m for j in range(m + 1)]
+        vals = [0.0, 1.0, *edges, *(math.nextafter(e, 2.0) for e in edges[:-1]),
+                *(math.nextafter(e, -1.0) for e in edges[1:]), *rng.random(50).tolist(),
+                float(np.float32(0.3)), float(np.float32(0.7)), 5e-324]
+        vals = np.array(vals)
+        probs = np.stack([vals, 1.0 - vals], axis=1)  # class 0 holds every value
+        labels = np.zeros(len(vals), dtype=np.int64)
+        rb = reliability_bins(probs, labels, m, kind="class")
+        expected = np.bincount(bin_index(vals, m).numpy(), minlength=m)
+        np.testing.assert_array_equal(rb.count[0], expected, err_msg=f"M={m}")
+        np.testing.assert_array_equal(
+            rb.count[0], np.bincount([ref_bin(v, m) for v in vals], minlength=m), err_msg=f"M={m}"
+        )
+
+
+def test_concurrent_threads_agree():
+    # the chunk workspace is per thread: concurrent calls must not share temporaries
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    cases = [(rng.dirichlet(np.ones(k), size=3000), rng.integers(0, k, size=3000)) for k in (2, 3, 4, 5)] * 3
+    expected = [calibration_metrics(p, y) for p, y in cases]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: calibration_metrics(*c), cases))
+    assert got == expected
+
+
+def test_noncontiguous_and_low_precision_inputs():
+    rng = np.random.default_rng(6)
+    probs = rng.dirichlet(np.ones(4), size=200)
+    labels = rng.integers(0, 4, size=200)
+    ref = calibration_metrics(probs, labels)
+    t = torch.from_numpy(np.ascontiguousarray(probs.T)).t()  # a transposed (non-contiguous) view
+    assert not t.is_contiguous()
+    assert calibration_metrics(t, torch.from_numpy(labels)) == ref
+    assert calibration_metrics(probs.astype(">f8"), labels.astype(">i4")) == ref  # big-endian numpy
+    # float16 / bfloat16 / integer probabilities are converted exactly (multiples of 1/16 here)
+    sixteenths = rng.multinomial(16, np.full(4, 0.25), size=200) / 16.0
+    ref16 = calibration_metrics(sixteenths, labels)
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        assert calibration_metrics(torch.from_numpy(sixteenths).to(dt), labels) == ref16
+    onehot = np.eye(4, dtype=np.int64)[labels]
+    assert calibration_metrics(onehot, labels) == {"conf_ece": 0.0, "cw_ece": 0.0, "accuracy": 1.0}
+
+
 # ----------------------------------------------------------------------------- properties
 @st.composite
 def probs_labels(draw, max_n=40, max_k=6, snap=None):
@@ -553,3 +714,12 @@ def test_miscalibrated_sampler_ece_does_not_vanish():
     labels = (true.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1).clip(max=k - 1)
     assert conf_ece(probs, labels) > 0.1
     assert cw_ece(probs, labels) > 0.02
+
+
+@PROPERTY_SETTINGS
+@given(probs_labels())
+def test_calibration_metrics_identical_to_single_functions(case):
+    probs, labels, m = case
+    got = calibration_metrics(probs, labels, m)
+    assert got == {"conf_ece": conf_ece(probs, labels, m), "cw_ece": cw_ece(probs, labels, m),
+                   "accuracy": accuracy(probs, labels)}
