@@ -130,7 +130,7 @@ def tiny_cfg(tmp_path, tiny_model_dir, mcq_rows):
         cfg = {
             "base_model": tiny_model_dir,
             "plugins": [PLUGIN],
-            "calib_option_letters": list("ABCDE"),  # the tiny tokenizer has single-token " A".." E" only
+            "calib_option_letters": list("ABCDE"),  # the test data has at most 5 choices
             "sequence_len": 256,
             "micro_batch_size": 2,
             "gradient_accumulation_steps": 1,
