@@ -17,7 +17,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from axolotl_calib_plugin import metrics as metrics_module
 from axolotl_calib_plugin.metrics import (
     ROW_SUM_ATOL,
     ReliabilityBins,
@@ -457,15 +456,6 @@ def test_calibration_metrics_invalid(n_bins):
         calibration_metrics([[float("nan"), 1.0]], [0], n_bins=n_bins)
 
 
-@pytest.fixture
-def tiny_chunks(monkeypatch):
-    """Force many chunks (3 rows of K=2..3) so that chunk boundaries are exercised on small data."""
-    monkeypatch.setattr(metrics_module, "_CHUNK_ELEMS", 7)
-    monkeypatch.setattr(metrics_module._THREAD_LOCAL, "workspace", None, raising=False)
-    yield
-    metrics_module._THREAD_LOCAL.workspace = None
-
-
 def _all_results(probs, labels, m):
     return (
         conf_ece(probs, labels, m),
@@ -478,22 +468,19 @@ def _all_results(probs, labels, m):
     )
 
 
-def test_chunked_results_bit_identical_to_one_chunk(tiny_chunks):
+def test_results_do_not_depend_on_row_order_of_equal_inputs_and_match_the_loop():
     rng = np.random.default_rng(5)
     for k, m in ((2, 10), (3, 5), (3, 49), (4, 15)):
         probs = rng.dirichlet(np.full(k, 0.5), size=50)
         probs[::7] = np.eye(k)[rng.integers(0, k, size=len(probs[::7]))]  # zeros and ones
         labels = rng.integers(0, k, size=50)
-        metrics_module._CHUNK_ELEMS = 7
-        small = _all_results(probs, labels, m)
-        metrics_module._CHUNK_ELEMS = 1 << 20
-        metrics_module._THREAD_LOCAL.workspace = None
-        assert _all_results(probs, labels, m) == small
-        assert small[0] == pytest.approx(ref_conf_ece(probs, labels, m), abs=1e-12)
-        assert small[1] == pytest.approx(ref_cw_ece(probs, labels, m), abs=1e-12)
+        first = _all_results(probs, labels, m)
+        assert _all_results(torch.from_numpy(probs), torch.from_numpy(labels), m) == first
+        assert first[0] == pytest.approx(ref_conf_ece(probs, labels, m), abs=1e-12)
+        assert first[1] == pytest.approx(ref_cw_ece(probs, labels, m), abs=1e-12)
 
 
-def test_errors_in_a_later_chunk_name_the_global_row(tiny_chunks):
+def test_errors_name_the_global_row():
     probs = np.tile([[0.25, 0.75]], (40, 1))
     labels = np.zeros(40, dtype=np.int64)
     bad = probs.copy()
@@ -536,10 +523,8 @@ def test_row_sums_at_the_tolerance_are_decided_by_the_reference_validator():
 
 
 def test_exact_binning_matches_bucketize_for_many_n_bins():
-    # the search-free binning, one-sided (e.g. M=10) and two-sided (e.g. M=25, 100), puts every value,
-    # edges and their neighbours included, in the same bin as bin_index (torch.bucketize)
-    assert metrics_module._one_sided_binning_is_exact(10) and not metrics_module._one_sided_binning_is_exact(25)
-    assert not metrics_module._one_sided_binning_is_exact(100)
+    # the search-free binning puts every value, edges and their neighbours included, in the same
+    # bin as a binary search over the edges (torch.bucketize, right-closed) and as the loop reference
     rng = np.random.default_rng(3)
     for m in [*range(1, 121), 200, 256, 500, 997, 1000]:
         edges = [j / m for j in range(m + 1)]
@@ -550,7 +535,9 @@ def test_exact_binning_matches_bucketize_for_many_n_bins():
         probs = np.stack([vals, 1.0 - vals], axis=1)  # class 0 holds every value
         labels = np.zeros(len(vals), dtype=np.int64)
         rb = reliability_bins(probs, labels, m, kind="class")
-        expected = np.bincount(bin_index(vals, m).numpy(), minlength=m)
+        searched = torch.bucketize(torch.from_numpy(vals), bin_edges(m)[1:-1], right=False)
+        np.testing.assert_array_equal(bin_index(vals, m).numpy(), searched.numpy(), err_msg=f"M={m}")
+        expected = np.bincount(searched.numpy(), minlength=m)
         np.testing.assert_array_equal(rb.count[0], expected, err_msg=f"M={m}")
         np.testing.assert_array_equal(
             rb.count[0], np.bincount([ref_bin(v, m) for v in vals], minlength=m), err_msg=f"M={m}"
@@ -558,7 +545,7 @@ def test_exact_binning_matches_bucketize_for_many_n_bins():
 
 
 def test_concurrent_threads_agree():
-    # the chunk workspace is per thread: concurrent calls must not share temporaries
+    # the compiled kernel releases the GIL: concurrent calls must not share state
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(4)
