@@ -82,12 +82,20 @@ def postprocess_logits(logits: torch.Tensor, config) -> torch.Tensor:
     return logits
 
 
+def _rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``weight[ids]`` through ``F.embedding``: same values, but its backward scatters into ONE dense
+    (V, H) gradient buffer, where advanced indexing's backward allocates a zero (V, H) tensor and then
+    an out-of-place ``index_put`` (two buffers; +1 GiB transient peak for a trainable 8B head in bf16,
+    measured in ``benchmarks/bench_reference.py``)."""
+    return F.embedding(ids, weight)
+
+
 def _linear_rows(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> Optional[torch.Tensor]:
     """``head(hidden)[:, ids]`` from the K weight rows only, or None if ``head`` is not a plain
     ``nn.Linear`` or a standard (non-DoRA, unmerged or merged) peft LoRA ``Linear``."""
     if type(head) is torch.nn.Linear:
         bias = head.bias[ids] if head.bias is not None else None
-        return F.linear(hidden.to(head.weight.dtype), head.weight[ids], bias)
+        return F.linear(hidden.to(head.weight.dtype), _rows(head.weight, ids), bias)
     base = getattr(head, "base_layer", None)
     lora_a, lora_b = getattr(head, "lora_A", None), getattr(head, "lora_B", None)
     if type(base) is not torch.nn.Linear or lora_a is None or lora_b is None:
@@ -95,7 +103,7 @@ def _linear_rows(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor)
     if any(getattr(head, "use_dora", {}).get(a, False) for a in getattr(head, "active_adapters", [])):
         return None
     x = hidden.to(base.weight.dtype)
-    out = F.linear(x, base.weight[ids], base.bias[ids] if base.bias is not None else None)
+    out = F.linear(x, _rows(base.weight, ids), base.bias[ids] if base.bias is not None else None)
     if getattr(head, "disable_adapters", False) or getattr(head, "merged", False):
         return out  # merged: the delta is already inside base.weight
     for name in head.active_adapters:
@@ -104,7 +112,7 @@ def _linear_rows(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor)
         a, b = lora_a[name], lora_b[name]
         drop = head.lora_dropout[name] if name in getattr(head, "lora_dropout", {}) else (lambda z: z)
         xa = a(drop(x.to(a.weight.dtype)))
-        out = out + F.linear(xa, b.weight[ids]) * head.scaling[name]
+        out = out + F.linear(xa, _rows(b.weight, ids)) * head.scaling[name]
     return out
 
 
