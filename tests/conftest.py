@@ -162,3 +162,14 @@ def validate_cfg():
         return validate_config(cfg)
 
     return _validate
+
+
+def pytest_unconfigure(config):
+    """A library imported by the tests calls ``colorama.init()`` while pytest captures stdout;
+    colorama's atexit hook then writes to the closed capture stream ("Exception ignored in atexit
+    callback ... I/O operation on closed file"). Drop that hook once the session is over."""
+    import atexit
+
+    initialise = sys.modules.get("colorama.initialise")
+    if initialise is not None:
+        atexit.unregister(initialise.reset_all)
