@@ -42,6 +42,14 @@ TOL = 1e-9
 
 
 # ----------------------------------------------------------------------------- the loop baseline
+def _loop_ece(count, s_val, s_hit, n, n_bins):
+    total = 0.0
+    for m in range(n_bins):
+        if count[m]:
+            total += count[m] / n * abs(s_hit[m] / count[m] - s_val[m] / count[m])
+    return total
+
+
 def loop_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> dict[str, float]:
     """conf-ECE, cw-ECE and accuracy by the textbook definitions, one Python iteration per sample.
 
@@ -82,26 +90,11 @@ def loop_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) ->
             if j == y:
                 c_y[j][bj] += 1.0
 
-    def ece(count, s_val, s_hit):
-        total = 0.0
-        for m in range(n_bins):
-            if count[m]:
-                total += count[m] / n * abs(s_hit[m] / count[m] - s_val[m] / count[m])
-        return total
-
     return {
-        "conf_ece": ece(cnt, s_conf, s_acc),
-        "cw_ece": sum(ece(c_cnt[j], c_p[j], c_y[j]) for j in range(k)) / k,
+        "conf_ece": _loop_ece(cnt, s_conf, s_acc, n, n_bins),
+        "cw_ece": sum(_loop_ece(c_cnt[j], c_p[j], c_y[j], n, n_bins) for j in range(k)) / k,
         "accuracy": n_correct / n,
     }
-
-
-def _loop_ece(count, s_val, s_hit, n, n_bins):
-    total = 0.0
-    for m in range(n_bins):
-        if count[m]:
-            total += count[m] / n * abs(s_hit[m] / count[m] - s_val[m] / count[m])
-    return total
 
 
 def loop_conf_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:

@@ -167,14 +167,6 @@ def _labelled(row: dict, question_key: str) -> dict:
     return {"question": q, "choices": texts, "gold": labels.index(key.strip())}
 
 
-def _norm_mmlu(row: dict) -> dict:
-    choices = _check_choices(_req(row, "choices", (list, tuple)))
-    if "answer" not in row:
-        raise CalibDataError(f"missing field 'answer' (fields present: {sorted(row)})")
-    return {"question": _req(row, "question"), "choices": choices, "gold": _gold(row["answer"], choices, "answer"),
-            "subject": str(row.get("subject") or "")}
-
-
 def _norm_medmcqa(row: dict) -> dict:
     choices = _check_choices([_option(row, k) for k in ("opa", "opb", "opc", "opd")])
     if "cop" not in row:
@@ -219,6 +211,9 @@ def _norm_mcq(row: dict) -> dict:
     return {"question": _req(row, "question"), "choices": choices, "gold": _gold(row["answer"], choices, "answer"),
             "subject": str(row.get("subject") or "")}
 
+
+#: cais/mmlu rows (question, subject, choices, answer index) are the project's MCQ schema.
+_norm_mmlu = _norm_mcq
 
 # --------------------------------------------------------------------------------------------
 # suites: hub coordinates + normaliser (README.md documents the same table)
