@@ -206,6 +206,53 @@ class CalibrationArgs(BaseModel):
         return SCOPE_TO_TRAIN_ON_INPUTS[self.calib_sft_scope or MODE_PRESETS[self.calib_mode][0]]
 
 
+# ---------------------------------------------------------------------- config diagnostics
+def check_plugin_registered(cfg: Mapping) -> None:
+    """Fail when a config uses our dataset type without the plugin registered.
+
+    The dataset strategy is the one piece of ours that runs when ``plugins:`` forgets the plugin (or its
+    import failed, which Axolotl only logs): without this check Axolotl would have dropped every
+    ``calib_*`` key and trained plain SFT.
+    """
+    if not is_plugin_listed(cfg.get("plugins")):
+        dropped = _raw_calib_keys(cfg)
+        msg = (
+            f"dataset type {DATASET_TYPE} needs the calibration plugin, but `plugins:` does not list it "
+            f"(plugins: {cfg.get('plugins')})."
+        )
+        if dropped:
+            msg += " " + plugin_missing_message(dropped)
+        else:
+            msg += f" Add\n  plugins:\n    - {PLUGIN_NAME}"
+        raise ValueError(msg)
+    try:
+        from axolotl.integrations.base import PluginManager
+    except ImportError:  # pragma: no cover - axolotl is a dependency
+        return
+    registered = PluginManager.get_instance().plugins
+    if not any(is_plugin_listed([name]) for name in registered):
+        raise ValueError(
+            f"{PLUGIN_NAME} is listed under `plugins:` but was not registered (Axolotl only logs plugin "
+            "import errors: see the traceback above), so the calib_* keys were dropped."
+        )
+
+
+def _raw_calib_keys(cfg: Mapping) -> list[str]:
+    """calib_* keys of the raw YAML (Axolotl drops them from the validated cfg without the plugin)."""
+    keys = [k for k in cfg if isinstance(k, str) and k.startswith("calib")]
+    path = cfg.get("axolotl_config_path")
+    if path:
+        try:
+            import yaml
+
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+            keys += [k for k in raw if isinstance(k, str) and k.startswith("calib")]
+        except (OSError, ValueError, AttributeError, ImportError):
+            pass
+    return sorted(set(keys))
+
+
 # ---------------------------------------------------------------------- helpers (pure, on the raw dict)
 def calib_field_names() -> list[str]:
     return list(CalibrationArgs.model_fields)

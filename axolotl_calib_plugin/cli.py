@@ -39,16 +39,15 @@ def cmd_demo(a) -> int:
 
 
 def cmd_diagnose(a) -> int:
-    import numpy as np
+    from scipy.special import softmax
 
-    from .demo.analysis import softmax
-    from .demo.evaluate import evaluate_model, find_task_dir, load_lm
+    from .evaluation import evaluate_files, find_task_dir, load_lm
     from .regime import diagnose
 
-    lm = load_lm(a.model, a.batch_size) if not a.tokenizer else _load_lm_tok(a.model, a.tokenizer, a.batch_size)
-    res = evaluate_model(lm, [a.data], a.tasks or find_task_dir(), a.batch_size)[0]
-    probs = softmax(np.asarray(res["logliks"]))
-    d = diagnose(probs, np.asarray(res["labels"]), acc_star=a.acc_star)
+    lm = load_lm(a.model, a.batch_size, tokenizer=a.tokenizer)
+    res = evaluate_files(lm, [a.data], a.tasks or find_task_dir(), a.batch_size)[0]
+    probs = softmax(res["logliks"], axis=1)
+    d = diagnose(probs, res["labels"], acc_star=a.acc_star)
     if a.json:
         out = d.as_dict()
         out["lm_eval"] = res["metrics"]
@@ -59,16 +58,9 @@ def cmd_diagnose(a) -> int:
     return 0
 
 
-def _load_lm_tok(model: str, tokenizer: str, batch_size: int):
-    from lm_eval.models.huggingface import HFLM
-
-    return HFLM(pretrained=model, tokenizer=tokenizer, dtype="float32", device="cpu", batch_size=batch_size,
-                add_bos_token=True)
-
-
 def cmd_make_tiny(a) -> int:
-    from .demo.world import read_jsonl
     from .prompts import format_mcq_prompt
+    from .rows import read_jsonl
     from .testing import make_tiny_model_dir
 
     corpus = None

@@ -21,22 +21,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "answer_positions",
     "ece_loss",
     "get_output_head",
     "option_logits",
     "option_probs",
     "postprocess_logits",
 ]
-
-
-def answer_positions(sample_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, position) indices of every answer position (``calib_sample_id >= 0``) of a
-    (B, T) per-token id tensor, in row-major order. Packed rows may hold several."""
-    if sample_id.ndim != 2:
-        raise ValueError(f"calib_sample_id must be a (batch, seq) per-token tensor, got {tuple(sample_id.shape)}")
-    b, t = (sample_id >= 0).nonzero(as_tuple=True)
-    return b, t
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

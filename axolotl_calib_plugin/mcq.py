@@ -14,7 +14,8 @@ per-token int columns (per-token so that they survive sample packing's concatena
 Every row is checked, and a bad row raises ``MCQRowError`` naming the dataset, the row and the
 problem: nothing is skipped silently, so the loss never trains on a wrong answer position.
 
-This module does not import axolotl at import time (the trainer imports :func:`option_token_ids`).
+This module does not import axolotl at import time; :func:`option_token_ids` (the letters' token ids
+for the trainer) lives here because it is the same tokenization question, asked of a probe prompt.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping, Sequence
 
-from .args import DATASET_TYPE, PLUGIN_NAME, CalibrationArgs, is_plugin_listed, plugin_missing_message
-from .prompts import ANSWER_DELIMITER, format_mcq_prompt, answer_to_index
-
-#: the per-token columns and the value they carry away from ``t*`` (also their padding value).
-CALIB_COLUMNS: dict[str, int] = {"calib_sample_id": -1, "calib_answer_idx": -1, "calib_num_options": 0}
-IGNORE_INDEX = -100
+from .args import CalibrationArgs, check_plugin_registered
+from .columns import CALIB_COLUMNS, IGNORE_INDEX
+from .prompts import ANSWER_DELIMITER, answer_to_index, format_mcq_prompt
 _INT63 = (1 << 63) - 1
 #: a neutral prompt used to find out how each letter tokenizes right after the answer position.
 _PROBE_PROMPT = format_mcq_prompt("Which option?", ["first", "second"])
@@ -168,14 +166,17 @@ def resolve_chat_template(tokenizer, cfg: Mapping | None, ds_cfg: Mapping | None
         ) from exc
 
 
-def option_token_ids(tokenizer, cfg: Mapping | None, num_options: int | None = None) -> list[int]:
+def option_token_ids(tokenizer, settings: CalibrationArgs, num_options: int | None = None, *,
+                     cfg: Mapping | None = None) -> list[int]:
     """Token ids of the option letters after ``t*`` for the configured prompt format.
 
     A K-option row uses the first K. ``num_options`` limits the result (and the single-token
     check) to the first ``num_options`` letters; by default all ``calib_option_letters`` are
-    returned. Raises ``ValueError`` naming the letter when a letter is not one token.
+    returned. ``cfg`` (the Axolotl config) is read only for the chat template
+    (``chat_template``, ``chat_template_jinja``, ``chat_template_kwargs``) when
+    ``calib_prompt_format: chat_template``. Raises ``ValueError`` naming the letter when a letter
+    is not one token.
     """
-    settings = CalibrationArgs.from_cfg(cfg)
     letters = settings.calib_option_letters
     if num_options is not None:
         if num_options > len(letters):
@@ -210,7 +211,7 @@ class MCQStrategy:
         self.exact_row_index = exact_row_index
         self.rows_seen = 0
         self._letter_ids: list[int] = []
-        #: the config-level template the trainer's option_token_ids uses, when this dataset has its own
+        #: the config-level template the trainer reads the option logits with, when this dataset has its own
         self.trainer_chat_template: str | None = None
 
     # -- letters are checked lazily so that a 4-option dataset never trips over a bad "J"
@@ -326,51 +327,10 @@ class MCQStrategy:
         return out
 
 
-def _check_plugin_registered(cfg: Mapping) -> None:
-    """Our strategy is the one piece of ours that runs when ``plugins:`` forgets the plugin: say so."""
-    if not is_plugin_listed(cfg.get("plugins")):
-        dropped = _raw_calib_keys(cfg)
-        msg = (
-            f"dataset type {DATASET_TYPE} needs the calibration plugin, but `plugins:` does not list it "
-            f"(plugins: {cfg.get('plugins')})."
-        )
-        if dropped:
-            msg += " " + plugin_missing_message(dropped)
-        else:
-            msg += f" Add\n  plugins:\n    - {PLUGIN_NAME}"
-        raise ValueError(msg)
-    try:
-        from axolotl.integrations.base import PluginManager
-    except ImportError:  # pragma: no cover - axolotl is a dependency
-        return
-    registered = PluginManager.get_instance().plugins
-    if not any(is_plugin_listed([name]) for name in registered):
-        raise ValueError(
-            f"{PLUGIN_NAME} is listed under `plugins:` but was not registered (Axolotl only logs plugin "
-            "import errors: see the traceback above), so the calib_* keys were dropped."
-        )
-
-
-def _raw_calib_keys(cfg: Mapping) -> list[str]:
-    """calib_* keys of the raw YAML (Axolotl drops them from the validated cfg without the plugin)."""
-    keys = [k for k in cfg if isinstance(k, str) and k.startswith("calib")]
-    path = cfg.get("axolotl_config_path")
-    if path:
-        try:
-            import yaml
-
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh) or {}
-            keys += [k for k in raw if isinstance(k, str) and k.startswith("calib")]
-        except (OSError, ValueError, AttributeError, ImportError):
-            pass
-    return sorted(set(keys))
-
-
 def load(tokenizer, cfg, ds_cfg=None, processor=None):  # noqa: ARG001 - Axolotl's loader signature
     """Axolotl entry point for ``type: axolotl_calib_plugin.mcq``."""
     cfg = cfg if cfg is not None else {}
-    _check_plugin_registered(cfg)
+    check_plugin_registered(cfg)
     if ds_cfg is not None and not isinstance(ds_cfg, Mapping):  # a pydantic SFTDataset
         ds_cfg = ds_cfg.model_dump()
     ds_cfg = dict(ds_cfg or {})

@@ -13,7 +13,7 @@ Since ``|B_m|/n * |acc - conf| = |sum_{B_m} correct - sum_{B_m} conf| / n``, eve
 per-bin sum, so the cost is linear in ``n * K``. :func:`calibration_metrics` returns all three
 metrics from one pass.
 
-Implementation (the speed target of issue 7; see ``benchmarks/bench_metrics.py``): one compiled
+Implementation (>= 100x a per-sample Python loop; see ``benchmarks/bench_metrics.py``): one compiled
 (numba, a dependency of axolotl) pass over the rows validates them, finds each value's right-closed
 bin exactly without a search, and accumulates every per-bin sum in row order; the public functions
 are thin reductions of those sums. The detailed validator only runs to build an error message.
@@ -35,6 +35,7 @@ import torch
 
 __all__ = [
     "ArrayLike",
+    "DEFAULT_N_BINS",
     "ReliabilityBins",
     "accuracy",
     "bin_edges",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
+
+#: M, the number of equal-width bins of every reported ECE (the paper's Fig. 5 and Algorithm 1 use 10).
+DEFAULT_N_BINS = 10
 
 #: rows of ``probs`` must sum to 1 within this tolerance (float32 softmax is good to ~1e-6).
 ROW_SUM_ATOL = 1e-3

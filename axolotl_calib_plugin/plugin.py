@@ -7,7 +7,9 @@ datasets. What each hook contributes:
 * ``get_trainer_cls``: :class:`~axolotl_calib_plugin.trainer.AxolotlCalibTrainer` (SFT + lambda * ECE);
 * ``get_collator_cls_and_kwargs``: collators that pad the per-token ``calib_*`` columns, packing included
   (:mod:`.collator`);
-* ``add_callbacks_post_trainer``: :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback` (E-step / M-step).
+* ``add_callbacks_post_trainer``: resolves the settings ONCE (:class:`~axolotl_calib_plugin.context.CalibrationContext`:
+  presets, option-letter token ids), hands that one object to the trainer and to
+  :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback` (E-step / M-step).
 
 The ``PluginManager`` is a process-wide singleton that calls every registered plugin, also for
 later configs that do not list this one; so every hook first checks that the config lists us
@@ -59,5 +61,14 @@ class CalibrationPlugin(BasePlugin):
         if not is_active(cfg):
             return []
         from .callbacks import EMRefreshCallback
+        from .context import CalibrationContext
 
-        return [EMRefreshCallback(cfg, trainer)]
+        if not hasattr(trainer, "attach_calibration"):
+            raise ValueError(
+                f"the calibration plugin needs its own trainer class, but {type(trainer).__name__} was built "
+                "(another plugin's get_trainer_cls, listed before this one, won). List "
+                "axolotl_calib_plugin.CalibrationPlugin first under `plugins:` or drop the other trainer plugin."
+            )
+        calib = CalibrationContext.from_cfg(cfg, trainer.processing_class, (trainer.train_dataset, trainer.eval_dataset))
+        trainer.attach_calibration(calib)
+        return [EMRefreshCallback(calib, trainer)]

@@ -1,6 +1,6 @@
 """Regime diagnosis: does a model look *calibratable* (use CFT) or *non-calibratable* (use RCFT)?
 
-What the paper says (Xiao et al., ICML 2025; ``shared/notes/paper.md`` §3):
+What the paper says (Xiao et al., ICML 2025, Sec. 4 and its take-away messages):
 
 * calibratable regime: ECE can be driven to zero **without sacrificing accuracy**; non-calibratable
   regime: a fundamental trade-off between ECE and accuracy (a strictly positive lower bound on ECE
@@ -27,7 +27,7 @@ The paper gives **no operational test**. The rule below is **ours** (a heuristic
    (:func:`ece_noise`), so sampling noise alone never makes a model "non-calibratable".
 3. *Optional oracle* (``acc_star``, e.g. the demo world's E[max p*] or a known ceiling): the paper's
    bound has the shape "ECE > 0 once accuracy exceeds the critical accuracy"; our reading
-   (unverified, notes §3) is ECE >= acc - acc*. A model more accurate than ``acc_star + acc_tol``
+   (unverified) is ECE >= acc - acc*. A model more accurate than ``acc_star + acc_tol``
    is reported non-calibratable.
 
 Verdict: calibratable (CFT advised) iff the floor is small, the temperature test passes and (when
@@ -44,7 +44,7 @@ import numpy as np
 from . import metrics
 from .temperature import apply_temperature, fit_temperature, probs_to_logits
 
-N_BINS = 10
+N_BINS = metrics.DEFAULT_N_BINS
 
 
 @dataclass

@@ -4,7 +4,7 @@ One scalar ``T > 0`` is fitted by minimising the negative log-likelihood of the 
 ``softmax(logits / T)`` over the K option logits, then applied at evaluation time. Dividing by one
 positive scalar never changes the argmax, so accuracy is unchanged by construction.
 
-Differences from the reference code (``inference_temperature.py``; ``shared/notes/paper.md`` §6, Q5):
+Differences from the authors' reference code (its ``inference_temperature.py``):
 there the closure computes the NLL under ``no_grad`` and wraps it in a fresh ``requires_grad`` tensor,
 so ``T`` receives no gradient and stays at its initial 1.5. Here the NLL is a differentiable function
 of ``log T`` (optimised in log space, so ``T`` stays positive), LBFGS uses a strong-Wolfe line search,

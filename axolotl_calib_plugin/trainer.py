@@ -26,81 +26,48 @@ from typing_extensions import override
 from axolotl.core.trainers.base import AxolotlTrainer
 from axolotl.utils.logging import get_logger
 
-from .em import EMState
-from .loss import answer_positions, ece_loss, option_logits
+from .columns import CALIB_COLUMNS, answer_positions
+from .context import CalibrationContext
+from .loss import ece_loss, option_logits
 
 LOG = get_logger(__name__)
-
-CALIB_COLUMNS = ("calib_sample_id", "calib_answer_idx", "calib_num_options")
-
-
-def _calib_args(cfg):
-    from .args import CalibrationArgs
-
-    return CalibrationArgs.from_cfg(cfg)
 
 
 class AxolotlCalibTrainer(AxolotlTrainer):
     """Axolotl trainer with the calibration (ECE) term and its logging.
 
-    Attributes set by the plugin / callback: ``calib_state`` (the current :class:`EMState`,
-    ``None`` before the first E-step) and ``calib_resume_from`` (the checkpoint ``train`` resumed
-    from, read by :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback`).
+    ``calib`` is the run's :class:`~axolotl_calib_plugin.context.CalibrationContext` (resolved settings,
+    letter ids, the current EM state), attached by the plugin's ``add_callbacks_post_trainer`` hook
+    (:meth:`attach_calibration`) and shared with :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback`.
     """
 
     tag_names = ["axolotl", "calibration"]
 
-    def __init__(self, *args, calib_cfg=None, **kwargs):
+    def __init__(self, *args, calib: Optional[CalibrationContext] = None, **kwargs):
         super().__init__(*args, **kwargs)
         # Per-micro-batch means + HF's division by the accumulation steps: a per-batch ECE term is
-        # only consistent when the model does NOT take num_items_in_batch (notes §3).
+        # only consistent when the loss is NOT normalised by num_items_in_batch across micro-batches
+        # (with model_accepts_loss_kwargs=True HF skips that division and scales by world size).
         self.model_accepts_loss_kwargs = False
-        self._calib_cfg = calib_cfg
-        self._calib_settings = None
-        self._calib_option_ids: Optional[list[int]] = None
+        self.calib: Optional[CalibrationContext] = calib
+        self._calib_ids_tensor: Optional[torch.Tensor] = None
         self._calib_path_checked = False
         self._calib_use_full_logits = False
         self._calib_parts: dict[str, list] = {}
-        self.calib_state: Optional[EMState] = None
-        self.calib_resume_from = None
 
-    # ------------------------------------------------------------------ configuration
-    @property
-    def calib_cfg(self):
-        if self._calib_cfg is not None:
-            return self._calib_cfg
-        if self.axolotl_cfg is not None:
-            return self.axolotl_cfg
-        from axolotl.integrations.base import PluginManager
-
-        return PluginManager.get_instance().cfg
-
-    @property
-    def calib_settings(self):
-        """The resolved :class:`~axolotl_calib_plugin.args.CalibrationArgs` of this run."""
-        if self._calib_settings is None:
-            self._calib_settings = _calib_args(self.calib_cfg)
-        return self._calib_settings
-
-    @property
-    def calib_option_ids(self) -> list[int]:
-        """Token ids of the option letters after ``t*`` (a K-option row uses the first K).
-
-        Only as many letters as the training data needs (its largest K, known once the E-step
-        has run) must be single tokens: 4-option data never checks ``calib_option_letters[4:]``.
-        """
-        if self._calib_option_ids is None:
-            kmax = int(self.calib_state.targets.shape[1]) if self.calib_state is not None else None
-            self.set_calib_num_options(kmax)
-        return self._calib_option_ids
-
-    def set_calib_num_options(self, kmax: Optional[int]) -> list[int]:
-        """Resolve (and cache) the ids of the first ``kmax`` letters (all letters when None)."""
-        from .mcq import option_token_ids
-
-        self._calib_option_ids = list(option_token_ids(self.processing_class, self.calib_cfg, num_options=kmax))
+    def attach_calibration(self, calib: CalibrationContext) -> None:
+        """Install the run's shared calibration context (done once, by the plugin)."""
+        self.calib = calib
         self._calib_ids_tensor = None
-        return self._calib_option_ids
+
+    def _require_calib(self) -> CalibrationContext:
+        if self.calib is None:
+            raise RuntimeError(
+                "AxolotlCalibTrainer has no calibration context: it is attached by CalibrationPlugin's "
+                "add_callbacks_post_trainer hook (list the plugin under `plugins:`), or call "
+                "trainer.attach_calibration(CalibrationContext.from_cfg(cfg, tokenizer, [train_dataset]))"
+            )
+        return self.calib
 
     # ------------------------------------------------------------------ data
     @override
@@ -114,15 +81,16 @@ class AxolotlCalibTrainer(AxolotlTrainer):
 
     @override
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        self.calib_resume_from = resume_from_checkpoint
+        if self.calib is not None:
+            self.calib.resume_from = resume_from_checkpoint
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     # ------------------------------------------------------------------ loss
     def _option_id_tensor(self, device) -> torch.Tensor:
-        cached = getattr(self, "_calib_ids_tensor", None)
+        cached = self._calib_ids_tensor
         if cached is None or cached.device != device:
-            cached = torch.as_tensor(self.calib_option_ids, dtype=torch.long, device=device)
+            cached = torch.as_tensor(self._require_calib().option_ids, dtype=torch.long, device=device)
             self._calib_ids_tensor = cached
         return cached
 
@@ -166,14 +134,15 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         answer_idx = inputs.pop("calib_answer_idx", None)
         num_options = inputs.pop("calib_num_options", None)
         inputs.pop("num_items_in_batch", None)
-        lam = float(self.calib_settings.calib_lambda or 0.0)
+        calib = self._require_calib() if sample_id is not None else None
+        lam = calib.lam if calib is not None else 0.0
         if sample_id is None or lam == 0.0:
             # Not an MCQ batch, or plain SFT (lambda = 0): nothing to add.
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
         training = model.training
-        state = self.calib_state
+        state = calib.em_state
         if training and state is None:
             raise RuntimeError(
                 "calibration loss: no EM state yet. The E-step runs from EMRefreshCallback at the start of "
@@ -198,7 +167,7 @@ class AxolotlCalibTrainer(AxolotlTrainer):
             logits = self._answer_option_logits(model, outputs, b_idx, t_idx, sample_id.shape)
             if found is not None:
                 logits, targets, k = logits[found], targets[found], k[found]
-            ece = ece_loss(logits, targets, k, kind=self.calib_settings.calib_ece_loss)
+            ece = ece_loss(logits, targets, k, kind=calib.settings.calib_ece_loss)
             loss = sft_loss + lam * ece
         else:
             ece = None
@@ -261,4 +230,4 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
 
-__all__ = ["AxolotlCalibTrainer", "CALIB_COLUMNS"]
+__all__ = ["AxolotlCalibTrainer"]

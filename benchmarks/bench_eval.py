@@ -1,4 +1,4 @@
-"""calib_mmlu evaluation vs the stock lm-eval MMLU task, same model and questions (issue 7).
+"""calib_mmlu evaluation vs the stock lm-eval MMLU task, same model and questions.
 
 Both tasks run through ``lm_eval.simple_evaluate`` on the same HFLM wrapping one local tiny Llama, over
 the same N synthetic MMLU-schema questions (written to a temp dir):

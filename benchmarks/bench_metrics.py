@@ -1,4 +1,4 @@
-"""Metrics core vs a straightforward per-sample Python loop (issue 7).
+"""Metrics core vs a straightforward per-sample Python loop.
 
 Prints, for n = 100k and 1M samples (K=4, 10 bins):
   * the values of conf-ECE, cw-ECE and accuracy from the loops and from the core (asserted equal to
@@ -34,10 +34,11 @@ import time
 import numpy as np
 import torch
 
-from axolotl_calib_plugin.metrics import accuracy, calibration_metrics, conf_ece, cw_ece
+from axolotl_calib_plugin.metrics import DEFAULT_N_BINS, accuracy, calibration_metrics, conf_ece, cw_ece
+from common import timed, timed_interleaved
 
 K = 4
-N_BINS = 10
+N_BINS = DEFAULT_N_BINS
 TOL = 1e-9
 
 
@@ -173,28 +174,6 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     true = 0.7 * probs + 0.3 / K
     labels = (true.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1).clip(max=K - 1)
     return probs, labels.astype(np.int64)
-
-
-def timed(fn, repeats: int):
-    times = []
-    out = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times), times
-
-
-def timed_interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Median wall time of each function over ``repeats`` rounds; every round runs each once."""
-    times = {name: [] for name in fns}
-    outs = {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            outs[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-    return outs, {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def fmt_t(sec: float) -> str:

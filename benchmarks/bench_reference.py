@@ -1,8 +1,8 @@
-"""Our implementation vs the paper's own implementation approach, side by side in one run (issue 7).
+"""Our implementation vs the paper's own implementation approach, side by side in one run.
 
-The "reference-style" side is re-implemented HERE from the description of the authors' code in
-``shared/notes/reference_code.md`` and ``shared/notes/paper.md`` §9 (their code is not copied). It
-does what that code is described to do, with its quirks:
+The "reference-style" side is re-implemented HERE from a description of the authors' published code
+(github.com/ZhanliangAaronWang/RestoreLLMCalibration; its code is not copied). It does what that code is
+described to do, with its quirks:
 
 (a) The calibration loss term alone (forward + backward), at a real output head (synthetic
     ``lm_head``, V=128256 = Llama-3's vocabulary, H=512 on CPU, batch 8, K=4 letters A-D):
@@ -22,7 +22,7 @@ does what that code is described to do, with its quirks:
     * reference-style: every prompt left-padded to a fixed max_length (1024 in their code; 256 here on
       CPU), rows in dataset order, batch 8, ``model(...)`` under ``no_grad`` returning full logits at
       every position, letter logits read at index -1;
-    * ours: ``callbacks.run_estep`` (prompts cut at t*, sorted by length, logits only at t* through
+    * ours: ``estep.run_estep`` (prompts cut at t*, sorted by length, logits only at t* through
       ``logits_to_keep``, ``inference_mode``), batch 8.
     Correctness (exit 1 if it fails): both give the same option probabilities to 1e-4.
 (c) Faithfulness notes, numerically, on a hand-made batch of 6 samples: the reference-style loss gives
@@ -61,7 +61,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import _HeadOnly, ab_timings, make_rows  # noqa: E402
+from common import HeadOnly, ab_timings, make_rows  # noqa: E402
 
 LLAMA3_LETTER_IDS = [32, 33, 34, 35]  # "A".."D" in the Llama-3 vocabulary (bare letters, as the reference uses)
 
@@ -168,7 +168,7 @@ def loss_term_section(args, results) -> bool:
           f"{V * H * 4 / 2**20:.0f} MB), {B} answer positions, K={K}; E-step state from {args.train_set} synthetic "
           f"samples (10 bins, calib_nonmax_split=reference); {args.repeats} alternating pairs after 2 warm-ups")
     torch.manual_seed(0)
-    model = _HeadOnly(V, H)
+    model = HeadOnly(V, H)
     ids = LLAMA3_LETTER_IDS
     h = (3.0 * torch.randn(B, H)).requires_grad_(True)  # the final hidden state at t* (the model's side of backward)
 
@@ -250,7 +250,7 @@ def build_estep(args):
     import datasets
 
     from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.callbacks import EStepData
+    from axolotl_calib_plugin.estep import EStepData
     from axolotl_calib_plugin.mcq import MCQStrategy, option_token_ids
     from axolotl_calib_plugin.testing import build_llama, build_tokenizer
 
@@ -263,7 +263,7 @@ def build_estep(args):
     strategy = MCQStrategy(tok, settings, train_on_inputs=settings.train_on_inputs, sequence_len=1024)
     rows = [strategy.tokenize_row(r, i) for i, r in enumerate(make_rows(args.rows, args.words))]
     data = EStepData(datasets.Dataset.from_list(rows))
-    return tok, model, data, option_token_ids(tok, cfg)
+    return tok, model, data, option_token_ids(tok, settings, cfg=cfg)
 
 
 @torch.no_grad()
@@ -294,7 +294,7 @@ def reference_estep(model, data, option_ids, batch_size: int, max_length: int, p
 
 
 def estep_section(args, results) -> bool:
-    from axolotl_calib_plugin.callbacks import run_estep
+    from axolotl_calib_plugin.estep import run_estep
 
     t0 = time.perf_counter()
     tok, model, data, option_ids = build_estep(args)

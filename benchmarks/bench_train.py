@@ -1,4 +1,4 @@
-"""Training cost of calibration vs plain SFT, side by side in one run (issue 7).
+"""Training cost of calibration vs plain SFT, side by side in one run .
 
 On a local tiny Llama (bigger than the tests' one so the timings mean something: hidden 256,
 4 layers, MCQ rows of ~128 tokens, batch 8), with the SAME model, data, batches and optimizer:
@@ -7,7 +7,7 @@ On a local tiny Llama (bigger than the tests' one so the timings mean something:
     with the ECE term (calib_lambda=1, targets from a real E-step) vs a plain Axolotl SFT step through
     the stock ``AxolotlTrainer.training_step`` on the same batches without the calib_* columns.
     Target: ratio <= 1.05.
-(b) one EM refresh (``callbacks.run_estep`` over the whole training set + the M-step
+(b) one EM refresh (``estep.run_estep`` over the whole training set + the M-step
     ``EMState.from_estep``) vs one training epoch (every batch once, with the ECE term).
     Target: ratio <= 0.40.
 (c) peak memory of training with / without the ECE term and of the E-step, each measured in a
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import statistics
 import subprocess
@@ -43,8 +42,8 @@ os.environ.update(OFFLINE_ENV)
 
 import torch  # noqa: E402
 
-WORDS = ("alpha beta gamma delta red green blue cat dog the of and what which is true false question answer "
-         "option heart lung cell atom light water energy force mass").split()
+from common import HeadOnly, ab_timings, make_rows, report_ratio  # noqa: E402
+
 
 
 # ----------------------------------------------------------------------------- setup
@@ -64,17 +63,6 @@ class Setup:
     seq_len: float
 
 
-def make_rows(n: int, words: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        k = 4 if i % 8 else 5  # mostly 4 options, some 5 (mixed K, as in ARC)
-        q = " ".join(rng.choice(WORDS) for _ in range(words)) + "?"
-        choices = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(k)]
-        rows.append({"question": q, "choices": choices, "answer": rng.randrange(k)})
-    return rows
-
-
 def build(args) -> Setup:
     import datasets
     from axolotl.core.trainers.base import AxolotlTrainer
@@ -83,9 +71,11 @@ def build(args) -> Setup:
     from axolotl.utils.dict import DictDefault
 
     from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.callbacks import EStepData
+    from axolotl_calib_plugin.estep import EStepData
     from axolotl_calib_plugin.collator import CalibDataCollatorForSeq2Seq
-    from axolotl_calib_plugin.mcq import CALIB_COLUMNS, MCQStrategy
+    from axolotl_calib_plugin.columns import CALIB_COLUMNS
+    from axolotl_calib_plugin.context import CalibrationContext
+    from axolotl_calib_plugin.mcq import MCQStrategy
     from axolotl_calib_plugin.testing import build_llama, build_tokenizer
     from axolotl_calib_plugin.trainer import AxolotlCalibTrainer
 
@@ -113,7 +103,8 @@ def build(args) -> Setup:
     calib_coll = CalibDataCollatorForSeq2Seq(tokenizer=tok, padding=True, return_tensors="pt")
     plain_coll = DataCollatorForSeq2Seq(tokenizer=tok, padding=True, return_tensors="pt")
     calib_trainer = AxolotlCalibTrainer(model=model, args=targs, train_dataset=dataset, data_collator=calib_coll,
-                                        processing_class=tok, calib_cfg=cfg)
+                                        processing_class=tok)
+    calib_trainer.attach_calibration(CalibrationContext.from_cfg(cfg, tok, [dataset]))
     plain_trainer = AxolotlTrainer(model=model, args=targs, train_dataset=plain_dataset, data_collator=plain_coll,
                                    processing_class=tok)
     for tr in (calib_trainer, plain_trainer):
@@ -136,19 +127,19 @@ def build(args) -> Setup:
     setup = Setup(tok, model, device, calib_trainer, plain_trainer, optimizer, dataset, calib_batches,
                   plain_batches, estep_data, settings,
                   seq_len=statistics.mean(len(r["input_ids"]) for r in rows))
-    calib_trainer.calib_state = estep(setup)  # targets for the ECE term, as the callback would install
+    calib_trainer.calib.em_state = estep(setup)  # targets for the ECE term, as the callback would install
     return setup
 
 
 def estep(s: Setup):
     """One EM refresh as ``EMRefreshCallback.refresh_now`` does it (minus logging)."""
-    from axolotl_calib_plugin.callbacks import run_estep
+    from axolotl_calib_plugin.estep import run_estep
     from axolotl_calib_plugin.em import EMState
 
     was_training = s.model.training
     s.model.eval()
     try:
-        out = run_estep(s.model, s.estep_data, s.calib_trainer.calib_option_ids,
+        out = run_estep(s.model, s.estep_data, list(s.calib_trainer.calib.option_ids),
                         batch_size=s.settings.calib_estep_batch_size, device=s.device,
                         pad_id=int(s.tok.pad_token_id), show_progress=False)
     finally:
@@ -167,36 +158,6 @@ def step(s: Setup, trainer, batch) -> None:
 def sync(s: Setup) -> None:
     if s.device.type == "cuda":
         torch.cuda.synchronize()
-
-
-# ----------------------------------------------------------------------------- timing harness
-def ab_timings(fn_a, fn_b, repeats: int, warmup: int, sync_fn=lambda: None):
-    """Alternate A and B (and who goes first) ``repeats`` times after ``warmup`` rounds of each."""
-    for _ in range(warmup):
-        fn_a(); fn_b()  # noqa: E702
-    sync_fn()
-    ta, tb = [], []
-    for r in range(repeats):
-        pair = ((fn_a, ta), (fn_b, tb)) if r % 2 == 0 else ((fn_b, tb), (fn_a, ta))
-        for fn, acc in pair:
-            t0 = time.perf_counter()
-            fn()
-            sync_fn()
-            acc.append(time.perf_counter() - t0)
-    return ta, tb
-
-
-def report_ratio(label_a, ta, label_b, tb, target, unit_div=1, unit="ms/step"):
-    ma, mb = statistics.median(ta), statistics.median(tb)
-    paired = statistics.median(b / a for a, b in zip(ta, tb))
-    scale = 1e3 / unit_div
-    print(f"   {label_a:<44} median {ma * scale:9.1f} {unit}   (runs: {', '.join(f'{t * scale:.0f}' for t in ta)})")
-    print(f"   {label_b:<44} median {mb * scale:9.1f} {unit}   (runs: {', '.join(f'{t * scale:.0f}' for t in tb)})")
-    ratio = mb / ma
-    verdict = "PASS" if paired <= target else "FAIL"
-    print(f"   ratio B/A: {paired:.3f}x (median of the per-pair ratios; ratio of the medians {ratio:.3f}x)   "
-          f"target <= {target:.2f}x: {verdict}")
-    return paired
 
 
 # ----------------------------------------------------------------------------- memory (subprocesses)
@@ -277,17 +238,6 @@ def _forward_args(args) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- (d) output head at real vocab
-class _HeadOnly(torch.nn.Module):
-    """Just an output head, with the accessor ``loss.option_logits`` uses."""
-
-    def __init__(self, vocab: int, hidden: int):
-        super().__init__()
-        self.lm_head = torch.nn.Linear(hidden, vocab, bias=False)
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-
 def head_child(args) -> None:
     """One (d) scenario in this fresh process: the first fwd+bwd gives the peak-RSS growth (a
     fresh process, so no freed-but-kept memory hides allocations), the next 3 give the time."""
@@ -300,7 +250,7 @@ def head_child(args) -> None:
     trainable, with_ece = args.child == "head-train-ece" or args.child == "head-train", args.child.endswith("-ece")
     V, H, P, N = args.head_vocab, args.head_hidden, args.batch, args.head_rows
     torch.manual_seed(0)
-    model = _HeadOnly(V, H)
+    model = HeadOnly(V, H)
     model.lm_head.weight.requires_grad_(trainable)
     ids = list(range(100, 104))
     h_ans = torch.randn(P, H, requires_grad=True)
@@ -440,12 +390,12 @@ def main(argv=None) -> int:
             step(s, s.calib_trainer, b)
 
     def run_refresh():
-        s.calib_trainer.calib_state = estep(s)
+        s.calib_trainer.calib.em_state = estep(s)
 
     te, tr_ = ab_timings(run_epoch, run_refresh, reps, warmup=0, sync_fn=lambda: sync(s))
     ratio_b = report_ratio("A: one training epoch", te, "B: one EM refresh (E-step + M-step)", tr_, 0.40,
                            unit="ms")
-    from axolotl_calib_plugin.callbacks import EStepData
+    from axolotl_calib_plugin.estep import EStepData
 
     t1 = time.perf_counter()
     EStepData(s.dataset)

@@ -27,7 +27,7 @@ import pytest
 from axolotl_calib_plugin.offline import OFFLINE_ENV
 os.environ.update(OFFLINE_ENV)
 
-#: CPU-safe settings every tiny Axolotl config needs (see notes/axolotl_plugins.md §7).
+#: CPU-safe settings every tiny Axolotl config needs (bf16: auto means fp16 on CPU; fused kernels need a GPU).
 CPU_SETTINGS = {
     "bf16": False,
     "fp16": False,
@@ -145,6 +145,14 @@ def tiny_cfg(tmp_path, tiny_model_dir, mcq_rows):
         return DictDefault(cfg)
 
     return _make
+
+
+def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:
+    """The option-letter token ids a config resolves to (settings from ``cfg``, chat template too)."""
+    from axolotl_calib_plugin.args import CalibrationArgs
+    from axolotl_calib_plugin.mcq import option_token_ids
+
+    return option_token_ids(tokenizer, CalibrationArgs.from_cfg(cfg), num_options, cfg=cfg)
 
 
 @pytest.fixture

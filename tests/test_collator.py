@@ -6,9 +6,11 @@ sample packing. The packing case goes through Axolotl's real path: ``load_cfg`` 
 from __future__ import annotations
 
 import pytest
+
+from conftest import letter_ids
 import torch
 
-from axolotl_calib_plugin.mcq import CALIB_COLUMNS
+from axolotl_calib_plugin.columns import CALIB_COLUMNS
 
 
 def _features():
@@ -117,7 +119,6 @@ def test_real_multipack_dataloader_keeps_every_marker_on_its_sample(tiny_cfg, mc
     from axolotl.train import setup_model_and_trainer
 
     from axolotl_calib_plugin.collator import CalibV2BatchSamplerDataCollatorForSeq2Seq
-    from axolotl_calib_plugin.mcq import option_token_ids
     from axolotl_calib_plugin.trainer import AxolotlCalibTrainer
 
     path = mcq_rows(n=24, num_options=(2, 3, 4, 5), answer_as="index")
@@ -135,7 +136,7 @@ def test_real_multipack_dataloader_keeps_every_marker_on_its_sample(tiny_cfg, mc
     trainer, *_ = setup_model_and_trainer(cfg, meta)
     assert isinstance(trainer, AxolotlCalibTrainer)
     assert isinstance(trainer.data_collator, CalibV2BatchSamplerDataCollatorForSeq2Seq)
-    letters = option_token_ids(tiny_tokenizer, cfg, num_options=5)
+    letters = letter_ids(tiny_tokenizer, cfg, num_options=5)
 
     seen = []
     for batch in trainer.get_train_dataloader():

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from axolotl_calib_plugin import metrics
+from scipy.special import softmax
+
 from axolotl_calib_plugin.demo import analysis, report
 
 
 def _data(n=2000, seed=0):
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, 4)) * 2
-    p = analysis.softmax(z)
+    p = softmax(z, axis=1)
     y = (rng.random(n)[:, None] > np.cumsum(p, 1)).sum(1).clip(max=3)
     return z, p, y
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from axolotl_calib_plugin import metrics
-from axolotl_calib_plugin.demo.world import OPTIONS, World, generate, preference_pairs, read_jsonl
+from axolotl_calib_plugin.demo.world import OPTIONS, World, generate, preference_pairs
+from axolotl_calib_plugin.rows import read_jsonl
 from axolotl_calib_plugin.prompts import format_mcq_prompt
 
 

@@ -46,7 +46,7 @@ def test_paper_examples_validate_with_gpu_capabilities(path):
     assert out.calib_sft_scope == {"cft": "answer", "rcft": "prompt_and_answer"}[mode]
     assert out.train_on_inputs is (mode == "rcft")
     assert out.calib_lambda == 1.0 and out.calib_bins == 10 and out.calib_refresh == "epoch"
-    # the paper's data and settings (notes/paper.md §4-5)
+    # the paper's data and settings (Sec. 6 of the paper and the authors' scripts)
     assert raw["datasets"] == [{"path": "aaronwzl/mcqa_calibration_dataset", "split": "calibration_train",
                                 "type": "axolotl_calib_plugin.mcq"}]
     assert (out.lora_r, out.lora_alpha, out.lora_dropout, out.lora_target_linear) == (128, 64, 0.05, True)
@@ -99,7 +99,7 @@ def test_tiny_cpu_examples_load_and_tokenize_offline(path, tiny_workdir, monkeyp
     from axolotl.cli.config import load_cfg
     from axolotl.common.datasets import load_datasets
 
-    from axolotl_calib_plugin.mcq import CALIB_COLUMNS
+    from axolotl_calib_plugin.columns import CALIB_COLUMNS
 
     monkeypatch.chdir(tiny_workdir)
     cfg = load_cfg(str(path))  # full load_cfg: plugins, schema, normalize_config on the local model

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from axolotl_calib_plugin.columns import answer_positions
 from axolotl_calib_plugin.loss import (
-    answer_positions,
     ece_loss,
     option_logits,
     option_probs,

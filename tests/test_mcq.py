@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import letter_ids
+
 from axolotl_calib_plugin.mcq import (
     CALIB_COLUMNS,
     MCQRowError,
@@ -76,8 +78,8 @@ def test_plain_format_exact_tokens_columns_and_labels(build, tiny_tokenizer, mod
     ds, cfg = build(ROWS, calib_mode=mode)
     assert cfg.train_on_inputs is train_on_inputs
     assert set(ds.column_names) == {"input_ids", "attention_mask", "labels", *CALIB_COLUMNS}
-    letter_ids = option_token_ids(tok, cfg, num_options=4)
-    assert letter_ids == [tok.convert_tokens_to_ids("Ġ" + c) for c in "ABCD"]
+    ids = letter_ids(tok, cfg, num_options=4)
+    assert ids == [tok.convert_tokens_to_ids("Ġ" + c) for c in "ABCD"]
     for row, src, gold in zip(ds, ROWS, GOLD):
         prompt = format_mcq_prompt(src["question"], src["choices"])
         prompt_ids = tok(prompt)["input_ids"]
@@ -87,7 +89,7 @@ def test_plain_format_exact_tokens_columns_and_labels(build, tiny_tokenizer, mod
         t = _marker(row)
         assert t == len(prompt_ids) - 1
         assert row["input_ids"][: t + 1] == prompt_ids
-        assert row["input_ids"][t + 1] == letter_ids[gold]
+        assert row["input_ids"][t + 1] == ids[gold]
         assert row["input_ids"][t + 2 :] == [tok.eos_token_id]
         assert row["calib_answer_idx"][t] == gold
         assert row["calib_num_options"][t] == len(src["choices"])
@@ -98,7 +100,7 @@ def test_plain_format_exact_tokens_columns_and_labels(build, tiny_tokenizer, mod
         if train_on_inputs:
             assert row["labels"] == expected
         else:  # answer only: the letter and EOS
-            assert row["labels"] == [-100] * (t + 1) + [letter_ids[gold], tok.eos_token_id]
+            assert row["labels"] == [-100] * (t + 1) + [ids[gold], tok.eos_token_id]
 
 
 # ------------------------------------------------------------------------------------------- chat template
@@ -108,8 +110,8 @@ def test_chat_template_exact_tokens_columns_and_labels(build, tiny_tokenizer, tr
     tok = tiny_tokenizer
     ds, cfg = build(ROWS, calib_mode="rcft" if train_on_inputs else "cft", calib_prompt_format="chat_template",
                     calib_system_prompt=system)
-    letter_ids = option_token_ids(tok, cfg)  # bare letters A..J are single tokens in chat turns
-    assert letter_ids[:4] == [tok.convert_tokens_to_ids(c) for c in "ABCD"]
+    ids = letter_ids(tok, cfg)  # bare letters A..J are single tokens in chat turns
+    assert ids[:4] == [tok.convert_tokens_to_ids(c) for c in "ABCD"]
     for row, src, gold in zip(ds, ROWS, GOLD):
         msgs = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": format_mcq_prompt(src["question"], src["choices"])}]
@@ -120,7 +122,7 @@ def test_chat_template_exact_tokens_columns_and_labels(build, tiny_tokenizer, tr
         assert tok.convert_ids_to_tokens(prompt_ids[-2:]) == ["<|assistant|>", "Ċ"]
         t = _marker(row)
         assert t == len(prompt_ids) - 1
-        assert row["input_ids"][t + 1] == letter_ids[gold]
+        assert row["input_ids"][t + 1] == ids[gold]
         assert tok.convert_ids_to_tokens(row["input_ids"][t + 2 :]) == ["<|end|>", "Ċ"]
         assert (row["calib_answer_idx"][t], row["calib_num_options"][t]) == (gold, len(src["choices"]))
         if system:
@@ -136,7 +138,7 @@ def test_chat_template_from_config_overrides_tokenizer_template(build, tiny_toke
     assert "<|assistant|>" not in toks  # the tiny tokenizer's own template is not used
     assert "".join(toks).replace("Ġ", " ").replace("Ċ", "\n").count("<|im_start|>") >= 2
     t = _marker(ds[0])
-    assert ds[0]["input_ids"][t + 1] == option_token_ids(tiny_tokenizer, cfg, num_options=4)[1]
+    assert ds[0]["input_ids"][t + 1] == letter_ids(tiny_tokenizer, cfg, num_options=4)[1]
 
 
 # ------------------------------------------------------------------------------------------- answers / ids
@@ -185,11 +187,11 @@ def test_custom_letters(build, tiny_tokenizer):
 def test_option_token_ids_names_the_letter_that_is_not_one_token(tiny_tokenizer):
     letters = {"calib_option_letters": ["A", "B", "C", "D", "E", "(F)"]}
     with pytest.raises(ValueError, match=r"option letter '\(F\)' is not a single token"):
-        option_token_ids(tiny_tokenizer, letters)  # plain " (F)" is several tokens for the tiny tokenizer
-    assert len(option_token_ids(tiny_tokenizer, letters, num_options=5)) == 5
-    assert len(option_token_ids(tiny_tokenizer, {})) == 10  # the default A..J are single tokens
+        letter_ids(tiny_tokenizer, letters)  # plain " (F)" is several tokens for the tiny tokenizer
+    assert len(letter_ids(tiny_tokenizer, letters, num_options=5)) == 5
+    assert len(letter_ids(tiny_tokenizer, {})) == 10  # the default A..J are single tokens
     with pytest.raises(ValueError, match="only 5"):
-        option_token_ids(tiny_tokenizer, {"calib_option_letters": "ABCDE"}, num_options=6)
+        letter_ids(tiny_tokenizer, {"calib_option_letters": "ABCDE"}, num_options=6)
 
 
 # ------------------------------------------------------------------------------------------- bad rows
@@ -324,6 +326,6 @@ def test_axolotl_prepare_datasets_keeps_columns_and_drops_too_long_rows(tiny_cfg
     for row in ds:
         t = _marker(row)
         assert all(len(row[c]) == len(row["input_ids"]) for c in CALIB_COLUMNS)
-        assert row["input_ids"][t + 1] == option_token_ids(tiny_tokenizer, cfg, num_options=3)[row["calib_answer_idx"][t]]
+        assert row["input_ids"][t + 1] == letter_ids(tiny_tokenizer, cfg, num_options=3)[row["calib_answer_idx"][t]]
     assert sorted(r["calib_num_options"][_marker(r)] for r in ds) == [2, 3]
 

@@ -420,7 +420,7 @@ def test_validate_returns_float64_int64():
 
 
 def test_string_labels_raise_value_error():
-    # Non-numeric input must be a ValueError that says what is wrong (issue 3), not torch's TypeError
+    # Non-numeric input must be a ValueError that says what is wrong, not torch's TypeError
     # "can't convert np.ndarray of type numpy.str_". Fix in metrics._as_tensor: see B's report.
     with pytest.raises(ValueError, match="labels"):
         conf_ece(GOOD_P, ["A", "B"])

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import OFFLINE_ENV
+from conftest import letter_ids, OFFLINE_ENV
 
 LETTERS = list("ABCDE")
 
@@ -68,10 +68,9 @@ def hand_estep(model_dir, ds, cfg):
     """Independent E-step: one row at a time, the FULL sequence, full-vocabulary logits at t*."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_calib_plugin.mcq import option_token_ids
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    letters = option_token_ids(tok, cfg)
+    letters = letter_ids(tok, cfg)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     probs, labels, ids, ks = [], [], [], []
     with torch.no_grad():
@@ -186,12 +185,11 @@ def _overconfident_setup(tmp_path, tiny_model_dir, mcq_rows, scale=20.0):
     with ~0.96 confidence at chance accuracy (random gold letters) -- grossly over-confident."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_calib_plugin.mcq import option_token_ids
 
     model_dir = str(tmp_path / "overconfident")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    letters = option_token_ids(tok, {"calib_option_letters": LETTERS})
+    letters = letter_ids(tok, {"calib_option_letters": LETTERS})
     with torch.no_grad():
         model.lm_head.weight[letters[:4]] *= scale
     model.save_pretrained(model_dir)

@@ -45,9 +45,12 @@ def _trainer(tmp_path, tiny_model_dir, cfg, rows, *, mb=2, ga=1, seed=0):
                                     per_device_eval_batch_size=mb, gradient_accumulation_steps=ga, report_to=[],
                                     use_cpu=True, learning_rate=1e-3, disable_tqdm=True, seed=seed,
                                     dataloader_drop_last=False)
+    from axolotl_calib_plugin.context import CalibrationContext
+
     coll = CalibDataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt")
     tr = AxolotlCalibTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, data_collator=coll,
-                             eval_data_collator=coll, processing_class=tok, calib_cfg=cfg)
+                             eval_data_collator=coll, processing_class=tok)
+    tr.attach_calibration(CalibrationContext.from_cfg(cfg, tok, [ds]))
     return tr, tok, ds
 
 
@@ -71,7 +74,7 @@ def _direct_probs(model, ds, letters):
 def _refresh(tr, cfg):
     from axolotl_calib_plugin.callbacks import EMRefreshCallback
 
-    cb = EMRefreshCallback(cfg, tr)
+    cb = EMRefreshCallback(tr.calib, tr)
     tr.model.train()
     tr.state.epoch = 0.0
     cb.refresh_now(tr.state, 0)
@@ -91,9 +94,9 @@ def test_estep_matches_direct_per_sample_computation(tmp_path, tiny_model_dir, r
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
     assert tr.model_accepts_loss_kwargs is False
     cb = _refresh(tr, cfg)
-    st = tr.calib_state
+    st = tr.calib.em_state
     assert st.refresh_count == 1 and tr.model.training  # train mode restored
-    probs = _direct_probs(tr.model, ds, tr.calib_option_ids)
+    probs = _direct_probs(tr.model, ds, list(tr.calib.option_ids))
     labels = torch.tensor([r["calib_answer_idx"][int(np.argmax(np.asarray(r["calib_sample_id"]) >= 0))] for r in ds])
     rb = metrics.reliability_bins(probs, labels, 4)
     assert st.bin_count.tolist() == rb.count.tolist()
@@ -128,11 +131,11 @@ def test_compute_loss_is_sft_plus_lambda_ece_from_one_forward(tmp_path, tiny_mod
     out = tr.model(**inputs)
     b, t = (batch["calib_sample_id"] >= 0).nonzero(as_tuple=True)
     k = batch["calib_num_options"][b, t]
-    letters = tr.calib_option_ids
+    letters = list(tr.calib.option_ids)
     full = out.logits[b, t][:, letters]
     full = full.masked_fill(torch.arange(len(letters))[None] >= k[:, None], float("-inf"))
     pi = torch.softmax(full, -1)
-    targets = tr.calib_state.lookup(batch["calib_sample_id"][b, t])
+    targets = tr.calib.em_state.lookup(batch["calib_sample_id"][b, t])
     ece = ((targets - pi) ** 2).sum(-1).mean()
     assert float(ece) > 0
     torch.testing.assert_close(loss, out.loss + 2.5 * ece, rtol=1e-5, atol=1e-6)
@@ -194,7 +197,7 @@ def test_eval_uses_targets_when_known_and_drops_hidden_states(tmp_path, tiny_mod
 def test_estep_data_handles_packed_rows_and_sharding():
     import datasets
 
-    from axolotl_calib_plugin.callbacks import EStepData, shard_entries
+    from axolotl_calib_plugin.estep import EStepData, shard_entries
 
     ds = datasets.Dataset.from_dict({
         "input_ids": [[1, 2, 3, 4, 5, 6], [7, 8, 9]],
@@ -218,21 +221,21 @@ def test_refresh_every_n_steps_in_a_real_training_loop(tmp_path, tiny_model_dir)
 
     cfg = _cfg(calib_refresh=2)
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, make_mcq_rows(6, num_options=(4, 3), seed=8))
-    cb = EMRefreshCallback(cfg, tr)
+    cb = EMRefreshCallback(tr.calib, tr)
     tr.add_callback(cb)
     tr.args.num_train_epochs = 2
     tr.args.save_strategy = "no"
     tr.train()
     # before step 1, then after optimizer steps 2 and 4 (not after the last step, 6)
     assert [(h["calib/refresh"], h["global_step"]) for h in cb.history] == [(1, 0), (2, 2), (3, 4)]
-    assert tr.calib_state.refresh_count == 3 and tr.calib_state.global_step == 4
+    assert tr.calib.em_state.refresh_count == 3 and tr.calib.em_state.global_step == 4
 
 
 def test_estep_rejects_nan_logits_with_sample_ids(tmp_path, tiny_model_dir, rows):
     cfg = _cfg()
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
     with torch.no_grad():
-        tr.model.lm_head.weight[tr.calib_option_ids[1]] = float("nan")
+        tr.model.lm_head.weight[list(tr.calib.option_ids)[1]] = float("nan")
     with pytest.raises(FloatingPointError, match="calib_sample_id"):
         _refresh(tr, cfg)
     assert tr.model.training  # train mode restored even on error
@@ -244,6 +247,6 @@ def test_training_loss_rejects_nan_option_logits(tmp_path, tiny_model_dir, rows)
     _refresh(tr, cfg)
     batch = next(iter(tr.get_train_dataloader()))
     with torch.no_grad():
-        tr.model.lm_head.weight[tr.calib_option_ids[0]] = float("inf")
+        tr.model.lm_head.weight[list(tr.calib.option_ids)[0]] = float("inf")
     with pytest.raises(FloatingPointError, match="non-finite option logits"):
         tr.compute_loss(tr.model, dict(batch))

@@ -13,14 +13,7 @@ import numpy as np
 from .. import metrics
 from ..temperature import apply_temperature, fit_temperature
 
-N_BINS = 10
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+N_BINS = metrics.DEFAULT_N_BINS
 
 
 @dataclass
@@ -52,7 +45,7 @@ class PairStats:
     """Preference collapse on held-out pairs (one pair (a, b) of options per question).
 
     With r = pi(a) / (pi(a) + pi(b)) (sequence probabilities of the two answers; the paper's preference
-    ratio, notes §7):
+    ratio, Sec. 3 of the paper):
 
     * ``pref_ratio``: mean over pairs of the ratio of the answer the model prefers, max(r, 1 - r);
       ``true_pref``: mean true probability P(y_m > y_o | x) = p*_m / (p*_m + p*_o) of that same answer

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 CPU_KEYS: dict[str, Any] = {
-    # notes/axolotl_plugins.md §7: bf16 auto on CPU silently means fp16; force float32.
+    # On CPU, Axolotl's `bf16: auto` silently resolves to fp16; force float32.
     "bf16": False,
     "fp16": False,
     "tf32": False,

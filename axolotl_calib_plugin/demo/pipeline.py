@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.special import softmax
 
 from . import analysis, configs, report
-from .world import World, generate, read_jsonl
-
 from ..offline import OFFLINE_ENV
+from ..rows import read_jsonl
+from .world import World, generate
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ def run_demo(out: str, fast: bool = False, seed: int = 0, reuse: bool = False, s
         evals[name] = ev
         row = {}
         for d in ("in", "out"):
-            p = analysis.softmax(ev[d]["logliks"])
+            p = softmax(ev[d]["logliks"], axis=1)
             sc = analysis.scores(p, ev[d]["labels"]).as_dict()
             sc["lm_eval"] = ev[d]["metrics"]  # the task's own aggregates (same numbers, from lm-eval)
             row[d] = sc

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
+from scipy.special import softmax
 
 from ..prompts import format_mcq_prompt
 
@@ -39,12 +40,6 @@ from ..prompts import format_mcq_prompt
 OPTIONS: tuple[str, ...] = ("red", "green", "blue", "gold")
 #: syllables for the made-up feature words (two syllables per word).
 _SYLL = ("ka", "lo", "mi", "zu", "ve", "ro", "ti", "sa", "ne", "po", "du", "fe", "gi", "ha", "ju", "bo")
-
-
-def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 @dataclass
@@ -111,7 +106,7 @@ class World:
 
     def oracle_probs(self, combos: np.ndarray, tau: float | None = None) -> np.ndarray:
         """p*(y | x) for each combination, shape (n, K); rows sum to 1."""
-        return _softmax(self.logits(combos) / (self.tau if tau is None else tau))
+        return softmax(self.logits(combos) / (self.tau if tau is None else tau), axis=-1)
 
     def _fit_tau(self) -> float:
         """Bisection on log tau so that E_in[max p*] = target_oracle_acc (max p* falls as tau grows)."""
@@ -220,11 +215,6 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def generate(out_dir: str, world: World, n_train: int, n_dpo: int, n_ts: int, n_eval_in: int,

@@ -18,22 +18,19 @@ lm-eval 0.4.11 re-executes this file for every ``!function`` tag: keep it import
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+from scipy.special import softmax
 
 from axolotl_calib_plugin import metrics as _metrics
 from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, answer_to_index, format_mcq_prompt, option_letters
+from axolotl_calib_plugin.rows import CalibDataError, read_jsonl_records
 
-N_BINS = 10
+N_BINS = _metrics.DEFAULT_N_BINS
 DATA_DIR_ENV = "CALIB_LM_EVAL_DATA_DIR"
-
-
-class CalibDataError(ValueError):
-    """Malformed evaluation data; the message names the file (or hub split) and the row."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,9 +50,7 @@ def doc_to_choice(doc: dict) -> list[str]:
 
 def option_probs(logliks) -> list[float]:
     """Softmax (float64) over the K option log-likelihoods, as plain Python floats."""
-    ll = np.asarray(logliks, dtype=np.float64)
-    p = np.exp(ll - ll.max())
-    return (p / p.sum()).tolist()
+    return softmax(np.asarray(logliks, dtype=np.float64)).tolist()
 
 
 def process_results(doc: dict, results: list) -> dict:
@@ -216,7 +211,7 @@ def _norm_mcq(row: dict) -> dict:
 _norm_mmlu = _norm_mcq
 
 # --------------------------------------------------------------------------------------------
-# suites: hub coordinates + normaliser (README.md documents the same table)
+# suites: hub coordinates + normaliser (the one definition; README.md documents the same table)
 # --------------------------------------------------------------------------------------------
 
 
@@ -255,33 +250,6 @@ POOLS = {"calib_in_domain_pooled": IN_DOMAIN, "calib_out_domain_pooled": OUT_DOM
 
 #: calib_jsonl tasks: metadata key, then environment variable, holding the JSONL path(s).
 JSONL_SOURCES = {"calib_jsonl": ("data_files", "CALIB_JSONL"), "calib_jsonl_ood": ("ood_data_files", "CALIB_JSONL_OOD")}
-
-
-def read_jsonl(path: str) -> list[tuple[str, dict]]:
-    """Rows of a JSONL file (or a JSON file holding a list) as ``(where, row)``; clear errors."""
-    if not os.path.isfile(path):
-        raise CalibDataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    out = []
-    if path.endswith(".json") and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CalibDataError(f"{path}: not valid JSON ({e})") from None
-        out = [(f"{path} item {i}", r) for i, r in enumerate(rows)]
-    else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CalibDataError(f"{path} line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            out.append((f"{path} line {lineno}", row))
-    if not out:
-        raise CalibDataError(f"{path}: no rows")
-    return out
 
 
 def _normalize_rows(rows, normalize, source: str) -> list[dict]:
@@ -325,7 +293,7 @@ def load_suite_docs(name: str, data_dir: str | None = None) -> list[dict]:
                 f"{name}: local data dir {data_dir!r} (from ${DATA_DIR_ENV} or metadata calib_data_dir) has no "
                 f"{name}.jsonl; expected JSONL rows in the {suite.hub_path} schema: {suite.schema}"
             )
-        rows = read_jsonl(path)
+        rows = read_jsonl_records(path)
     else:
         rows = _hub_rows(suite)
     return _normalize_rows(rows, suite.normalize, name)
@@ -365,7 +333,10 @@ def _jsonl_paths(task: str, kwargs: dict) -> list[str]:
 
 
 def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
-    """``custom_dataset`` of every calib task (``dataset_kwargs: {suite: ..., split: ...}`` in the YAML).
+    """``custom_dataset`` of every calib task (``dataset_kwargs: {suite: ...}`` in the YAML).
+
+    Returns a ``DatasetDict`` with the one split ``split`` (the template's ``test_split``); which hub
+    split is read is the suite's own (:data:`SUITES`).
 
     ``suite`` is a suite name (``calib_mmlu``...), a list of suite names (pooled tasks: one docs list),
     or ``calib_jsonl`` / ``calib_jsonl_ood``. ``kwargs`` are lm-eval's metadata (``version``, CLI
@@ -375,7 +346,7 @@ def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
     if isinstance(suite, str) and suite in JSONL_SOURCES:
         docs = []
         for path in _jsonl_paths(suite, kwargs):
-            docs += _normalize_rows(read_jsonl(path), _norm_mcq, os.path.basename(path))
+            docs += _normalize_rows(read_jsonl_records(path), _norm_mcq, os.path.basename(path))
         return to_dataset_dict(docs, split)
     names = [suite] if isinstance(suite, str) else list(suite or [])
     unknown = [n for n in names if n not in SUITES]
