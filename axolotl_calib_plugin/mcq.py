@@ -11,8 +11,15 @@ per-token int columns (per-token so that they survive sample packing's concatena
 * ``calib_answer_idx``: at ``t*`` the 0-based gold option, ``-1`` elsewhere;
 * ``calib_num_options``: at ``t*`` the number K of choices, ``0`` elsewhere.
 
-Every row is checked, and a bad row raises ``MCQRowError`` naming the dataset, the row and the
-problem: nothing is skipped silently, so the loss never trains on a wrong answer position.
+Every row is checked by :func:`axolotl_calib_plugin.rows.normalize_mcq_row`, the normalizer the
+lm-eval tasks use too (same answer rules, same messages). A bad row raises ``CalibDataError``
+(``MCQRowError`` is the same class) naming the dataset, the row, the field and what to do; each batch
+of 1000 rows is checked whole first, so one error lists all its bad rows. Nothing is skipped
+silently, so the loss never trains on a wrong answer position.
+
+Rows longer than ``sequence_len`` are tokenized whole and dropped later by Axolotl
+(``excess_length_strategy: drop``); the strategy logs how many per batch, and
+:func:`check_rows_left` turns "no row left" into an error naming each dataset's count.
 
 This module does not import axolotl at import time; :func:`option_token_ids` (the letters' token ids
 for the trainer) lives here because it is the same tokenization question, asked of a probe prompt.
@@ -21,18 +28,31 @@ for the trainer) lives here because it is the same tokenization question, asked 
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any, Mapping, Sequence
 
-from .args import CalibrationArgs, check_plugin_registered
+from .args import CalibrationArgs, check_plugin_registered, is_calib_dataset_type
 from .columns import CALIB_COLUMNS, IGNORE_INDEX
-from .prompts import ANSWER_DELIMITER, answer_to_index, format_mcq_prompt
+from .prompts import ANSWER_DELIMITER, format_mcq_prompt
+from .rows import CalibDataError, MCQRow, normalize_mcq_row, raise_row_errors
+
+LOG = logging.getLogger(__name__)
 _INT63 = (1 << 63) - 1
 #: a neutral prompt used to find out how each letter tokenizes right after the answer position.
 _PROBE_PROMPT = format_mcq_prompt("Which option?", ["first", "second"])
 
 
-class MCQRowError(ValueError):
-    """A dataset row that cannot be turned into a calibration sample."""
+#: a dataset row that cannot be turned into a calibration sample: the lm-eval loaders' error class.
+MCQRowError = CalibDataError
+
+
+def json_columns(batch: Any) -> frozenset[str]:
+    """Columns that HF ``datasets`` stores as JSON text in this ``map`` batch (a JSON file's column
+    whose values mix types); empty when the batch carries no Arrow table (streaming, plain dicts)."""
+    table = getattr(batch, "pa_table", None)
+    if table is None:
+        return frozenset()
+    return frozenset(f.name for f in table.schema if "arrow.json" in str(f.type))
 
 
 # ---------------------------------------------------------------------------------------- pure helpers
@@ -240,50 +260,41 @@ class MCQStrategy:
         idx = f"row {row_no}" if self.exact_row_index else f"row {row_no} of a worker shard (set dataset_num_proc: 1 for exact indices)"
         return f"{self.dataset_name}: {idx} (question {q!r})"
 
-    def tokenize_row(self, row: Mapping[str, Any], row_no: int = 0) -> dict[str, list[int]]:
-        """One raw row -> the tokenized sample with its calibration columns."""
+    def normalize(self, row: Mapping[str, Any], answer_from_json_column: bool = False) -> MCQRow:
+        """The checked row (question, choices, gold) under this config's fields, letters and answer format."""
         s = self.settings
-        q = row.get(s.calib_field_question)
-        where = self._where(row_no, q)
-        try:
-            return self._tokenize_row(row, q)
-        except MCQRowError as exc:
-            raise MCQRowError(f"{where}: {exc}") from None
-        except ValueError as exc:  # answer_to_index / letter_token_id / template errors
-            raise MCQRowError(f"{where}: {exc}") from exc
+        return normalize_mcq_row(
+            row, question_field=s.calib_field_question, choices_field=s.calib_field_choices,
+            answer_field=s.calib_field_answer, letters=s.calib_option_letters, answer_format=s.calib_answer_format,
+            answer_from_json_column=answer_from_json_column,
+        )
 
-    def _tokenize_row(self, row: Mapping[str, Any], q: Any) -> dict[str, list[int]]:
+    def tokenize_row(self, row: Mapping[str, Any], row_no: int = 0,
+                     answer_from_json_column: bool = False) -> dict[str, list[int]]:
+        """One raw row -> the tokenized sample with its calibration columns."""
+        where = self._where(row_no, row.get(self.settings.calib_field_question))
+        try:
+            return self._tokenize_row(self.normalize(row, answer_from_json_column))
+        except CalibDataError as exc:
+            raise CalibDataError(f"{where}: {exc}") from None
+        except ValueError as exc:  # letter_token_id / template errors
+            raise CalibDataError(f"{where}: {exc}") from exc
+
+    def _tokenize_row(self, mcq: MCQRow) -> dict[str, list[int]]:
         s = self.settings
-        fq, fc, fa = s.calib_field_question, s.calib_field_choices, s.calib_field_answer
-        if q is None or (isinstance(q, str) and not q.strip()):
-            raise MCQRowError(f"missing question (column {fq!r})")
-        choices = row.get(fc)
-        if choices is None:
-            raise MCQRowError(f"missing choices (column {fc!r})")
-        if isinstance(choices, str) or not isinstance(choices, Sequence):
-            raise MCQRowError(f"choices (column {fc!r}) must be a list of strings, got {type(choices).__name__}: {choices!r:.80}")
-        choices = list(choices)
-        k = len(choices)
-        if k < 2:
-            raise MCQRowError(f"needs at least 2 choices (column {fc!r}), got {k}: {choices!r}")
         letters = s.calib_option_letters
-        if k > len(letters):
-            raise MCQRowError(f"{k} choices but only {len(letters)} option letters {letters} (calib_option_letters)")
-        answer = row.get(fa)
-        if answer is None or (isinstance(answer, str) and not answer.strip()):
-            raise MCQRowError(f"missing answer (column {fa!r})")
-        gold = answer_to_index(answer, choices, letters)
+        k, gold = len(mcq.choices), mcq.gold
         letter_ids = self.letter_ids(k)
 
-        prompt = format_mcq_prompt(q, choices, letters)
+        prompt = format_mcq_prompt(mcq.question, mcq.choices, letters)
         prompt_ids, full_ids = encode_mcq(self.tokenizer, prompt, letters[gold], s.calib_prompt_format,
                                           self.chat_template, s.calib_system_prompt, self.chat_template_kwargs)
         problem = _alignment_problem(self.tokenizer, prompt_ids, full_ids)
         if problem:
-            raise MCQRowError(problem)
+            raise CalibDataError(problem)
         t_star = len(prompt_ids) - 1
         if full_ids[t_star + 1] != letter_ids[gold]:
-            raise MCQRowError(
+            raise CalibDataError(
                 f"the token after the answer position is {_show(self.tokenizer, full_ids[t_star + 1:t_star + 2])}, "
                 f"not the gold letter {letters[gold]!r} (id {letter_ids[gold]}): the prompt and the letter merge "
                 "into one token for this tokenizer"
@@ -306,25 +317,112 @@ class MCQStrategy:
 
     def tokenize_prompt(self, prompt: Mapping[str, Any]) -> dict[str, list]:
         """``datasets.map`` entry point: a batch (dict of columns) or a single row."""
-        col = prompt.get(self.settings.calib_field_question)
-        if col is None:  # no question column: a batch has a list of choice lists
-            choices = prompt.get(self.settings.calib_field_choices)
-            batched = isinstance(choices, list) and bool(choices) and isinstance(choices[0], (list, tuple))
+        s = self.settings
+        # a batch holds a list per column; a row's question and answer are never lists (choices may be a string)
+        present = [prompt[f] for f in (s.calib_field_question, s.calib_field_answer) if f in prompt]
+        if present:
+            batched = isinstance(present[0], list)
         else:
-            batched = isinstance(col, list)
+            choices = prompt.get(s.calib_field_choices)
+            batched = isinstance(choices, list) and bool(choices) and isinstance(choices[0], (list, tuple))
+        json_answer = s.calib_field_answer in json_columns(prompt)
         if not batched:
-            row = self.tokenize_row(prompt, self.rows_seen)
+            row = self.tokenize_row(prompt, self.rows_seen, json_answer)
             self.rows_seen += 1
             return row
         n = len(next(iter(prompt.values())))
+        first = self.rows_seen
+        rows = [{k: v[i] for k, v in prompt.items()} for i in range(n)]
+        # every row of the batch is checked before any is tokenized: one error lists all bad rows
+        checked, errors = [], []
+        for i, row in enumerate(rows):
+            try:
+                checked.append(self.normalize(row, json_answer))
+            except CalibDataError as exc:
+                errors.append((self._where(first + i, row.get(s.calib_field_question)), str(exc)))
+        raise_row_errors(errors, self.dataset_name,
+                         f" among rows {first}..{first + n - 1} (rows after these are checked once they are fixed)")
         out: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "labels", *CALIB_COLUMNS)}
-        for i in range(n):
-            row = {k: v[i] for k, v in prompt.items()}
-            res = self.tokenize_row(row, self.rows_seen)
-            self.rows_seen += 1
+        for i, mcq in enumerate(checked):
+            try:
+                res = self._tokenize_row(mcq)
+            except ValueError as exc:  # alignment / letter / template errors
+                raise CalibDataError(f"{self._where(first + i, mcq.question)}: {exc}") from None
             for k in out:
                 out[k].append(res[k])
+        self.rows_seen += n
+        self._log_too_long(out["input_ids"], first)
         return out
+
+    def _log_too_long(self, input_ids: list[list[int]], first: int) -> None:
+        """Warn that Axolotl will drop this batch's rows longer than ``sequence_len`` (it logs only a total)."""
+        if not self.sequence_len:
+            return
+        lengths = [len(ids) for ids in input_ids]
+        long = [n for n in lengths if n > self.sequence_len]
+        if long:
+            LOG.warning(
+                "%s: %d of rows %d..%d are longer than sequence_len %d tokens (longest %d) and will be dropped by "
+                "Axolotl (excess_length_strategy: drop); raise sequence_len to keep them",
+                self.dataset_name, len(long), first, first + len(lengths) - 1, self.sequence_len, max(long),
+            )
+
+
+def _length_census(cfg, tokenizer, ds_cfg) -> list[int]:
+    """Token length of every row of one calibration dataset, read and tokenized as Axolotl does."""
+    from datasets import DatasetDict
+
+    from axolotl.datasets import TokenizedPromptDataset
+    from axolotl.utils.data.shared import load_dataset_with_config
+    from axolotl.utils.dict import DictDefault
+
+    ds_cfg = DictDefault(dict(ds_cfg))
+    ds = load_dataset_with_config(ds_cfg, cfg.get("hf_use_auth_token"))
+    if isinstance(ds, DatasetDict):
+        ds = ds[ds_cfg.split if ds_cfg.split in ds else "train"]
+    strategy = load(tokenizer, cfg, ds_cfg)
+    strategy.sequence_len = None  # counted here: no second round of per-batch warnings
+    tokenized = TokenizedPromptDataset(strategy, ds, process_count=1, keep_in_memory=True)
+    return [len(ids) for ids in tokenized["input_ids"]]
+
+
+def check_rows_left(cfg, tokenizer, train_dataset) -> None:
+    """Fail with numbers when Axolotl left no training row, e.g. every row is longer than ``sequence_len``.
+
+    Axolotl drops rows longer than ``sequence_len`` after tokenization; when that drops all of them,
+    training later stops in the sampler with "num_samples should be a positive integer value, but got
+    num_samples=0". Only in that case are the calibration datasets re-read and re-tokenized, to name
+    each dataset with how many of its rows were too long and the length to ask for.
+    """
+    if train_dataset is None or len(train_dataset) > 0:
+        return
+    seq_len = cfg.get("sequence_len")
+    lines, shortest = [], []
+    for i, ds_cfg in enumerate(cfg.get("datasets") or []):
+        if not is_calib_dataset_type(ds_cfg.get("type")):
+            continue
+        name = f"datasets[{i}] {ds_cfg.get('path')}" + (f" [split {ds_cfg['split']}]" if ds_cfg.get("split") else "")
+        try:
+            lengths = _length_census(cfg, tokenizer, ds_cfg)
+        except Exception as exc:  # noqa: BLE001 - the census only explains; never hide the real problem
+            lines.append(f"{name}: could not be re-read to count its rows ({type(exc).__name__}: {exc})")
+            continue
+        long = [n for n in lengths if seq_len and n > seq_len]
+        if long:
+            shortest.append(min(long))
+            lines.append(f"{name}: {len(long)} of its {len(lengths)} rows are longer than sequence_len {seq_len} "
+                         f"tokens and were dropped (shortest of them {min(long)}, longest {max(long)} tokens)")
+        else:
+            lines.append(f"{name}: {len(lengths)} rows, none longer than sequence_len {seq_len} (rows removed by "
+                         "another setting: min_sample_len, shards, val_set_size)")
+    fix = (f"Raise sequence_len to at least {min(shortest)} tokens or shorten those rows." if shortest
+           else "Check the settings above.")
+    raise CalibDataError(
+        f"no training rows are left after Axolotl dropped the rows longer than sequence_len {seq_len} "
+        f"(excess_length_strategy: drop), so training cannot start:\n  "
+        + "\n  ".join(lines or ["no calibration dataset"])
+        + "\n" + fix
+    )
 
 
 def load(tokenizer, cfg, ds_cfg=None, processor=None):  # noqa: ARG001 - Axolotl's loader signature

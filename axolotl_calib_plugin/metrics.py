@@ -5,7 +5,8 @@ Definitions (Xiao et al., ICML 2025, Defs. 3.1/3.2; Guo et al. 2017), with ``M``
 falls in the first bin):
 
 * **conf-ECE** = sum_m |B_m|/n * |acc(B_m) - conf(B_m)| over the max-probability of each row.
-* **cw-ECE**   = (1/K) sum_k ECE of ``probs[:, k]`` against ``1[label == k]``.
+* **cw-ECE**   = (1/K) sum_k ECE_k, where ECE_k is the ECE of ``probs[:, k]`` against ``1[label == k]``
+  (the paper's class-wise ECE, binned like conf-ECE; for rows with different K see below).
 * **accuracy** = mean of ``argmax(probs) == label`` (ties go to the lowest index).
 
 All functions are pure, accept numpy arrays, torch tensors or nested lists, and compute in float64.
@@ -18,9 +19,19 @@ Implementation (>= 100x a per-sample Python loop; see ``benchmarks/bench_metrics
 bin exactly without a search, and accumulates every per-bin sum in row order; the public functions
 are thin reductions of those sums. The detailed validator only runs to build an error message.
 
-Mixed option counts (e.g. ARC's 3- and 5-option items pooled): pad each row with zeros up to the
-largest K. Padded zeros fall in the first bin with label indicator 0 and so add nothing to any
-bin's gap; cw-ECE then averages over the padded K classes.
+Mixed option counts (e.g. ARC's 3- to 5-option items): pad each row with zeros up to the largest K
+and pass ``num_options`` (n,), each row's own K_i. Class k then exists only in the n_k rows with
+K_i > k, and
+
+    cw-ECE = sum_k (n_k / N) * ECE_k,   ECE_k over those n_k rows,   N = sum_k n_k
+           = sum_k sum_m |sum_{i in B_km} (1[y_i = k] - p_ik)| / N,
+
+i.e. every (row, real option) pair weighs the same. With one K for all rows n_k = n and this is the
+plain mean above; it moves continuously as rows with another K are added (one 5-option row among
+1000 four-option rows weighs 1/4005, instead of turning the mean over 4 classes into a mean over 5).
+Without ``num_options`` every column is a real class (a padded zero cannot be told from a real
+zero probability), which is the paper's fixed-K definition. conf-ECE and accuracy never depend on
+the padding: a row's maximum is at least 1/K_i > 0. Padded entries must be exactly 0.
 """
 
 from __future__ import annotations
@@ -80,13 +91,33 @@ def _check_n_bins(n_bins: int) -> int:
     return int(n_bins)
 
 
+def _check_num_options(num_options: ArrayLike, n: int, k: int) -> torch.Tensor:
+    """``num_options`` as an int64 (n,) tensor of K_i in ``[2, K]``; ``ValueError`` naming the first bad row."""
+    t = _as_tensor(num_options, what="num_options")
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"num_options must be integer option counts, got dtype {t.dtype}")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
+            raise ValueError("num_options must be integer option counts, got non-integer values")
+    t = t.to(torch.int64)
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(f"num_options must have shape ({n},) (one K per row of probs), got {tuple(t.shape)}")
+    bad = (t < 2) | (t > k)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"num_options must lie in [2, {k}] (probs has K={k} columns; row {row} has {int(t[row])})")
+    return t
+
+
 def validate_probs_labels(
-    probs: ArrayLike, labels: ArrayLike, *, check_row_sums: bool = True
+    probs: ArrayLike, labels: ArrayLike, *, check_row_sums: bool = True, num_options: ArrayLike | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check and convert ``probs`` (n, K) and ``labels`` (n,) to float64 / int64 CPU tensors.
 
     Raises ``ValueError`` naming what is wrong (shape, NaN/inf, values outside [0, 1], rows not
     summing to 1, labels that are not integers or out of ``[0, K)``), and the first offending row.
+    With ``num_options`` (n,) also: each K_i in ``[2, K]``, labels in ``[0, K_i)``, and the padding
+    ``probs[i, K_i:]`` exactly 0.
     """
     p = _as_tensor(probs, what="probs")
     if p.dtype == torch.bool or p.is_complex():
@@ -128,6 +159,20 @@ def validate_probs_labels(
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
         raise ValueError(f"labels must lie in [0, {k}) for K={k} options (row {row} has label {int(y[row])})")
+    if num_options is not None:
+        kk = _check_num_options(num_options, n, k)
+        bad = y >= kk
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            raise ValueError(f"row {row} has label {int(y[row])} but only num_options={int(kk[row])} options")
+        padded = torch.arange(k).unsqueeze(0) >= kk.unsqueeze(1)
+        bad = (padded & (p != 0)).any(dim=1)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            raise ValueError(
+                f"row {row} has num_options={int(kk[row])} but non-zero probabilities after its first "
+                f"{int(kk[row])} columns ({p[row].tolist()}); pad each row with zeros up to K"
+            )
     return p, y
 
 
@@ -183,19 +228,27 @@ def _bin_index_kernel(c, m, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _sums_kernel(p, y, m, row_sum_tol, check, want_conf, want_cls, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
+def _sums_kernel(p, y, kk, m, row_sum_tol, check, want_conf, want_cls, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
     """One pass over the rows, in row order: per-bin counts and sums of the confidence (max prob,
-    argmax ties to the lowest index; with ``want_conf``) and of every class's probability (with ``want_cls``). With ``check`` it validates
-    each row on the way and returns the first invalid row (else -1) for the detailed validator."""
+    argmax ties to the lowest index; with ``want_conf``) and of every class's probability (with ``want_cls``).
+    ``kk`` holds each row's own K (empty: every row has all K columns); a row's padding columns are
+    skipped (and, with ``check``, must be 0). With ``check`` it validates each row on the way and returns
+    the first invalid row (else -1) for the detailed validator."""
     n, k = p.shape
+    has_k = kk.shape[0] > 0
     for i in range(n):
         yi = y[i]
-        if check and (yi < 0 or yi >= k):
+        ki = kk[i] if has_k else k
+        if check and (yi < 0 or yi >= ki):
             return i
+        if check and has_k:
+            for j in range(ki, k):
+                if p[i, j] != 0.0:
+                    return i
         best = p[i, 0]
         arg = 0
         total = 0.0
-        for j in range(k):
+        for j in range(ki):
             v = p[i, j]
             if check and not (v >= 0.0 and v <= 1.0):  # NaN fails both comparisons
                 return i
@@ -222,7 +275,8 @@ def _sums_kernel(p, y, m, row_sum_tol, check, want_conf, want_cls, conf_cnt, con
 
 @dataclass(frozen=True)
 class _Sums:
-    """Per-bin sums of one pass: confidence bins (M,) and class bins (K, M), float64."""
+    """Per-bin sums of one pass: confidence bins (M,) and class bins (K, M), float64; ``class_rows``
+    (K,) = n_k, the rows that have class k, or ``None`` when every row has every class."""
 
     n: int
     conf_count: torch.Tensor
@@ -231,6 +285,7 @@ class _Sums:
     cls_count: torch.Tensor
     cls_sum: torch.Tensor
     cls_hits: torch.Tensor
+    class_rows: torch.Tensor | None = None
 
     def conf(self):
         """(count, sum of confidence, number correct), each (M,)."""
@@ -241,14 +296,18 @@ class _Sums:
         return self.cls_count, self.cls_sum, self.cls_hits
 
 
+_NO_K = np.empty(0, np.int64)
+
+
 def _accumulate(probs: ArrayLike, labels: ArrayLike, n_bins: int = 1, want_conf: bool = True,
-                want_cls: bool = True) -> _Sums:
+                want_cls: bool = True, num_options: ArrayLike | None = None) -> _Sums:
     """Validate and bin ``probs`` (n, K) / ``labels`` (n,) in one compiled pass (linear in n*K).
 
     The common case (real (n, K) probs with K >= 2, integer (n,) labels) is validated inside the
     kernel; anything unusual (float labels, wrong shapes, bool, empty) and any row the kernel flags
     goes through :func:`validate_probs_labels`, which raises the detailed error naming the row.
     ``want_conf`` / ``want_cls`` pick the confidence and class bins (sums not asked for stay 0).
+    ``num_options`` (n,): each row's K (its padding columns are skipped); ``None``: all K columns.
     """
     p = _as_tensor(probs, what="probs")
     y = _as_tensor(labels, what="labels")
@@ -258,26 +317,31 @@ def _accumulate(probs: ArrayLike, labels: ArrayLike, n_bins: int = 1, want_conf:
         and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
     )
     if not plain:
-        p, y = validate_probs_labels(probs, labels)
+        p, y = validate_probs_labels(probs, labels, num_options=num_options)
     try:
         m = _check_n_bins(n_bins)
     except ValueError:
         if plain:
-            validate_probs_labels(probs, labels)  # invalid data is reported first, as always
+            validate_probs_labels(probs, labels, num_options=num_options)  # invalid data is reported first
         raise
     pn = p.to(torch.float64).contiguous().numpy()
     yn = y.to(torch.int64).contiguous().numpy()
     n, k = pn.shape
+    kk = _NO_K if num_options is None else _check_num_options(num_options, n, k).contiguous().numpy()
     while True:
         out = (np.zeros(m, np.int64), np.zeros(m), np.zeros(m, np.int64),
                np.zeros((k, m), np.int64), np.zeros((k, m)), np.zeros((k, m), np.int64))
-        bad = _sums_kernel(pn, yn, m, ROW_SUM_ATOL - _ROW_SUM_MARGIN, plain, want_conf, want_cls, *out)
+        bad = _sums_kernel(pn, yn, kk, m, ROW_SUM_ATOL - _ROW_SUM_MARGIN, plain, want_conf, want_cls, *out)
         if bad < 0:
             break
-        validate_probs_labels(probs, labels)  # raises with the detailed message ...
+        validate_probs_labels(probs, labels, num_options=num_options)  # raises with the detailed message ...
         plain = False  # ... or the row was within the margin of the tolerance and is valid
     c_cnt, c_sum, c_hit, k_cnt, k_sum, k_hit = (torch.from_numpy(a).to(torch.float64) for a in out)
-    return _Sums(n, c_cnt, c_sum, c_hit, k_cnt, k_sum, k_hit)
+    class_rows = None
+    if num_options is not None:  # n_k = #{i : K_i > k} = n - #{i : K_i <= k}
+        at_most = np.cumsum(np.bincount(kk, minlength=k + 1))[:k]
+        class_rows = torch.from_numpy(n - at_most).to(torch.float64)
+    return _Sums(n, c_cnt, c_sum, c_hit, k_cnt, k_sum, k_hit, class_rows)
 
 
 def _conf_ece_from(sums: _Sums) -> float:
@@ -287,8 +351,10 @@ def _conf_ece_from(sums: _Sums) -> float:
 
 def _cw_ece_from(sums: _Sums) -> float:
     _, s_p, s_y = sums.cls()
-    per_class = (s_y - s_p).abs().sum(dim=1) / sums.n
-    return float(per_class.mean())
+    gaps = (s_y - s_p).abs().sum(dim=1)  # sum_m |gap| of each class
+    if sums.class_rows is None:  # every row has every class: the plain mean over K
+        return float((gaps / sums.n).mean())
+    return float(gaps.sum() / sums.class_rows.sum())  # sum_k n_k/N * ECE_k
 
 
 def _accuracy_from(sums: _Sums) -> float:
@@ -296,13 +362,15 @@ def _accuracy_from(sums: _Sums) -> float:
 
 
 # ----------------------------------------------------------------------------- public metrics
-def conf_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -> float:
+def conf_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10, num_options: ArrayLike | None = None) -> float:
     """Confidence ECE: sum_m |B_m|/n * |acc(B_m) - conf(B_m)| over each row's max probability.
 
     Args:
         probs: (n, K) probabilities, rows summing to 1 (numpy, torch or nested lists).
         labels: (n,) integer class indices in ``[0, K)``.
         n_bins: number M of equal-width right-closed bins ``((m-1)/M, m/M]``.
+        num_options: optional (n,) K_i of each zero-padded row (default: every row has K options);
+            checked (labels < K_i, padding exactly 0), and it never changes conf-ECE.
 
     Returns:
         The conf-ECE as a Python float in [0, 1].
@@ -314,33 +382,38 @@ def conf_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -> float:
         >>> conf_ece([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]], [0, 1, 1, 1], n_bins=5)
         0.25
     """
-    return _conf_ece_from(_accumulate(probs, labels, n_bins, want_cls=False))
+    return _conf_ece_from(_accumulate(probs, labels, n_bins, want_cls=False, num_options=num_options))
 
 
-def cw_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -> float:
+def cw_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10, num_options: ArrayLike | None = None) -> float:
     """Class-wise ECE: for each class k the ECE of ``probs[:, k]`` vs ``1[label == k]``, averaged over K.
 
-    Same arguments, return type and errors as :func:`conf_ece`.
+    Same arguments, return type and errors as :func:`conf_ece`. With ``num_options`` class k is
+    scored over the n_k rows that have it and the classes are weighted by n_k (module docstring):
+    the plain mean when all K_i are equal, continuous when rows with another K are added.
 
     Example:
         >>> cw_ece([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]], [0, 1, 1, 1], n_bins=5)
         0.375
     """
-    return _cw_ece_from(_accumulate(probs, labels, n_bins, want_conf=False))
+    return _cw_ece_from(_accumulate(probs, labels, n_bins, want_conf=False, num_options=num_options))
 
 
-def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
-    """Fraction of rows whose argmax (lowest index on ties) equals the label.
+def accuracy(probs: ArrayLike, labels: ArrayLike, num_options: ArrayLike | None = None) -> float:
+    """Fraction of rows whose argmax (lowest index on ties) equals the label (``num_options`` as in
+    :func:`conf_ece`: checked, never changes the value).
 
     Example:
         >>> accuracy([[0.5, 0.5], [0.25, 0.75]], [1, 1])
         0.5
     """
-    return _accuracy_from(_accumulate(probs, labels, want_cls=False))
+    return _accuracy_from(_accumulate(probs, labels, want_cls=False, num_options=num_options))
 
 
-def calibration_metrics(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -> dict[str, float]:
-    """conf-ECE, cw-ECE and accuracy in one pass over the data (one validation, one binning).
+def calibration_metrics(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10,
+                        num_options: ArrayLike | None = None) -> dict[str, float]:
+    """conf-ECE, cw-ECE and accuracy in one pass over the data (one validation, one binning;
+    ``num_options`` as in :func:`cw_ece`).
 
     Returns exactly the values of :func:`conf_ece`, :func:`cw_ece` and :func:`accuracy` (the same
     sums in the same order), about 2x faster than the three calls.
@@ -352,7 +425,7 @@ def calibration_metrics(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10) -
         >>> calibration_metrics([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7]], [0, 1, 1, 1], n_bins=5)
         {'conf_ece': 0.25, 'cw_ece': 0.375, 'accuracy': 0.75}
     """
-    sums = _accumulate(probs, labels, n_bins)
+    sums = _accumulate(probs, labels, n_bins, num_options=num_options)
     return {"conf_ece": _conf_ece_from(sums), "cw_ece": _cw_ece_from(sums), "accuracy": _accuracy_from(sums)}
 
 
@@ -362,7 +435,8 @@ class ReliabilityBins:
 
     For ``kind="conf"`` the arrays have shape (M,); for ``kind="class"`` (K, M), row k for class k.
     ``mean_confidence`` / ``accuracy`` are NaN for empty bins (no samples: nothing to report);
-    ``ece`` is the matching scalar (conf-ECE, or cw-ECE = mean over classes), where empty bins add 0.
+    ``ece`` is the matching scalar (conf-ECE, or cw-ECE), where empty bins add 0. ``class_rows``
+    (``kind="class"`` only, (K,)): n_k, the rows that have class k (n for every k without ``num_options``).
     """
 
     kind: str
@@ -372,10 +446,13 @@ class ReliabilityBins:
     accuracy: np.ndarray
     n: int
     ece: float
+    class_rows: np.ndarray | None = None
 
     @property
     def weight(self) -> np.ndarray:
-        """|B_m| / n: the share of samples in each bin (the sample density of a diagram)."""
+        """|B_m| / n (class k: / n_k): the share of samples in each bin (the density of a diagram)."""
+        if self.class_rows is not None:
+            return self.count / np.maximum(self.class_rows, 1)[:, None]
         return self.count / self.n
 
 
@@ -384,22 +461,27 @@ def reliability_bins(
     labels: ArrayLike,
     n_bins: int = 10,
     kind: Literal["conf", "class"] = "conf",
+    num_options: ArrayLike | None = None,
 ) -> ReliabilityBins:
     """Per-bin counts, mean confidence and accuracy, for ``kind="conf"`` (max-probability) or
-    ``kind="class"`` (each class's probability vs ``1[label == k]``).
+    ``kind="class"`` (each class's probability vs ``1[label == k]``; with ``num_options`` only the
+    rows that have class k, padding excluded from the counts).
 
     ``ece`` equals :func:`conf_ece` / :func:`cw_ece` exactly (the same sums).
     """
     if kind not in ("conf", "class"):
         raise ValueError(f"kind must be 'conf' or 'class', got {kind!r}")
-    sums = _accumulate(probs, labels, n_bins, want_conf=True, want_cls=(kind == "class"))
+    sums = _accumulate(probs, labels, n_bins, want_conf=True, want_cls=(kind == "class"), num_options=num_options)
     n, m = sums.n, sums.conf_count.shape[0]
     counts, s_v, s_h = sums.conf() if kind == "conf" else sums.cls()
     safe = counts.clamp(min=1)
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     mean_conf = torch.where(counts > 0, s_v / safe, nan)
     acc = torch.where(counts > 0, s_h / safe, nan)
-    gaps = (s_h - s_v).abs().sum(dim=-1) / n
+    class_rows = None
+    if kind == "class":
+        rows = sums.class_rows if sums.class_rows is not None else torch.full((counts.shape[0],), float(n))
+        class_rows = rows.to(torch.int64).numpy()
     return ReliabilityBins(
         kind=kind,
         edges=bin_edges(m).numpy(),
@@ -407,5 +489,6 @@ def reliability_bins(
         mean_confidence=mean_conf.numpy(),
         accuracy=acc.numpy(),
         n=n,
-        ece=float(gaps.mean()),
+        ece=_conf_ece_from(sums) if kind == "conf" else _cw_ece_from(sums),
+        class_rows=class_rows,
     )

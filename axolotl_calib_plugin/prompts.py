@@ -34,29 +34,11 @@ def format_mcq_prompt(question: str, choices: Sequence[str], letters: Sequence[s
 
 
 def answer_to_index(answer: Any, choices: Sequence[str], letters: Sequence[str] = DEFAULT_LETTERS) -> int:
-    """Normalize an answer given as an index (0-based int or digit string), a letter ("B") or the
-    choice text itself to a 0-based index; ``ValueError`` if it is not one of the choices."""
-    k = len(choices)
-    labs = option_letters(k, letters)
-    if isinstance(answer, bool) or answer is None:
-        raise ValueError(f"answer {answer!r} is not a valid option for {k} choices")
-    if isinstance(answer, (int,)) or (hasattr(answer, "__index__") and not isinstance(answer, str)):
-        idx = int(answer)
-        if 0 <= idx < k:
-            return idx
-        raise ValueError(f"answer index {idx} is out of range for {k} choices (valid: 0..{k - 1})")
-    if isinstance(answer, float) and answer.is_integer():
-        return answer_to_index(int(answer), choices, letters)
-    if isinstance(answer, str):
-        a = answer.strip()
-        if a in labs:
-            return labs.index(a)
-        if a.isdigit() and 0 <= int(a) < k:
-            return int(a)
-        stripped = [str(c).strip() for c in choices]
-        if a in stripped and stripped.count(a) == 1:
-            return stripped.index(a)
-    raise ValueError(
-        f"answer {answer!r} is not a valid option: expected an index 0..{k - 1}, a letter in {labs}, "
-        "or the text of one choice"
-    )
+    """0-based index of ``answer`` (int index, digit string, letter or choice text; ``answer_format: auto``).
+
+    The rules, ambiguity included, are :func:`axolotl_calib_plugin.rows.read_answer`'s (kept here for
+    callers that only format prompts); raises ``CalibDataError`` (a ``ValueError``) on a bad answer.
+    """
+    from .rows import read_answer  # rows imports this module's letters
+
+    return read_answer(answer, [str(c) for c in choices], letters)

@@ -131,8 +131,10 @@ def pad(probs):
 
 
 def ref_metrics(probs, golds):
-    P, y = pad(probs), np.asarray(golds)
-    return {"acc": metrics.accuracy(P, y), "conf_ece": metrics.conf_ece(P, y, 10), "cw_ece": metrics.cw_ece(P, y, 10)}
+    """The three metrics of zero-padded probs with each row's K (cw-ECE for mixed K: metrics docstring)."""
+    P, y, k = pad(probs), np.asarray(golds), np.array([len(p) for p in probs])
+    return {"acc": metrics.accuracy(P, y), "conf_ece": metrics.conf_ece(P, y, 10),
+            "cw_ece": metrics.cw_ece(P, y, 10, num_options=k)}
 
 
 @pytest.fixture(scope="module")
@@ -242,10 +244,12 @@ def test_cli_variable_k_arc(cli_run, ref):
     ks = [len(r["conf_ece"]["probs"]) for r in cli_run["samples"]["calib_arc_challenge"]]
     assert {3, 4, 5} <= set(ks)
     assert ks == [len(d[1]) for d in ref["calib_arc_challenge"]["docs"]]
-    # the aggregation zero-pads to Kmax = 5 and hands the padded matrix to the metrics core
+    # the aggregation zero-pads to Kmax = 5 and hands each row's K with the padded matrix to the metrics core
     P, y = pad(ref["calib_arc_challenge"]["probs"]), ref["calib_arc_challenge"]["gold"]
     assert P.shape[1] == 5
-    assert cli_run["res"]["results"]["calib_arc_challenge"]["cw_ece,none"] == pytest.approx(metrics.cw_ece(P, y), abs=TOL)
+    got = cli_run["res"]["results"]["calib_arc_challenge"]["cw_ece,none"]
+    assert got == pytest.approx(metrics.cw_ece(P, y, num_options=ks), abs=TOL)
+    assert abs(got - metrics.cw_ece(P, y)) > 1e-4  # padded zeros are not taken for real classes
 
 
 @pytest.mark.slow
@@ -383,18 +387,24 @@ def test_api_malformed_data_names_file_and_row(hflm, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "suite, line, match",
     [
-        ("calib_jsonl", '{"question": "q", "choices": ["a"], "answer": 0}', r"line 2: 'choices' has 1 option"),
+        ("calib_jsonl", '{"question": "q", "choices": ["a"], "answer": 0}', r"line 2: field 'choices' has 1 option"),
         ("calib_jsonl", '{"question": "q", "choices": ["a", "b"], "answer": 5}', r"line 2: field 'answer'.*out of range"),
         ("calib_jsonl", '{"question": "q", "choices": ["a", "b"]}', r"line 2: missing field 'answer'"),
         ("calib_jsonl", '{"question": "", "choices": ["a", "b"], "answer": 0}', r"line 2: field 'question' is empty"),
-        ("calib_jsonl", '{"question": "q", "choices": "a,b", "answer": 0}', r"line 2: field 'choices' must be"),
+        ("calib_jsonl", '{"question": "q", "choices": "a,b", "answer": 0}', r"line 2: field 'choices' is a string but not a list"),
         ("calib_jsonl", '{"question": "q", "choices": ["a", "b"], "answer": 0', r"line 2: not valid JSON"),
         ("calib_jsonl", '["q", ["a", "b"], 0]', r"line 2: expected a JSON object"),
-        ("calib_jsonl", '{"question": "q", "choices": ["a", null], "answer": 0}', r"line 2: 'choices'\[1\] must be a string"),
+        ("calib_jsonl", '{"question": "q", "choices": ["a", null], "answer": 0}', r"line 2: field 'choices' item 1 is null"),
+        ("calib_jsonl", '{"question": "q", "choices": ["3", "7", "12", "5"], "answer": "3"}', r"line 2: field 'answer': '3' is ambiguous"),
         ("calib_arc_challenge", '{"question": "q", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "D"}',
          r"calib_arc_challenge\.jsonl line 2: answerKey 'D' is not one of the labels"),
+        ("calib_arc_challenge", '{"question": "q", "choices": {"text": ["a", null], "label": ["A", "B"]}, "answerKey": "A"}',
+         r"calib_arc_challenge\.jsonl line 2: field 'choices.text' item 1 is null"),
         ("calib_medmcqa", '{"question": "q", "opa": "a", "opb": "b", "opc": "c", "cop": 1}', r"calib_medmcqa\.jsonl line 2: missing field 'opd'"),
+        ("calib_medmcqa", '{"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": "B"}',
+         r"calib_medmcqa\.jsonl line 2: field 'cop' is 'B', not an index"),
         ("calib_mmlu", '{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 4}', r"calib_mmlu\.jsonl line 2: field 'answer'"),
+        ("calib_mmlu", '{"question": "q", "choices": ["3", "7", "12", "5"], "answer": "3"}', None),  # MMLU answers are indices
         ("calib_sciq", '{"question": "q", "distractor1": "a", "distractor2": "b", "distractor3": "c"}', r"calib_sciq\.jsonl line 2: missing field 'correct_answer'"),
     ],
 )
@@ -408,6 +418,9 @@ def test_malformed_rows(tmp_path, suite, line, match):
     else:
         (tmp_path / f"{suite}.jsonl").write_text(first + "\n" + line + "\n")
         kw = {"calib_data_dir": str(tmp_path)}
+    if match is None:
+        assert U.load_suite(suite, **kw)["test"]["gold"][-1] == 3
+        return
     with pytest.raises(U.CalibDataError, match=match):
         U.load_suite(suite, **kw)
 
@@ -480,10 +493,12 @@ def test_adapters_use_metrics_core():
         k = 3 + i % 3
         p = rng.dirichlet(np.ones(k)).tolist()
         items.append({"probs": p, "gold": int(rng.integers(k))})
-    P, y = U.stack_items(items)
+    P, y, k = U.stack_items(items)
     assert P.shape == (40, 5) and P[0, 3:].tolist() == [0.0, 0.0]
+    assert k.tolist() == [3 + i % 3 for i in range(40)]
     assert U.conf_ece(items) == metrics.conf_ece(P, y, n_bins=10)
-    assert U.cw_ece(items) == metrics.cw_ece(P, y, n_bins=10)
+    assert U.cw_ece(items) == metrics.cw_ece(P, y, n_bins=10, num_options=k)
+    assert U.cw_ece(items) != metrics.cw_ece(P, y, n_bins=10)  # the padded columns are not classes of every row
     lls = [-1.5, -0.2, -3.0]
     r = U.process_results({"choices": ["a", "b", "c"], "gold": 1}, [(x, False) for x in lls])
     assert r["acc"] == 1.0 and r["conf_ece"] is r["cw_ece"] and r["conf_ece"]["logliks"] == lls

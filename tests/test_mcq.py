@@ -7,6 +7,8 @@ validated config and applied with Axolotl's ``TokenizedPromptDataset`` (batched 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import letter_ids
@@ -196,17 +198,21 @@ def test_option_token_ids_names_the_letter_that_is_not_one_token(tiny_tokenizer)
 
 # ------------------------------------------------------------------------------------------- bad rows
 BAD = [
-    ({"question": "Q one?", "choices": ["a", "b"]}, "missing answer (column 'answer')"),
-    ({"question": "Q one?", "choices": ["a", "b"], "answer": None}, "missing answer"),
-    ({"question": "Q one?", "choices": ["a", "b"], "answer": "zebra"}, "answer 'zebra' is not a valid option"),
-    ({"question": "Q one?", "choices": ["a", "b"], "answer": 2}, "answer index 2 is out of range"),
-    ({"question": "Q one?", "choices": ["a", "b"], "answer": "C"}, "answer 'C' is not a valid option"),
-    ({"question": "Q one?", "choices": ["a"], "answer": 0}, "needs at least 2 choices"),
-    ({"question": "Q one?", "choices": "a, b", "answer": 0}, "must be a list of strings"),
-    ({"question": "Q one?", "choices": None, "answer": 0}, "missing choices"),
-    ({"question": "", "choices": ["a", "b"], "answer": 0}, "missing question"),
+    ({"question": "Q one?", "choices": ["a", "b"]},
+     "missing field 'answer' (absent or null; the row has 'choices', 'question')"),
+    ({"question": "Q one?", "choices": ["a", "b"], "answer": None}, "missing field 'answer' (absent or null"),
+    ({"question": "Q one?", "choices": ["a", "b"], "answer": "zebra"},
+     "field 'answer': 'zebra' is not an option of these 2 choices: expected an index 0..1, a letter A/B"),
+    ({"question": "Q one?", "choices": ["a", "b"], "answer": 2},
+     "field 'answer': index 2 is out of range for 2 choices (valid 0..1); fix the row"),
+    ({"question": "Q one?", "choices": ["a", "b"], "answer": "C"}, "field 'answer': 'C' is not an option"),
+    ({"question": "Q one?", "choices": ["a"], "answer": 0}, "field 'choices' has 1 option(s); an MCQ needs at least 2"),
+    ({"question": "Q one?", "choices": "a, b", "answer": 0}, "field 'choices' is a string but not a list literal"),
+    ({"question": "Q one?", "choices": ["a", None], "answer": 0}, "field 'choices' item 1 is null"),
+    ({"question": "Q one?", "choices": None, "answer": 0}, "missing field 'choices'"),
+    ({"question": "", "choices": ["a", "b"], "answer": 0}, "field 'question' is empty"),
     ({"question": "Q one?", "choices": [f"c{i}" for i in range(11)], "answer": 0},
-     "11 choices but only 10 option letters"),
+     "field 'choices' has 11 options but there are only 10 option letters (A..J)"),
 ]
 
 
@@ -229,10 +235,95 @@ def test_row_numbers_count_across_batches(build):
         build(rows)
 
 
+def test_one_error_lists_every_bad_row_of_the_batch(make_strategy):
+    """A batch is checked whole before tokenizing: the error gives the count and each bad row."""
+    strategy, _ = make_strategy("data/bad.jsonl")
+    rows = [ROWS[0], {**ROWS[0], "answer": 7}, ROWS[1], {**ROWS[1], "answer": 5}, {**ROWS[2], "choices": None}]
+    with pytest.raises(MCQRowError) as info:
+        strategy.tokenize_prompt(_as_batch(rows))
+    lines = str(info.value).splitlines()
+    assert lines[0] == "data/bad.jsonl: 3 bad rows among rows 0..4 (rows after these are checked once they are fixed):"
+    assert lines[1].startswith("  data/bad.jsonl: row 1 (question 'What colour is the sky?'): field 'answer': index 7 is "
+                               "out of range for 4 choices")
+    assert lines[2].startswith("  data/bad.jsonl: row 3 (question 'Which is a pet?'): field 'answer': index 5")
+    assert lines[3].startswith("  data/bad.jsonl: row 4 (question 'Which organ pumps?'): missing field 'choices'")
+    assert len(lines) == 4
+
+
+NUMERIC = ["3", "7", "12", "5"]  # choice texts that are also indices
+
+
+@pytest.mark.parametrize("answer_format, answer, gold", [
+    ("auto", 3, 3), ("auto", "12", 2), ("auto", "C", 2), ("auto", "7", 1), ("auto", "1", 1),
+    ("index", "3", 3), ("index", 3, 3), ("text", "3", 0), ("text", 3, 0), ("letter", "A", 0),
+])
+def test_answer_format_reads_numeric_choices(build, answer_format, answer, gold):
+    ds, cfg = build([{"question": "Which number?", "choices": NUMERIC, "answer": answer}],
+                    calib_answer_format=answer_format)
+    assert cfg.calib_answer_format == answer_format
+    assert ds[0]["calib_answer_idx"][_marker(ds[0])] == gold
+
+
+@pytest.mark.parametrize("answer_format, answer, fragment", [
+    ("auto", "3", "field 'answer': '3' is ambiguous: as an index it is option D ('5'), as a choice text it is "
+                  "option A ('3'); say how answers are written with calib_answer_format"),
+    ("index", "C", "field 'answer' is 'C', not an index (answer_format: index expects 0..3)"),
+    ("letter", 2, "field 'answer' is the number 2, but answer_format is letter"),
+    ("text", "C", "field 'answer': 'C' is not the text of any of the 4 choices (answer_format: text)"),
+])
+def test_ambiguous_or_wrongly_formatted_answers_are_errors(make_strategy, answer_format, answer, fragment):
+    strategy, _ = make_strategy("num.jsonl", calib_answer_format=answer_format)
+    with pytest.raises(MCQRowError) as info:
+        strategy.tokenize_prompt(_as_batch([{"question": "Which number?", "choices": NUMERIC, "answer": answer}]))
+    assert str(info.value) == f"num.jsonl: row 0 (question 'Which number?'): {fragment}" or fragment in str(info.value)
+    assert str(info.value).startswith("num.jsonl: row 0 (question 'Which number?'): ")
+
+
+def test_mixed_answer_column_through_the_hf_json_loader(make_strategy, tmp_path):
+    """datasets 4.x stores a JSON column mixing ints and strings as JSON text and hands the text "12"
+    back as the int 12; the strategy reads ints of such a column by the string rules."""
+    from datasets import load_dataset
+
+    from axolotl.datasets import TokenizedPromptDataset
+
+    def load_rows(rows, name):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ds = load_dataset("json", data_files=str(path), split="train")
+        return ds
+
+    good = [{"question": "Which number?", "choices": NUMERIC, "answer": 1},
+            {"question": "Which twelve?", "choices": NUMERIC, "answer": "12"},
+            {"question": "Which pet?", "choices": ["dog", "atom"], "answer": "A"}]
+    ds = load_rows(good, "mixed.jsonl")
+    assert type(ds.features["answer"]).__name__ == "Json" and ds[1]["answer"] == 12  # the loader's coercion
+    strategy, _ = make_strategy("mixed.jsonl")
+    out = TokenizedPromptDataset(strategy, ds, process_count=1)
+    assert [r["calib_answer_idx"][_marker(r)] for r in out] == [1, 2, 0]  # "12" is choice C, as lm-eval reads it
+    bad = load_rows(good + [{"question": "Which three?", "choices": NUMERIC, "answer": 3}], "mixed_bad.jsonl")
+    strategy, _ = make_strategy("mixed_bad.jsonl")
+    with pytest.raises(MCQRowError, match=r"row 3 \(question 'Which three\?'\): field 'answer': '3' is ambiguous.*"
+                                          r"the number 3 may have been the text \"3\""):
+        TokenizedPromptDataset(strategy, bad, process_count=1)
+
+
+def test_string_encoded_choices(build, tiny_tokenizer):
+    """A choices column stored as the repr of a list (one Arrow type for all rows), apostrophes and quotes
+    included (the regex "'([^']*)'" of the paper's loader splits O'Brien apart)."""
+    rows = [{"question": "Whose pub?", "choices": "['O\\'Brien', \"Say \\\"hi\\\"\", 'plain']", "answer": 0},
+            {"question": "Capital?", "choices": '["Paris", "Rome"]', "answer": 1}]
+    ds, _ = build(rows)
+    for row, q, choices, gold in zip(ds, ("Whose pub?", "Capital?"), (["O'Brien", 'Say "hi"', "plain"], ["Paris", "Rome"]),
+                                     (0, 1)):
+        t = _marker(row)
+        assert row["input_ids"][: t + 1] == tiny_tokenizer(format_mcq_prompt(q, choices))["input_ids"]
+        assert (row["calib_num_options"][t], row["calib_answer_idx"][t]) == (len(choices), gold)
+
+
 def test_more_choices_than_letters(make_strategy):
     strategy, _ = make_strategy(calib_option_letters=["A", "B", "C"])
     rows = [{"question": "Many?", "choices": [f"c{i}" for i in range(4)], "answer": 0}]
-    with pytest.raises(MCQRowError, match=r"row 0 .*4 choices but only 3 option letters"):
+    with pytest.raises(MCQRowError, match=r"row 0 .*has 4 options but there are only 3 option letters \(A\.\.C\)"):
         strategy.tokenize_prompt(_as_batch(rows))
 
 
@@ -328,4 +419,46 @@ def test_axolotl_prepare_datasets_keeps_columns_and_drops_too_long_rows(tiny_cfg
         assert all(len(row[c]) == len(row["input_ids"]) for c in CALIB_COLUMNS)
         assert row["input_ids"][t + 1] == letter_ids(tiny_tokenizer, cfg, num_options=3)[row["calib_answer_idx"][t]]
     assert sorted(r["calib_num_options"][_marker(r)] for r in ds) == [2, 3]
+
+
+def test_rows_longer_than_sequence_len_are_counted_per_batch(make_strategy, caplog):
+    strategy, _ = make_strategy("long.jsonl", sequence_len=64)
+    rows = [ROWS[1], {**ROWS[1], "question": "long " * 80}, {**ROWS[1], "question": "longer " * 90}]
+    with caplog.at_level("WARNING", logger="axolotl_calib_plugin.mcq"):
+        out = strategy.tokenize_prompt(_as_batch(rows))
+    longest = max(len(ids) for ids in out["input_ids"])
+    assert [r.getMessage() for r in caplog.records if r.name == "axolotl_calib_plugin.mcq"] == [
+        f"long.jsonl: 2 of rows 0..2 are longer than sequence_len 64 tokens (longest {longest}) and will be dropped "
+        "by Axolotl (excess_length_strategy: drop); raise sequence_len to keep them"]
+
+
+def test_no_rows_left_names_each_dataset_and_sequence_len(tiny_cfg, mcq_rows, tiny_tokenizer):
+    """Every row longer than sequence_len: Axolotl drops them all and training would stop with
+    "num_samples=0"; the plugin's post-trainer hook raises with the numbers instead."""
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets
+
+    from axolotl_calib_plugin.mcq import check_rows_left
+    from axolotl_calib_plugin.plugin import CalibrationPlugin
+
+    long_rows = [{"question": "long " * (100 + 10 * i), "choices": ["a", "b"], "answer": i % 2} for i in range(3)]
+    path = mcq_rows(rows=long_rows, name="long.jsonl")
+    cfg = load_cfg(tiny_cfg(datasets=[{"path": str(path), "type": "axolotl_calib_plugin.mcq"}], sequence_len=64))
+    train = load_datasets(cfg=cfg).train_dataset
+    assert len(train) == 0
+    expected = (r"no training rows are left after Axolotl dropped the rows longer than sequence_len 64 .*\n"
+                rf"  datasets\[0\] {path}: 3 of its 3 rows are longer than sequence_len 64 tokens and were dropped "
+                r"\(shortest of them (\d+), longest (\d+) tokens\)\nRaise sequence_len to at least \1 tokens")
+    with pytest.raises(MCQRowError, match=expected):
+        check_rows_left(cfg, tiny_tokenizer, train)
+    check_rows_left(cfg, tiny_tokenizer, [{"input_ids": [1, 2]}])  # rows left: nothing to say
+
+    class Trainer:  # what Axolotl's builder hands the hook
+        processing_class, train_dataset, eval_dataset = tiny_tokenizer, train, None
+
+        def attach_calibration(self, calib):  # pragma: no cover - never reached
+            raise AssertionError("the check runs first")
+
+    with pytest.raises(MCQRowError, match=expected):
+        CalibrationPlugin().add_callbacks_post_trainer(cfg, Trainer())
 

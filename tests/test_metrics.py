@@ -316,6 +316,126 @@ def test_zero_padded_mixed_option_counts():
     assert cw_ece(p5, y) == pytest.approx(cw_ece(p3, y) * 3 / 5, abs=1e-12)
 
 
+# ----------------------------------------------------------------------------- mixed K (num_options)
+# Case C: rows with 2 and 3 options, zero-padded to K=3, M=2 bins [0, .5] (.5, 1].
+#   probs              K  label  max  pred  correct
+#   [0.8, 0.2, 0.0]    2  0      0.8  0     1
+#   [0.6, 0.3, 0.1]    3  1      0.6  0     0
+#   [0.1, 0.2, 0.7]    3  2      0.7  2     1
+CASE_C_PROBS = [[0.8, 0.2, 0.0], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]
+CASE_C_LABELS = [0, 1, 2]
+CASE_C_K = [2, 3, 3]
+
+
+def test_mixed_k_cw_ece_hand_case():
+    # class 0 (n_0 = 3): bin1 {.8 y1, .6 y0} |1 - 1.4| = .4 ; bin0 {.1 y0} .1        -> sum .5
+    # class 1 (n_1 = 3): bin0 {.2 y0, .3 y1, .2 y0} |1 - .7| = .3                     -> sum .3
+    # class 2 (n_2 = 2, the K=2 row has no class 2): bin0 {.1 y0} .1 ; bin1 {.7 y1} .3 -> sum .4
+    # cw-ECE = sum_k n_k/N * ECE_k = (.5 + .3 + .4) / (3 + 3 + 2) = 1.2 / 8 = 0.15
+    # (without num_options the padded 0 is a real class-2 probability: 1.2 / 9)
+    assert cw_ece(CASE_C_PROBS, CASE_C_LABELS, n_bins=2, num_options=CASE_C_K) == pytest.approx(0.15, abs=1e-12)
+    assert cw_ece(CASE_C_PROBS, CASE_C_LABELS, n_bins=2) == pytest.approx(1.2 / 9, abs=1e-12)
+    # conf-ECE and accuracy do not depend on the padding: bin1 {.8 ok, .6 wrong, .7 ok} |2 - 2.1| / 3
+    for k in (None, CASE_C_K):
+        assert conf_ece(CASE_C_PROBS, CASE_C_LABELS, n_bins=2, num_options=k) == pytest.approx(0.1 / 3, abs=1e-12)
+        assert accuracy(CASE_C_PROBS, CASE_C_LABELS, num_options=k) == pytest.approx(2 / 3, abs=1e-15)
+    got = calibration_metrics(CASE_C_PROBS, CASE_C_LABELS, n_bins=2, num_options=CASE_C_K)
+    assert got == {"conf_ece": pytest.approx(0.1 / 3, abs=1e-12), "cw_ece": pytest.approx(0.15, abs=1e-12),
+                   "accuracy": pytest.approx(2 / 3, abs=1e-15)}
+
+
+def test_mixed_k_reliability_bins_exclude_padding():
+    rb = reliability_bins(CASE_C_PROBS, CASE_C_LABELS, n_bins=2, kind="class", num_options=CASE_C_K)
+    np.testing.assert_array_equal(rb.class_rows, [3, 3, 2])
+    np.testing.assert_array_equal(rb.count, [[1, 2], [3, 0], [1, 1]])  # class 2: no padded 0 in bin 0
+    np.testing.assert_allclose(rb.mean_confidence[2], [0.1, 0.7], atol=1e-12)
+    np.testing.assert_allclose(rb.weight.sum(axis=1), [1.0, 1.0, 1.0])
+    assert rb.ece == cw_ece(CASE_C_PROBS, CASE_C_LABELS, n_bins=2, num_options=CASE_C_K)
+    padded = reliability_bins(CASE_C_PROBS, CASE_C_LABELS, n_bins=2, kind="class")
+    np.testing.assert_array_equal(padded.count[2], [2, 1])
+    np.testing.assert_array_equal(padded.class_rows, [3, 3, 3])
+    conf = reliability_bins(CASE_C_PROBS, CASE_C_LABELS, n_bins=2, num_options=CASE_C_K)
+    assert conf.class_rows is None and conf.ece == pytest.approx(0.1 / 3, abs=1e-12)
+
+
+def test_mixed_k_cw_ece_is_continuous_in_one_extra_option():
+    """1000 four-option rows, then ONE five-option row: the plain mean over Kmax=5 padded classes
+    drops to ~4/5 of the value; with num_options the change is of the order of that one row."""
+    rng = np.random.default_rng(0)
+    p4 = rng.dirichlet(np.full(4, 0.5), size=1000)
+    y4 = rng.integers(0, 4, size=1000)
+    base = cw_ece(p4, y4)
+    assert cw_ece(p4, y4, num_options=np.full(1000, 4)) == pytest.approx(base, abs=1e-12)  # fixed K: the plain mean
+    p5 = np.zeros((1001, 5))
+    p5[:1000, :4] = p4
+    p5[1000] = [0.1, 0.1, 0.1, 0.1, 0.6]
+    y5 = np.append(y4, 4)
+    k5 = np.append(np.full(1000, 4), 5)
+    assert cw_ece(p5, y5) == pytest.approx(base * 4 / 5, rel=0.01)  # the old, discontinuous reading
+    assert abs(cw_ece(p5, y5, num_options=k5) - base) < 2e-3
+    assert conf_ece(p5, y5, num_options=k5) == conf_ece(p5, y5)
+
+
+def ref_cw_ece_mixed(probs, labels, num_options, n_bins):
+    """Textbook form: ECE_k over the rows that have class k, weighted by their number."""
+    probs = np.asarray(probs, dtype=np.float64)
+    total, weight = 0.0, 0
+    for c in range(probs.shape[1]):
+        rows = [i for i, k in enumerate(num_options) if k > c]
+        if rows:
+            e = _ref_ece_1d([float(probs[i, c]) for i in rows], [1.0 if labels[i] == c else 0.0 for i in rows], n_bins)
+            total += len(rows) * e
+            weight += len(rows)
+    return total / weight
+
+
+@st.composite
+def mixed_k_cases(draw):
+    n = draw(st.integers(1, 30))
+    kmax = draw(st.integers(2, 6))
+    ks = draw(st.lists(st.integers(2, kmax), min_size=n, max_size=n))
+    probs = np.zeros((n, kmax))
+    labels = []
+    for i, k in enumerate(ks):
+        w = np.array(draw(st.lists(st.floats(0.0, 1.0), min_size=k, max_size=k)))
+        w[0] += 1e-3 if w.sum() == 0 else 0.0
+        probs[i, :k] = w / w.sum()
+        labels.append(draw(st.integers(0, k - 1)))
+    return probs, np.array(labels), np.array(ks), draw(st.sampled_from([1, 2, 5, 10]))
+
+
+@PROPERTY_SETTINGS
+@given(mixed_k_cases())
+def test_mixed_k_matches_loop_reference(case):
+    probs, labels, ks, m = case
+    assert cw_ece(probs, labels, m, num_options=ks) == pytest.approx(ref_cw_ece_mixed(probs, labels, ks, m), abs=1e-12)
+    assert conf_ece(probs, labels, m, num_options=ks) == pytest.approx(ref_conf_ece(probs, labels, m), abs=1e-12)
+    rb = reliability_bins(probs, labels, m, kind="class", num_options=ks)
+    assert rb.ece == cw_ece(probs, labels, m, num_options=ks)
+    np.testing.assert_array_equal(rb.count.sum(axis=1), [(ks > c).sum() for c in range(probs.shape[1])])
+
+
+@pytest.mark.parametrize(
+    "num_options, labels, probs, match",
+    [
+        ([2, 3], [0, 1, 2], CASE_C_PROBS, r"num_options must have shape \(3,\)"),
+        ([2, 4, 3], CASE_C_LABELS, CASE_C_PROBS, r"num_options must lie in \[2, 3\].*row 1 has 4"),
+        ([1, 3, 3], CASE_C_LABELS, CASE_C_PROBS, r"row 0 has 1"),
+        ([2.5, 3, 3], CASE_C_LABELS, CASE_C_PROBS, r"num_options must be integer"),
+        ([2, 3, 3], [2, 1, 2], [[0.2, 0.0, 0.8], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]], r"row 0 has label 2 but only num_options=2"),
+        ([2, 2, 3], CASE_C_LABELS, CASE_C_PROBS, r"row 1 has label 1|row 1 has num_options=2 but non-zero"),
+        ([2, 3, 3], CASE_C_LABELS, [[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]],
+         r"row 0 has num_options=2 but non-zero probabilities after its first 2 columns.*pad each row with zeros"),
+    ],
+)
+def test_num_options_invalid(num_options, labels, probs, match):
+    for fn in (conf_ece, cw_ece, calibration_metrics):
+        with pytest.raises(ValueError, match=match):
+            fn(probs, labels, num_options=num_options)
+    with pytest.raises(ValueError, match=match):
+        validate_probs_labels(probs, labels, num_options=num_options)
+
+
 # ----------------------------------------------------------------------------- reliability_bins
 def test_reliability_bins_conf_hand_case():
     # Case A, M=5 (see test_case_a_conf_ece_5_bins):

@@ -9,7 +9,11 @@
 * Data: every task loads through :func:`load_suite` (``custom_dataset``), which reads the hub dataset
   by default, or local JSONL files in the hub schema when ``CALIB_LM_EVAL_DATA_DIR`` (or metadata
   ``calib_data_dir``) is set, and normalises every row to ``{id, question, choices, gold, subject, source}``.
-  Malformed rows raise :class:`CalibDataError` naming the file (or hub split) and the row.
+  Rows in the project schema (``calib_jsonl``, MMLU) go through
+  :func:`axolotl_calib_plugin.rows.normalize_mcq_row`, the normalizer of the training strategy (same answer
+  rules, same messages); ``answer_format`` (metadata, else ``$CALIB_ANSWER_FORMAT``; default ``auto``) says
+  how the calib_jsonl answers are written. Malformed rows raise :class:`CalibDataError` naming the file (or
+  hub split), the row and the field; all bad rows of a file are listed in one error.
 
 lm-eval 0.4.11 re-executes this file for every ``!function`` tag: keep it import-light and stateless
 (no registries, no decorators).
@@ -26,11 +30,23 @@ import numpy as np
 from scipy.special import softmax
 
 from axolotl_calib_plugin import metrics as _metrics
-from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, answer_to_index, format_mcq_prompt, option_letters
-from axolotl_calib_plugin.rows import CalibDataError, read_jsonl_records
+from axolotl_calib_plugin.prompts import format_mcq_prompt, option_letters
+from axolotl_calib_plugin.rows import (
+    ANSWER_FORMATS,
+    CalibDataError,
+    normalize_mcq_row,
+    parse_choices,
+    raise_row_errors,
+    read_answer,
+    read_jsonl_records,
+    require_field,
+    require_text,
+)
 
 N_BINS = _metrics.DEFAULT_N_BINS
 DATA_DIR_ENV = "CALIB_LM_EVAL_DATA_DIR"
+#: how the calib_jsonl answers are written: metadata key, then environment variable (rows.ANSWER_FORMATS).
+ANSWER_FORMAT_KEY, ANSWER_FORMAT_ENV = "answer_format", "CALIB_ANSWER_FORMAT"
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,30 +89,35 @@ def process_results(doc: dict, results: list) -> dict:
     return {"acc": float(int(np.argmax(probs)) == gold), "conf_ece": item, "cw_ece": item}
 
 
-def stack_items(items: list) -> tuple[np.ndarray, np.ndarray]:
-    """Items -> (probs (n, Kmax) zero-padded, labels (n,)). Padding with zeros is what the metrics
-    core documents for mixed option counts (a padded 0 adds nothing to any bin's gap)."""
+def stack_items(items: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items -> (probs (n, Kmax) zero-padded, labels (n,), num_options (n,)): each row's K travels with
+    the padded matrix, so the metrics core never takes a padded zero for a real option."""
     items = list(items)
     if not items:
         raise ValueError("no evaluated questions: cannot compute an ECE over zero samples")
     kmax = max(len(it["probs"]) for it in items)
     probs = np.zeros((len(items), kmax), dtype=np.float64)
     labels = np.empty(len(items), dtype=np.int64)
+    num_options = np.empty(len(items), dtype=np.int64)
     for i, it in enumerate(items):
         p = it["probs"]
         probs[i, : len(p)] = p
         labels[i] = it["gold"]
-    return probs, labels
+        num_options[i] = len(p)
+    return probs, labels, num_options
 
 
 def conf_ece(items: list) -> float:
     """Corpus-level conf-ECE (10 bins) of all evaluated questions, by the shared metrics core."""
-    return _metrics.conf_ece(*stack_items(items), n_bins=N_BINS)
+    probs, labels, num_options = stack_items(items)
+    return _metrics.conf_ece(probs, labels, n_bins=N_BINS, num_options=num_options)
 
 
 def cw_ece(items: list) -> float:
-    """Corpus-level class-wise ECE (10 bins, averaged over the Kmax padded classes), shared core."""
-    return _metrics.cw_ece(*stack_items(items), n_bins=N_BINS)
+    """Corpus-level class-wise ECE (10 bins; with mixed K each class over the questions that have it,
+    weighted by their number: ``metrics`` module docstring), by the shared metrics core."""
+    probs, labels, num_options = stack_items(items)
+    return _metrics.cw_ece(probs, labels, n_bins=N_BINS, num_options=num_options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,46 +126,28 @@ def cw_ece(items: list) -> float:
 
 
 def _req(row: dict, key: str, kind: type | tuple = str) -> Any:
-    if key not in row or row[key] is None:
-        raise CalibDataError(f"missing field {key!r} (fields present: {sorted(row)})")
-    val = row[key]
-    if kind is str and not isinstance(val, str):
-        raise CalibDataError(f"field {key!r} must be a string, got {type(val).__name__} {val!r}")
-    if kind is str and not val.strip():
-        raise CalibDataError(f"field {key!r} is empty")
-    if kind is not str and not isinstance(val, kind):
-        raise CalibDataError(f"field {key!r} must be {getattr(kind, '__name__', kind)}, got {type(val).__name__} {val!r}")
+    """A required field: non-blank text (``kind=str``) or a value of ``kind``; the rows module's messages."""
+    if kind is str:
+        return require_text(row, key)
+    val = require_field(row, key)
+    if not isinstance(val, kind):
+        raise CalibDataError(
+            f"field {key!r} must be {getattr(kind, '__name__', kind)}, got {type(val).__name__} {val!r}"
+        )
     return val
 
 
 def _option(row: dict, key: str) -> str:
     """An option given as its own field (MedMCQA opa..opd, SciQ distractors): present, a string, may be empty."""
-    if row.get(key) is None:
-        raise CalibDataError(f"missing field {key!r} (fields present: {sorted(row)})")
-    if not isinstance(row[key], (str, int, float)) or isinstance(row[key], bool):
-        raise CalibDataError(f"field {key!r} must be a string, got {type(row[key]).__name__} {row[key]!r}")
-    return str(row[key])
+    val = require_field(row, key)
+    if not isinstance(val, (str, int, float)) or isinstance(val, bool):
+        raise CalibDataError(f"field {key!r} must be a string, got {type(val).__name__} {val!r}")
+    return str(val)
 
 
 def _check_choices(choices: Any, key: str = "choices") -> list[str]:
-    if not isinstance(choices, (list, tuple)):
-        raise CalibDataError(f"{key!r} must be a list of strings, got {type(choices).__name__} {choices!r}")
-    if len(choices) < 2:
-        raise CalibDataError(f"{key!r} has {len(choices)} option(s); an MCQ needs at least 2")
-    if len(choices) > len(DEFAULT_LETTERS):
-        raise CalibDataError(f"{key!r} has {len(choices)} options; at most {len(DEFAULT_LETTERS)} (letters A-J) are supported")
-    for j, c in enumerate(choices):
-        # empty option texts are allowed (they occur in real hub data and still give a valid prompt)
-        if not isinstance(c, (str, int, float)) or isinstance(c, bool):
-            raise CalibDataError(f"{key!r}[{j}] must be a string, got {type(c).__name__} {c!r}")
-    return [str(c) for c in choices]
-
-
-def _gold(answer: Any, choices: list[str], key: str) -> int:
-    try:
-        return answer_to_index(answer, choices)
-    except ValueError as e:
-        raise CalibDataError(f"field {key!r}: {e}") from None
+    """Option texts, by the rules of the training strategy (empty texts allowed: they occur in hub data)."""
+    return parse_choices(choices, field=key)
 
 
 def _labelled(row: dict, question_key: str) -> dict:
@@ -164,9 +167,8 @@ def _labelled(row: dict, question_key: str) -> dict:
 
 def _norm_medmcqa(row: dict) -> dict:
     choices = _check_choices([_option(row, k) for k in ("opa", "opb", "opc", "opd")])
-    if "cop" not in row:
-        raise CalibDataError(f"missing field 'cop' (fields present: {sorted(row)})")
-    return {"question": _req(row, "question"), "choices": choices, "gold": _gold(row["cop"], choices, "cop"),
+    gold = read_answer(require_field(row, "cop"), choices, answer_format="index", field="cop")
+    return {"question": _req(row, "question"), "choices": choices, "gold": gold,
             "subject": str(row.get("subject_name") or "")}
 
 
@@ -198,17 +200,15 @@ def _norm_sciq(row: dict) -> dict:
     return {"question": q, "choices": _check_choices([raw[i] for i in order]), "gold": order.index(3)}
 
 
-def _norm_mcq(row: dict) -> dict:
-    """The project's MCQ schema: ``{question, choices, answer (index | letter | choice text)}``."""
-    choices = _check_choices(_req(row, "choices", (list, tuple)))
-    if "answer" not in row:
-        raise CalibDataError(f"missing field 'answer' (fields present: {sorted(row)})")
-    return {"question": _req(row, "question"), "choices": choices, "gold": _gold(row["answer"], choices, "answer"),
-            "subject": str(row.get("subject") or "")}
+def _norm_mcq(row: dict, answer_format: str = "auto") -> dict:
+    """The project's MCQ schema ``{question, choices, answer}``: exactly the training strategy's rules."""
+    q, choices, gold = normalize_mcq_row(row, answer_format=answer_format)
+    return {"question": q, "choices": choices, "gold": gold, "subject": str(row.get("subject") or "")}
 
 
-#: cais/mmlu rows (question, subject, choices, answer index) are the project's MCQ schema.
-_norm_mmlu = _norm_mcq
+def _norm_mmlu(row: dict) -> dict:
+    """cais/mmlu rows (question, subject, choices, answer) are the project schema; the answer is an index."""
+    return _norm_mcq(row, answer_format="index")
 
 # --------------------------------------------------------------------------------------------
 # suites: hub coordinates + normaliser (the one definition; README.md documents the same table)
@@ -253,19 +253,34 @@ JSONL_SOURCES = {"calib_jsonl": ("data_files", "CALIB_JSONL"), "calib_jsonl_ood"
 
 
 def _normalize_rows(rows, normalize, source: str) -> list[dict]:
-    docs = []
+    """Docs of ``(where, row)`` records; every bad row is collected and reported in one error."""
+    docs, errors = [], []
     for i, (where, row) in enumerate(rows):
         if not isinstance(row, dict):
-            raise CalibDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            errors.append((where, f"expected a JSON object, got {type(row).__name__}"))
+            continue
         try:
             d = normalize(row)
         except CalibDataError as e:
-            raise CalibDataError(f"{where}: {e}") from None
+            errors.append((where, str(e)))
+            continue
         d.setdefault("subject", "")
         d["id"] = str(row.get("id", i))
         d["source"] = source
         docs.append(d)
+    raise_row_errors(errors, source)
     return docs
+
+
+def answer_format_of(kwargs: dict) -> str:
+    """The calib_jsonl ``answer_format``: metadata key, else ``$CALIB_ANSWER_FORMAT``, else ``auto``."""
+    value = kwargs.get(ANSWER_FORMAT_KEY) or os.environ.get(ANSWER_FORMAT_ENV) or "auto"
+    if value not in ANSWER_FORMATS:
+        raise CalibDataError(
+            f"answer_format (--metadata '{{\"{ANSWER_FORMAT_KEY}\": ...}}' or ${ANSWER_FORMAT_ENV}) must be one of "
+            f"{list(ANSWER_FORMATS)}, got {value!r}"
+        )
+    return value
 
 
 def _hub_rows(suite: Suite):
@@ -337,6 +352,8 @@ def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
 
     Returns a ``DatasetDict`` with the one split ``split`` (the template's ``test_split``); which hub
     split is read is the suite's own (:data:`SUITES`).
+    ``answer_format`` (metadata, else ``$CALIB_ANSWER_FORMAT``) applies to calib_jsonl / calib_jsonl_ood; the hub
+    suites' answers are read by their own schema (MMLU and MedMCQA: an index).
 
     ``suite`` is a suite name (``calib_mmlu``...), a list of suite names (pooled tasks: one docs list),
     or ``calib_jsonl`` / ``calib_jsonl_ood``. ``kwargs`` are lm-eval's metadata (``version``, CLI
@@ -344,9 +361,12 @@ def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
     hub suites to local JSONL; ``data_files`` / ``ood_data_files`` feed calib_jsonl / calib_jsonl_ood.
     """
     if isinstance(suite, str) and suite in JSONL_SOURCES:
+        answer_format = answer_format_of(kwargs)
         docs = []
         for path in _jsonl_paths(suite, kwargs):
-            docs += _normalize_rows(read_jsonl_records(path), _norm_mcq, os.path.basename(path))
+            rows = read_jsonl_records(path)
+            normalize = lambda row: _norm_mcq(row, answer_format)  # noqa: E731
+            docs += [dict(d, source=os.path.basename(path)) for d in _normalize_rows(rows, normalize, path)]
         return to_dataset_dict(docs, split)
     names = [suite] if isinstance(suite, str) else list(suite or [])
     unknown = [n for n in names if n not in SUITES]
