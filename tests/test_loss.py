@@ -151,3 +151,96 @@ def test_ece_loss_and_gradient_match_full_logits_computation(tiny):
     for a, c in zip(g_ours, g_direct):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
     assert float(g_ours[0].abs().sum()) > 0
+
+
+# ---------------------------------------------------------------------- rows taken inside the head's forward
+def test_head_capture_equals_model_logits_plain_lora_with_dropout_and_dora(tiny):
+    """The option logits captured in the head's own forward equal the model's logits: plain head; LoRA head
+    in train mode with dropout (the capture reuses the step's own dropout draw, exactly); DoRA is not hooked
+    (None) and falls back to calling the head on the P rows."""
+    peft = pytest.importorskip("peft")
+    from axolotl_calib_plugin.loss import captured_option_logits
+
+    tok, _, letters = tiny
+    enc = _batch(tok)
+    b, t = torch.tensor([0, 1, 1]), torch.tensor([4, 2, 9])
+    shape = enc["input_ids"].shape
+    plain = build_llama(tok, hidden_size=32, num_layers=2, num_heads=4, seed=3)
+    assert captured_option_logits(plain, b, t, letters, shape) is None  # first call installs the hooks
+    out = plain(**enc)
+    got = captured_option_logits(plain, b, t, letters, shape)
+    torch.testing.assert_close(got, out.logits[b, t][:, letters], rtol=1e-5, atol=1e-5)
+    assert captured_option_logits(plain, b, t, letters, shape) is None  # one record per forward
+
+    for dora in (False, True):
+        model = peft.get_peft_model(
+            build_llama(tok, hidden_size=32, num_layers=2, num_heads=4, seed=4),
+            peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], lora_dropout=0.5, use_dora=dora))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+        model.train()  # dropout active
+        assert captured_option_logits(model, b, t, letters, shape) is None
+        torch.manual_seed(0)
+        out = model(**enc, output_hidden_states=True)
+        want = out.logits[b, t][:, letters]
+        got = captured_option_logits(model, b, t, letters, shape)
+        if dora:
+            assert got is None
+            model.eval()
+            out = model(**enc, output_hidden_states=True)
+            got = option_logits(model, out.hidden_states[-1][b, t], letters)
+            want = out.logits[b, t][:, letters]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if not dora:  # a separate dropout draw on the hidden states would not match
+            redo = option_logits(model, out.hidden_states[-1][b, t], letters)
+            assert not torch.allclose(redo, want, atol=1e-3)
+            got.sum().backward()  # the gradient reaches the adapter through the captured rows
+            lora_b = model.get_base_model().lm_head.lora_B["default"].weight
+            assert float(lora_b.grad[letters].abs().sum()) > 0
+            assert float(lora_b.grad.abs().sum()) == float(lora_b.grad[letters].abs().sum())
+
+
+def test_head_capture_needs_this_forward_to_call_the_head_on_the_whole_sequence():
+    """No record when the last forward skipped the head (a fused loss), or ran it on fewer positions
+    (``logits_to_keep``), or with other option ids: the caller then falls back to the hidden states."""
+    from axolotl_calib_plugin.loss import captured_option_logits
+
+    class Fused(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = torch.nn.Linear(4, 4)
+            self.lm_head = torch.nn.Linear(4, 10, bias=True)
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+        def forward(self, x, call_head=True, keep=None):
+            h = self.body(x)
+            if keep is not None:
+                h = h[:, -keep:]
+            return self.lm_head(h) if call_head else h
+
+    model = Fused()
+    x = torch.randn(2, 5, 4)
+    b, t = torch.tensor([0, 1]), torch.tensor([4, 2])
+    ids = [7, 2, 5]
+    assert captured_option_logits(model, b, t, ids, (2, 5)) is None  # installs
+    with torch.inference_mode():  # an E-step forward first: the training step after it still has a graph
+        model(x)
+    logits = model(x)
+    got = captured_option_logits(model, b, t, ids, (2, 5))
+    torch.testing.assert_close(got, logits[b, t][:, ids])
+    got.sum().backward()
+    assert float(model.lm_head.weight.grad[ids].abs().sum()) > 0
+    model(x)
+    model(x, call_head=False)  # the model ran, its head did not: the previous record is gone
+    assert captured_option_logits(model, b, t, ids, (2, 5)) is None
+    model(x, keep=1)
+    assert captured_option_logits(model, b, t, ids, (2, 5)) is None
+    model(x)
+    assert captured_option_logits(model, b, t, [7, 2], (2, 5)) is None  # rows of other ids
+    logits = model(x)  # the new ids apply from the next forward
+    torch.testing.assert_close(captured_option_logits(model, b, t, [7, 2], (2, 5)), logits[b, t][:, [7, 2]])
