@@ -10,18 +10,23 @@ so ``T`` receives no gradient and stays at its initial 1.5. Here the NLL is a di
 of ``log T`` (optimised in log space, so ``T`` stays positive), LBFGS uses a strong-Wolfe line search,
 and the fit is in float64. Log-probabilities work as well as logits: they differ by a per-row
 constant, which the softmax ignores.
+
+:func:`scale_samples` runs the baseline on lm-eval's logged samples of the ``calib_*`` tasks (their
+per-question option log-likelihoods), with mixed option counts, for ``axolotl-calib temperature``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 
 from .metrics import ArrayLike
 
-__all__ = ["fit_temperature", "apply_temperature", "probs_to_logits", "nll"]
+__all__ = ["fit_temperature", "apply_temperature", "probs_to_logits", "nll", "pad_ragged_logits", "scale_samples",
+           "softmax_rows"]
 
 
 def _logits_tensor(logits: ArrayLike) -> torch.Tensor:
@@ -90,3 +95,81 @@ def apply_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     z = _logits_tensor(logits)
     return torch.softmax(z / temperature, dim=1).numpy()
+
+
+# ----------------------------------------------------------------------------------- lm-eval samples
+#: how far below a row's smallest logit the missing options of a short row are put (mixed K): with
+#: T <= 100 (the fit bounds) they get a probability below exp(-100) relative to the row's options.
+RAGGED_GAP = 1e4
+
+
+def pad_ragged_logits(rows, gap: float = RAGGED_GAP) -> np.ndarray:
+    """Rows of K_i option logits (K varies, e.g. ARC's 3-5 options) -> (n, Kmax) finite array for
+    :func:`fit_temperature`: short rows are padded ``gap`` below their smallest logit, so the padded
+    options carry no probability at any temperature in the fit bounds."""
+    rows = [np.asarray(r, dtype=np.float64) for r in rows]
+    if not rows:
+        raise ValueError("no logits rows")
+    kmax = max(len(r) for r in rows)
+    out = np.empty((len(rows), kmax), dtype=np.float64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        out[i, len(r):] = r.min() - gap
+    return out
+
+
+def softmax_rows(rows, temperature: float) -> list[list[float]]:
+    """``softmax(row / T)`` of each row (each with its own K), as plain floats."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    out = []
+    for r in rows:
+        z = np.asarray(r, dtype=np.float64) / temperature
+        e = np.exp(z - z.max())
+        out.append((e / e.sum()).tolist())
+    return out
+
+
+def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int = 0) -> dict:
+    """Temperature scaling of lm-eval samples (the paper's Table 2 baseline, Sec. 6 of the paper).
+
+    ``fit`` / ``apply``: ``{path: items}`` with items ``{"doc_id", "probs", "gold", "logliks"}`` as
+    :func:`axolotl_calib_plugin.report.read_samples` returns them. One T is fitted by NLL on the
+    ``logliks`` of the ``fit`` items; with ``fit_fraction < 1`` only a seeded random fraction of each
+    fit file is used, and an ``apply`` file that is also a ``fit`` file is scored on the remaining
+    questions only (the authors fit on a random 10 % of the evaluation split and report the other 90 %),
+    so no question is both fitted and scored.
+
+    Returns ``{"temperature", "fit": {...}, "apply": {path: {"items": scaled items, "before": items}}}``;
+    scaled items carry ``probs = softmax(logliks / T)`` and ``logliks / T``.
+    """
+    if not 0 < fit_fraction <= 1:
+        raise ValueError(f"fit fraction must be in (0, 1], got {fit_fraction}")
+    rng = np.random.default_rng(seed)
+    fit_items, held_out = [], {}
+    for path, items in fit.items():
+        if any(not it["logliks"] for it in items):
+            raise ValueError(f"{path}: samples carry no 'logliks' (written by an older calib task?); cannot fit T")
+        idx = np.arange(len(items))
+        if fit_fraction < 1:
+            k = max(1, int(round(fit_fraction * len(items))))
+            chosen = set(rng.choice(len(items), size=k, replace=False).tolist())
+            held_out[os.path.realpath(path)] = [i for i in idx if i not in chosen]
+            idx = sorted(chosen)
+        fit_items += [items[i] for i in idx]
+    logits = pad_ragged_logits([it["logliks"] for it in fit_items])
+    labels = np.array([it["gold"] for it in fit_items], dtype=np.int64)
+    t = fit_temperature(logits, labels)
+    result = {"temperature": t, "fit": {"files": list(fit), "n": len(fit_items), "fraction": fit_fraction, "seed": seed,
+                                        "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t)},
+              "apply": {}}
+    for path, items in apply.items():
+        keep = held_out.get(os.path.realpath(path))
+        before = [items[i] for i in keep] if keep is not None else list(items)
+        if any(not it["logliks"] for it in before):
+            raise ValueError(f"{path}: samples carry no 'logliks'; cannot apply T")
+        probs = softmax_rows([it["logliks"] for it in before], t)
+        scaled = [{**it, "probs": p, "logliks": [v / t for v in it["logliks"]]} for it, p in zip(before, probs)]
+        result["apply"][path] = {"items": scaled, "before": before, "held_out_only": keep is not None,
+                                 "overlaps_fit": keep is None and os.path.realpath(path) in {os.path.realpath(f) for f in fit}}
+    return result

@@ -1,0 +1,133 @@
+"""The lm-eval tasks travel with the package.
+
+* setup.cfg lists every Python package of the source tree and maps ``axolotl_calib_plugin.lm_eval_tasks``
+  onto the top-level ``lm_eval_tasks/`` (one copy);
+* a wheel built from the tree carries every task file, ``utils.py`` and the fixtures; installed into a
+  fresh virtualenv that cannot see this checkout, ``lm_eval --include_path "$(axolotl-calib tasks-path)"``
+  runs our tasks from an unrelated directory on a tiny local model, offline;
+* an editable install (what ``make install`` does) finds the checkout's task folder.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import OFFLINE_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup_cfg():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return cfg
+
+
+def _listed_packages() -> list[str]:
+    return [p.strip() for p in _setup_cfg()["options"]["packages"].split() if p.strip()]
+
+
+def test_setup_cfg_lists_every_package_and_maps_the_task_folder():
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "axolotl_calib_plugin").rglob("__init__.py")}
+    listed = set(_listed_packages())
+    assert on_disk <= listed, f"packages missing from setup.cfg [options] packages: {sorted(on_disk - listed)}"
+    mapping = _setup_cfg()["options"]["package_dir"].strip()
+    assert mapping == "axolotl_calib_plugin.lm_eval_tasks = lm_eval_tasks"
+    assert not (ROOT / "axolotl_calib_plugin" / "lm_eval_tasks").exists()  # no second copy that could drift
+
+
+def _source_copy(dest: Path) -> Path:
+    """The checkout's files (tracked + new, not ignored) copied to ``dest``: building in place would leave
+    build/ and *.egg-info in the working tree."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(src.read_bytes())
+    return dest
+
+
+def _fresh_venv(path: Path) -> Path:
+    """A virtualenv without pip whose only extra path is this interpreter's site-packages (the installed
+    dependencies). ``.pth`` files there are not processed, so this checkout's editable install is invisible."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    site = subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return path / "bin" / "python"
+
+
+def _pip(python: Path, *args: str, cwd: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                           "--no-index", "--no-build-isolation", *args], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _clean_env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AXOLOTL_CALIB_TASKS", "VIRTUAL_ENV")}
+    env.update(OFFLINE_ENV)
+    env["HF_HOME"] = str(tmp / "hf_home")
+    return env
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_tasks_and_lm_eval_runs_them_from_anywhere(tmp_path, tiny_model_dir, mcq_rows):
+    src = _source_copy(tmp_path / "src")
+    dist = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation",
+                           "-w", str(dist), str(src)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = dist.glob("axolotl_calib-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in (ROOT / "lm_eval_tasks").rglob("*"):
+        rel = f.relative_to(ROOT).as_posix()
+        if f.is_file() and "__pycache__" not in rel:
+            assert f"axolotl_calib_plugin/{rel}" in names, f"{rel} is not in the wheel"
+
+    python = _fresh_venv(tmp_path / "venv")
+    _pip(python, str(wheel), cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = _clean_env(tmp_path)
+    where = subprocess.run([str(python), "-c", "import axolotl_calib_plugin; print(axolotl_calib_plugin.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(str(tmp_path / "venv")), where  # the wheel, not this checkout
+    tasks_path = subprocess.run([str(tmp_path / "venv" / "bin" / "axolotl-calib"), "tasks-path"], cwd=elsewhere, env=env,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    assert tasks_path == str(Path(where).parent / "lm_eval_tasks"), tasks_path
+
+    heldout = mcq_rows(10, num_options=(4, 3), seed=5, name="heldout.jsonl")
+    metadata = {"data_files": str(heldout), "calib_data_dir": f"{tasks_path}/calib/data"}  # the packaged fixtures
+    proc = subprocess.run(
+        [str(python), "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
+         "--device", "cpu", "--include_path", tasks_path, "--tasks", "calib_jsonl,calib_arc_challenge",
+         "--metadata", json.dumps(metadata), "--batch_size", "8", "--output_path", "out", "--log_samples"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (results_file,) = (elsewhere / "out").rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"]
+    assert results["calib_jsonl"]["acc,none"] >= 0 and 0 <= results["calib_jsonl"]["conf_ece,none"] <= 1
+    assert 0 <= results["calib_arc_challenge"]["cw_ece,none"] <= 1
+    assert json.loads(results_file.read_text())["n-samples"]["calib_jsonl"]["effective"] == 10
+
+
+@pytest.mark.slow
+def test_editable_install_uses_the_checkout_task_folder(tmp_path):
+    src = _source_copy(tmp_path / "src")
+    python = _fresh_venv(tmp_path / "venv")
+    _pip(python, "-e", str(src), cwd=tmp_path)
+    out = subprocess.run([str(python), "-c", "from axolotl_calib_plugin.evaluation import find_task_dir, task_index; "
+                          "print(find_task_dir()); print(len(task_index()))"],
+                         cwd=tmp_path, env=_clean_env(tmp_path), capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == str(src / "lm_eval_tasks") and int(out[1]) >= 12
