@@ -126,6 +126,22 @@ class CalibrationArgs(BaseModel):
     calib_estep_batch_size: int = Field(
         default=8, ge=1, json_schema_extra={"description": "Batch size of the E-step inference pass."}
     )
+    calib_estep: Literal["exact", "online"] = Field(
+        default="exact",
+        json_schema_extra={
+            "description": "exact: every refresh runs a forward pass over all training prompts (Algorithm 1). online: "
+            "refreshes after the first reuse the option probabilities the training forwards already computed (no "
+            "extra forward; probabilities from a model that moved during the interval, samples not seen since the "
+            "last refresh keep their target)."
+        },
+    )
+    calib_eval_plots: bool = Field(
+        default=False,
+        json_schema_extra={
+            "description": "Write a reliability diagram of the eval split at every evaluation "
+            "(output_dir/calibration_eval/reliability_eval_step<N>.png) and log it as an image to TensorBoard / W&B."
+        },
+    )
     calib_field_question: str = Field(default="question", json_schema_extra={"description": "Dataset column of the question."})
     calib_field_choices: str = Field(
         default="choices", json_schema_extra={"description": "Dataset column of the list of choices."}
@@ -134,8 +150,74 @@ class CalibrationArgs(BaseModel):
         default="answer",
         json_schema_extra={"description": "Dataset column of the answer: 0-based index, letter, or the choice text."},
     )
+    calib_answer_format: Literal["auto", "index", "letter", "text"] = Field(
+        default="auto",
+        json_schema_extra={
+            "description": "How answers are written. auto: an int is the 0-based index; a string may be an index "
+            "(\"2\"), a letter (\"C\") or a choice's text, and one that names two different options (\"3\" when "
+            "choice A's text is \"3\") is an error. index / letter / text: read every answer that one way (text "
+            "reads an int as its decimal text). Same rules as the lm-eval metadata answer_format."
+        },
+    )
+    # -- baselines and the post-training calibration report (report.py); checked before training
+    calib_label_smoothing: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        json_schema_extra={
+            "description": "Label smoothing factor of the SFT cross-entropy (HF TrainingArguments.label_smoothing_factor), "
+            "the paper's LS baseline with calib_lambda: 0. Unset or 0 = off."
+        },
+    )
+    calib_eval_tasks: list[str] | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "axolotl-calib lm-eval tasks evaluated on the saved model after training, e.g. "
+            "[calib_in_domain_pooled, calib_arc_challenge]; writes output_dir/calibration_report.{md,json} and "
+            "reliability PNGs and logs test_calib/<task>/<metric>. Main process only."
+        },
+    )
+    calib_eval_batch_size: int = Field(
+        default=8, ge=1, json_schema_extra={"description": "Batch size of the post-training lm-eval run."}
+    )
+    calib_eval_limit: int | float | None = Field(
+        default=None,
+        json_schema_extra={"description": "lm-eval --limit of the report: first N questions per task (int >= 1), or a fraction in (0, 1)."},
+    )
+    calib_eval_data_dir: str | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Folder of local <task>.jsonl files (each in its hub schema) read instead of the hub by the "
+            "report's tasks (lm-eval metadata calib_data_dir)."
+        },
+    )
+    calib_eval_data_files: list[str] | None = Field(
+        default=None,
+        json_schema_extra={"description": "MCQ JSONL file(s) ({question, choices, answer}) of the calib_jsonl task."},
+    )
+    calib_eval_ood_data_files: list[str] | None = Field(
+        default=None,
+        json_schema_extra={"description": "MCQ JSONL file(s) of the calib_jsonl_ood task (a second, out-of-domain set)."},
+    )
 
     # ------------------------------------------------------------------ field checks
+    @field_validator("calib_eval_tasks", "calib_eval_data_files", "calib_eval_ood_data_files", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("calib_eval_limit", mode="before")
+    @classmethod
+    def _check_eval_limit(cls, value):
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        if isinstance(value, float) and 0 < value < 1:
+            return value
+        raise ValueError(f"calib_eval_limit must be an integer >= 1 (questions per task) or a fraction in (0, 1), got {value!r}")
+
     @field_validator("calib_refresh", mode="before")
     @classmethod
     def _check_refresh(cls, value):
@@ -183,6 +265,8 @@ class CalibrationArgs(BaseModel):
         _check_unknown_keys(cls, data)
         _expand_presets(data)
         _check_incompatible(data)
+        _check_eval_report(data)
+        _check_local_data_files(data)
         return data
 
     @classmethod
@@ -314,6 +398,46 @@ def _expand_presets(data: dict) -> None:
         )
 
 
+def _check_eval_report(data: dict) -> None:
+    """calib_eval_* keys and lm_eval_tasks naming our tasks: checked now, not after hours of training."""
+    from .report import check_eval_config
+
+    check_eval_config(data)
+
+
+def _check_local_data_files(data: dict) -> None:
+    """Reject an empty local data file of a calibration dataset now: HF datasets fails on it later with a
+    bare ``StopIteration`` (or "corresponds to no data") that names no file."""
+    import os
+
+    from .rows import check_data_file
+
+    for key in ("datasets", "test_datasets"):
+        for ds in data.get(key) or []:
+            if not is_calib_dataset_type(_get(ds, "type")):
+                continue
+            path, files = _get(ds, "path"), _get(ds, "data_files")
+            candidates = [path] if isinstance(path, str) else []
+            if isinstance(path, str) and os.path.isdir(path) and files:  # Axolotl reads data_files as given
+                candidates = [files] if isinstance(files, str) else [f for f in files if isinstance(f, str)]
+            for f in candidates:
+                if os.path.isfile(f):
+                    check_data_file(f)
+
+
+#: attention implementations with which Axolotl keeps packed samples apart (block-diagonal mask or varlen
+#: kernels; Axolotl 0.19's ``attn_decontaminates_packing``), and the legacy boolean flags that select them
+_PACKING_SAFE_ATTN = ("sdpa", "eager", "flash_attention", "flex_attention")
+_PACKING_SAFE_FLAGS = ("flash_attention", "sdp_attention", "flex_attention", "eager_attention")
+
+
+def _isolates_packed_samples(data: dict) -> bool:
+    impl = data.get("attn_implementation")
+    if isinstance(impl, str):
+        return impl.split(":")[-1].startswith(_PACKING_SAFE_ATTN)
+    return any(data.get(flag) is True for flag in _PACKING_SAFE_FLAGS)
+
+
 def _check_incompatible(data: dict) -> None:
     """Reject Axolotl settings that would make the calibration columns wrong or absent."""
     if data.get("rl"):
@@ -322,6 +446,14 @@ def _check_incompatible(data: dict) -> None:
         raise ValueError(
             "batch_flattening: true is not supported with the calibration plugin (its collator drops the "
             "calib_* columns); use sample_packing: true, which the plugin supports."
+        )
+    if data.get("sample_packing") and not _isolates_packed_samples(data):
+        raise ValueError(
+            "sample_packing: true with the calibration plugin needs an attention implementation that keeps packed "
+            f"samples apart, got attn_implementation: {data.get('attn_implementation')}. Set attn_implementation: "
+            "sdpa (or flash_attention_2 / flex_attention / eager). Otherwise every packed sample attends to the "
+            "samples packed before it, and its option probabilities (the ECE term, the online E-step, the held-out "
+            "metrics) are those of a different prompt."
         )
     if str(data.get("excess_length_strategy") or "").lower() == "truncate":
         raise ValueError(

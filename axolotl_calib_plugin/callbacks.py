@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Optional
+
+import torch
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -27,6 +30,7 @@ from .context import CalibrationContext
 from .distributed import dist_info
 from .em import STATE_FILE, EMState
 from .estep import EStepData, run_estep
+from .loss import install_head_capture
 
 #: set to a directory to make every rank save each refresh's EMState there (tests / debugging)
 DEBUG_DUMP_ENV = "AXOLOTL_CALIB_DEBUG_DUMP_DIR"
@@ -75,13 +79,16 @@ class EMRefreshCallback(TrainerCallback):
         tr = self.trainer
         return bool(getattr(tr, "is_fsdp_enabled", False) or getattr(tr, "is_deepspeed_enabled", False))
 
-    def refresh_now(self, state, epoch: int) -> EMState:
-        """Run E-step + M-step now, install the result in the shared context, log it."""
-        tr = self.trainer
+    def _estep_data(self) -> EStepData:
         if self._data is None:
-            self._data = EStepData(tr.train_dataset)
+            self._data = EStepData(self.trainer.train_dataset)
             if len(self._data) != self._data.n_rows:
                 LOG.info("calib E-step: %d answer positions in %d training rows", len(self._data), self._data.n_rows)
+        return self._data
+
+    def _exact_probs(self) -> torch.Tensor:
+        """The exact E-step: (n, L) option probabilities of every answer position under the current model."""
+        tr = self.trainer
         model = self._estep_model()
         unwrapped = tr.model
         was_training = unwrapped.training
@@ -91,28 +98,72 @@ class EMRefreshCallback(TrainerCallback):
             pad_id = getattr(tok, "eos_token_id", None) or 0
         unwrapped.eval()
         try:
-            out = run_estep(model, self._data, list(self.calib.option_ids),
+            out = run_estep(model, self._estep_data(), list(self.calib.option_ids),
                             batch_size=self.settings.calib_estep_batch_size, device=tr.args.device,
                             pad_id=int(pad_id), use_inference_mode=not self._sharded_params(),
                             show_progress=not getattr(tr.args, "disable_tqdm", False))
         finally:
             unwrapped.train(was_training)
+        return out["probs"]
+
+    def _online_probs(self, prev: EMState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The online E-step: merge the record of the training forwards (gathered over ranks) into the
+        latest probabilities of every sample; returns (n, L) entry probabilities and the sample ids seen."""
+        data = self._estep_data()
+        width = len(self.calib.option_ids)
+        ids, probs = self.calib.online.collect(self.trainer.args.device, width)
+        table_ids, table = prev.extra["online_table_ids"], prev.extra["online_table_probs"].clone()
+        if ids.numel():
+            pos = torch.searchsorted(table_ids, ids).clamp(max=table_ids.numel() - 1)
+            hit = table_ids[pos] == ids
+            table[pos[hit]] = probs[hit][:, : table.shape[1]]
+            ids = ids[hit]
+        entry_pos = torch.searchsorted(table_ids, torch.from_numpy(data.sample_id))
+        return table[entry_pos], ids
+
+    def refresh_now(self, state, epoch: int) -> EMState:
+        """Run E-step + M-step now, install the result in the shared context, log it."""
+        tr = self.trainer
+        data = self._estep_data()
         prev = self.calib.em_state
+        online = (self.calib.online is not None and prev is not None and "online_table_ids" in prev.extra)
+        t0 = time.perf_counter()
+        seen = None
+        if online:
+            probs, seen = self._online_probs(prev)
+        else:
+            probs = self._exact_probs()
         em_state = EMState.from_estep(
-            out["sample_ids"], out["probs"], out["labels"], out["num_options"], n_bins=self.settings.calib_bins,
+            torch.from_numpy(data.sample_id), probs, torch.from_numpy(data.answer_idx),
+            torch.from_numpy(data.num_options), n_bins=self.settings.calib_bins,
             split=self.settings.calib_nonmax_split, refresh_count=(prev.refresh_count + 1) if prev else 1,
             epoch_refreshed=epoch, global_step=int(state.global_step),
         )
+        if seen is not None:  # samples not seen since the last refresh keep their previous target
+            unseen = ~torch.isin(em_state.sample_ids, seen)
+            if bool(unseen.any()):
+                em_state.targets[unseen] = prev.lookup(em_state.sample_ids[unseen]).to(em_state.targets.dtype)
+        if self.calib.online is not None:
+            # the latest probabilities of every distinct prompt (one row per sample id, as the targets)
+            first = torch.searchsorted(torch.from_numpy(data.sample_id).sort().values, em_state.sample_ids)
+            order = torch.from_numpy(data.sample_id).argsort(stable=True)
+            em_state.extra["online_table_ids"] = em_state.sample_ids.clone()
+            em_state.extra["online_table_probs"] = probs[order[first]].to(torch.float32).clone()
+            self.calib.online.clear()
         self.calib.em_state = em_state
         dump_dir = os.environ.get(DEBUG_DUMP_ENV)
         if dump_dir:  # per-rank copies, to check that every rank holds the same state
             os.makedirs(dump_dir, exist_ok=True)
             em_state.save(os.path.join(dump_dir, f"refresh{em_state.refresh_count}_rank{dist_info()[0]}.pt"))
         summary = em_state.summary()
+        summary["calib/estep_online"] = int(online)
+        summary["calib/refresh_seconds"] = round(time.perf_counter() - t0, 4)
+        if seen is not None:
+            summary["calib/online_seen"] = int(seen.numel())
         self.history.append({**summary, "global_step": int(state.global_step), "epoch": epoch})
-        LOG.info("calib EM refresh %d (epoch %d, step %d): train conf-ECE %.4f, acc %.4f",
-                 em_state.refresh_count, epoch, state.global_step, summary["calib/train_conf_ece"],
-                 summary["calib/train_acc"])
+        LOG.info("calib EM refresh %d (%s E-step, epoch %d, step %d): train conf-ECE %.4f, acc %.4f",
+                 em_state.refresh_count, "online" if online else "exact", epoch, state.global_step,
+                 summary["calib/train_conf_ece"], summary["calib/train_acc"])
         # Trainer.log fires on_log, which clears control.should_log; a refresh inside on_step_end would
         # otherwise swallow that step's loss log (a gap in the loss curve), so keep the flag as it was.
         should_log = tr.control.should_log
@@ -126,6 +177,9 @@ class EMRefreshCallback(TrainerCallback):
         return int(math.floor((state.epoch or 0.0) + 1e-6))
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # The model is wrapped (FSDP / DeepSpeed) by now: hook its output head before the first training step,
+        # so every step takes the option rows inside the head's own forward (idempotent).
+        install_head_capture(self.trainer.model, self.calib.option_ids)
         if state.global_step > 0 and self.calib.em_state is None:
             self._restore(args, state)
         return control
@@ -149,7 +203,13 @@ class EMRefreshCallback(TrainerCallback):
     # ---- checkpoints ---------------------------------------------------------------------------
     def on_save(self, args, state, control, **kwargs):
         em_state = self.calib.em_state
-        if em_state is None or not state.is_world_process_zero:
+        if em_state is None:
+            return control
+        if self.calib.online is not None:
+            # every rank: the record of the interval so far (a collective), so a resume mid-interval keeps it
+            ids, probs = self.calib.online.collect(args.device, len(self.calib.option_ids))
+            em_state.extra["online_record_ids"], em_state.extra["online_record_probs"] = ids, probs
+        if not state.is_world_process_zero:
             return control
         ckpt = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(ckpt):
@@ -178,17 +238,87 @@ class EMRefreshCallback(TrainerCallback):
     def _restore(self, args, state) -> None:
         for path in self._resume_candidates(args, state):
             if os.path.isfile(path):
-                em_state = EMState.load(path)
+                em_state = EMState.load(path)  # CalibStateError (file + remedy) if corrupted
                 if em_state.global_step > state.global_step:
                     LOG.warning("calib: %s is newer (step %d) than the resumed step %d; ignored",
                                 path, em_state.global_step, state.global_step)
                     continue
+                self._check_same_data(em_state, path)
                 self.calib.em_state = em_state
+                if self.calib.online is not None and "online_record_ids" in em_state.extra:
+                    self.calib.online.restore(em_state.extra.pop("online_record_ids"),
+                                              em_state.extra.pop("online_record_probs"))
                 LOG.info("calib: restored EM state (refresh %d, epoch %d, step %d) from %s",
                          em_state.refresh_count, em_state.epoch_refreshed, em_state.global_step, path)
                 return
         LOG.warning("calib: resuming at step %d without a calib_state.pt; the targets will be recomputed "
                     "with the resumed model", state.global_step)
 
+    def _check_same_data(self, em_state: EMState, path: str) -> None:
+        """Stop before the first step when the training data is not the data the checkpoint was trained on."""
+        ids = torch.unique(torch.from_numpy(self._estep_data().sample_id))
+        missing = ids[~torch.isin(ids, em_state.sample_ids)]
+        stale = em_state.sample_ids[~torch.isin(em_state.sample_ids, ids)]
+        if missing.numel() or stale.numel():
+            raise ValueError(
+                f"the training data changed since {path} was written: {missing.numel()} of {ids.numel()} training "
+                f"prompts have no target in it and {stale.numel()} of its {em_state.sample_ids.numel()} targets belong "
+                "to prompts no longer in the data. Either resume with the data that checkpoint was trained on (the "
+                "same files and dataset_prepared_path), or delete that calib_state.pt to recompute the targets for the "
+                "new data with the resumed model, or start a fresh run (a new output_dir, no resume)."
+            )
 
-__all__ = ["DEBUG_DUMP_ENV", "EMRefreshCallback"]
+
+def _resume_checkpoint(cfg) -> Optional[str]:
+    """The checkpoint Axolotl will resume from (``resume_from_checkpoint``, else with
+    ``auto_resume_from_checkpoints`` the highest ``output_dir/checkpoint-N``), without changing ``cfg``."""
+    ckpt = cfg.get("resume_from_checkpoint")
+    if ckpt:
+        return str(ckpt)
+    if cfg.get("auto_resume_from_checkpoints") and cfg.get("output_dir") and os.path.isdir(cfg["output_dir"]):
+        return get_last_checkpoint(cfg["output_dir"])
+    return None
+
+
+def _prepared_sample_ids(cfg) -> Optional[torch.Tensor]:
+    """Sample ids of the prepared (tokenized) training data Axolotl saved for this config, or None when it
+    cannot be found (no prepared-data folder, streaming data, another Axolotl layout)."""
+    try:
+        from axolotl.utils.data.shared import generate_dataset_hash_from_config, get_prepared_dataset_path
+        from datasets import load_from_disk
+
+        tokenizer = cfg.get("tokenizer_config") or cfg.get("base_model_config") or cfg.get("base_model")
+        path = get_prepared_dataset_path(cfg, generate_dataset_hash_from_config(cfg, cfg.get("datasets"), tokenizer))
+        if not os.path.isdir(path):
+            return None
+        ds = load_from_disk(str(path))
+        return torch.unique(torch.from_numpy(EStepData(ds).sample_id)) if "calib_sample_id" in ds.column_names else None
+    except Exception as e:  # the early check is a convenience: the same check runs when training starts
+        LOG.debug("calib: prepared data not found for the early resume check (%s)", e)
+        return None
+
+
+def check_resume_state_early(cfg) -> None:
+    """Before the model loads: read the resumed checkpoint's ``calib_state.pt`` (a corrupted file fails here,
+    naming it) and check that every prompt it has a target for is still in the prepared training data (an
+    edit of the data shows here; rows only ADDED, and data Axolotl did not save, show at the first step)."""
+    ckpt = _resume_checkpoint(cfg)
+    path = os.path.join(ckpt, STATE_FILE) if ckpt else None
+    if not path or not os.path.isfile(path):
+        return
+    state = EMState.load(path)
+    ids = _prepared_sample_ids(cfg)
+    if ids is None:
+        return
+    stale = state.sample_ids[~torch.isin(state.sample_ids, ids)]
+    if stale.numel():
+        raise ValueError(
+            f"the training data changed since {path} was written: {stale.numel()} of its "
+            f"{state.sample_ids.numel()} targets belong to prompts that are no longer in the data. Either resume with "
+            "the data that checkpoint was trained on (the same files and dataset_prepared_path), or delete that "
+            "calib_state.pt to recompute the targets for the new data with the resumed model, or start a fresh run "
+            "(a new output_dir, no resume)."
+        )
+
+
+__all__ = ["DEBUG_DUMP_ENV", "EMRefreshCallback", "check_resume_state_early"]

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from .args import CalibrationArgs
 from .em import EMState
+from .online import OnlineRecord
 
 __all__ = ["CalibrationContext"]
 
@@ -43,7 +44,8 @@ class CalibrationContext:
     uses the first K); ``em_state``: the targets and bin statistics of the latest refresh (``None`` before
     the first E-step); ``resume_from``: what ``trainer.train(resume_from_checkpoint=...)`` received, and
     ``cfg_resume_from``: the config's ``resume_from_checkpoint``, where the callback looks for the
-    checkpoint's ``calib_state.pt``.
+    checkpoint's ``calib_state.pt``; ``online``: with ``calib_estep: online``, the option probabilities the
+    training forwards recorded since the last refresh (the trainer writes, the callback reads).
     """
 
     settings: CalibrationArgs
@@ -51,6 +53,11 @@ class CalibrationContext:
     em_state: Optional[EMState] = None
     resume_from: Any = None
     cfg_resume_from: Optional[str] = None
+    online: Optional[OnlineRecord] = None
+
+    def __post_init__(self):
+        if self.online is None and self.settings.calib_estep == "online":
+            self.online = OnlineRecord()
 
     @property
     def lam(self) -> float:

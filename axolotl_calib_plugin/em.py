@@ -39,7 +39,13 @@ __all__ = [
 
 NONMAX_SPLITS = ("proportional", "uniform", "reference")
 STATE_FILE = "calib_state.pt"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+#: versions :meth:`EMState.load` reads (1 = before the ``extra`` section existed)
+_READABLE_VERSIONS = (1, 2)
+
+
+class CalibStateError(ValueError):
+    """A ``calib_state.pt`` that cannot be used; the message names the file and what to do."""
 
 
 def assign_bins(max_conf: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -221,6 +227,8 @@ class EMState:
     refresh_count: int = 0
     epoch_refreshed: int = -1
     global_step: int = 0
+    #: tensors other components keep with the state (the online E-step's record), saved alongside
+    extra: dict = field(default_factory=dict, compare=False)
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -279,10 +287,12 @@ class EMState:
             "refresh_count": int(self.refresh_count),
             "epoch_refreshed": int(self.epoch_refreshed),
             "global_step": int(self.global_step),
+            "extra": {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.extra.items()},
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """``torch.save`` plain tensors and ints (loadable with ``weights_only=True``)."""
+        """``torch.save`` plain tensors and ints (loadable with ``weights_only=True``), written to a temporary
+        file first and renamed, so a run killed while saving never leaves a truncated state behind."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, STATE_FILE)
@@ -292,16 +302,27 @@ class EMState:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EMState":
+        """Read and check a state file; :class:`CalibStateError` names the file and the remedy when it is
+        unreadable (truncated, not a torch file) or its contents are inconsistent."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, STATE_FILE)
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(d, dict) or d.get("version") != _STATE_VERSION:
-            raise ValueError(f"{path} is not a calib_state file of version {_STATE_VERSION}")
+        remedy = (f"Delete {path} to let the plugin recompute the targets with the resumed model (what happens "
+                  "when the file is missing), or resume from an earlier checkpoint whose calib_state.pt is intact.")
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # truncated zip, pickle garbage, unsupported objects...
+            raise CalibStateError(f"{path} cannot be read as a calibration state ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or ['empty file'])[0][:200]}): it is corrupted or truncated. {remedy}") from None
+        problem = _state_problem(d)
+        if problem:
+            raise CalibStateError(f"{path} is not a usable calibration state: {problem}. {remedy}")
         return cls(sample_ids=d["sample_ids"], targets=d["targets"], bin_count=d["bin_count"],
                    bin_accuracy=d["bin_accuracy"], bin_confidence=d["bin_confidence"],
-                   refresh_count=d["refresh_count"], epoch_refreshed=d["epoch_refreshed"],
-                   global_step=d["global_step"])
+                   refresh_count=int(d["refresh_count"]), epoch_refreshed=int(d["epoch_refreshed"]),
+                   global_step=int(d["global_step"]), extra=dict(d.get("extra") or {}))
 
     def summary(self, prefix: str = "calib/") -> dict:
         """JSON-safe scalars for ``trainer.log``: training-set conf-ECE and accuracy (from the bin
@@ -321,3 +342,31 @@ class EMState:
                 out[f"{prefix}bin_acc_{m}"] = round(acc, 6)
                 out[f"{prefix}bin_conf_{m}"] = round(conf, 6)
         return out
+
+
+def _state_problem(d) -> Optional[str]:
+    """What is wrong with a loaded state dict (None if it is consistent)."""
+    if not isinstance(d, dict):
+        return f"expected a dict, found {type(d).__name__}"
+    if d.get("version") not in _READABLE_VERSIONS:
+        return f"version {d.get('version')!r}, readable versions are {list(_READABLE_VERSIONS)}"
+    tensors = ("sample_ids", "targets", "bin_count", "bin_accuracy", "bin_confidence")
+    missing = [k for k in tensors + ("refresh_count", "epoch_refreshed", "global_step") if k not in d]
+    if missing:
+        return f"missing entries {missing}"
+    bad = [k for k in tensors if not isinstance(d[k], torch.Tensor)]
+    if bad:
+        return f"entries {bad} are not tensors"
+    ids, targets = d["sample_ids"], d["targets"]
+    if ids.ndim != 1 or ids.dtype != torch.int64:
+        return f"sample_ids must be a 1-D int64 tensor, found {tuple(ids.shape)} {ids.dtype}"
+    if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        return "sample_ids are not sorted and unique"
+    if targets.ndim != 2 or targets.shape[0] != ids.shape[0]:
+        return f"targets have shape {tuple(targets.shape)} for {ids.shape[0]} sample ids"
+    if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()) or bool((targets > 1).any()):
+        return "targets contain values outside [0, 1] or NaN"
+    m = d["bin_count"].numel()
+    if d["bin_accuracy"].numel() != m or d["bin_confidence"].numel() != m or m < 2:
+        return "the bin statistics have inconsistent lengths"
+    return None

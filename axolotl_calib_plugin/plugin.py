@@ -9,7 +9,10 @@ datasets. What each hook contributes:
   (:mod:`.collator`);
 * ``add_callbacks_post_trainer``: resolves the settings ONCE (:class:`~axolotl_calib_plugin.context.CalibrationContext`:
   presets, option-letter token ids), hands that one object to the trainer and to
-  :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback` (E-step / M-step).
+  :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback` (E-step / M-step);
+* ``get_training_args``: ``calib_label_smoothing`` -> HF's ``label_smoothing_factor`` (the LS baseline);
+* ``post_trainer_create`` / ``post_train`` / ``post_train_unload``: the post-training calibration report
+  of ``calib_eval_tasks`` (:class:`~axolotl_calib_plugin.report.PostTrainingReport`).
 
 The ``PluginManager`` is a process-wide singleton that calls every registered plugin, also for
 later configs that do not list this one; so every hook first checks that the config lists us
@@ -49,6 +52,18 @@ class CalibrationPlugin(BasePlugin):
 
         return AxolotlCalibTrainer
 
+    def pre_model_load(self, cfg):
+        # torch seeds its default generator randomly per process, and Axolotl seeds only in the Trainer's
+        # __init__, AFTER the model and adapter exist: without this, two LoRA runs with the same `seed` start
+        # from different adapter weights (and differ from the first step on).
+        if is_active(cfg):
+            from transformers import set_seed
+
+            from .callbacks import check_resume_state_early
+
+            set_seed(int(cfg.get("seed") if cfg.get("seed") is not None else 42))
+            check_resume_state_early(cfg)  # a corrupted state / changed data: say so before the model loads
+
     def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
         # Bare None when inactive: the manager treats any non-None value, even (None, None), as ours.
         if not is_active(cfg):
@@ -69,6 +84,34 @@ class CalibrationPlugin(BasePlugin):
                 "(another plugin's get_trainer_cls, listed before this one, won). List "
                 "axolotl_calib_plugin.CalibrationPlugin first under `plugins:` or drop the other trainer plugin."
             )
+        from .mcq import check_rows_left  # no rows left (all longer than sequence_len): say so with numbers
+
+        check_rows_left(cfg, trainer.processing_class, trainer.train_dataset)
         calib = CalibrationContext.from_cfg(cfg, trainer.processing_class, (trainer.train_dataset, trainer.eval_dataset))
         trainer.attach_calibration(calib)
         return [EMRefreshCallback(calib, trainer)]
+
+    # -- label smoothing baseline and the post-training calibration report (report.PostTrainingReport)
+    def get_training_args(self, cfg):
+        if is_active(cfg) and cfg.get("calib_label_smoothing"):
+            return {"label_smoothing_factor": float(cfg["calib_label_smoothing"])}
+        return None
+
+    def _report(self):
+        from .report import PostTrainingReport
+
+        if getattr(self, "_post_training_report", None) is None:
+            self._post_training_report = PostTrainingReport()
+        return self._post_training_report
+
+    def post_trainer_create(self, cfg, trainer):
+        if is_active(cfg) and cfg.get("calib_eval_tasks"):
+            self._report().trainer_created(cfg, trainer)
+
+    def post_train(self, cfg, model):
+        if is_active(cfg) and cfg.get("calib_eval_tasks"):
+            self._report().post_train(cfg, model)
+
+    def post_train_unload(self, cfg):
+        if is_active(cfg) and cfg.get("calib_eval_tasks"):
+            self._report().post_train_unload(cfg)

@@ -18,6 +18,7 @@ sampler, scheduler, optimizer and checkpoint mixins.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -28,7 +29,9 @@ from axolotl.utils.logging import get_logger
 
 from .columns import CALIB_COLUMNS, answer_positions
 from .context import CalibrationContext
-from .loss import ece_loss, option_logits
+from .distributed import dist_info
+from .heldout import held_out_metrics
+from .loss import captured_option_logits, ece_loss, option_logits, option_probs
 
 LOG = get_logger(__name__)
 
@@ -51,9 +54,10 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         self.model_accepts_loss_kwargs = False
         self.calib: Optional[CalibrationContext] = calib
         self._calib_ids_tensor: Optional[torch.Tensor] = None
-        self._calib_path_checked = False
+        self._calib_path_checked: set[str] = set()  # logit sources already checked against the full logits
         self._calib_use_full_logits = False
-        self._calib_parts: dict[str, list] = {}
+        self._calib_parts: list = []
+        self._calib_eval: list = []
 
     def attach_calibration(self, calib: CalibrationContext) -> None:
         """Install the run's shared calibration context (done once, by the plugin)."""
@@ -95,36 +99,48 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         return cached
 
     def _answer_option_logits(self, model, outputs, b_idx, t_idx, seq_shape) -> torch.Tensor:
-        """(P, L) logits of the L configured letters at the answer positions."""
+        """(P, L) logits of the L configured letters at the answer positions.
+
+        First choice: the L head rows taken INSIDE the head's own forward of this step
+        (:func:`~axolotl_calib_plugin.loss.captured_option_logits`): exact when FSDP / ZeRO-3 reshard the
+        head after its forward, and for LoRA heads, with no extra all-gather. Else ``hidden_states[-1]``
+        x the head rows (a fused loss never calls the head; the first step, before the hooks exist).
+        Each source is checked once against the full logits when they exist.
+        """
         ids = self._option_id_tensor(b_idx.device)
         full = getattr(outputs, "logits", None)
         # Full (B, T, V) logits exist unless a fused loss or logits_to_keep skipped them.
         have_full = isinstance(full, torch.Tensor) and full.ndim == 3 and tuple(full.shape[:2]) == tuple(seq_shape)
         if self._calib_use_full_logits and have_full:
             return full[b_idx, t_idx][:, ids.to(full.device)].float()
-        hidden_states = getattr(outputs, "hidden_states", None)
-        if not hidden_states:
-            if have_full:
-                return full[b_idx, t_idx][:, ids.to(full.device)].float()
-            raise RuntimeError(
-                f"{type(model).__name__}.forward returned neither hidden_states nor full logits; the "
-                "calibration loss needs one of them at the answer positions"
-            )
-        logits = option_logits(model, hidden_states[-1][b_idx, t_idx], ids)
-        if not self._calib_path_checked and have_full:
-            # One-time self-check (P x K numbers): is hidden_states[-1] really the head's input here?
+        logits = captured_option_logits(model, b_idx, t_idx, self._require_calib().option_ids, seq_shape)
+        source = "the output head's own forward"
+        if logits is None:
+            hidden_states = getattr(outputs, "hidden_states", None)
+            if not hidden_states:
+                if have_full:
+                    return full[b_idx, t_idx][:, ids.to(full.device)].float()
+                raise RuntimeError(
+                    f"{type(model).__name__}.forward returned neither hidden_states nor full logits; the "
+                    "calibration loss needs one of them at the answer positions"
+                )
+            logits = option_logits(model, hidden_states[-1][b_idx, t_idx], ids)
+            source = "hidden_states[-1]"
+        if source not in self._calib_path_checked and have_full:
+            # One-time self-check per source (P x K numbers): are these really the model's logits?
             ref = full[b_idx, t_idx][:, ids.to(full.device)].float().detach()
             tol = 1e-3 if ref.dtype == torch.float32 and full.dtype == torch.float32 else 5e-2
             if not torch.allclose(logits.detach(), ref, rtol=tol, atol=tol * max(1.0, float(ref.abs().max()))):
                 LOG.warning(
-                    "calibration: option logits from hidden_states[-1] disagree with the model's logits "
-                    "(max abs diff %.4g); this architecture post-processes its last hidden state. "
-                    "Using the full logits at the answer positions instead (a fused CE loss would not work).",
-                    float((logits.detach() - ref).abs().max()),
+                    "calibration: option logits from %s disagree with the model's logits "
+                    "(max abs diff %.4g); this architecture transforms its last hidden state or its head output "
+                    "in a way the plugin does not reproduce. Using the full logits at the answer positions "
+                    "instead (a fused CE loss would not work).",
+                    source, float((logits.detach() - ref).abs().max()),
                 )
                 self._calib_use_full_logits = True
                 logits = full[b_idx, t_idx][:, ids.to(full.device)].float()
-        self._calib_path_checked = True
+        self._calib_path_checked.add(source)
         return logits
 
     @override
@@ -134,16 +150,18 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         answer_idx = inputs.pop("calib_answer_idx", None)
         num_options = inputs.pop("calib_num_options", None)
         inputs.pop("num_items_in_batch", None)
-        calib = self._require_calib() if sample_id is not None else None
-        lam = calib.lam if calib is not None else 0.0
-        if sample_id is None or lam == 0.0:
-            # Not an MCQ batch, or plain SFT (lambda = 0): nothing to add.
+        if sample_id is None:  # not an MCQ batch: nothing to add
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-
+        calib = self._require_calib()
         training = model.training
-        state = calib.em_state
-        if training and state is None:
+        use_ece = training and calib.lam > 0.0
+        record = training and calib.online is not None  # online E-step: keep this forward's option probabilities
+        held_out = not training  # evaluation: held-out calibration metrics from this forward
+        if not (use_ece or record or held_out):  # plain SFT (lambda = 0)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        if use_ece and calib.em_state is None:
             raise RuntimeError(
                 "calibration loss: no EM state yet. The E-step runs from EMRefreshCallback at the start of "
                 "training; was the trainer built through CalibrationPlugin (add_callbacks_post_trainer)?"
@@ -151,40 +169,34 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         inputs["output_hidden_states"] = True
         sft_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
+        loss, ece = sft_loss, None
         b_idx, t_idx = answer_positions(sample_id)
-        ids = sample_id[b_idx, t_idx]
-        k = num_options[b_idx, t_idx]
-        if state is not None and ids.numel():
-            if training:
-                targets, found = state.lookup(ids), None
-            else:  # eval rows need not be training samples: only those with a target count
-                targets, found = state.lookup(ids, strict=False)
-        else:
-            targets, found = None, None
-
-        logits = None
-        if targets is not None and (found is None or bool(found.any())):
+        if b_idx.numel():
+            ids = sample_id[b_idx, t_idx]
+            k = num_options[b_idx, t_idx]
             logits = self._answer_option_logits(model, outputs, b_idx, t_idx, sample_id.shape)
-            if found is not None:
-                logits, targets, k = logits[found], targets[found], k[found]
-            ece = ece_loss(logits, targets, k, kind=calib.settings.calib_ece_loss)
-            loss = sft_loss + lam * ece
-        else:
-            ece = None
-            loss = sft_loss
-        self._calib_accumulate("train" if training else "eval", sft_loss, ece)
-
+            if use_ece:
+                ece = ece_loss(logits, calib.em_state.lookup(ids), k, kind=calib.settings.calib_ece_loss)
+                loss = sft_loss + calib.lam * ece
+            if record or held_out:
+                probs = option_probs(logits.detach(), k)
+                if record:
+                    calib.online.record(ids, probs)
+                if held_out:
+                    self._calib_eval.append((ids, answer_idx[b_idx, t_idx], k, probs))
+        if training:
+            self._calib_accumulate(sft_loss, ece)
         if return_outputs:
             return loss, outputs
         return loss
 
-    def _calib_accumulate(self, split: str, sft_loss: torch.Tensor, ece: Optional[torch.Tensor]) -> None:
+    def _calib_accumulate(self, sft_loss: torch.Tensor, ece: Optional[torch.Tensor]) -> None:
         """Keep the detached parts (no kernel, no host sync per step); ``log`` averages them."""
-        self._calib_parts.setdefault(split, []).append((sft_loss.detach(), None if ece is None else ece.detach()))
+        self._calib_parts.append((sft_loss.detach(), None if ece is None else ece.detach()))
 
-    def _calib_window_sums(self, split: str) -> Optional[torch.Tensor]:
+    def _calib_window_sums(self) -> Optional[torch.Tensor]:
         """[sum sft, n sft, sum ece, n ece] of the logging window (and clear it)."""
-        parts = self._calib_parts.pop(split, None)
+        parts, self._calib_parts = self._calib_parts, []
         if not parts:
             return None
         sft = torch.stack([p[0].float() for p in parts])
@@ -196,29 +208,53 @@ class AxolotlCalibTrainer(AxolotlTrainer):
     # ------------------------------------------------------------------ logging / eval
     @override
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add ``calib/sft_loss`` and ``calib/ece_loss`` (mean over the logging window and over
-        ranks) to the train logs, ``eval_calib/...`` to eval logs."""
-        split = "train" if "loss" in logs else ("eval" if "eval_loss" in logs else None)
-        if split is not None:
-            s = self._calib_window_sums(split)
-            if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                    and torch.distributed.get_world_size() > 1:
+        """Add ``calib/sft_loss`` and ``calib/ece_loss`` (mean over the logging window and over ranks) to
+        the training logs."""
+        if "loss" in logs:
+            s = self._calib_window_sums()
+            _, world = dist_info()
+            if world > 1:
                 # Every rank logs from the same training-loop step, so this collective lines up.
                 if s is None:
                     s = torch.zeros(4, dtype=torch.float64, device=self.args.device)
                 s = s.to(self.args.device)
                 torch.distributed.all_reduce(s)
             if s is not None:
-                prefix = "calib/" if split == "train" else "eval_calib/"
                 if float(s[1]) > 0:
-                    logs[prefix + "sft_loss"] = round(float(s[0] / s[1]), 6)
+                    logs["calib/sft_loss"] = round(float(s[0] / s[1]), 6)
                 if float(s[3]) > 0:
-                    logs[prefix + "ece_loss"] = round(float(s[2] / s[3]), 6)
-                elif split == "eval":
-                    # No eval sample had a target yet (before the first refresh). HF's model card
-                    # table needs the same keys in every eval log, so report it as missing (NaN).
-                    logs[prefix + "ece_loss"] = float("nan")
+                    logs["calib/ece_loss"] = round(float(s[2] / s[3]), 6)
         return super().log(logs, start_time)
+
+    @override
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """Add the held-out calibration of the whole eval set: ``<prefix>_calib/conf_ece``, ``cw_ece``, ``acc``
+        and ``n``, from the option logits the eval forwards already computed (no extra forward), gathered
+        over ranks. Nothing is added when the eval set has no answer positions."""
+        self._calib_eval = []
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.calib is not None:
+            held_out = held_out_metrics(self._calib_eval, len(self.calib.option_ids), self.args.device,
+                                        getattr(dataloader, "dataset", None))
+            self._calib_eval = []
+            if held_out is not None:
+                values, probs, labels, num_options = held_out
+                output.metrics.update({f"{metric_key_prefix}_calib/{k}": v for k, v in values.items()})
+                if self.calib.settings.calib_eval_plots and self.is_world_process_zero():
+                    self._calib_eval_plot(probs, labels, num_options, metric_key_prefix)
+        return output
+
+    def _calib_eval_plot(self, probs, labels, num_options, prefix: str) -> None:
+        """Reliability diagram of this evaluation: a PNG in output_dir and an image in TensorBoard / W&B."""
+        from .heldout import log_figure
+        from .plots import plot_reliability
+
+        step = self.state.global_step
+        path = os.path.join(self.args.output_dir, "calibration_eval", f"reliability_{prefix}_step{step}.png")
+        fig = plot_reliability(probs, labels, path, title=f"{prefix} split, step {step}", num_options=num_options)
+        log_figure(self.callback_handler.callbacks, f"{prefix}_calib/reliability", fig, path, step)
 
     @override
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -1,5 +1,7 @@
 """A real 2-process CPU (gloo) data-parallel run of CFT through torchrun: both ranks hold identical E-step
-statistics and targets, equal to a single-process run over the same data, and training finishes."""
+statistics and targets, equal to a single-process run over the same data, and training finishes. The run
+uses the online E-step with learning rate 0: its second refresh gathers what both ranks' training forwards
+recorded and must reproduce the first (exact) refresh."""
 
 from __future__ import annotations
 
@@ -58,8 +60,9 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     data = mcq_rows(9, num_options=(4, 3, 5, 2), seed=6)  # odd: the rank shards need padding
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
                   calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="epoch", seed=3,
-                  calib_estep_batch_size=2)
-    single = tiny_cfg(**common, output_dir=str(tmp_path / "single"), dataset_prepared_path=str(tmp_path / "p1"))
+                  calib_estep_batch_size=2, calib_estep="online", learning_rate=0.0)
+    single = tiny_cfg(**{**common, "num_epochs": 1}, output_dir=str(tmp_path / "single"),
+                      dataset_prepared_path=str(tmp_path / "p1"))
     (tmp_path / "s").mkdir()
     run_train(single, tmp_path / "s", env_extra={DEBUG_DUMP_ENV: str(tmp_path / "dump_single")})
 
@@ -79,6 +82,7 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     s = _states(tmp_path / "dump_single")
     m = _states(tmp_path / "dump_multi")
     assert sorted(m) == ["refresh1_rank0.pt", "refresh1_rank1.pt", "refresh2_rank0.pt", "refresh2_rank1.pt"]
+    assert sorted(s) == ["refresh1_rank0.pt"]
     for r in (1, 2):  # every rank holds exactly the same bins and targets, after every refresh
         assert _same(m[f"refresh{r}_rank0.pt"], m[f"refresh{r}_rank1.pt"])
     # the first E-step (same initial model) equals the single-process one
@@ -88,10 +92,16 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     torch.testing.assert_close(a.bin_accuracy, b.bin_accuracy, equal_nan=True)
     torch.testing.assert_close(a.bin_confidence, b.bin_confidence, equal_nan=True, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.targets, b.targets, atol=1e-5, rtol=1e-5)
+    # the online refresh (no forward; both ranks' records gathered) reproduces the exact one: lr = 0
+    c = m["refresh2_rank0.pt"]
+    assert torch.equal(c.bin_count, b.bin_count)
+    torch.testing.assert_close(c.targets, b.targets, atol=2e-6, rtol=0)
     # training finished (2 epochs) as ONE data-parallel job: 9 rows / (2 ranks x 2) = 3 steps per epoch,
     # the refresh of epoch 1 at step 3, the trainable-token counter all-reduced over both ranks
     history = log_history(multi.output_dir)
-    assert [(r["calib/refresh"], r["step"]) for r in refresh_logs(history)] == [(1, 0), (2, 3)]
+    assert [(r["calib/refresh"], r["step"], r["calib/estep_online"]) for r in refresh_logs(history)] == \
+        [(1, 0, 0), (2, 3, 1)]
+    assert refresh_logs(history)[1]["calib/online_seen"] == 9  # 3 steps x 2 ranks x 2 rows, padded: all 9 seen
     losses = [h for h in history if "loss" in h]
     assert len(losses) == 5 and losses[0]["tokens/trainable"] == 8
     assert all(h["calib/ece_loss"] > 0 for h in losses)

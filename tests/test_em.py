@@ -1,6 +1,7 @@
 """E-step / M-step / targets as pure tensor functions, against hand-computed values."""
 
 import json
+import re
 import math
 
 import pytest
@@ -161,3 +162,67 @@ def test_em_state_roundtrip_lookup_and_summary(tmp_path):
     assert s["calib/bin_acc_3"] == pytest.approx(2 / 3, abs=1e-6)
     assert s["calib/train_conf_ece"] == pytest.approx(0.3, abs=1e-6)
     assert s["calib/train_acc"] == pytest.approx(0.6)
+
+
+def _saved_state(tmp_path):
+    st = EMState.from_estep(torch.tensor([50, 7, 9, 3, 8]), PROBS, LABELS, K, n_bins=4, refresh_count=2,
+                            epoch_refreshed=1, global_step=12)
+    st.extra["online_table_ids"] = st.sample_ids.clone()
+    path = tmp_path / "checkpoint-12" / "calib_state.pt"
+    path.parent.mkdir()
+    st.save(path)
+    return st, path
+
+
+def test_em_state_keeps_extra_and_reads_version_1_files(tmp_path):
+    st, path = _saved_state(tmp_path)
+    assert torch.equal(EMState.load(path).extra["online_table_ids"], st.sample_ids)
+    d = torch.load(path, weights_only=True)
+    d["version"] = 1
+    d.pop("extra")
+    torch.save(d, path)
+    old = EMState.load(path)
+    assert old.extra == {} and torch.equal(old.targets, st.targets)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "cannot be read as a calibration state"),
+    ("garbage", "cannot be read as a calibration state"),
+    ("empty", "cannot be read as a calibration state"),
+    ("version", "version 99"),
+    ("missing", "missing entries ['targets']"),
+    ("shape", "targets have shape (4, 3) for 5 sample ids"),
+    ("unsorted", "not sorted and unique"),
+    ("nan", "outside [0, 1] or NaN"),
+    ("list", "expected a dict, found list"),
+])
+def test_corrupted_state_file_names_the_file_and_the_remedy(tmp_path, damage, message):
+    from axolotl_calib_plugin.em import CalibStateError
+
+    st, path = _saved_state(tmp_path)
+    raw = path.read_bytes()
+    d = torch.load(path, weights_only=True)
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a torch file at all")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "list":
+        torch.save([1, 2], path)
+    else:
+        if damage == "version":
+            d["version"] = 99
+        elif damage == "missing":
+            d.pop("targets")
+        elif damage == "shape":
+            d["targets"] = d["targets"][:4]
+        elif damage == "unsorted":
+            d["sample_ids"] = d["sample_ids"].flip(0)
+        elif damage == "nan":
+            d["targets"][0, 0] = float("nan")
+        torch.save(d, path)
+    with pytest.raises(CalibStateError, match=re.escape(message)) as err:
+        EMState.load(path)
+    text = str(err.value)
+    assert str(path) in text and "Delete" in text and "earlier checkpoint" in text

@@ -63,6 +63,84 @@ def test_resume_mid_epoch_restores_em_state_and_matches_uninterrupted_run(tmp_pa
     assert torch.equal(a.bin_count, c.bin_count)
     assert torch.equal(torch.nan_to_num(a.bin_accuracy, nan=-1), torch.nan_to_num(c.bin_accuracy, nan=-1))
     again_hist = log_history(again.output_dir)
-    assert refresh_logs(again_hist) == refresh_logs(full_hist)
+    _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, data)
+    timing = {"calib/refresh_seconds"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in refresh_logs(again_hist)] == \
+        [{k: v for k, v in h.items() if k not in timing} for h in refresh_logs(full_hist)]
     assert [{k: h[k] for k in ("step", "loss", "calib/sft_loss", "calib/ece_loss")} for h in loss_logs(again_hist)] == \
         [{k: h[k] for k in ("step", "loss", "calib/sft_loss", "calib/ece_loss")} for h in loss_logs(full_hist)]
+
+
+def _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, data):
+    """Resuming on edited training data (a new prepared-data folder) stops before the first step with what
+    to do, instead of a KeyError deep in the loss."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import OFFLINE_ENV
+
+    rows = [json.loads(line) for line in open(data)]
+    rows[0]["question"] = rows[0]["question"] + " (edited)"
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out_dir = tmp_path / "edited_out"
+    out_dir.mkdir()
+    shutil.copytree(os.path.join(full.output_dir, "checkpoint-9"), out_dir / "checkpoint-9")
+    cfg = tiny_cfg(**{**common, "datasets": [{"path": str(edited), "type": "axolotl_calib_plugin.mcq"}]},
+                   output_dir=str(out_dir), dataset_prepared_path=str(tmp_path / "prep_edited"),
+                   auto_resume_from_checkpoints=True)
+    path = tmp_path / "edited.yml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+
+    def resume():
+        proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, **OFFLINE_ENV}, cwd=str(tmp_path))
+        assert proc.returncode != 0
+        return proc.stdout + proc.stderr
+
+    out = resume()
+    # caught before the model is even loaded, with what to do; never a KeyError at the first step
+    assert "the training data changed since" in out and "1 of its 12 targets belong to prompts that are no longer" \
+        in out, out[-3000:]
+    assert "delete that calib_state.pt" in out and "KeyError" not in out and "Loading weights" not in out
+    # a truncated state file is named, with the remedy, also before the model loads
+    state = out_dir / "checkpoint-9" / "calib_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    out = resume()
+    assert f"{state} cannot be read as a calibration state" in out and "Delete" in out, out[-3000:]
+
+
+def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg, mcq_rows):
+    """calib_estep: online, 3 epochs (refreshes at steps 0, 6, 12), killed at step 9: the refresh at step 12
+    needs what steps 7-9 recorded before the interruption; the resumed run's targets equal the uninterrupted ones."""
+    from axolotl_calib_plugin.em import EMState
+
+    data = mcq_rows(12, num_options=(4, 3, 2), seed=5)
+    common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                  calib_estep="online", calib_bins=5, num_epochs=3, logging_steps=1, save_strategy="steps",
+                  save_steps=3, seed=7)
+    full = tiny_cfg(**common, output_dir=str(tmp_path / "full"), dataset_prepared_path=str(tmp_path / "p1"))
+    (tmp_path / "a").mkdir()
+    run_train(full, tmp_path / "a")
+    refreshes = refresh_logs(log_history(full.output_dir))
+    assert [(r["step"], r["calib/estep_online"]) for r in refreshes] == [(0, 0), (6, 1), (12, 1)]
+    saved = EMState.load(os.path.join(full.output_dir, "checkpoint-9"))
+    assert saved.extra["online_record_ids"].numel() == 6  # steps 7, 8, 9 x 2 rows recorded before the save
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(os.path.join(full.output_dir, "checkpoint-9"), resumed_dir / "checkpoint-9")
+    res = tiny_cfg(**common, output_dir=str(resumed_dir), dataset_prepared_path=str(tmp_path / "p2"),
+                   auto_resume_from_checkpoints=True)
+    (tmp_path / "b").mkdir()
+    run_train(res, tmp_path / "b")
+    a = EMState.load(os.path.join(full.output_dir, "calib_state.pt"))
+    b = EMState.load(os.path.join(res.output_dir, "calib_state.pt"))
+    assert a.refresh_count == b.refresh_count == 3
+    torch.testing.assert_close(b.targets, a.targets, rtol=0, atol=1e-6)
+    fl = {h["step"]: h for h in loss_logs(log_history(full.output_dir))}
+    rl = {h["step"]: h for h in loss_logs(log_history(res.output_dir))}
+    for step in range(10, 19):
+        assert rl[step]["calib/ece_loss"] == pytest.approx(fl[step]["calib/ece_loss"], rel=1e-4, abs=1e-6), step

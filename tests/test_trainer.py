@@ -180,18 +180,37 @@ def test_gradient_accumulation_matches_larger_micro_batch(tmp_path, tiny_model_d
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
 
 
-def test_eval_uses_targets_when_known_and_drops_hidden_states(tmp_path, tiny_model_dir, rows):
+def test_eval_logs_held_out_calibration_of_the_whole_set_and_no_nan(tmp_path, tiny_model_dir, rows):
+    from axolotl_calib_plugin import metrics
+
     cfg = _cfg()
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
     batch = next(iter(tr.get_eval_dataloader()))
     loss, logits, labels = tr.prediction_step(tr.model, dict(batch), prediction_loss_only=False)
     assert not isinstance(logits, tuple) or len(logits) == 1  # hidden_states were not gathered
-    metrics = tr.evaluate()
-    # No targets yet: reported as NaN (HF's model card needs the same keys in every eval log).
-    assert "eval_loss" in metrics and math.isnan(tr.state.log_history[-1]["eval_calib/ece_loss"])
-    _refresh(tr, cfg)
-    tr.evaluate()
-    assert tr.state.log_history[-1]["eval_calib/ece_loss"] > 0
+    tr._calib_eval = []
+    for evaluated in range(2):  # before and after the first refresh: the same keys, never NaN
+        out = tr.evaluate()
+        log = tr.state.log_history[-1]
+        assert {"eval_calib/conf_ece", "eval_calib/cw_ece", "eval_calib/acc", "eval_calib/n"} <= set(log)
+        assert not any(isinstance(v, float) and math.isnan(v) for v in log.values()), log
+        assert "eval_calib/ece_loss" not in log
+        # one number over the whole eval set (7 rows, 4 batches), equal to a direct per-sample forward
+        probs = _direct_probs(tr.model, ds, list(tr.calib.option_ids))
+        labels = torch.tensor([r["calib_answer_idx"][int(np.argmax(np.asarray(r["calib_sample_id"]) >= 0))] for r in ds])
+        ks = [r["calib_num_options"][int(np.argmax(np.asarray(r["calib_sample_id"]) >= 0))] for r in ds]
+        want = metrics.calibration_metrics(probs.double(), labels, 10, num_options=ks)  # mixed K: per-class rows
+        assert out["eval_calib/n"] == len(ds) == 7
+        assert out["eval_calib/conf_ece"] == pytest.approx(want["conf_ece"], abs=1e-5)
+        assert out["eval_calib/cw_ece"] == pytest.approx(want["cw_ece"], abs=1e-5)
+        assert out["eval_calib/acc"] == pytest.approx(want["accuracy"], abs=1e-12)
+        _refresh(tr, cfg)
+    # the eval loss is the SFT loss alone (held-out rows have no EM target)
+    inputs = {k: v for k, v in batch.items() if not k.startswith("calib_")}
+    tr.model.eval()
+    with torch.no_grad():
+        sft = tr.model(**inputs).loss
+    torch.testing.assert_close(loss, sft)
 
 
 def test_estep_data_handles_packed_rows_and_sharding():
@@ -225,9 +244,12 @@ def test_refresh_every_n_steps_in_a_real_training_loop(tmp_path, tiny_model_dir)
     tr.add_callback(cb)
     tr.args.num_train_epochs = 2
     tr.args.save_strategy = "no"
+    tr.args.logging_steps = 1
     tr.train()
     # before step 1, then after optimizer steps 2 and 4 (not after the last step, 6)
     assert [(h["calib/refresh"], h["global_step"]) for h in cb.history] == [(1, 0), (2, 2), (3, 4)]
+    # a refresh inside on_step_end must not swallow that step's loss log (no gaps in the loss curve)
+    assert [h["step"] for h in tr.state.log_history if "loss" in h] == [1, 2, 3, 4, 5, 6]
     assert tr.calib.em_state.refresh_count == 3 and tr.calib.em_state.global_step == 4
 
 
@@ -250,3 +272,68 @@ def test_training_loss_rejects_nan_option_logits(tmp_path, tiny_model_dir, rows)
         tr.model.lm_head.weight[list(tr.calib.option_ids)[0]] = float("inf")
     with pytest.raises(FloatingPointError, match="non-finite option logits"):
         tr.compute_loss(tr.model, dict(batch))
+
+
+@pytest.mark.parametrize("refresh", ["epoch", 2])
+def test_online_estep_equals_exact_when_the_model_does_not_move(tmp_path, tiny_model_dir, refresh):
+    """lr = 0 and no dropout: the probabilities the training forwards record are the exact E-step's, so
+    every online refresh reproduces the first (exact) refresh's bins and targets, without a forward."""
+    from axolotl_calib_plugin.callbacks import EMRefreshCallback
+
+    cfg = _cfg(calib_estep="online", calib_refresh=refresh)
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, make_mcq_rows(9, num_options=(4, 3, 5), seed=12))
+    assert tr.calib.online is not None
+    cb = EMRefreshCallback(tr.calib, tr)
+    tr.add_callback(cb)
+    states = []
+    orig = cb.refresh_now
+
+    def keep(state, epoch):
+        st = orig(state, epoch)
+        states.append(st)
+        return st
+
+    cb.refresh_now = keep
+    calls = []
+    hook = tr.model.register_forward_hook(lambda *a: calls.append(1))
+    tr.args.learning_rate = 0.0
+    tr.args.num_train_epochs = 2
+    tr.args.save_strategy = "no"
+    tr.train()
+    hook.remove()
+    modes = [h["calib/estep_online"] for h in cb.history]
+    assert modes[0] == 0 and len(modes) >= 2 and all(m == 1 for m in modes[1:])
+    n_train_steps = tr.state.global_step
+    # exact refresh: ceil(9 / 3) = 3 batched forwards; online refreshes: none; training: one forward per step
+    assert len(calls) == 3 + n_train_steps
+    first = states[0]
+    for st in states[1:]:
+        assert torch.equal(st.sample_ids, first.sample_ids) and torch.equal(st.bin_count, first.bin_count)
+        torch.testing.assert_close(st.targets, first.targets, atol=2e-6, rtol=0)
+        torch.testing.assert_close(st.bin_accuracy, first.bin_accuracy, equal_nan=True)
+
+
+def test_online_estep_keeps_targets_of_samples_not_seen_since_the_last_refresh(tmp_path, tiny_model_dir, rows):
+    from axolotl_calib_plugin.callbacks import EMRefreshCallback
+
+    cfg = _cfg(calib_estep="online")
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    cb = EMRefreshCallback(tr.calib, tr)
+    tr.state.epoch = 0.0
+    first = cb.refresh_now(tr.state, 0)
+    # one training batch seen (2 of 7 samples), with the model moved: only those 2 targets may change
+    batch = next(iter(tr.get_train_dataloader()))
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tr.model.train()
+    tr.compute_loss(tr.model, dict(batch))
+    seen = batch["calib_sample_id"][batch["calib_sample_id"] >= 0]
+    second = cb.refresh_now(tr.state, 1)
+    assert cb.history[-1]["calib/estep_online"] == 1 and cb.history[-1]["calib/online_seen"] == 2
+    unseen = ~torch.isin(second.sample_ids, seen)
+    assert int(unseen.sum()) == 5
+    torch.testing.assert_close(second.targets[unseen], first.targets[unseen])
+    assert not torch.allclose(second.targets[~unseen], first.targets[~unseen], atol=1e-4)
+    # the M-step's bins use every sample's latest probability (5 from the first refresh, 2 recorded)
+    assert int(second.bin_count.sum()) == 7
