@@ -17,9 +17,11 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
 DEMO_OUT ?= demo_out
+STUDY_OUT ?= study_out
+STUDY_SEEDS ?= 5
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo study test bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -34,11 +36,20 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --out $(DEMO_OUT)
 
+# The multi-seed study behind the README's table (hours on 2 CPU cores; resumable: rerun to continue).
+# Heavy outputs go to $(STUDY_OUT); the small summary (study.json, study.md, lambda_curve.png) to study/.
+study: $(STAMP)
+	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --out $(STUDY_OUT) --summary-dir study
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
+# One GPU: python benchmarks/gpu_benchmark.py needs only torch + transformers + this checkout.
+bench-gpu:
+	python3 benchmarks/gpu_benchmark.py --out gpu_benchmark.json
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(STUDY_OUT) .pytest_cache

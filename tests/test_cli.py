@@ -1,8 +1,10 @@
-"""``axolotl-calib`` console script: parser, make-tiny, diagnose (lm-eval on a tiny local model)."""
+"""``axolotl-calib`` console script: every command and flag documented, make-tiny, diagnose, eval (model and
+peft adapter), temperature, table, tasks-path (lm-eval on tiny local models, offline)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,18 +33,178 @@ def test_entry_point_declared():
 
 
 @pytest.mark.slow
-def test_make_tiny_and_diagnose(tmp_path):
-    from axolotl_calib_plugin.demo.world import World, generate
-
-    world = World(seed=1)
-    d = generate(str(tmp_path / "data"), world, 10, 10, 10, 60, 10)
-    assert main(["make-tiny", "--out", str(tmp_path / "m"), "--data", d.eval_in]) == 0
+def test_make_tiny_and_diagnose(tmp_path, mcq_rows):
+    data = str(mcq_rows(60, num_options=(4, 3, 5), seed=1, name="eval_in.jsonl"))
+    assert main(["make-tiny", "--out", str(tmp_path / "m"), "--data", data]) == 0
     proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(tmp_path / "m"),
-                           "--data", d.eval_in, "--json"], capture_output=True, text=True, timeout=600)
+                           "--data", data, "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n"] == 60 and out["advice"] in ("CFT", "RCFT")
     assert abs(out["conf_ece"] - out["lm_eval"]["conf_ece"]) < 1e-6
     proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(tmp_path / "m"),
-                           "--data", d.eval_in], capture_output=True, text=True, timeout=600)
+                           "--data", data], capture_output=True, text=True, timeout=600)
     assert "Verdict:" in proc.stdout and "not from the paper" in proc.stdout
+
+    # a LoRA output folder (adapter_config.json, no model.safetensors) is loaded on its base model, and the
+    # training data feeds the decisive memorisation check
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = str(tmp_path / "m")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=True))
+    adapter = tmp_path / "lora_out"
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
+    assert not (adapter / "model.safetensors").exists()
+    train = str(mcq_rows(40, num_options=4, seed=2, name="train.jsonl"))
+    proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(adapter),
+                           "--data", data, "--train-data", train, "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lora = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert lora["train_n"] == 40 and lora["gap"] is not None
+    assert abs(lora["conf_ece"] - out["conf_ece"]) < 1e-6  # a zero-initialised adapter: the base model's numbers
+
+
+# ---------------------------------------------------------------------------------- every flag explains itself
+def _subparsers():
+    import argparse
+
+    p = build_parser()
+    (sub,) = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return p, sub.choices
+
+
+def test_every_command_and_flag_has_help_and_shows_its_default():
+    import re
+
+    p, commands = _subparsers()
+    assert set(commands) == {"eval", "tasks-path", "temperature", "table", "diagnose", "make-tiny", "demo"}
+    top = p.format_help()
+    for name, sub in commands.items():
+        assert re.search(rf"^\s+{re.escape(name)}\s*\n?\s+\S", top, re.M), f"{name} has no help in `axolotl-calib --help`"
+        text = sub.format_help()
+        assert sub.description, name
+        options = text.split("options:", 1)[1]
+        # one block per option: its line(s) up to the next line that starts with "  -"
+        blocks = re.split(r"\n(?=  -)", options.strip("\n"))
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            opt = re.compile(rf"{re.escape(action.option_strings[0])}([ ,\n]|$)")
+            (block,) = [b for b in blocks if opt.match(b.lstrip())]
+            assert action.help and len(action.help) > 10, (name, action.option_strings)
+            if not action.required:
+                assert "(default" in " ".join(block.split()), (name, block)
+
+
+def test_cli_help_runs_as_a_console_script():
+    for cmd in ([], ["eval"], ["temperature"], ["table"], ["tasks-path"]):
+        proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", *cmd, "--help"], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and "usage: axolotl-calib" in proc.stdout, proc.stderr
+
+
+def test_tasks_path_prints_the_task_folder(capsys):
+    from axolotl_calib_plugin.evaluation import find_task_dir
+
+    assert main(["tasks-path"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path == find_task_dir() and os.path.isfile(os.path.join(path, "calib", "calib_mmlu.yaml"))
+
+
+# ---------------------------------------------------------------------------------- temperature / eval / table
+def _write_samples(path, logits, labels):
+    """An lm-eval samples file of a calib task: the per-question item under conf_ece."""
+    from scipy.special import softmax
+
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, (z, y) in enumerate(zip(logits, labels)):
+            fh.write(json.dumps({"doc_id": i, "conf_ece": {"probs": softmax(z).tolist(), "gold": int(y),
+                                                           "logliks": [float(v) for v in z]}}) + "\n")
+
+
+def test_temperature_recovers_a_known_temperature_with_mixed_option_counts(tmp_path, capsys):
+    import numpy as np
+
+    from axolotl_calib_plugin import metrics
+    from axolotl_calib_plugin.report import read_samples, stack_items
+
+    rng = np.random.default_rng(0)
+    logits, labels = [], []
+    for i in range(3000):
+        z = rng.normal(scale=1.5, size=3 + i % 3)  # K = 3, 4, 5
+        p = np.exp(z - z.max())
+        labels.append(int(rng.choice(len(z), p=p / p.sum())))
+        logits.append(z * 3.0)  # the model reports logits 3x too sharp: over-confident
+    fit = tmp_path / "samples_calib_arc_challenge_2026-01-01T00-00-00.000001.jsonl"
+    _write_samples(fit, logits, labels)
+    assert main(["temperature", "--fit", str(fit), "--apply", str(fit), "--fit-fraction", "0.5", "--out",
+                 str(tmp_path / "ts")]) == 0
+    out = capsys.readouterr().out
+    with open(tmp_path / "ts" / "calibration_report.json", encoding="utf-8") as fh:
+        rep = json.load(fh)
+    assert abs(rep["meta"]["temperature"] - 3.0) < 0.15, rep["meta"]
+    assert rep["meta"]["nll_after"] < rep["meta"]["nll_before"]
+    task = rep["tasks"]["calib_arc_challenge"]
+    assert task["n"] == 1500 and "scored on the 1500 questions not used to fit T" in out
+    assert task["conf_ece"] < 0.5 * task["before"]["conf_ece"] and task["acc"] == task["before"]["acc"]
+    (scaled,) = (tmp_path / "ts").glob("samples_calib_arc_challenge_*.jsonl")
+    p, y, _ = stack_items(read_samples(str(scaled)))
+    assert metrics.conf_ece(p, y) == pytest.approx(task["conf_ece"], abs=1e-12)
+    assert (tmp_path / "ts" / "reliability_before_after_calib_arc_challenge.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_rows, capsys):
+    """``eval`` loads a peft adapter on its base (auto-detected) and reports what a direct lm-eval run of the
+    merged model gives; ``temperature`` and ``table`` read its folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_calib_plugin.evaluation import evaluate_files, find_task_dir, load_lm
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    peft_model.save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    peft_model.merge_and_unload().save_pretrained(merged)
+    tok.save_pretrained(merged)
+
+    heldout = mcq_rows(12, num_options=(4, 3, 5), seed=6, name="heldout.jsonl")
+    fixtures = os.path.join(find_task_dir(), "calib", "data")
+    ev = tmp_path / "eval_adapter"
+    assert main(["eval", "--model", str(adapter), "--tasks", "calib_jsonl,calib_arc_challenge", "--data-files",
+                 str(heldout), "--data-dir", fixtures, "--output-dir", str(ev), "--device", "cpu", "--dtype", "float32",
+                 "--batch-size", "4"]) == 0
+    with open(ev / "calibration_report.json", encoding="utf-8") as fh:
+        rep = json.load(fh)
+    assert rep["meta"]["adapter"] is True
+    direct = evaluate_files(load_lm(str(merged), 4), [str(heldout)], find_task_dir(), 4)[0]["metrics"]
+    plain = evaluate_files(load_lm(tiny_model_dir, 4), [str(heldout)], find_task_dir(), 4)[0]["metrics"]
+    for m in ("acc", "conf_ece", "cw_ece"):
+        assert rep["tasks"]["calib_jsonl"][m] == pytest.approx(direct[m], abs=1e-5), m
+    assert abs(rep["tasks"]["calib_jsonl"]["conf_ece"] - plain["conf_ece"]) > 1e-4  # the adapter was applied
+
+    ts = tmp_path / "ts"
+    assert main(["temperature", "--fit", str(ev), "--apply", str(ev), "--out", str(ts)]) == 0
+    capsys.readouterr()
+    table_json = tmp_path / "table.json"
+    assert main(["table", "--run", f"adapter={ev}", "--run", f"TS={ts}", "--in", "calib_jsonl",
+                 "--out", "calib_arc_challenge", "--json", str(table_json), "--plots", str(tmp_path / "cmp")]) == 0
+    md = capsys.readouterr().out
+    table = json.loads(table_json.read_text())
+    assert [r["name"] for r in table["rows"]] == ["adapter", "TS"]
+    assert table["rows"][0]["in"]["conf_ece"] == rep["tasks"]["calib_jsonl"]["conf_ece"]
+    assert f"| adapter | {rep['tasks']['calib_jsonl']['conf_ece']:.4f} |" in md
+    assert table["rows"][1]["in"]["acc"] == pytest.approx(rep["tasks"]["calib_jsonl"]["acc"])  # T keeps the argmax
+    assert (tmp_path / "cmp" / "reliability_compare_calib_jsonl.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="has neither calib_mmlu nor calib_sciq"):
+        main(["table", "--run", f"adapter={ev}", "--in", "calib_mmlu", "--out", "calib_sciq", "--json", ""])

@@ -1,4 +1,4 @@
-"""Pure parts of the demo's analysis: plot data, preference-pair statistics, table rendering."""
+"""Pure parts of the demo's analysis: preference-pair statistics, temperature scaling, table rendering."""
 
 from __future__ import annotations
 
@@ -16,30 +16,6 @@ def _data(n=2000, seed=0):
     p = softmax(z, axis=1)
     y = (rng.random(n)[:, None] > np.cumsum(p, 1)).sum(1).clip(max=3)
     return z, p, y
-
-
-def test_reliability_curve_matches_metrics_core():
-    z, p, y = _data()
-    cur = analysis.reliability_curve(p, y, "conf")
-    rb = metrics.reliability_bins(p, y, 10, "conf")
-    assert cur["count"] == rb.count.tolist()
-    assert abs(cur["ece"] - metrics.conf_ece(p, y)) < 1e-12
-    assert abs(sum(cur["density"]) - 1) < 1e-12
-    np.testing.assert_allclose([a for a in cur["accuracy"] if a is not None],
-                               rb.accuracy[~np.isnan(rb.accuracy)])
-
-
-def test_classwise_curve_pools_classes():
-    z, p, y = _data(seed=1)
-    cur = analysis.reliability_curve(p, y, "class")
-    rb = metrics.reliability_bins(p, y, 10, "class")
-    assert abs(cur["ece"] - metrics.cw_ece(p, y)) < 1e-12
-    assert sum(cur["count"]) == p.size == rb.count.sum()
-    # pooled accuracy of a bin = hits / count over all classes
-    b = 5
-    mask = metrics.bin_index(p, 10).numpy() == b
-    hits = (np.eye(4)[y] * mask).sum()
-    assert abs(cur["accuracy"][b] - hits / mask.sum()) < 1e-12
 
 
 def test_pair_stats_oracle_and_collapse():
@@ -64,15 +40,25 @@ def test_temperature_scale_keeps_argmax():
     assert np.array_equal(q.argmax(1), z[500:].argmax(1))
 
 
-def test_table_renders_every_row():
+def test_table_renders_every_row_in_arm_order_with_checks():
     s = {"conf_ece": 0.1, "cw_ece": 0.05, "acc": 0.6, "mean_conf": 0.7, "n": 10}
     pairs = {"pref_ratio": 0.8, "true_pref": 0.7, "rank_acc": 0.7, "n": 10}
-    rows = {k: {"in": s, "out": s, "pairs": pairs} for k in report.ROW_ORDER}
-    rows["temp_scaling"]["temperature"] = 1.7
-    res = {"rows": rows, "true_pref": 0.7, "checks": [{"name": "x", "ok": True, "detail": "d"}],
-           "meta": {"seed": 0, "fast": True, "wall_time_s": 1.0, "n_eval_in": 10, "n_eval_out": 10, "n_ts_fit": 5}}
+    keys = ["overfit.rcft", "aligned.cft", "oracle", "base", "aligned", "aligned.ts", "aligned.cft_lam0", "overfit",
+            "aligned.ls", "aligned.rcft", "overfit.cft", "aligned.cft_online"]
+    rows = {k: {"in": dict(s), "out": dict(s), "pairs": pairs} for k in keys}
+    rows["aligned"]["in"]["conf_ece"] = 0.3
+    rows["aligned.ts"]["temperature"] = 1.7
+    settings = {"n_eval_in": 10, "n_eval_out": 10, "n_ts": 5}
+    res = {"rows": rows, "true_pref": 0.7, "checks": report.checks(rows),
+           "meta": {"seed": 0, "world": "topic", "wall_time_s": 1.0, "settings": settings}}
+    assert report.ordered_keys(rows) == ["oracle", "base", "aligned", "aligned.ts", "aligned.ls", "aligned.cft_lam0",
+                                         "aligned.cft", "aligned.cft_online", "aligned.rcft", "overfit", "overfit.cft",
+                                         "overfit.rcft"]
     txt = report.render_text(res)
     md = report.markdown_report(res)
-    for k in report.ROW_ORDER:
-        assert report.ROW_LABEL[k] in txt and report.ROW_LABEL[k] in md
-    assert "conf-ECE in" in txt and "| model |" in md and "T = 1.7000" in md
+    for k in keys:
+        assert report.row_label(k) in txt and report.row_label(k) in md
+    assert "+ SFT only (CFT, λ=0)" in txt and "+ CFT (online E-step)" in txt
+    checks = {c["name"]: c["ok"] for c in res["checks"]}
+    assert checks["alignment raises in-domain conf-ECE"] and checks["aligned: CFT cuts in-domain conf-ECE by >= half"]
+    assert "conf-ECE in" in txt and "| model |" in md and "numbers vary by machine" in md

@@ -96,36 +96,3 @@ def temperature_scale(fit_logliks: np.ndarray, fit_labels: np.ndarray, *eval_log
     probs = [apply_temperature(z, t) for z in eval_logliks]
     scaled = [np.asarray(z, dtype=np.float64) / t for z in eval_logliks]
     return t, probs, scaled
-
-
-def reliability_curve(probs: np.ndarray, labels: np.ndarray, kind: str = "conf", n_bins: int = N_BINS) -> dict:
-    """Plot data of a reliability diagram, from :func:`metrics.reliability_bins`.
-
-    ``kind="conf"``: max-probability bins. ``kind="class"``: every class's probability against
-    ``1[label == k]``, the K classes pooled per bin (counts add; the bin's confidence / accuracy are
-    count-weighted means over classes), which is what a single class-wise diagram shows.
-    Returns ``edges``, ``count``, ``density`` (share of samples per bin), ``confidence``, ``accuracy``
-    (NaN for empty bins) and ``ece`` (conf-ECE or cw-ECE).
-    """
-    rb = metrics.reliability_bins(probs, labels, n_bins=n_bins, kind=kind)
-    if kind == "conf":
-        count = rb.count.astype(np.float64)
-        conf, acc = rb.mean_confidence, rb.accuracy
-    else:
-        count_k = rb.count.astype(np.float64)  # (K, M)
-        count = count_k.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            conf = np.nansum(np.nan_to_num(rb.mean_confidence) * count_k, axis=0) / count
-            acc = np.nansum(np.nan_to_num(rb.accuracy) * count_k, axis=0) / count
-        conf = np.where(count > 0, conf, np.nan)
-        acc = np.where(count > 0, acc, np.nan)
-    total = count.sum()
-    return {
-        "kind": kind,
-        "edges": rb.edges.tolist(),
-        "count": count.astype(int).tolist(),
-        "density": (count / total).tolist() if total else [0.0] * len(count),
-        "confidence": [None if np.isnan(x) else float(x) for x in conf],
-        "accuracy": [None if np.isnan(x) else float(x) for x in acc],
-        "ece": float(rb.ece),
-    }

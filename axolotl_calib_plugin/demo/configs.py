@@ -2,15 +2,16 @@
 
 Every training step is a plain Axolotl config run with ``python -m axolotl.cli.train <cfg>.yml``:
 
-* ``base.yml``   SFT of the fresh tiny Llama on the in-domain questions with answers sampled from p*
-                 (plain Axolotl: a user-defined prompt format that produces exactly the MCQ prompt
-                 ``axolotl_calib_plugin.prompts.format_mcq_prompt`` + ``" <letter>"`` + EOS, loss on the answer).
-* ``dpo.yml``    ``rl: dpo`` (TRL's DPOTrainer) from ``base`` on preference pairs; ``type: passthrough``
-                 reads ``prompt`` / ``chosen`` / ``rejected`` from the JSONL as they are.
-* ``ls.yml``     like ``base.yml`` but from the aligned model, with label smoothing
-                 (``demo_label_smoothing`` via :mod:`axolotl_calib_plugin.demo.support`).
-* ``cft.yml`` / ``rcft.yml``: the calibration plugin from the aligned model
-                 (``plugins: [axolotl_calib_plugin.CalibrationPlugin]``, ``type: axolotl_calib_plugin.mcq``).
+* base SFT of the fresh tiny Llama on its own in-domain questions (plain Axolotl: a user-defined prompt
+  format that produces exactly the MCQ prompt ``axolotl_calib_plugin.prompts.format_mcq_prompt`` +
+  ``" <letter>"`` + EOS, loss on the answer);
+* DPO: ``rl: dpo`` (TRL's DPOTrainer) from the base model on preference pairs; ``type: passthrough``
+  reads ``prompt`` / ``chosen`` / ``rejected`` from the JSONL as they are;
+* over-fine-tuning: plain SFT (answer only) on the fixes' training set for many epochs;
+* label smoothing: the calibration plugin with ``calib_lambda: 0`` (plain SFT on the answer) and
+  ``calib_label_smoothing`` (the paper's LS baseline on the same data);
+* CFT / RCFT: the calibration plugin (``plugins: [axolotl_calib_plugin.CalibrationPlugin]``,
+  ``type: axolotl_calib_plugin.mcq``) with ``calib_mode``, ``calib_lambda`` and ``calib_estep``.
 """
 
 from __future__ import annotations
@@ -61,13 +62,10 @@ def _base(model: str, out_dir: str, prepared: str, *, seq_len: int, batch: int, 
     return cfg
 
 
-def sft_config(model, data, out_dir, prepared, *, label_smoothing: float = 0.0, **kw) -> dict:
+def sft_config(model, data, out_dir, prepared, *, train_on_inputs: bool = False, **kw) -> dict:
     cfg = _base(model, out_dir, prepared, **kw)
     cfg["datasets"] = [{"path": os.path.abspath(data), "type": dict(PLAIN_SFT_TYPE)}]
-    cfg["train_on_inputs"] = False
-    if label_smoothing:
-        cfg["plugins"] = ["axolotl_calib_plugin.demo.support.DemoSupportPlugin"]
-        cfg["demo_label_smoothing"] = float(label_smoothing)
+    cfg["train_on_inputs"] = bool(train_on_inputs)
     return cfg
 
 
@@ -83,7 +81,8 @@ def dpo_config(model, data, out_dir, prepared, *, beta: float, **kw) -> dict:
     return cfg
 
 
-def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins: int = 10, **kw) -> dict:
+def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins: int = 10, estep: str = "exact",
+                 label_smoothing: float = 0.0, **kw) -> dict:
     cfg = _base(model, out_dir, prepared, **kw)
     cfg.update({
         "plugins": ["axolotl_calib_plugin.CalibrationPlugin"],
@@ -95,6 +94,10 @@ def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins:
         "calib_estep_batch_size": 64,
         "datasets": [{"path": os.path.abspath(data), "type": "axolotl_calib_plugin.mcq"}],
     })
+    if estep != "exact":
+        cfg["calib_estep"] = estep
+    if label_smoothing:
+        cfg["calib_label_smoothing"] = float(label_smoothing)
     # train_on_inputs is set by the plugin from calib_mode (cft: false, rcft: true).
     return cfg
 

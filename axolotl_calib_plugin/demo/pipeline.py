@@ -1,14 +1,26 @@
-"""The offline reproduction: world with known truth -> base SFT -> DPO (over-confident) -> fixes -> lm-eval.
+"""One seed of the offline reproduction: world -> base SFT -> two arms -> fixes -> lm-eval -> analysis.
 
-``axolotl-calib demo --out DIR [--fast] [--seed N]`` runs :func:`run_demo`. Every training step is a real
-``python -m axolotl.cli.train <DIR>/configs/<step>.yml`` subprocess (logs in ``DIR/logs/``), every
-evaluation is lm-eval's ``simple_evaluate`` with the project's ``calib_jsonl`` tasks (one subprocess,
-:mod:`axolotl_calib_plugin.demo.evaluate`). Outputs: ``results.json``, ``results.md``, reliability PNGs,
-the data (``data/``), the configs, the models (``models/``) and the per-question eval dumps (``eval/``).
+Arms (the paper's two regimes, Sec. 4 and its take-aways):
+
+* **aligned** (calibratable): base SFT -> DPO (over-confident: preference collapse) -> fixes;
+* **overfit** (over-fine-tuned, non-calibratable): base SFT -> SFT on the fixes' training set for many epochs
+  (20): it memorises those questions' golds, so it is calibrated on them and over-confident on new ones -> fixes.
+
+Fixes from each arm's start model, on the same training set: temperature scaling (post hoc), label
+smoothing, CFT and RCFT for each ``lambda`` of the plan (``lambda = 0`` is plain SFT through the same
+plugin: the ablation of the ECE term), and CFT with the online E-step.
+
+Every training step is a real ``python -m axolotl.cli.train <DIR>/configs/<name>.yml`` subprocess (logs in
+``DIR/logs/``), every evaluation is lm-eval's ``simple_evaluate`` with the project's ``calib_jsonl`` tasks
+(:mod:`axolotl_calib_plugin.demo.evaluate`). A run whose model exists and whose config is unchanged is
+reused, so a killed run resumes where it stopped. Outputs: ``results.json``, ``results.md``, reliability
+PNGs, the data (``data/``), the configs, the models (``models/``) and per-question eval dumps (``eval/``).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -16,19 +28,22 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
 
 import numpy as np
 from scipy.special import softmax
 
-from . import analysis, configs, report
 from ..offline import OFFLINE_ENV
 from ..rows import read_jsonl
-from .world import World, generate
+from . import analysis, configs, report
+from .world import generate, make_world
 
 
 @dataclass(frozen=True)
 class DemoSettings:
+    world: str = "topic"
+    n_base: int = 3000
     n_train: int = 3000
     n_dpo: int = 2000
     n_ts: int = 500
@@ -37,28 +52,84 @@ class DemoSettings:
     hidden: int = 128
     layers: int = 2
     heads: int = 4
+    vocab_size: int = 800
     seq_len: int = 64
     batch: int = 32
-    base_epochs: float = 3
+    base_epochs: float = 2
     base_lr: float = 3e-3
     dpo_epochs: float = 2
     dpo_lr: float = 5e-4
     dpo_beta: float = 0.1
+    overfit_epochs: float = 20
+    overfit_lr: float = 1e-3
     fix_epochs: float = 2
     fix_lr: float = 3e-4
     ls_factor: float = 0.1
-    cft_lambda: float = 1.0
-    rcft_lambda: float = 1.0
     target_oracle_acc: float = 0.65
 
 
 FULL = DemoSettings()
-FAST = DemoSettings(n_train=600, n_dpo=400, n_ts=200, n_eval_in=300, n_eval_out=200, hidden=64, batch=32,
-                    base_epochs=6, dpo_epochs=2, fix_epochs=1, fix_lr=1e-3)
+FAST = DemoSettings(n_base=600, n_train=400, n_dpo=400, n_ts=200, n_eval_in=300, n_eval_out=200, hidden=64,
+                    base_epochs=4, overfit_epochs=4, fix_epochs=1, fix_lr=1e-3)
+
+ARMS = ("aligned", "overfit")
+#: the lambda of the CFT / RCFT rows of the main table (both presets use 1.0).
+DEFAULT_LAMBDA = 1.0
 
 
-FULL_STEPS = ("label_smoothing", "sft_only", "cft", "rcft")
-FAST_STEPS = ("label_smoothing", "cft", "rcft")
+@dataclass(frozen=True)
+class Plan:
+    """Which runs one seed trains: arms, the lambdas of CFT / RCFT, label smoothing, online E-step."""
+
+    arms: tuple[str, ...] = ARMS
+    lambdas: tuple[float, ...] = (0.0, DEFAULT_LAMBDA)
+    label_smoothing: bool = True
+    online: bool = False
+    #: lambdas swept in the overfit arm too (else only 0 and the default there)
+    sweep_overfit: bool = False
+
+
+#: ``make demo`` (one seed, <= 10 min on 2 cores): the aligned arm with lambda 0 and 1; the over-fine-tuned arm
+#: (its 20-epoch SFT alone takes ~6 min there) and the lambda sweep are in the multi-seed study (``--seeds``)
+DEMO_PLAN = Plan(arms=("aligned",), lambdas=(0.0, DEFAULT_LAMBDA))
+FAST_PLAN = Plan(arms=("aligned",), lambdas=(DEFAULT_LAMBDA,))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: ``name`` is also the model folder and the results key."""
+
+    name: str
+    kind: str  # "sft" | "overfit" | "dpo" | "ls" | "calib"
+    start: str  # "init" or the name of the run it starts from
+    mode: Optional[str] = None
+    lam: Optional[float] = None
+    estep: str = "exact"
+
+
+def calib_name(arm: str, mode: str, lam: float, estep: str = "exact") -> str:
+    """Results key of a CFT / RCFT run: ``aligned.cft``, ``aligned.cft_lam0``, ``overfit.rcft_lam0.3``, ``aligned.cft_online``."""
+    name = f"{arm}.{mode}" + ("" if lam == DEFAULT_LAMBDA else f"_lam{lam:g}")
+    return name + ("_online" if estep == "online" else "")
+
+
+def plan_runs(plan: Plan) -> list[Run]:
+    """Every training run of one seed, in dependency order (a run's start model comes before it)."""
+    runs = [Run("base", "sft", "init")]
+    for arm in sorted(plan.arms, key=lambda a: a != "overfit"):  # the longest run is submitted first
+        runs.append(Run(arm, "dpo" if arm == "aligned" else "overfit", "base"))
+    for arm in plan.arms:
+        lams = plan.lambdas if (arm == "aligned" or plan.sweep_overfit) else tuple(
+            lam for lam in plan.lambdas if lam in (0.0, DEFAULT_LAMBDA))
+        if plan.label_smoothing and arm == "aligned":
+            runs.append(Run(f"{arm}.ls", "ls", arm))
+        for mode in ("cft", "rcft"):
+            for lam in lams:
+                runs.append(Run(calib_name(arm, mode, lam), "calib", arm, mode=mode, lam=float(lam)))
+        if plan.online and arm == "aligned":
+            runs.append(Run(calib_name(arm, "cft", DEFAULT_LAMBDA, "online"), "calib", arm, mode="cft",
+                            lam=DEFAULT_LAMBDA, estep="online"))
+    return runs
 
 
 class StepFailed(RuntimeError):
@@ -84,6 +155,7 @@ def _log(msg: str) -> None:
 def run_logged(cmd: list[str], log_path: str, what: str) -> float:
     """Run ``cmd`` with the offline env, output to ``log_path``; raise :class:`StepFailed` with the log tail."""
     t0 = time.time()
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
@@ -96,32 +168,83 @@ def run_logged(cmd: list[str], log_path: str, what: str) -> float:
     return dt
 
 
-def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = False) -> str:
+def train_logged(cfg_path: str, log_path: str, what: str) -> float:
+    """Axolotl's train CLI on ``cfg_path``: by default in a process forked from a server that imported Axolotl
+    once (:mod:`.launcher`; ~20 s less per run); ``AXOLOTL_CALIB_DEMO_SUBPROCESS=1`` runs
+    ``python -m axolotl.cli.train`` instead. Raises :class:`StepFailed` with the log's tail."""
+    if os.environ.get("AXOLOTL_CALIB_DEMO_SUBPROCESS") == "1":
+        return run_logged([sys.executable, "-m", "axolotl.cli.train", cfg_path], log_path, what)
+    from .launcher import train_in_forked_process
+
+    t0 = time.time()
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"# axolotl.cli.train.do_cli({cfg_path!r}) in a process forked from a preloaded server "
+                  "(what `python -m axolotl.cli.train` runs)\n")
+    rc = train_in_forked_process(cfg_path, log_path, _env())
+    dt = time.time() - t0
+    if rc != 0:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            tail = "".join(f.readlines()[-25:])
+        raise StepFailed(f"{what} failed (exit {rc}, {dt:.0f} s); last lines of {log_path}:\n{tail}")
+    return dt
+
+
+def _code_fingerprint() -> str:
+    """Hash of the plugin's training-side sources: a run trained by other code is never reused."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".py"):
+            with open(os.path.join(root, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
+
+
+def _config_hash(cfg: dict) -> str:
+    """The config and the code that trains it (reusing a model needs both unchanged)."""
+    blob = json.dumps(cfg, sort_keys=True, default=str) + _code_fingerprint()
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+DONE_FILE = "demo_run_done.json"
+
+
+def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[str, float]:
+    """Train ``cfg`` unless a finished model of the SAME config exists (``reuse``); returns (dir, seconds)."""
     cfg_path = configs.write_config(cfg, os.path.join(out, "configs", f"{name}.yml"))
     model_dir = cfg["output_dir"]
-    if reuse and os.path.exists(os.path.join(model_dir, "model.safetensors")):
-        _log(f"{name}: reusing {model_dir}")
-        return model_dir
+    done = os.path.join(model_dir, DONE_FILE)
+    digest = _config_hash(cfg)
+    if reuse and os.path.exists(done):
+        with open(done, encoding="utf-8") as f:
+            mark = json.load(f)
+        if mark.get("config_hash") == digest and os.path.exists(os.path.join(model_dir, "model.safetensors")):
+            _log(f"{name}: reusing {model_dir}")
+            return model_dir, float(mark.get("seconds", 0.0))
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.rmtree(cfg["dataset_prepared_path"], ignore_errors=True)  # the prepared cache ignores plugin settings
-    _log(f"{name}: python -m axolotl.cli.train {cfg_path}")
-    dt = run_logged([sys.executable, "-m", "axolotl.cli.train", cfg_path], os.path.join(out, "logs", f"{name}.log"),
-                    f"axolotl train ({name})")
+    for stale in glob.glob(os.path.join(out, "eval", f"{glob.escape(name)}__*.json")):  # evaluations of the old model
+        os.remove(stale)
+    _log(f"{name}: axolotl train {cfg_path}")
+    dt = train_logged(cfg_path, os.path.join(out, "logs", f"{name}.log"), f"axolotl train ({name})")
     if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
         raise StepFailed(f"axolotl train ({name}) wrote no model.safetensors to {model_dir}")
+    with open(done, "w", encoding="utf-8") as f:
+        json.dump({"config_hash": digest, "seconds": round(dt, 1)}, f)
     _log(f"{name}: done in {dt:.0f} s")
-    return model_dir
+    return model_dir, dt
 
 
-def build_init_model(world: World, s: DemoSettings, path: str, seed: int) -> str:
-    """Tokenizer trained on the demo's text (every feature word and option one token) + a fresh tiny Llama."""
+def build_init_model(world, s: DemoSettings, path: str, seed: int) -> str:
+    """Tokenizer trained on the demo's text (every word and option one token) + a fresh tiny Llama."""
     from ..testing import build_llama, build_tokenizer
 
-    tok = build_tokenizer(world.corpus(), vocab_size=400)
-    for w in [w for slot in world.words for w in slot] + world.choices():
+    tok = build_tokenizer(world.corpus(), vocab_size=s.vocab_size)
+    for w in world.vocabulary():
         ids = tok(" " + w, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise RuntimeError(f"demo tokenizer splits {w!r} into {len(ids)} tokens")
+            raise RuntimeError(f"demo tokenizer splits {w!r} into {len(ids)} tokens (raise vocab_size)")
     model = build_llama(tok, hidden_size=s.hidden, num_layers=s.layers, num_heads=s.heads, seed=seed)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
@@ -149,135 +272,130 @@ def _load_eval(path: str) -> dict:
     return d
 
 
-def _checks(rows: dict) -> list[dict]:
-    out = []
+@dataclass
+class _Paths:
+    out: str
+    data: object = None
+    sft_base: str = ""
+    sft_train: str = ""
+    models: dict = field(default_factory=dict)
 
-    def add(name, ok, detail):
-        out.append({"name": name, "ok": bool(ok), "detail": detail})
+    def model(self, name: str) -> str:
+        return os.path.join(self.out, "models", name)
 
-    def g(k, dom, m):
-        return rows.get(k, {}).get(dom, {}).get(m)
-
-    if g("base", "in", "conf_ece") is not None and g("aligned", "in", "conf_ece") is not None:
-        b, a = g("base", "in", "conf_ece"), g("aligned", "in", "conf_ece")
-        add("alignment raises in-domain conf-ECE", a > b, f"base {b:.4f} -> aligned {a:.4f}")
-    if "aligned" in rows and rows["aligned"].get("pairs"):
-        p = rows["aligned"]["pairs"]
-        add("preference collapse (aligned pref ratio > true preference)", p["pref_ratio"] > p["true_pref"],
-            f"{p['pref_ratio']:.4f} vs true {p['true_pref']:.4f}")
-    a_ece, a_acc = g("aligned", "in", "conf_ece"), g("aligned", "in", "acc")
-    if g("cft", "in", "conf_ece") is not None and a_ece is not None:
-        c, ca = g("cft", "in", "conf_ece"), g("cft", "in", "acc")
-        add("CFT cuts in-domain conf-ECE by >= half", c <= a_ece / 2, f"{a_ece:.4f} -> {c:.4f} ({1 - c / a_ece:.0%} cut)")
-        add("CFT accuracy within 1 point of aligned", abs(ca - a_acc) <= 0.01 + 1e-12 or ca > a_acc,
-            f"{a_acc:.4f} -> {ca:.4f}")
-    if g("rcft", "in", "conf_ece") is not None and a_ece is not None:
-        r, ra = g("rcft", "in", "conf_ece"), g("rcft", "in", "acc")
-        add("RCFT better calibrated than aligned (in-domain conf-ECE)", r < a_ece, f"{a_ece:.4f} -> {r:.4f}")
-        if g("cft", "in", "acc") is not None:
-            add("RCFT accuracy above CFT (in-domain)", ra > g("cft", "in", "acc"),
-                f"CFT {g('cft', 'in', 'acc'):.4f} vs RCFT {ra:.4f}")
-    if g("temp_scaling", "in", "conf_ece") is not None and a_ece is not None:
-        t, ta = g("temp_scaling", "in", "conf_ece"), g("temp_scaling", "in", "acc")
-        add("temperature scaling improves conf-ECE, accuracy unchanged", t < a_ece and abs(ta - a_acc) < 1e-12,
-            f"{a_ece:.4f} -> {t:.4f}, acc {a_acc:.4f} -> {ta:.4f}")
-    for k in ("cft", "rcft", "label_smoothing", "sft_only"):
-        if rows.get(k, {}).get("pairs") and rows.get("aligned", {}).get("pairs"):
-            a, f = rows["aligned"]["pairs"]["rank_acc"], rows[k]["pairs"]["rank_acc"]
-            add(f"{k}: pair ranking accuracy kept (>= aligned - 0.02)", f >= a - 0.02, f"{a:.4f} -> {f:.4f}")
-    return out
+    def prepared(self, name: str) -> str:
+        return os.path.join(self.out, "prepared", name)
 
 
-def run_demo(out: str, fast: bool = False, seed: int = 0, reuse: bool = False, settings: DemoSettings | None = None,
-             steps: tuple[str, ...] | None = None,
-             parallel: int = 4) -> dict:
-    """Run the whole pipeline into ``out``; returns the results dict (also written to results.json)."""
-    t_start = time.time()
-    s = settings or (FAST if fast else FULL)
-    if steps is None:  # the fast variant skips the lambda=0 ablation (one Axolotl start-up less)
-        steps = FAST_STEPS if fast else FULL_STEPS
-    out = os.path.abspath(out)
-    for sub in ("data", "configs", "logs", "models", "eval", "prepared"):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-    timings: dict[str, float] = {}
-    errors: dict[str, str] = {}
-
-    # 1. world + data
-    world = World(seed=seed, target_oracle_acc=s.target_oracle_acc)
-    data = generate(os.path.join(out, "data"), world, s.n_train, s.n_dpo, s.n_ts, s.n_eval_in, s.n_eval_out)
-    sft_data = _sft_jsonl(data.train, os.path.join(out, "data", "train_sft.jsonl"))
-    _log(f"world: seed {seed}, tau {world.tau:.3f}, {s.n_train} train / {s.n_dpo} DPO pairs / "
-         f"{s.n_eval_in} in- + {s.n_eval_out} out-domain eval questions -> {os.path.join(out, 'data')}")
-    init = os.path.join(out, "models", "init")
-    if not (reuse and os.path.exists(os.path.join(init, "model.safetensors"))):
-        build_init_model(world, s, init, seed)
-
+def _run_config(run: Run, p: _Paths, s: DemoSettings, seed: int) -> dict:
+    start = os.path.join(p.out, "models", "init") if run.start == "init" else p.models[run.start]
     common = dict(seq_len=s.seq_len, batch=s.batch, seed=seed)
-    m = lambda n: os.path.join(out, "models", n)  # noqa: E731
-    prep = lambda n: os.path.join(out, "prepared", n)  # noqa: E731
-    models: dict[str, str] = {}
+    out, prep = p.model(run.name), p.prepared(run.name)
+    if run.kind == "sft":
+        return configs.sft_config(start, p.sft_base, out, prep, epochs=s.base_epochs, lr=s.base_lr, **common)
+    if run.kind == "overfit":
+        return configs.sft_config(start, p.sft_train, out, prep, epochs=s.overfit_epochs, lr=s.overfit_lr, **common)
+    if run.kind == "dpo":
+        return configs.dpo_config(start, p.data.dpo, out, prep, beta=s.dpo_beta, epochs=s.dpo_epochs, lr=s.dpo_lr,
+                                  **common)
+    if run.kind == "ls":
+        return configs.calib_config(start, p.data.train, out, prep, mode="cft", lam=0.0, label_smoothing=s.ls_factor,
+                                    epochs=s.fix_epochs, lr=s.fix_lr, **common)
+    if run.kind == "calib":
+        return configs.calib_config(start, p.data.train, out, prep, mode=run.mode, lam=run.lam, estep=run.estep,
+                                    epochs=s.fix_epochs, lr=s.fix_lr, **common)
+    raise ValueError(f"unknown run kind {run.kind!r}")
 
-    def step(name, cfg):
-        t0 = time.time()
+
+def train_all(runs: list[Run], p: _Paths, s: DemoSettings, seed: int, parallel: int, reuse: bool,
+              timings: dict, errors: dict) -> None:
+    """Train ``runs``, up to ``parallel`` at a time (1 thread each), each as soon as its start model exists."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending = list(runs)
+    finished: set[str] = set()
+
+    def one(run: Run):
         try:
-            models[name] = axolotl_train(cfg, name, out, reuse)
+            path, dt = axolotl_train(_run_config(run, p, s, seed), run.name, p.out, reuse)
+            return path, dt, None
         except StepFailed as e:
-            errors[name] = str(e)
-            _log(f"{name}: FAILED\n{e}")
-        timings[name] = time.time() - t0
+            return None, 0.0, str(e)
 
-    # 2. base SFT, 3. DPO
-    step("base", configs.sft_config(init, sft_data, m("base"), prep("base"), epochs=s.base_epochs, lr=s.base_lr, **common))
-    if "base" not in models:
-        raise StepFailed(errors["base"])
-    step("aligned", configs.dpo_config(models["base"], data.dpo, m("aligned"), prep("aligned"), beta=s.dpo_beta,
-                                       epochs=s.dpo_epochs, lr=s.dpo_lr, **common))
-    if "aligned" not in models:
-        raise StepFailed(errors["aligned"])
-    # 4. fixes from the aligned model: independent runs, launched side by side (they share nothing)
-    aligned = models["aligned"]
-    fixes = []
-    if "label_smoothing" in steps:
-        fixes.append(("label_smoothing", configs.sft_config(aligned, sft_data, m("label_smoothing"), prep("label_smoothing"),
-                                                            label_smoothing=s.ls_factor, epochs=s.fix_epochs, lr=s.fix_lr,
-                                                            **common)))
-    if "cft" in steps:
-        fixes.append(("cft", configs.calib_config(aligned, data.train, m("cft"), prep("cft"), mode="cft",
-                                                  lam=s.cft_lambda, epochs=s.fix_epochs, lr=s.fix_lr, **common)))
-    if "sft_only" in steps:  # ablation: the plugin with lambda = 0 (the CFT run without its ECE term)
-        fixes.append(("sft_only", configs.calib_config(aligned, data.train, m("sft_only"), prep("sft_only"), mode="cft",
-                                                       lam=0.0, epochs=s.fix_epochs, lr=s.fix_lr, **common)))
-    if "rcft" in steps:
-        fixes.append(("rcft", configs.calib_config(aligned, data.train, m("rcft"), prep("rcft"), mode="rcft",
-                                                   lam=s.rcft_lambda, epochs=s.fix_epochs, lr=s.fix_lr, **common)))
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        list(pool.map(lambda nc: step(*nc), fixes))
-    models = {k: models[k] for k in ("base", "aligned", "label_smoothing", "sft_only", "cft", "rcft") if k in models}
+        running: dict = {}
+        while pending or running:
+            for r in [r for r in pending if r.start != "init" and r.start in errors]:
+                errors[r.name] = f"not trained: its start model {r.start} failed"
+                pending.remove(r)
+            for r in [r for r in pending if r.start == "init" or r.start in finished]:
+                pending.remove(r)
+                running[pool.submit(one, r)] = r
+            if not running:
+                if pending:
+                    raise StepFailed(f"runs {[r.name for r in pending]} wait for start models that never finish")
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                run = running.pop(fut)
+                path, dt, err = fut.result()
+                timings[run.name] = round(dt, 1)
+                if err is None:
+                    p.models[run.name] = path
+                    finished.add(run.name)
+                else:
+                    errors[run.name] = err
+                    _log(f"{run.name}: FAILED\n{err}")
 
-    # 5. evaluation (lm-eval, calib_jsonl tasks)
-    t0 = time.time()
-    eval_dir = os.path.join(out, "eval")
-    cmd = [sys.executable, "-m", "axolotl_calib_plugin.demo.evaluate", "--out", eval_dir,
-           "--set", f"in={data.eval_in}", "--set", f"out={data.eval_out}", "--set", f"ts_fit={data.ts_fit}:aligned"]
-    for name, path in models.items():
-        cmd += ["--model", f"{name}={path}"]
-    _log(f"lm-eval: {len(models)} models x (in, out) with the calib_jsonl / calib_jsonl_ood tasks")
-    run_logged(cmd, os.path.join(out, "logs", "lm_eval.log"), "lm-eval")
-    timings["lm_eval"] = time.time() - t0
 
-    # 6. analysis
+def evaluate_all(p: _Paths, parallel: int) -> None:
+    """lm-eval every model on the eval sets (+ the TS fit set and the training set for the arms' start
+    models), split over ``parallel`` processes; writes ``eval/<model>__<set>.json``."""
+    eval_dir = os.path.join(p.out, "eval")
+    names = list(p.models)
+    starts = ",".join(n for n in names if n in ("base",) + ARMS)
+    sets = ["--set", f"in={p.data.eval_in}", "--set", f"out={p.data.eval_out}"]
+    if starts:
+        sets += ["--set", f"ts_fit={p.data.ts_fit}:{starts}", "--set", f"train={p.data.train}:{starts}"]
+    todo = [n for n in names if not all(os.path.exists(os.path.join(eval_dir, f"{n}__{d}.json")) for d in ("in", "out"))
+            or (n in starts.split(",") and not os.path.exists(os.path.join(eval_dir, f"{n}__train.json")))]
+    if not todo:
+        return
+    chunks = [todo[i::max(1, parallel)] for i in range(max(1, parallel))]
+    chunks = [c for c in chunks if c]
+
+    def one(i_chunk):
+        i, chunk = i_chunk
+        cmd = [sys.executable, "-m", "axolotl_calib_plugin.demo.evaluate", "--out", eval_dir] + sets
+        for n in chunk:
+            cmd += ["--model", f"{n}={p.models[n]}"]
+        return run_logged(cmd, os.path.join(p.out, "logs", f"lm_eval_{i}.log"), "lm-eval")
+
+    _log(f"lm-eval: {len(todo)} models x (in, out) with the calib_jsonl / calib_jsonl_ood tasks")
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        list(pool.map(one, enumerate(chunks)))
+
+
+def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
+    """Per-model scores (in/out-domain, preference pairs, regime) from the eval dumps; TS rows added."""
+    from ..regime import diagnose
+
+    data = p.data
+    eval_dir = os.path.join(p.out, "eval")
     in_rows, out_rows = read_jsonl(data.eval_in), read_jsonl(data.eval_out)
     pairs = read_jsonl(data.pairs_eval)
     ps_in = np.array([r["p_star"] for r in in_rows])
     ps_out = np.array([r["p_star"] for r in out_rows])
     y_in = np.array([r["answer"] for r in in_rows])
     y_out = np.array([r["answer"] for r in out_rows])
+    y_train = np.array([r["answer"] for r in read_jsonl(data.train)])
     rows: dict[str, dict] = {}
-    probs_for_plots: dict[str, dict] = {}
+    probs: dict[str, dict] = {}
     rows["oracle"] = {"in": analysis.scores(ps_in, y_in).as_dict(), "out": analysis.scores(ps_out, y_out).as_dict(),
                       "pairs": analysis.pair_stats(np.log(ps_in), pairs, ps_in).as_dict()}
+    probs["oracle"] = {"in": {"probs": ps_in, "labels": y_in}, "out": {"probs": ps_out, "labels": y_out}}
     evals = {}
-    for name in models:
+    for name in p.models:
         ev = {d: _load_eval(os.path.join(eval_dir, f"{name}__{d}.json")) for d in ("in", "out")}
         for d, y in (("in", y_in), ("out", y_out)):
             if not np.array_equal(ev[d]["labels"], y):
@@ -285,67 +403,108 @@ def run_demo(out: str, fast: bool = False, seed: int = 0, reuse: bool = False, s
         evals[name] = ev
         row = {}
         for d in ("in", "out"):
-            p = softmax(ev[d]["logliks"], axis=1)
-            sc = analysis.scores(p, ev[d]["labels"]).as_dict()
+            pr = softmax(ev[d]["logliks"], axis=1)
+            sc = analysis.scores(pr, ev[d]["labels"]).as_dict()
             sc["lm_eval"] = ev[d]["metrics"]  # the task's own aggregates (same numbers, from lm-eval)
             row[d] = sc
-            probs_for_plots.setdefault(name, {})[d] = {"probs": p, "labels": ev[d]["labels"]}
+            probs.setdefault(name, {})[d] = {"probs": pr, "labels": ev[d]["labels"]}
         row["pairs"] = analysis.pair_stats(ev["in"]["logliks"], pairs, ps_in).as_dict()
+        train_path = os.path.join(eval_dir, f"{name}__train.json")
+        if os.path.exists(train_path):
+            tr = _load_eval(train_path)
+            row["train"] = analysis.scores(softmax(tr["logliks"], axis=1), y_train).as_dict()
+            probs[name]["train"] = {"probs": softmax(tr["logliks"], axis=1), "labels": y_train}
         rows[name] = row
-    if "aligned" in evals:
-        ts = _load_eval(os.path.join(eval_dir, "aligned__ts_fit.json"))
-        t, (p_in, p_out), (z_in, _) = analysis.temperature_scale(ts["logliks"], ts["labels"], evals["aligned"]["in"]["logliks"],
-                                                                 evals["aligned"]["out"]["logliks"])
-        rows["temp_scaling"] = {"in": analysis.scores(p_in, y_in).as_dict(), "out": analysis.scores(p_out, y_out).as_dict(),
-                                "pairs": analysis.pair_stats(z_in, pairs, ps_in).as_dict(), "temperature": t}
-        probs_for_plots["temp_scaling"] = {"in": {"probs": p_in, "labels": y_in}, "out": {"probs": p_out, "labels": y_out}}
+    for arm in ARMS:
+        ts_path = os.path.join(eval_dir, f"{arm}__ts_fit.json")
+        if arm not in evals or not os.path.exists(ts_path):
+            continue
+        ts = _load_eval(ts_path)
+        t, (p_in, p_out), (z_in, _) = analysis.temperature_scale(ts["logliks"], ts["labels"], evals[arm]["in"]["logliks"],
+                                                                 evals[arm]["out"]["logliks"])
+        rows[f"{arm}.ts"] = {"in": analysis.scores(p_in, y_in).as_dict(), "out": analysis.scores(p_out, y_out).as_dict(),
+                             "pairs": analysis.pair_stats(z_in, pairs, ps_in).as_dict(), "temperature": t}
+        probs[f"{arm}.ts"] = {"in": {"probs": p_in, "labels": y_in}, "out": {"probs": p_out, "labels": y_out}}
+    # regime diagnosis (axolotl_calib_plugin.regime, our heuristic) of the start models: held-out in-domain
+    # predictions, plus the predictions on the training set the fixes would train on
+    for name in ("base",) + ARMS:
+        if name in probs and "train" in probs[name]:
+            d = diagnose(probs[name]["in"]["probs"], probs[name]["in"]["labels"],
+                         train_probs=probs[name]["train"]["probs"], train_labels=probs[name]["train"]["labels"])
+            rows[name]["regime"] = d.as_dict()
+    return rows, (probs if with_probs else {})
 
-    # regime diagnosis (axolotl_calib_plugin.regime, our heuristic) of every model, in-domain, acc* = E[max p*]
-    from ..regime import diagnose
 
-    acc_star = float(ps_in.max(axis=1).mean())
-    for name, pp in probs_for_plots.items():
-        d = diagnose(pp["in"]["probs"], pp["in"]["labels"], acc_star=acc_star)
-        rows[name]["regime"] = {"verdict": d.verdict, "advice": d.advice, "floor": d.floor,
-                                "ts_conf_ece": d.ts_conf_ece, "acc_star": acc_star}
-
+def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan = DEMO_PLAN, parallel: int = 2,
+             reuse: bool = True, plots: bool = True) -> dict:
+    """Run (or resume) the whole pipeline of one seed into ``out``; returns the results dict (also
+    written to ``results.json``)."""
+    t_start = time.time()
+    s = settings
+    out = os.path.abspath(out)
+    for sub in ("data", "configs", "logs", "models", "eval", "prepared"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    timings: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    world = make_world(s.world, seed, s.target_oracle_acc)
+    p = _Paths(out)
+    p.data = generate(os.path.join(out, "data"), world, s.n_base, s.n_train, s.n_dpo, s.n_ts, s.n_eval_in, s.n_eval_out)
+    p.sft_base = _sft_jsonl(p.data.base_train, os.path.join(out, "data", "base_train_sft.jsonl"))
+    p.sft_train = _sft_jsonl(p.data.train, os.path.join(out, "data", "train_sft.jsonl"))
+    _log(f"seed {seed}: {s.world} world (tau {world.tau:.3f}); {s.n_base} base / {s.n_train} train / {s.n_dpo} DPO / "
+         f"{s.n_eval_in} in- + {s.n_eval_out} out-domain eval questions -> {os.path.join(out, 'data')}")
+    init = os.path.join(out, "models", "init")
+    if not (reuse and os.path.exists(os.path.join(init, "model.safetensors"))):
+        build_init_model(world, s, init, seed)
+    runs = plan_runs(plan)
+    train_all(runs, p, s, seed, parallel, reuse, timings, errors)
+    if "base" not in p.models:
+        raise StepFailed(errors.get("base", "base model missing"))
+    t0 = time.time()
+    evaluate_all(p, parallel)
+    timings["lm_eval"] = round(time.time() - t0, 1)
+    rows, probs = analyse(p, world, with_probs=plots)
     results = {
-        "meta": {"seed": seed, "fast": fast, "settings": asdict(s), "world_tau": world.tau,
-                 "n_eval_in": s.n_eval_in, "n_eval_out": s.n_eval_out, "n_ts_fit": s.n_ts,
-                 "timings_s": {k: round(v, 1) for k, v in timings.items()}, "errors": errors,
-                 "models": models},
+        "meta": {"seed": seed, "settings": asdict(s), "plan": asdict(plan), "world": world.describe()["kind"],
+                 "world_tau": world.tau, "timings_s": timings, "errors": errors,
+                 "models": {k: os.path.relpath(v, out) for k, v in p.models.items()},
+                 "runs": [asdict(r) for r in runs]},
         "true_pref": rows["oracle"]["pairs"]["true_pref"],
         "rows": rows,
     }
-    results["checks"] = _checks(rows)
-
-    # plots
-    png = []
-    if "aligned" in probs_for_plots:
-        for key in ("temp_scaling", "label_smoothing", "sft_only", "cft", "rcft"):
-            if key in probs_for_plots:
-                png.append(report.plot_fix(probs_for_plots["aligned"], probs_for_plots[key], report.ROW_LABEL[key].lstrip("+ "),
-                                           os.path.join(out, f"reliability_{key}.png")))
-    probs_for_plots["oracle"] = {"in": {"probs": ps_in, "labels": y_in}, "out": {"probs": ps_out, "labels": y_out}}
-    png.append(report.plot_all(probs_for_plots, report.ROW_LABEL, os.path.join(out, "reliability_all.png")))
-    results["meta"]["plots"] = [os.path.basename(p) for p in png]
+    results["checks"] = report.checks(rows)
+    if plots:
+        results["meta"]["plots"] = [os.path.basename(x) for x in report.plot_seed(probs, out)]
     results["meta"]["wall_time_s"] = round(time.time() - t_start, 1)
+    report.write_outputs(results, out)
+    return results
+
+
+def run_demo(out: str, fast: bool = False, seed: int = 0, reuse: bool = True, settings: DemoSettings | None = None,
+             plan: Plan | None = None, parallel: int = 2, world: str | None = None) -> dict:
+    """The single-seed demo (``axolotl-calib demo``): the aligned arm at lambda 0 and 1 (``--fast``: lambda 1 only)."""
+    s = settings or (FAST if fast else FULL)
+    if world:
+        s = replace(s, world=world)
+    results = run_seed(out, seed, s, plan or (FAST_PLAN if fast else DEMO_PLAN), parallel=parallel, reuse=reuse)
+    results["meta"]["fast"] = fast
     report.write_outputs(results, out)
     return results
 
 
 def print_summary(results: dict, out: str) -> None:
     print()
-    print(f"Results (seed {results['meta']['seed']}, {'fast' if results['meta']['fast'] else 'full'}, "
+    print(f"Results (seed {results['meta']['seed']}, {results['meta']['world']} world, "
           f"{results['meta']['wall_time_s']:.0f} s):")
     print(report.render_text(results))
     print("\npref ratio (true) = mean pi(y_m)/(pi(y_m)+pi(y_o)) of the answer the model prefers in held-out pairs "
           "(true probability that it is preferred); ratio > true = preference collapse")
-    if "temp_scaling" in results["rows"]:
-        print(f"temperature fitted on held-out in-domain data: T = {results['rows']['temp_scaling']['temperature']:.3f}")
-    print("\nChecks:")
+    for arm in ARMS:
+        if f"{arm}.ts" in results["rows"]:
+            print(f"temperature fitted on held-out in-domain data ({arm}): T = {results['rows'][f'{arm}.ts']['temperature']:.3f}")
+    print("\nChecks (one seed; numbers vary by machine: see the multi-seed study for what is significant):")
     for c in results["checks"]:
         print(f"  [{'ok' if c['ok'] else '--'}] {c['name']}: {c['detail']}")
     for k, e in results["meta"]["errors"].items():
         print(f"  [FAILED] {k}: {e.splitlines()[0]}")
-    print(f"\nWritten: {out}/results.md, results.json, " + ", ".join(results["meta"]["plots"]))
+    print(f"\nWritten: {out}/results.md, results.json, " + ", ".join(results["meta"].get("plots", [])))

@@ -6,22 +6,65 @@ import json
 import math
 import os
 
-import numpy as np
 
-from .analysis import reliability_curve
 
-#: rows in the paper's order (+ the oracle and the base model the paper has no row for).
-ROW_ORDER = ("oracle", "base", "aligned", "temp_scaling", "label_smoothing", "sft_only", "cft", "rcft")
-ROW_LABEL = {
-    "oracle": "oracle p* (truth)",
-    "base": "base (SFT)",
-    "aligned": "aligned (DPO)",
-    "temp_scaling": "+ temp. scaling",
-    "label_smoothing": "+ label smoothing",
-    "sft_only": "+ SFT only (CFT, λ=0)",
-    "cft": "+ CFT",
-    "rcft": "+ RCFT",
-}
+ARM_LABEL = {"aligned": "aligned (DPO)", "overfit": "over-fine-tuned (long SFT)"}
+FIX_LABEL = {"ts": "temp. scaling", "ls": "label smoothing"}
+
+
+def _fix_label(method: str) -> str:
+    """``cft`` -> "CFT", ``cft_lam0`` -> "SFT only (CFT, λ=0)", ``rcft_lam0.3`` -> "RCFT, λ=0.3", ``cft_online`` -> ..."""
+    if method in FIX_LABEL:
+        return FIX_LABEL[method]
+    online = method.endswith("_online")
+    base = method.removesuffix("_online")
+    mode, _, lam = base.partition("_lam")
+    name = mode.upper()
+    if lam == "0":
+        label = "SFT only (CFT, λ=0)" if mode == "cft" else "SFT q+a only (RCFT, λ=0)"
+    elif lam:
+        label = f"{name}, λ={lam}"
+    else:
+        label = name
+    return label + (" (online E-step)" if online else "")
+
+
+def row_label(key: str) -> str:
+    """Table label of a results key (``oracle``, ``base``, an arm, or ``<arm>.<method>``)."""
+    if key == "oracle":
+        return "oracle p* (truth)"
+    if key == "base":
+        return "base (SFT)"
+    if key in ARM_LABEL:
+        return ARM_LABEL[key]
+    arm, _, method = key.partition(".")
+    return "+ " + _fix_label(method)
+
+
+def _method_rank(method: str) -> tuple:
+    order = {"ts": 0, "ls": 1}
+    if method in order:
+        return (order[method], 0.0, 0)
+    base = method.removesuffix("_online")
+    mode, _, lam = base.partition("_lam")
+    lam_v = float(lam) if lam else 1.0
+    return (2 if mode == "cft" else 3, lam_v, int(method.endswith("_online")))
+
+
+def ordered_keys(keys) -> list[str]:
+    """Results keys in table order: oracle, base, then each arm followed by its fixes (TS, LS, CFT by lambda,
+    online, RCFT by lambda)."""
+    keys = list(keys)
+    out = [k for k in ("oracle", "base") if k in keys]
+    arms = [a for a in ARM_LABEL if a in keys or any(k.startswith(a + ".") for k in keys)]
+    for arm in arms:
+        if arm in keys:
+            out.append(arm)
+        fixes = [k for k in keys if k.startswith(arm + ".")]
+        out += sorted(fixes, key=lambda k: _method_rank(k.partition(".")[2]))
+    return out + [k for k in keys if k not in out]
+
+
 COLUMNS = (
     ("conf_ece", "in", "conf-ECE in"), ("conf_ece", "out", "conf-ECE out"),
     ("cw_ece", "in", "cw-ECE in"), ("cw_ece", "out", "cw-ECE out"),
@@ -38,11 +81,9 @@ def _fmt(x) -> str:
 def table_rows(results: dict) -> list[list[str]]:
     header = ["model"] + [c[2] for c in COLUMNS] + ["pref ratio (true)", "pair rank acc"]
     rows = [header]
-    for key in ROW_ORDER:
-        r = results["rows"].get(key)
-        if r is None:
-            continue
-        cells = [ROW_LABEL[key]]
+    for key in ordered_keys(results["rows"]):
+        r = results["rows"][key]
+        cells = [row_label(key)]
         for metric, dom, _ in COLUMNS:
             cells.append(_fmt(r[dom][metric]) if r.get(dom) else "-")
         pairs = r.get("pairs") or {}
@@ -71,21 +112,69 @@ def render_markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def checks(rows: dict) -> list[dict]:
+    """The expected directions on ONE seed (a smoke check of the pipeline; which differences are real is
+    decided by the multi-seed study's confidence intervals, never by one seed)."""
+    out = []
+
+    def add(name, ok, detail):
+        out.append({"name": name, "ok": bool(ok), "detail": detail})
+
+    def g(k, dom, m):
+        return rows.get(k, {}).get(dom, {}).get(m)
+
+    b = g("base", "in", "conf_ece")
+    if b is not None and g("aligned", "in", "conf_ece") is not None:
+        a = g("aligned", "in", "conf_ece")
+        add("alignment raises in-domain conf-ECE", a > b, f"base {b:.4f} -> aligned {a:.4f}")
+    if rows.get("aligned", {}).get("pairs"):
+        p = rows["aligned"]["pairs"]
+        add("preference collapse (aligned pref ratio > true preference)", p["pref_ratio"] > p["true_pref"],
+            f"{p['pref_ratio']:.4f} vs true {p['true_pref']:.4f}")
+    for arm in ("aligned", "overfit"):
+        a_ece, a_acc = g(arm, "in", "conf_ece"), g(arm, "in", "acc")
+        if a_ece is None:
+            continue
+        c, ca = g(f"{arm}.cft", "in", "conf_ece"), g(f"{arm}.cft", "in", "acc")
+        if c is not None:
+            add(f"{arm}: CFT cuts in-domain conf-ECE by >= half", c <= a_ece / 2, f"{a_ece:.4f} -> {c:.4f}")
+            add(f"{arm}: CFT accuracy not more than 1 point below the start model", ca >= a_acc - 0.01,
+                f"{a_acc:.4f} -> {ca:.4f}")
+        r, ra = g(f"{arm}.rcft", "in", "conf_ece"), g(f"{arm}.rcft", "in", "acc")
+        if r is not None:
+            add(f"{arm}: RCFT better calibrated than its start model", r < a_ece, f"{a_ece:.4f} -> {r:.4f}")
+            if ca is not None:
+                add(f"{arm}: RCFT accuracy above CFT", ra > ca, f"CFT {ca:.4f} vs RCFT {ra:.4f}")
+        t, ta = g(f"{arm}.ts", "in", "conf_ece"), g(f"{arm}.ts", "in", "acc")
+        if t is not None:
+            add(f"{arm}: temperature scaling improves conf-ECE, accuracy unchanged", t < a_ece and abs(ta - a_acc) < 1e-12,
+                f"{a_ece:.4f} -> {t:.4f}")
+        reg = rows.get(arm, {}).get("regime")
+        if reg:
+            want = "calibratable" if arm == "aligned" else "non-calibratable"
+            add(f"{arm}: diagnose says {want}", reg["verdict"] == want, f"{reg['verdict']} ({reg['reasons'][0][:90]})")
+    if g("overfit", "in", "conf_ece") is not None and b is not None:
+        add("over-fine-tuning raises in-domain conf-ECE", g("overfit", "in", "conf_ece") > b,
+            f"base {b:.4f} -> overfit {g('overfit', 'in', 'conf_ece'):.4f}")
+    return out
+
+
 def markdown_report(results: dict) -> str:
     m = results["meta"]
+    s = m["settings"]
     lines = [
         "# axolotl-calib demo results",
         "",
-        f"Seed {m['seed']}, {'fast' if m['fast'] else 'full'} settings, wall time {m.get('wall_time_s', 0):.0f} s. "
-        f"In-domain eval: {m['n_eval_in']} questions, out-domain: {m['n_eval_out']}; 10 equal-width bins.",
+        f"Seed {m['seed']}, {m['world']} world, wall time {m.get('wall_time_s', 0):.0f} s. In-domain eval: "
+        f"{s['n_eval_in']} questions, out-domain: {s['n_eval_out']}; 10 equal-width bins. One seed: the numbers vary "
+        "by machine and seed; the multi-seed study says which differences are significant.",
         "",
         render_markdown(results),
         "",
         "* **oracle p\\***: the true answer distribution of the synthetic world (perfectly calibrated: its ECE is "
         "sampling noise; its accuracy E[max p\\*] is the best any model can reach).",
-        "* **temp. scaling**: one temperature T = "
-        f"{_fmt(results['rows'].get('temp_scaling', {}).get('temperature'))} fitted by NLL on "
-        f"{m['n_ts_fit']} held-out in-domain questions (aligned model), applied to both domains; accuracy unchanged.",
+        f"* **temp. scaling**: one temperature fitted by NLL on {s['n_ts']} held-out in-domain questions (per arm's start "
+        "model), applied to both domains; accuracy unchanged.",
         "* **pref ratio (true)**: on held-out preference pairs (two options of an in-domain question), the mean "
         "preference ratio pi(y_m)/(pi(y_m)+pi(y_o)) of the answer y_m the model prefers, and in brackets the true "
         "probability p\\*_m/(p\\*_m+p\\*_o) that y_m is preferred. A ratio above the true value is the paper's "
@@ -93,18 +182,20 @@ def markdown_report(results: dict) -> str:
         "* **pair rank acc**: share of held-out (sampled) preference labels ranked correctly "
         "(stand-in for the paper's Table 3: alignment is kept). The oracle value is the ceiling.",
         "",
-        "## Checks (the expected direction)",
+        "## Checks (expected directions on this one seed)",
         "",
     ]
     for c in results.get("checks", []):
         lines.append(f"* [{'x' if c['ok'] else ' '}] {c['name']}: {c['detail']}")
-    reg = [(k, results["rows"][k]["regime"]) for k in ROW_ORDER if k in results["rows"] and "regime" in results["rows"][k]]
+    reg = [(k, results["rows"][k]["regime"]) for k in ordered_keys(results["rows"]) if "regime" in results["rows"][k]]
     if reg:
-        lines += ["", "## Regime diagnosis (`axolotl-calib diagnose`, our heuristic; in-domain, acc* = E[max p*])", ""]
-        lines += [f"* {ROW_LABEL[k]}: {r['verdict']} -> {r['advice']} (accuracy-preserving floor {r['floor']:.4f}, "
-                  f"2-fold temperature-scaled conf-ECE {r['ts_conf_ece']:.4f})" for k, r in reg]
-    lines += ["", "Reliability diagrams: `reliability_<fix>.png` (aligned vs each fix, in-domain), "
-              "`reliability_all.png` (every model, both domains).", ""]
+        lines += ["", "## Regime diagnosis (`axolotl-calib diagnose` with the training set, our heuristic)", ""]
+        for k, r in reg:
+            gap = "" if r.get("gap") is None else f"; train acc {r['train_acc']:.4f} vs held-out {r['acc']:.4f}"
+            lines.append(f"* {row_label(k)}: {r['verdict']} -> {r['advice']} (2-fold temperature-scaled conf-ECE "
+                         f"{r['ts_conf_ece']:.4f}{gap})")
+    if m.get("plots"):
+        lines += ["", "Reliability diagrams: " + ", ".join(f"`{x}`" for x in m["plots"]) + ".", ""]
     return "\n".join(lines)
 
 
@@ -119,85 +210,35 @@ def write_outputs(results: dict, out_dir: str) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- plots
-_COLORS = {"aligned": "#d62728", "fix": "#1f77b4"}
+#: the fixes that get a reliability figure in a single-seed run
+MAIN_FIXES = ("ts", "ls", "cft_lam0", "cft", "rcft", "cft_online")
 
 
-def _diagram(ax, ax_d, curves: list[tuple[str, dict, str]], title: str):
-    """Reliability bars (accuracy per bin) for up to two models + the sample density strip below."""
-    import matplotlib.colors as mcolors
+def plot_seed(probs: dict, out_dir: str, domain: str = "in") -> list[str]:
+    """Reliability diagrams of one seed (:mod:`axolotl_calib_plugin.plots`): one figure per main model and,
+    per arm, one comparison panel of the start model and its fixes; ``domain`` is the eval set drawn."""
+    from ..plots import plot_comparison, plot_reliability
 
-    width = 1.0 / len(curves[0][1]["count"])
-    n = len(curves)
-    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
-    for j, (label, cur, color) in enumerate(curves):
-        edges = np.array(cur["edges"])
-        centers = (edges[:-1] + edges[1:]) / 2
-        dens = np.array(cur["density"])
-        acc = np.array([np.nan if a is None else a for a in cur["accuracy"]])
-        shift = (j - (n - 1) / 2) * width / n
-        rgba = [mcolors.to_rgba(color, 0.25 + 0.75 * min(1.0, d / max(dens.max(), 1e-9))) for d in dens]
-        ax.bar(centers + shift, np.nan_to_num(acc), width=width / n, color=rgba, edgecolor=color, lw=0.8,
-               label=f"{label} (ECE {cur['ece']:.3f})")
-        conf = np.array([np.nan if c is None else c for c in cur["confidence"]])
-        ax.plot(conf, acc, marker="o", ms=3, color=color, lw=1)
-        ax_d.bar(centers + shift, dens, width=width / n, color=color, alpha=0.7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.set_ylabel("accuracy / frequency", fontsize=8)
-    ax.legend(fontsize=7, loc="upper left")
-    ax_d.set_xlim(0, 1)
-    ax_d.set_ylabel("density", fontsize=8)
-    ax_d.set_xlabel("confidence", fontsize=8)
-
-
-def plot_fix(aligned: dict, fix: dict, fix_label: str, path: str, domain: str = "in") -> str:
-    """2 panels (confidence, class-wise), aligned vs a fix; ``aligned``/``fix`` = {"probs", "labels"} per domain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(9, 5), gridspec_kw={"height_ratios": [3, 1]}, sharex="col")
-    for col, kind in enumerate(("conf", "class")):
-        curves = [("aligned (DPO)", reliability_curve(aligned[domain]["probs"], aligned[domain]["labels"], kind),
-                   _COLORS["aligned"]),
-                  (fix_label, reliability_curve(fix[domain]["probs"], fix[domain]["labels"], kind), _COLORS["fix"])]
-        name = "confidence (max prob)" if kind == "conf" else "class-wise (every option's prob)"
-        _diagram(axes[0, col], axes[1, col], curves, f"{name}, {domain}-domain, 10 bins")
-    fig.suptitle(f"Reliability: aligned (DPO) vs {fix_label}  (bar shade = share of samples in the bin)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_all(models: dict, labels: dict, path: str) -> str:
-    """Grid: one row per model, columns conf/class-wise x in/out-domain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in ROW_ORDER if k in models]
-    fig, axes = plt.subplots(len(keys), 4, figsize=(12, 2.3 * len(keys)), squeeze=False)
-    for i, key in enumerate(keys):
-        for j, (dom, kind) in enumerate((("in", "conf"), ("in", "class"), ("out", "conf"), ("out", "class"))):
-            ax = axes[i, j]
-            cur = reliability_curve(models[key][dom]["probs"], models[key][dom]["labels"], kind)
-            edges = np.array(cur["edges"])
-            centers = (edges[:-1] + edges[1:]) / 2
-            dens = np.array(cur["density"])
-            acc = np.array([np.nan if a is None else a for a in cur["accuracy"]])
-            ax.bar(centers, np.nan_to_num(acc), width=0.1, color=plt.cm.Blues(0.25 + 0.75 * dens / max(dens.max(), 1e-9)),
-                   edgecolor="k", lw=0.4)
-            ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
-            ax.tick_params(labelsize=6)
-            ax.set_title(f"{labels[key]} | {dom} | {'conf' if kind == 'conf' else 'class-wise'} ECE {cur['ece']:.3f}",
-                         fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    paths = []
+    keys = [k for k in ordered_keys(probs) if k in ("oracle", "base") + tuple(ARM_LABEL) or
+            k.partition(".")[2] in MAIN_FIXES]
+    for key in keys:
+        if domain not in probs[key]:
+            continue
+        d = probs[key][domain]
+        label = row_label(key) if "." not in key else f"{row_label(key.partition('.')[0])} {row_label(key)}"
+        path = os.path.join(out_dir, f"reliability_{key}.png")
+        plot_reliability(d["probs"], d["labels"], path, title=f"{label}, {domain}-domain eval")
+        paths.append(path)
+    for arm in ARM_LABEL:
+        if arm not in probs:
+            continue
+        models = {row_label(arm): (probs[arm][domain]["probs"], probs[arm][domain]["labels"])}
+        for fix in MAIN_FIXES:
+            key = f"{arm}.{fix}"
+            if key in probs:
+                models[row_label(key).lstrip("+ ")] = (probs[key][domain]["probs"], probs[key][domain]["labels"])
+        path = os.path.join(out_dir, f"comparison_{arm}.png")
+        plot_comparison(models, path, title=f"{row_label(arm)} and its fixes, {domain}-domain eval")
+        paths.append(path)
+    return paths

@@ -1,26 +1,23 @@
-"""A synthetic MCQ world whose true answer distribution p*(y | x) is known exactly.
+"""Synthetic MCQ worlds whose true answer distribution p*(y | x) is known exactly.
 
-Every question is a few *feature words*, one from each of ``n_slots`` slots (``"Pick: kapo julo zugi"``);
-the four options are fixed colour words in a fixed order. Each feature word ``w`` carries a weight
-vector ``W[w]`` in R^K, and
+The paper models the test designer as a probabilistic generative model that places correct answers
+at random (Sec. 3): the model that predicts p* itself is then perfectly calibrated (its ECE is 0 up to
+sampling noise) and its accuracy E[max p*] is the best any model can reach. Two such worlds:
 
-    p*(y | x) = softmax( sum_{w in x} W[w] / tau )
+* :class:`TopicWorld` (the default; "hard labels", like real MCQ data). A question is a short sequence of
+  made-up words drawn from one latent *topic*; each topic has its own word distribution (so the question
+  text has structure a language model can learn: words of a topic co-occur) and its own answer
+  distribution over the four fixed options. Every question is drawn ONCE, with ONE gold answer drawn from
+  its topic's answer distribution, and no question text repeats across any file: a model trained for
+  several epochs can memorise its training golds and becomes over-confident on unseen questions, as on
+  real data. The oracle is Bayes' rule: p*(y | x) = sum_t P(t | x) p(y | t).
+  Out-of-domain questions come from the same topics with a shifted topic mixture and noisier words.
+* :class:`SampledWorld` (the earlier setting). Three feature words, p*(y | x) = softmax(sum of word weights /
+  tau); questions repeat and every row's answer is sampled afresh from p*. Cross-entropy is then a proper
+  scoring rule on the training rows themselves, so plain SFT already calibrates (useful as a contrast).
 
-with ``tau`` chosen (deterministically, by bisection) so that the oracle's accuracy E[max p*] hits
-``target_oracle_acc``: informative, but not deterministic. The *test designer* of the paper (a
-probabilistic generative model that places correct answers at random) is literally this: every
-row's ``answer`` is **sampled** from p*. The oracle that predicts p* itself is perfectly calibrated,
-so its ECE is 0 up to sampling noise and its accuracy E[max p*] is the best any model can reach.
-
-Domains (same words, shifted mixture):
-
-* **in-domain**: the combinations whose word indices satisfy ``(i_1 + ... + i_S) % 3 != 0``;
-* **out-domain**: the held-out combinations with ``% 3 == 0`` (unseen combinations of seen words),
-  drawn with a *skewed* word mixture (the last words of each slot are favoured), so that both the
-  inputs and the confidence profile shift.
-
-Everything is a pure function of the seed (``numpy.random.default_rng``): the same seed gives the
-same words, weights, questions and sampled answers, byte for byte.
+Both are pure functions of the seed (``numpy.random.default_rng``): the same seed gives the same words,
+weights, questions and answers, byte for byte.
 """
 
 from __future__ import annotations
@@ -29,22 +26,197 @@ import itertools
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
-from scipy.special import softmax
+from scipy.special import logsumexp, softmax
 
 from ..prompts import format_mcq_prompt
 
 #: the fixed options (one BPE token each with the demo tokenizer), in a fixed order.
 OPTIONS: tuple[str, ...] = ("red", "green", "blue", "gold")
-#: syllables for the made-up feature words (two syllables per word).
+#: syllables for the made-up words (two syllables per word).
 _SYLL = ("ka", "lo", "mi", "zu", "ve", "ro", "ti", "sa", "ne", "po", "du", "fe", "gi", "ha", "ju", "bo")
+WORLDS = ("topic", "sampled")
 
 
+def _made_up_words(rng: np.random.Generator, n: int) -> list[str]:
+    pool = [a + b for a in _SYLL for b in _SYLL if a != b]
+    if n > len(pool):
+        raise ValueError(f"at most {len(pool)} made-up words, asked for {n}")
+    return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+
+
+def _fit_temperature_to_accuracy(logits_fn, target: float) -> float:
+    """Bisection on log tau so that E[max softmax(logits / tau)] = target (it falls as tau grows)."""
+    lo, hi = np.log(0.05), np.log(50.0)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if logits_fn(float(np.exp(mid))) > target:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp(0.5 * (lo + hi)))
+
+
+class Questions(NamedTuple):
+    """``n`` questions of a domain: texts, the oracle p* (n, K) and one gold answer each (n,)."""
+
+    texts: list[str]
+    p_star: np.ndarray
+    answers: np.ndarray
+
+
+# ------------------------------------------------------------------------------------------------ topic world
 @dataclass
-class World:
-    """The generative model: feature words, weights, temperature, domains."""
+class TopicWorld:
+    """Hard-label MCQ world with a latent topic per question (see the module docstring).
+
+    Generative story of a question of domain ``d``: topic ``t ~ prior_d``; ``question_len`` words
+    i.i.d. from ``word_dist_d[t]`` (the topic's own words carry ``topic_word_mass``, shared filler words
+    ``filler_mass``, every other topic's words the rest); gold ``y ~ p(y | t) = softmax(W_t / tau)`` with
+    Gaussian ``W`` and ``tau`` set by bisection so that the in-domain oracle accuracy is
+    ``target_oracle_acc``.
+    """
+
+    seed: int = 0
+    n_topics: int = 8
+    words_per_topic: int = 6
+    n_filler: int = 6
+    question_len: int = 6
+    n_options: int = 4
+    topic_word_mass: float = 0.75
+    filler_mass: float = 0.10
+    ood_topic_word_mass: float = 0.55
+    ood_prior_skew: float = 1.5
+    target_oracle_acc: float = 0.65
+    words: list[str] = field(init=False)
+    answer_logits: np.ndarray = field(init=False)  # (T, K)
+    tau: float = field(init=False)
+
+    def __post_init__(self):
+        if self.n_options > len(OPTIONS):
+            raise ValueError(f"at most {len(OPTIONS)} options")
+        rng = np.random.default_rng([self.seed, 11])
+        n_words = self.n_topics * self.words_per_topic + self.n_filler
+        self.words = _made_up_words(rng, n_words)
+        self.answer_logits = rng.normal(size=(self.n_topics, self.n_options))
+        self._priors = {
+            "in": np.full(self.n_topics, 1.0 / self.n_topics),
+            "out": softmax(self.ood_prior_skew * rng.normal(size=self.n_topics)),
+        }
+        self._word_dists = {"in": self._word_dist(self.topic_word_mass), "out": self._word_dist(self.ood_topic_word_mass)}
+        sample_rng = np.random.default_rng([self.seed, 12])
+        ref_topics, ref_words = self._draw(sample_rng, "in", 20000)
+        log_post = self._log_posterior("in", ref_words)
+
+        def acc(tau: float) -> float:
+            return float(self._mix(log_post, tau).max(axis=1).mean())
+
+        self.tau = _fit_temperature_to_accuracy(acc, self.target_oracle_acc)
+
+    # -- model ----------------------------------------------------------------------------------
+    def _word_dist(self, own_mass: float) -> np.ndarray:
+        """(T, V) word distribution of every topic: own words, filler words, everything else."""
+        t, w, f = self.n_topics, self.words_per_topic, self.n_filler
+        v = t * w + f
+        other = max(0.0, 1.0 - own_mass - self.filler_mass) / max(1, v - w - f)
+        dist = np.full((t, v), other)
+        for k in range(t):
+            dist[k, k * w:(k + 1) * w] = own_mass / w
+        dist[:, t * w:] = self.filler_mass / f
+        return dist / dist.sum(axis=1, keepdims=True)
+
+    def answer_probs(self, tau: float | None = None) -> np.ndarray:
+        """p(y | t), shape (T, K)."""
+        return softmax(self.answer_logits / (self.tau if tau is None else tau), axis=1)
+
+    def _log_posterior(self, domain: str, word_ids: np.ndarray) -> np.ndarray:
+        """log P(t | x) for word-id rows (n, L), shape (n, T)."""
+        logw = np.log(self._word_dists[domain])  # (T, V)
+        ll = logw[:, word_ids].sum(axis=2).T + np.log(self._priors[domain])  # (n, T)
+        return ll - logsumexp(ll, axis=1, keepdims=True)
+
+    def _mix(self, log_post: np.ndarray, tau: float | None = None) -> np.ndarray:
+        return np.exp(log_post) @ self.answer_probs(tau)
+
+    def oracle_probs(self, domain: str, word_ids: np.ndarray) -> np.ndarray:
+        """p*(y | x) = sum_t P(t | x) p(y | t) for word-id rows (n, L); rows sum to 1."""
+        return self._mix(self._log_posterior(domain, np.asarray(word_ids, dtype=np.int64)))
+
+    def _draw(self, rng: np.random.Generator, domain: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        topics = rng.choice(self.n_topics, size=n, p=self._priors[domain])
+        dist = self._word_dists[domain][topics]  # (n, V)
+        u = rng.random((n, self.question_len, 1))
+        words = (u > np.cumsum(dist, axis=1)[:, None, :]).sum(axis=2)
+        return topics, np.minimum(words, dist.shape[1] - 1)
+
+    # -- text ----------------------------------------------------------------------------------
+    def question_text(self, word_ids: Iterable[int]) -> str:
+        return "Pick: " + " ".join(self.words[int(i)] for i in word_ids)
+
+    def choices(self) -> list[str]:
+        return list(OPTIONS[: self.n_options])
+
+    def vocabulary(self) -> list[str]:
+        """Words that must be one token each for the demo tokenizer."""
+        return list(self.words) + self.choices()
+
+    def corpus(self) -> list[str]:
+        """Text the demo tokenizer is trained on: the prompt frame, every word, every option."""
+        rng = np.random.default_rng([self.seed, 13])
+        out = [format_mcq_prompt(self.question_text(w), self.choices()) + " A" for w in self._draw(rng, "in", 300)[1]]
+        for _ in range(20):
+            out.append(" ".join(self.words))
+            out.append(" " + " ".join(OPTIONS))
+        return out
+
+    # -- sampling ------------------------------------------------------------------------------
+    def sample(self, domain: str, n: int, rng: np.random.Generator, exclude: set[str] | None = None) -> Questions:
+        """``n`` new questions of ``domain`` with ONE gold answer each; texts never repeat, neither within
+        this call nor with ``exclude`` (which is updated), so every question in every file is unique."""
+        if domain not in self._priors:
+            raise ValueError(f"domain must be 'in' or 'out', got {domain!r}")
+        seen = exclude if exclude is not None else set()
+        texts: list[str] = []
+        rows: list[np.ndarray] = []
+        topics: list[int] = []
+        while len(texts) < n:
+            t, w = self._draw(rng, domain, 2 * (n - len(texts)) + 8)
+            for ti, wi in zip(t, w):
+                text = self.question_text(wi)
+                if text in seen:
+                    continue
+                seen.add(text)
+                texts.append(text)
+                rows.append(wi)
+                topics.append(int(ti))
+                if len(texts) == n:
+                    break
+        word_ids = np.asarray(rows, dtype=np.int64).reshape(n, self.question_len)
+        p = self.oracle_probs(domain, word_ids)
+        ans_p = self.answer_probs()[np.asarray(topics, dtype=np.int64)]
+        answers = (rng.random((n, 1)) > np.cumsum(ans_p, axis=1)).sum(axis=1)
+        return Questions(texts, p, np.minimum(answers, self.n_options - 1))
+
+    def describe(self) -> dict:
+        return {
+            "kind": "topic", "seed": self.seed, "options": self.choices(), "tau": self.tau, "words": self.words,
+            "n_topics": self.n_topics, "words_per_topic": self.words_per_topic, "n_filler": self.n_filler,
+            "question_len": self.question_len, "topic_word_mass": self.topic_word_mass,
+            "ood_topic_word_mass": self.ood_topic_word_mass, "filler_mass": self.filler_mass,
+            "answer_probs": self.answer_probs().round(6).tolist(), "ood_prior": self._priors["out"].round(6).tolist(),
+            "rule": "topic t ~ prior; words iid from the topic's word distribution; gold y ~ p(y|t) drawn once "
+                    "per question; p*(y|x) = sum_t P(t|x) p(y|t). Out-domain: skewed topic prior, noisier words.",
+        }
+
+
+# ------------------------------------------------------------------------------------------------ sampled world
+@dataclass
+class SampledWorld:
+    """Three feature words, one per slot; p*(y | x) = softmax(sum_slot W[slot, word] / tau); every row's
+    answer is sampled afresh from p* (questions repeat). In-domain = word-index combinations with
+    ``(i_1 + ... + i_S) % 3 != 0``; out-domain = the unseen ``% 3 == 0`` combinations with a skewed mixture."""
 
     seed: int = 0
     n_slots: int = 3
@@ -59,19 +231,14 @@ class World:
         if self.n_options > len(OPTIONS):
             raise ValueError(f"at most {len(OPTIONS)} options")
         rng = np.random.default_rng([self.seed, 1])
-        n_words = self.n_slots * self.words_per_slot
-        pool = [a + b for a in _SYLL for b in _SYLL if a != b]
-        if n_words > len(pool):
-            raise ValueError("too many feature words")
-        chosen = rng.choice(len(pool), size=n_words, replace=False)
-        flat = [pool[i] for i in chosen]
+        flat = _made_up_words(rng, self.n_slots * self.words_per_slot)
         self.words = [flat[s * self.words_per_slot:(s + 1) * self.words_per_slot] for s in range(self.n_slots)]
         self.weights = rng.normal(size=(self.n_slots, self.words_per_slot, self.n_options))
-        self.tau = self._fit_tau()
+        combos = self.domain_combos("in")
+        self.tau = _fit_temperature_to_accuracy(
+            lambda tau: float(self.oracle_probs(combos, tau=tau).max(axis=1).mean()), self.target_oracle_acc)
 
-    # -- combinations ------------------------------------------------------------------------
     def all_combos(self) -> np.ndarray:
-        """Every word-index combination, shape (words_per_slot ** n_slots, n_slots)."""
         return np.array(list(itertools.product(range(self.words_per_slot), repeat=self.n_slots)), dtype=np.int64)
 
     @staticmethod
@@ -88,15 +255,10 @@ class World:
         raise ValueError(f"domain must be 'in' or 'out', got {domain!r}")
 
     def domain_weights(self, domain: str) -> np.ndarray:
-        """Sampling probability of each combination of the domain (uniform in, skewed out)."""
         c = self.domain_combos(domain)
-        if domain == "in":
-            w = np.ones(len(c))
-        else:  # favour the later words of every slot: a shifted feature mixture
-            w = np.exp(0.35 * c.sum(axis=1))
+        w = np.ones(len(c)) if domain == "in" else np.exp(0.35 * c.sum(axis=1))
         return w / w.sum()
 
-    # -- oracle --------------------------------------------------------------------------------
     def logits(self, combos: np.ndarray) -> np.ndarray:
         combos = np.asarray(combos, dtype=np.int64).reshape(-1, self.n_slots)
         z = np.zeros((len(combos), self.n_options))
@@ -105,73 +267,61 @@ class World:
         return z
 
     def oracle_probs(self, combos: np.ndarray, tau: float | None = None) -> np.ndarray:
-        """p*(y | x) for each combination, shape (n, K); rows sum to 1."""
         return softmax(self.logits(combos) / (self.tau if tau is None else tau), axis=-1)
 
-    def _fit_tau(self) -> float:
-        """Bisection on log tau so that E_in[max p*] = target_oracle_acc (max p* falls as tau grows)."""
-        c = self.domain_combos("in")
-        lo, hi = np.log(0.05), np.log(50.0)
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            acc = self.oracle_probs(c, tau=float(np.exp(mid))).max(axis=1).mean()
-            if acc > self.target_oracle_acc:
-                lo = mid
-            else:
-                hi = mid
-        return float(np.exp(0.5 * (lo + hi)))
-
-    # -- text ----------------------------------------------------------------------------------
     def question_text(self, combo: Iterable[int]) -> str:
         return "Pick: " + " ".join(self.words[s][int(i)] for s, i in enumerate(combo))
 
     def choices(self) -> list[str]:
         return list(OPTIONS[: self.n_options])
 
-    def prompt(self, combo: Iterable[int]) -> str:
-        return format_mcq_prompt(self.question_text(combo), self.choices())
+    def vocabulary(self) -> list[str]:
+        return [w for slot in self.words for w in slot] + self.choices()
 
     def corpus(self) -> list[str]:
-        """Text the demo tokenizer is trained on: every word, every option, the prompt frame."""
         out = []
         for d in ("in", "out"):
             for combo in self.domain_combos(d)[:200]:
-                out.append(self.prompt(combo) + " A")
-        # make sure every feature/option word appears often with a leading space
+                out.append(format_mcq_prompt(self.question_text(combo), self.choices()) + " A")
         for _ in range(20):
             out.append(" ".join(w for slot in self.words for w in slot))
             out.append(" " + " ".join(OPTIONS))
         return out
 
-    # -- sampling ------------------------------------------------------------------------------
-    def sample(self, domain: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` questions of a domain: (combos (n, S), p* (n, K), answers (n,) sampled from p*)."""
+    def sample(self, domain: str, n: int, rng: np.random.Generator, exclude: set[str] | None = None) -> Questions:
+        """``n`` questions drawn with replacement (texts repeat; ``exclude`` is ignored), answers sampled from p*."""
         c = self.domain_combos(domain)
-        idx = rng.choice(len(c), size=n, replace=True, p=self.domain_weights(domain))
-        combos = c[idx]
+        combos = c[rng.choice(len(c), size=n, replace=True, p=self.domain_weights(domain))]
         p = self.oracle_probs(combos)
-        u = rng.random(n)[:, None]
-        answers = (u > np.cumsum(p, axis=1)).sum(axis=1)  # inverse-CDF sampling
-        answers = np.minimum(answers, self.n_options - 1)
-        return combos, p, answers
+        answers = np.minimum((rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1), self.n_options - 1)
+        return Questions([self.question_text(x) for x in combos], p, answers)
+
+    def describe(self) -> dict:
+        return {"kind": "sampled", "seed": self.seed, "n_slots": self.n_slots, "words_per_slot": self.words_per_slot,
+                "options": self.choices(), "tau": self.tau, "words": self.words,
+                "weights": self.weights.round(6).tolist(),
+                "rule": "p*(y|x) = softmax(sum_slot W[slot, word] / tau); answers sampled from p* per row; in-domain: "
+                        "sum of word indices % 3 != 0, out-domain: == 0 with a skewed word mixture"}
 
 
-def mcq_rows(world: World, combos: np.ndarray, p: np.ndarray, answers: np.ndarray, prefix: str) -> list[dict]:
+def make_world(kind: str, seed: int, target_oracle_acc: float = 0.65):
+    """The world of ``kind`` (``topic`` or ``sampled``) for ``seed``."""
+    if kind == "topic":
+        return TopicWorld(seed=seed, target_oracle_acc=target_oracle_acc)
+    if kind == "sampled":
+        return SampledWorld(seed=seed, target_oracle_acc=target_oracle_acc)
+    raise ValueError(f"world must be one of {WORLDS}, got {kind!r}")
+
+
+# ------------------------------------------------------------------------------------------------ files
+def mcq_rows(world, q: Questions, prefix: str) -> list[dict]:
     """MCQ rows in the shared format (+ ``p_star`` for the oracle)."""
-    rows = []
-    for i, (c, pi, a) in enumerate(zip(combos, p, answers)):
-        rows.append({
-            "id": f"{prefix}-{i}",
-            "question": world.question_text(c),
-            "choices": world.choices(),
-            "answer": int(a),
-            "p_star": [round(float(x), 6) for x in pi],
-        })
-    return rows
+    return [{"id": f"{prefix}-{i}", "question": text, "choices": world.choices(), "answer": int(a),
+             "p_star": [round(float(x), 6) for x in p]}
+            for i, (text, p, a) in enumerate(zip(q.texts, q.p_star, q.answers))]
 
 
-def preference_pairs(world: World, combos: np.ndarray, p: np.ndarray, rng: np.random.Generator,
-                     prefix: str) -> list[dict]:
+def preference_pairs(world, q: Questions, rng: np.random.Generator, prefix: str) -> list[dict]:
     """One preference pair per question: two distinct options (a, b) drawn uniformly, the winner
     sampled by Bradley-Terry on p*: P(a > b | x) = p*_a / (p*_a + p*_b) (the true preference
     probability; it is what a perfectly calibrated model's pair ratio equals).
@@ -181,14 +331,14 @@ def preference_pairs(world: World, combos: np.ndarray, p: np.ndarray, rng: np.ra
     """
     letters = "ABCDEFGHIJ"
     rows = []
-    k = p.shape[1]
-    for i, (c, pi) in enumerate(zip(combos, p)):
+    k = q.p_star.shape[1]
+    for i, (text, pi) in enumerate(zip(q.texts, q.p_star)):
         a, b = rng.choice(k, size=2, replace=False)
         pa = pi[a] / (pi[a] + pi[b])
         w, l_ = (a, b) if rng.random() < pa else (b, a)
         rows.append({
             "id": f"{prefix}-{i}",
-            "prompt": world.prompt(c),
+            "prompt": format_mcq_prompt(text, world.choices()),
             "chosen": " " + letters[w],
             "rejected": " " + letters[l_],
             "chosen_idx": int(w),
@@ -202,8 +352,9 @@ def preference_pairs(world: World, combos: np.ndarray, p: np.ndarray, rng: np.ra
 class DemoData:
     """Paths of every file the demo generates."""
 
-    train: str  # MCQ rows, in-domain, sampled answers (SFT, CFT, RCFT, LS)
-    dpo: str  # preference pairs on in-domain prompts (DPO)
+    base_train: str  # MCQ rows for the base model's SFT (in-domain)
+    train: str  # MCQ rows, in-domain: the training set of every fix (SFT, CFT, RCFT, LS) and of the over-fine-tuning
+    dpo: str  # preference pairs on other in-domain prompts (DPO)
     ts_fit: str  # held-out in-domain MCQ rows used only to fit the temperature
     eval_in: str
     eval_out: str
@@ -217,29 +368,24 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def generate(out_dir: str, world: World, n_train: int, n_dpo: int, n_ts: int, n_eval_in: int,
+def generate(out_dir: str, world, n_base: int, n_train: int, n_dpo: int, n_ts: int, n_eval_in: int,
              n_eval_out: int) -> DemoData:
-    """Write every data file of the demo into ``out_dir`` (deterministic in ``world.seed``)."""
+    """Write every data file of the demo into ``out_dir`` (deterministic in ``world.seed``); in the topic
+    world no question text appears twice across all files."""
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng([world.seed, 2])
+    seen: set[str] = set()
     paths = DemoData(**{k: os.path.join(out_dir, f"{k}.jsonl") for k in
-                        ("train", "dpo", "ts_fit", "eval_in", "eval_out", "pairs_eval")},
+                        ("base_train", "train", "dpo", "ts_fit", "eval_in", "eval_out", "pairs_eval")},
                      world=os.path.join(out_dir, "world.json"))
-    c, p, a = world.sample("in", n_train, rng)
-    write_jsonl(paths.train, mcq_rows(world, c, p, a, "train"))
-    c, p, _ = world.sample("in", n_dpo, rng)
-    write_jsonl(paths.dpo, preference_pairs(world, c, p, rng, "dpo"))
-    c, p, a = world.sample("in", n_ts, rng)
-    write_jsonl(paths.ts_fit, mcq_rows(world, c, p, a, "tsfit"))
-    c, p, a = world.sample("in", n_eval_in, rng)
-    write_jsonl(paths.eval_in, mcq_rows(world, c, p, a, "in"))
-    write_jsonl(paths.pairs_eval, preference_pairs(world, c, p, rng, "pair"))
-    c, p, a = world.sample("out", n_eval_out, rng)
-    write_jsonl(paths.eval_out, mcq_rows(world, c, p, a, "out"))
+    write_jsonl(paths.base_train, mcq_rows(world, world.sample("in", n_base, rng, seen), "base"))
+    write_jsonl(paths.train, mcq_rows(world, world.sample("in", n_train, rng, seen), "train"))
+    write_jsonl(paths.dpo, preference_pairs(world, world.sample("in", n_dpo, rng, seen), rng, "dpo"))
+    write_jsonl(paths.ts_fit, mcq_rows(world, world.sample("in", n_ts, rng, seen), "tsfit"))
+    q_in = world.sample("in", n_eval_in, rng, seen)
+    write_jsonl(paths.eval_in, mcq_rows(world, q_in, "in"))
+    write_jsonl(paths.pairs_eval, preference_pairs(world, q_in, rng, "pair"))
+    write_jsonl(paths.eval_out, mcq_rows(world, world.sample("out", n_eval_out, rng, seen), "out"))
     with open(paths.world, "w", encoding="utf-8") as f:
-        json.dump({"seed": world.seed, "n_slots": world.n_slots, "words_per_slot": world.words_per_slot,
-                   "options": world.choices(), "tau": world.tau, "words": world.words,
-                   "weights": world.weights.round(6).tolist(),
-                   "rule": "p*(y|x) = softmax(sum_slot W[slot, word] / tau); in-domain: sum of word "
-                           "indices % 3 != 0, out-domain: == 0 with a skewed word mixture"}, f, indent=1)
+        json.dump(world.describe(), f, indent=1)
     return paths

@@ -1,0 +1,127 @@
+"""Across-seed statistics of the study (hand-computed cases) and the study's claim logic."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from axolotl_calib_plugin.demo.stats import mean_ci, paired_difference, verdict
+from axolotl_calib_plugin.demo.study import render_markdown, summarize
+
+
+def test_mean_ci_by_hand():
+    # values 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.30265272975 (tables: 4.303) -> half = 4.3027 / sqrt(3)
+    c = mean_ci([1.0, 2.0, 3.0])
+    assert c["mean"] == 2.0 and c["sd"] == 1.0 and c["n"] == 3
+    assert c["half"] == pytest.approx(4.30265272975 / math.sqrt(3), rel=1e-11)
+    assert (c["lo"], c["hi"]) == pytest.approx((2 - c["half"], 2 + c["half"]))
+    one = mean_ci([0.5])
+    assert one["mean"] == 0.5 and math.isnan(one["half"]) and one["n"] == 1
+    assert mean_ci([float("nan"), 1.0, 3.0])["n"] == 2  # NaN dropped
+    assert mean_ci([])["n"] == 0
+
+
+def test_mean_ci_covers_the_mean_at_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(2000):
+        c = mean_ci(rng.normal(0.3, 0.1, size=5))
+        covered += c["lo"] <= 0.3 <= c["hi"]
+    assert 0.93 < covered / 2000 < 0.97
+
+
+def test_paired_difference_removes_the_shared_seed_effect():
+    seed_effect = np.array([0.0, 0.2, -0.1, 0.3, 0.05])
+    a = 0.10 + seed_effect + np.array([0.001, -0.001, 0.002, 0.0, -0.002])
+    b = 0.12 + seed_effect
+    d = paired_difference(a, b)
+    assert d["mean"] == pytest.approx(-0.02, abs=1e-12)
+    assert d["significant"] and d["hi"] < 0
+    assert d["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    # unpaired, the same data would not be significant: the seed effect swamps the difference
+    assert mean_ci(a)["lo"] < mean_ci(b)["mean"] < mean_ci(a)["hi"]
+    assert verdict(d, "<0") == "reproduced" and verdict(d, ">0") == "not reproduced"
+    flat = paired_difference([0.1, 0.2, 0.3], [0.2, 0.1, 0.3])
+    assert not flat["significant"] and verdict(flat, "<0") == "inconclusive"
+    with pytest.raises(ValueError):
+        verdict(d, "=0")
+
+
+def test_summarize_builds_cells_comparisons_claims_and_lambda_curve():
+    rng = np.random.default_rng(1)
+    per_seed = {}
+    for s in range(5):
+        shift = rng.normal(0, 0.02)
+
+        def row(ece, acc):
+            return {"in": {"conf_ece": ece + shift, "cw_ece": ece / 2, "acc": acc + shift, "mean_conf": 0.7},
+                    "out": {"conf_ece": ece, "cw_ece": ece / 2, "acc": acc, "mean_conf": 0.7}}
+
+        rows = {"base": row(0.03, 0.60), "aligned": row(0.25, 0.60), "aligned.cft": row(0.03 + 0.001 * s, 0.605),
+                "aligned.cft_lam0": row(0.05, 0.61), "aligned.cft_lam3": row(0.02, 0.59), "aligned.rcft": row(0.04, 0.58),
+                "aligned.ts": row(0.02, 0.60)}
+        rows["aligned"]["regime"] = {"verdict": "calibratable" if s else "non-calibratable", "acc": 0.6,
+                                     "train_acc": 0.6, "gap": 0, "gap_z": 0, "ts_conf_ece": 0.02}
+        per_seed[str(s)] = {"rows": rows}
+    s = summarize(per_seed)
+    assert s["cells"]["aligned"]["conf_ece_in"]["n"] == 5
+    comp = {c["label"]: c for c in s["comparisons"]}
+    assert comp["CFT - aligned"]["diff"]["conf_ece_in"]["mean"] == pytest.approx(-0.22 + 0.002, abs=1e-9)
+    claims = {c["claim"]: c["verdict"] for c in s["claims"]}
+    assert claims["CFT restores the aligned model's calibration: in-domain conf-ECE falls"] == "reproduced"
+    assert claims["Preference alignment (DPO) makes the model over-confident: in-domain conf-ECE rises"] == "reproduced"
+    assert claims["RCFT reaches higher in-domain accuracy than CFT (aligned arm)"] == "not reproduced"
+    lam = [p["lambda"] for p in s["lambda_curve"]["aligned.cft"]]
+    assert lam == [0.0, 1.0, 3.0]
+    assert s["regime"]["aligned"] == {"expected": "calibratable", "hits": 4, "n": 5}
+    md = render_markdown({"meta": {"n_seeds": 5, "seeds": list(range(5)), "wall_time_s": 60, "machine": "test",
+                                   "settings": {"world": "topic", "n_train": 1, "n_eval_in": 1, "n_eval_out": 1}},
+                          "summary": s})
+    assert "| &nbsp;&nbsp;+ CFT |" in md and "**reproduced**" in md and "4 of 5 seeds" in md
+
+
+def test_study_runs_every_seed_in_its_own_folder_and_aggregates(tmp_path, monkeypatch):
+    """Seed plumbing: each seed is its own replicate (own folder, world, data, training seed)."""
+    from axolotl_calib_plugin.demo import study
+
+    calls = []
+
+    def fake_run_seed(out, seed, settings, plan, parallel, reuse, plots):
+        calls.append((out, seed, plots))
+        ece = 0.2 + 0.01 * seed
+        rows = {"base": {"in": {"conf_ece": 0.03, "cw_ece": 0.02, "acc": 0.6, "mean_conf": 0.6},
+                         "out": {"conf_ece": 0.05, "cw_ece": 0.03, "acc": 0.58, "mean_conf": 0.6}},
+                "aligned": {"in": {"conf_ece": ece, "cw_ece": 0.1, "acc": 0.6, "mean_conf": 0.8},
+                            "out": {"conf_ece": ece, "cw_ece": 0.1, "acc": 0.58, "mean_conf": 0.8}}}
+        return {"rows": rows, "meta": {"errors": {}, "timings_s": {}, "wall_time_s": 1.0}}
+
+    monkeypatch.setattr(study, "run_seed", fake_run_seed)
+    res = study.run_study(str(tmp_path / "out"), seeds=[3, 5, 8], summary_dir=str(tmp_path / "summary"))
+    assert [(c[1], c[2]) for c in calls] == [(3, False), (5, False), (8, False)]
+    assert [c[0] for c in calls] == [str(tmp_path / "out" / "runs" / f"seed{s}") for s in (3, 5, 8)]
+    assert res["meta"]["seeds"] == [3, 5, 8] and set(res["per_seed"]) == {"3", "5", "8"}
+    cell = res["summary"]["cells"]["aligned"]["conf_ece_in"]
+    assert cell["mean"] == pytest.approx(0.2 + 0.01 * 16 / 3) and cell["n"] == 3
+    assert (tmp_path / "summary" / "study.json").exists() and (tmp_path / "summary" / "study.md").exists()
+
+
+def test_every_run_of_a_seed_trains_with_that_seed(tmp_path):
+    from axolotl_calib_plugin.demo import pipeline
+    from axolotl_calib_plugin.demo.world import TopicWorld, generate
+
+    runs = pipeline.plan_runs(pipeline.Plan(lambdas=(0.0, 1.0), online=True))
+    names = [r.name for r in runs]
+    assert names[:3] == ["base", "overfit", "aligned"] and "aligned.cft_online" in names and "overfit.rcft_lam0" in names
+    p = pipeline._Paths(str(tmp_path))
+    p.data = generate(str(tmp_path / "data"), TopicWorld(seed=7), 20, 20, 10, 10, 10, 10)
+    p.sft_base = p.sft_train = str(tmp_path / "sft.jsonl")
+    for r in runs:
+        p.models.setdefault(r.start, str(tmp_path / "models" / r.start))
+        cfg = pipeline._run_config(r, p, pipeline.FAST, seed=7)
+        assert cfg["seed"] == 7, r.name
+        if r.kind == "calib":
+            assert cfg["calib_lambda"] == r.lam and cfg["calib_mode"] == r.mode
+            assert cfg.get("calib_estep", "exact") == r.estep
