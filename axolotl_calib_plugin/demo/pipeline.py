@@ -152,6 +152,16 @@ def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _check_exit(rc: int, t0: float, log_path: str, what: str) -> float:
+    """Seconds since ``t0``; :class:`StepFailed` with the last lines of ``log_path`` when ``rc`` is not 0."""
+    dt = time.time() - t0
+    if rc != 0:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            tail = "".join(f.readlines()[-25:])
+        raise StepFailed(f"{what} failed (exit {rc}, {dt:.0f} s); last lines of {log_path}:\n{tail}")
+    return dt
+
+
 def run_logged(cmd: list[str], log_path: str, what: str) -> float:
     """Run ``cmd`` with the offline env, output to ``log_path``; raise :class:`StepFailed` with the log tail."""
     t0 = time.time()
@@ -160,12 +170,7 @@ def run_logged(cmd: list[str], log_path: str, what: str) -> float:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
-    dt = time.time() - t0
-    if rc != 0:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            tail = "".join(f.readlines()[-25:])
-        raise StepFailed(f"{what} failed (exit {rc}, {dt:.0f} s); last lines of {log_path}:\n{tail}")
-    return dt
+    return _check_exit(rc, t0, log_path, what)
 
 
 def train_logged(cfg_path: str, log_path: str, what: str) -> float:
@@ -181,13 +186,7 @@ def train_logged(cfg_path: str, log_path: str, what: str) -> float:
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# axolotl.cli.train.do_cli({cfg_path!r}) in a process forked from a preloaded server "
                   "(what `python -m axolotl.cli.train` runs)\n")
-    rc = train_in_forked_process(cfg_path, log_path, _env())
-    dt = time.time() - t0
-    if rc != 0:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            tail = "".join(f.readlines()[-25:])
-        raise StepFailed(f"{what} failed (exit {rc}, {dt:.0f} s); last lines of {log_path}:\n{tail}")
-    return dt
+    return _check_exit(train_in_forked_process(cfg_path, log_path, _env()), t0, log_path, what)
 
 
 def _code_fingerprint() -> str:

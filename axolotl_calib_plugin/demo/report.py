@@ -152,7 +152,9 @@ def checks(rows: dict) -> list[dict]:
         reg = rows.get(arm, {}).get("regime")
         if reg:
             want = "calibratable" if arm == "aligned" else "non-calibratable"
-            add(f"{arm}: diagnose says {want}", reg["verdict"] == want, f"{reg['verdict']} ({reg['reasons'][0][:90]})")
+            why = (f"train acc {reg['train_acc']:.4f} vs held-out {reg['acc']:.4f}" if reg.get("train_acc") is not None
+                   else reg["reasons"][0][:90])
+            add(f"{arm}: diagnose says {want}", reg["verdict"] == want, f"{reg['verdict']} ({why})")
     if g("overfit", "in", "conf_ece") is not None and b is not None:
         add("over-fine-tuning raises in-domain conf-ECE", g("overfit", "in", "conf_ece") > b,
             f"base {b:.4f} -> overfit {g('overfit', 'in', 'conf_ece'):.4f}")
