@@ -47,8 +47,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
-# One GPU: python benchmarks/gpu_benchmark.py needs only torch + transformers + this checkout.
+# One GPU, from a fresh checkout: uses the machine's own (CUDA) torch; installs transformers / numba / scipy only
+# when missing (no .venv: the CPU-pinned torch of `make install` is not what a GPU box wants).
 bench-gpu:
+	python3 -c "import torch, transformers, numba, scipy" 2>/dev/null || python3 -m pip install -q "transformers>=5" numba scipy
 	python3 benchmarks/gpu_benchmark.py --out gpu_benchmark.json
 
 clean:

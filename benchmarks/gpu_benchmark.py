@@ -3,8 +3,9 @@
     python benchmarks/gpu_benchmark.py                 # on a GPU machine, from a fresh checkout (~3-6 min on one H100/H200)
     python benchmarks/gpu_benchmark.py --smoke         # a tiny CPU run of the same code (what the test suite does)
 
-It installs nothing: besides this checkout it needs torch, transformers, numpy, scipy and numba (all on
-common GPU images; ``pip install -e .`` brings them otherwise); Liger is used when ``liger_kernel`` is
+The script installs nothing: besides this checkout it needs torch, transformers, numpy, scipy and numba;
+``make bench-gpu`` pip-installs the last three when missing and keeps the machine's own CUDA torch (or
+``pip install -e .``). Liger is used when ``liger_kernel`` is
 importable. The model is a randomly initialised Llama-3.2-1B-shaped config (hidden 2048, 16 layers,
 vocabulary 128256) in bf16; the data are synthetic MCQ rows (random prompt tokens + 4 option letters), so
 nothing is downloaded. The training step is the plugin's own computation in a plain PyTorch loop -- one

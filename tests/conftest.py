@@ -82,6 +82,17 @@ def tiny_tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+def load_task_utils(name: str = "calib_task_utils"):
+    """The calib task folder's ``utils.py`` as lm-eval loads it (by file path, not as a package module)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "calib" / "utils.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_mcq_rows(n: int = 8, num_options: int | tuple[int, ...] = 4, seed: int = 0,
                   answer_as: str = "index") -> list[dict]:
     """``n`` deterministic MCQ rows; ``num_options`` is K or a cycle of Ks; ``answer_as`` is

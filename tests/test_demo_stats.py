@@ -125,3 +125,18 @@ def test_every_run_of_a_seed_trains_with_that_seed(tmp_path):
         if r.kind == "calib":
             assert cfg["calib_lambda"] == r.lam and cfg["calib_mode"] == r.mode
             assert cfg.get("calib_estep", "exact") == r.estep
+
+
+def test_resumed_study_states_the_wall_time_of_seeds_run_from_scratch():
+    """A resumed invocation's wall time is not what a fresh study takes: the summary says so and gives the
+    per-seed times of the seeds that reused nothing."""
+    from axolotl_calib_plugin.demo.study import _wall_time_text
+
+    meta = {"wall_time_s": 600, "machine": "2 CPU cores"}
+    per_seed = {"0": {"wall_time_s": 7.0, "reused_runs": ["base", "aligned"]},
+                "1": {"wall_time_s": 1260.0, "reused_runs": []}, "2": {"wall_time_s": 1380.0}}
+    text = _wall_time_text({"meta": meta, "per_seed": per_seed})
+    assert text == ("Wall time 10 min on 2 CPU cores (resumed: some runs were reused from an earlier invocation); "
+                    "a seed run from scratch took 21-23 min (2 of 3 seeds).")
+    fresh = _wall_time_text({"meta": meta, "per_seed": {"1": per_seed["1"]}})
+    assert fresh == "Wall time 10 min on 2 CPU cores; a seed run from scratch took 21-21 min (1 of 1 seeds)."

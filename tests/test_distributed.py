@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 #: Axolotl 0.19's normalize_config pins device_map to {"": LOCAL_RANK} whenever WORLD_SIZE > 1, which
 #: transformers reads as accelerator index 1 on a CPU-only box ("Cannot access accelerator device").
 #: This launcher script is Axolotl's train CLI with that one value corrected to "cpu".
-CPU_DDP_TRAIN = """
+CPU_DEVICE_MAP_FIX = """
 import axolotl.cli.config as cli_config
 
 _orig = cli_config.normalize_config
@@ -32,7 +32,9 @@ def normalize_config(cfg):
 
 
 cli_config.normalize_config = normalize_config
-
+"""
+#: The end of every launcher script: Axolotl's train CLI (what `python -m axolotl.cli.train` runs).
+TRAIN_MAIN = """
 if __name__ == "__main__":
     import fire
 
@@ -40,6 +42,7 @@ if __name__ == "__main__":
 
     fire.Fire(do_cli)
 """
+CPU_DDP_TRAIN = CPU_DEVICE_MAP_FIX + TRAIN_MAIN
 
 
 def _states(dump_dir):

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from conftest import OFFLINE_ENV, make_mcq_rows
+from test_distributed import CPU_DEVICE_MAP_FIX, TRAIN_MAIN
 
 pytestmark = pytest.mark.slow
 
@@ -322,22 +323,11 @@ def test_fsdp2_two_processes_option_logits_gradients_estep_and_resume(tmp_path):
 #: (utils/distributed.py:build_parallelism_config), accelerate drops the FSDP plugin for MULTI_CPU, and a
 #: FULL_STATE_DICT checkpoint fails in safetensors on CPU (SHARDED_STATE_DICT works). This launcher is
 #: Axolotl's train CLI with those two CPU gaps bridged (plus the device_map fix of test_distributed.py).
-FSDP2_CPU_TRAIN = """
-import axolotl.cli.config as cli_config
+FSDP2_CPU_TRAIN = CPU_DEVICE_MAP_FIX + """
 from accelerate.parallelism_config import ParallelismConfig
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 
-_normalize = cli_config.normalize_config
-
-
-def normalize_config(cfg):
-    _normalize(cfg)
-    if str(cfg.device).startswith("cpu") and isinstance(cfg.device_map, dict):
-        cfg.device_map = {"": "cpu"}
-
-
-cli_config.normalize_config = normalize_config
 _mesh = ParallelismConfig.build_device_mesh
 ParallelismConfig.build_device_mesh = lambda self, device_type: _mesh(self, "cpu")
 _state_init = AcceleratorState.__init__
@@ -351,14 +341,7 @@ def state_init(self, *args, fsdp_plugin=None, **kwargs):
 
 
 AcceleratorState.__init__ = state_init
-
-if __name__ == "__main__":
-    import fire
-
-    from axolotl.cli.train import do_cli
-
-    fire.Fire(do_cli)
-"""
+""" + TRAIN_MAIN
 
 CLI_ENV = "AXOLOTL_CALIB_TEST_FSDP_CLI"
 

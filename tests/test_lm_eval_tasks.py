@@ -6,7 +6,6 @@ shared metrics core). Offline: local fixtures via CALIB_LM_EVAL_DATA_DIR, never 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import yaml
 from axolotl_calib_plugin import metrics
 from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, answer_to_index, format_mcq_prompt
 from axolotl_calib_plugin.testing import build_llama, build_tokenizer
+from conftest import load_task_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "lm_eval_tasks"
@@ -39,14 +39,7 @@ TOL = 1e-6
 PROB_TOL = 2e-5
 
 
-def _load_utils():
-    spec = importlib.util.spec_from_file_location("calib_task_utils", CALIB / "utils.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-U = _load_utils()
+U = load_task_utils("calib_task_utils")
 
 
 def _rows(path):

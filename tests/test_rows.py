@@ -5,7 +5,6 @@ accept the same rows with the same gold option and reject the same rows with the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,19 +18,13 @@ from axolotl_calib_plugin.rows import (
     raise_row_errors,
     read_answer,
 )
+from conftest import load_task_utils
 
 CALIB = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "calib"
 NUMERIC = ["3", "7", "12", "5"]  # choice texts that are also valid indices
 
 
-def _load_utils():
-    spec = importlib.util.spec_from_file_location("calib_task_utils_rows", CALIB / "utils.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-U = _load_utils()
+U = load_task_utils("calib_task_utils_rows")
 
 
 # ------------------------------------------------------------------------------------------- answers

@@ -209,8 +209,9 @@ def _config_hash(cfg: dict) -> str:
 DONE_FILE = "demo_run_done.json"
 
 
-def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[str, float]:
-    """Train ``cfg`` unless a finished model of the SAME config exists (``reuse``); returns (dir, seconds)."""
+def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[str, float, bool]:
+    """Train ``cfg`` unless a finished model of the SAME config exists (``reuse``); returns (dir, seconds of its
+    training -- the original run's when reused --, reused)."""
     cfg_path = configs.write_config(cfg, os.path.join(out, "configs", f"{name}.yml"))
     model_dir = cfg["output_dir"]
     done = os.path.join(model_dir, DONE_FILE)
@@ -220,7 +221,7 @@ def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[s
             mark = json.load(f)
         if mark.get("config_hash") == digest and os.path.exists(os.path.join(model_dir, "model.safetensors")):
             _log(f"{name}: reusing {model_dir}")
-            return model_dir, float(mark.get("seconds", 0.0))
+            return model_dir, float(mark.get("seconds", 0.0)), True
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.rmtree(cfg["dataset_prepared_path"], ignore_errors=True)  # the prepared cache ignores plugin settings
     for stale in glob.glob(os.path.join(out, "eval", f"{glob.escape(name)}__*.json")):  # evaluations of the old model
@@ -232,7 +233,7 @@ def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[s
     with open(done, "w", encoding="utf-8") as f:
         json.dump({"config_hash": digest, "seconds": round(dt, 1)}, f)
     _log(f"{name}: done in {dt:.0f} s")
-    return model_dir, dt
+    return model_dir, dt, False
 
 
 def build_init_model(world, s: DemoSettings, path: str, seed: int) -> str:
@@ -307,7 +308,7 @@ def _run_config(run: Run, p: _Paths, s: DemoSettings, seed: int) -> dict:
 
 
 def train_all(runs: list[Run], p: _Paths, s: DemoSettings, seed: int, parallel: int, reuse: bool,
-              timings: dict, errors: dict) -> None:
+              timings: dict, errors: dict, reused: set | None = None) -> None:
     """Train ``runs``, up to ``parallel`` at a time (1 thread each), each as soon as its start model exists."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -316,7 +317,9 @@ def train_all(runs: list[Run], p: _Paths, s: DemoSettings, seed: int, parallel: 
 
     def one(run: Run):
         try:
-            path, dt = axolotl_train(_run_config(run, p, s, seed), run.name, p.out, reuse)
+            path, dt, was_reused = axolotl_train(_run_config(run, p, s, seed), run.name, p.out, reuse)
+            if was_reused and reused is not None:
+                reused.add(run.name)
             return path, dt, None
         except StepFailed as e:
             return None, 0.0, str(e)
@@ -456,7 +459,8 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
     if not (reuse and os.path.exists(os.path.join(init, "model.safetensors"))):
         build_init_model(world, s, init, seed)
     runs = plan_runs(plan)
-    train_all(runs, p, s, seed, parallel, reuse, timings, errors)
+    reused: set = set()
+    train_all(runs, p, s, seed, parallel, reuse, timings, errors, reused)
     if "base" not in p.models:
         raise StepFailed(errors.get("base", "base model missing"))
     t0 = time.time()
@@ -467,7 +471,8 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
         "meta": {"seed": seed, "settings": asdict(s), "plan": asdict(plan), "world": world.describe()["kind"],
                  "world_tau": world.tau, "timings_s": timings, "errors": errors,
                  "models": {k: os.path.relpath(v, out) for k, v in p.models.items()},
-                 "runs": [asdict(r) for r in runs]},
+                 "runs": [asdict(r) for r in runs], "reused_runs": sorted(reused),
+                 "train_seconds_total": round(sum(timings.get(r.name, 0.0) for r in runs), 1)},
         "true_pref": rows["oracle"]["pairs"]["true_pref"],
         "rows": rows,
     }

@@ -184,6 +184,21 @@ def _diff(d: dict, digits: int = 3) -> str:
     return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]{star}"
 
 
+def _wall_time_text(study: dict) -> str:
+    """The invocation's wall time, and the per-seed times of the seeds that ran without reused runs (a resumed
+    study's invocation time says little about what a fresh one takes)."""
+    m = study["meta"]
+    per_seed = study.get("per_seed", {})
+    full = [v["wall_time_s"] for v in per_seed.values() if not v.get("reused_runs")]
+    text = f"Wall time {m['wall_time_s'] / 60:.0f} min on {m['machine']}"
+    if len(full) < len(per_seed):
+        text += " (resumed: some runs were reused from an earlier invocation)"
+    if full:
+        text += (f"; a seed run from scratch took {min(full) / 60:.0f}-{max(full) / 60:.0f} min "
+                 f"({len(full)} of {len(per_seed)} seeds)")
+    return text + "."
+
+
 def render_markdown(study: dict) -> str:
     m = study["meta"]
     s = study["summary"]
@@ -193,8 +208,7 @@ def render_markdown(study: dict) -> str:
         f"{m['n_seeds']} seeds ({', '.join(map(str, m['seeds']))}), {m['settings']['world']} world; "
         f"{m['settings']['n_train']} training questions, {m['settings']['n_eval_in']} in-domain / "
         f"{m['settings']['n_eval_out']} out-of-domain eval questions per seed; 10 equal-width bins. "
-        f"Every cell: mean ± 95% t-interval half-width over seeds. Wall time {m['wall_time_s'] / 60:.0f} min "
-        f"on {m['machine']}.",
+        f"Every cell: mean ± 95% t-interval half-width over seeds. {_wall_time_text(study)}",
         "",
     ]
     cols = [f"{'conf-ECE' if a == 'conf_ece' else 'cw-ECE' if a == 'cw_ece' else 'acc'} {d}" for a, d in CELLS]
@@ -290,7 +304,8 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
         res = run_seed(os.path.join(out, "runs", f"seed{seed}"), seed, settings, plan, parallel=parallel, reuse=reuse,
                        plots=False)
         per_seed[str(seed)] = {"rows": _compact(res["rows"]), "errors": res["meta"]["errors"],
-                               "timings_s": res["meta"]["timings_s"], "wall_time_s": res["meta"]["wall_time_s"]}
+                               "timings_s": res["meta"]["timings_s"], "wall_time_s": res["meta"]["wall_time_s"],
+                               "reused_runs": res["meta"].get("reused_runs", [])}
     study = {
         "meta": {"seeds": list(seeds), "n_seeds": len(seeds), "settings": asdict(settings), "plan": asdict(plan),
                  "lambda_key": {str(lam): calib_name("aligned", "cft", lam) for lam in plan.lambdas},
