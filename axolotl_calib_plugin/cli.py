@@ -44,14 +44,62 @@ def _limit(value: str):
 
 # ----------------------------------------------------------------------------------- commands
 def _seeds(spec: str) -> list[int]:
-    """``5`` -> seeds 0..4; ``0,3,7`` -> those seeds."""
+    """``5`` -> seeds 0..4; ``0,3,7`` -> those seeds (argparse type: a bad value is a usage error)."""
     spec = str(spec).strip()
-    if "," in spec:
-        return [int(x) for x in spec.split(",") if x.strip()]
-    n = int(spec)
+    bad = argparse.ArgumentTypeError(
+        f"needs a count >= 1 (seeds 0..N-1) or a comma-separated list of distinct seeds >= 0, got {spec!r}")
+    try:
+        if "," in spec:
+            seeds = [int(x) for x in spec.split(",") if x.strip()]
+            if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+                raise bad
+            return seeds
+        n = int(spec)
+    except ValueError:
+        raise bad from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"--seeds needs a positive count or a comma-separated list, got {spec!r}")
+        raise bad
     return list(range(n))
+
+
+def _fraction(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"needs a fraction in (0, 1], got {value!r}")
+    return v
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"needs an integer >= 1, got {value!r}")
+    return n
+
+
+def _check_paths(ap: argparse.ArgumentParser, a) -> None:
+    """Usage errors for missing local files and folders, before any model is loaded (a path that does not exist
+    would otherwise reach the hub client as a malformed repo id)."""
+    offline = a.cmd in OFFLINE_COMMANDS
+    for flag in ("model", "base_model"):
+        value = getattr(a, flag, None)
+        if not value or os.path.exists(value):
+            continue
+        looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1
+        if offline or looks_local:
+            why = ("this command runs offline, so it needs a local model or adapter folder" if offline
+                   else "no such folder (a hub id is 'name' or 'owner/name')")
+            ap.error(f"--{flag.replace('_', '-')} {value}: {why}")
+    for flag in ("data", "train_data", "data_files", "ood_data_files"):
+        values = getattr(a, flag, None)
+        for path in [values] if isinstance(values, str) else values or []:
+            if not os.path.isfile(path):
+                ap.error(f"--{flag.replace('_', '-')} {path}: no such file (an MCQ JSONL: question, choices, answer)")
 
 
 def cmd_demo(a) -> int:
@@ -64,7 +112,7 @@ def cmd_demo(a) -> int:
             from .demo.study import run_study
 
             settings = replace(FAST if a.fast else FULL, world=a.world)
-            study = run_study(a.out, _seeds(a.seeds), settings, parallel=a.parallel, reuse=not a.fresh,
+            study = run_study(a.out, a.seeds, settings, parallel=a.parallel, reuse=not a.fresh,
                               summary_dir=a.summary_dir)
             summary = a.summary_dir or a.out
             print(open(os.path.join(summary, "study.md"), encoding="utf-8").read())
@@ -333,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples files or folders to fit T on (held-out questions)")
     t.add_argument("--apply", nargs="+", required=True, metavar="SAMPLES",
                    help="samples files or folders to scale and score")
-    t.add_argument("--fit-fraction", type=float, default=1.0, help="fit on this seeded random fraction of each "
+    t.add_argument("--fit-fraction", type=_fraction, default=1.0, help="fit on this seeded random fraction of each "
                    "--fit file; an --apply file that is also a --fit file is scored on the rest only")
     t.add_argument("--seed", type=int, default=0, help="seed of the --fit-fraction split")
     t.add_argument("--out", default=None, help="write calibration_report.{md,json}, scaled samples and "
@@ -394,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="output folder")
     d.add_argument("--fast", action="store_true", help="small data, few steps, lambda 1 only (the test suite's variant)")
     d.add_argument("--seed", type=int, default=0, help="seed of the world and of every run (single-seed demo)")
-    d.add_argument("--seeds", default=None,
+    d.add_argument("--seeds", type=_seeds, default=None,
                    help="run the multi-seed study instead: a count N (seeds 0..N-1) or a comma list; every cell as "
                         "mean ± 95%% CI, paired differences, the λ curve (default: single seed)")
     d.add_argument("--world", choices=("topic", "sampled"), default="topic",
@@ -402,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "whose answers are sampled afresh from p* per row")
     d.add_argument("--summary-dir", default=None,
                    help="where the study writes study.json, study.md and lambda_curve.png (default: --out)")
-    d.add_argument("--parallel", type=int, default=2, help="training runs at a time (1 torch thread each)")
+    d.add_argument("--parallel", type=_positive_int, default=2, help="training runs at a time (1 torch thread each)")
     d.add_argument("--fresh", action="store_true",
                    help="retrain everything (default: reuse a finished run whose config and code are unchanged)")
     d.set_defaults(func=cmd_demo)
@@ -414,7 +462,9 @@ OFFLINE_COMMANDS = ("demo", "diagnose", "make-tiny")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    _check_paths(ap, a)
     if a.cmd in OFFLINE_COMMANDS:
         _offline_env()
     return int(a.func(a) or 0)

@@ -208,3 +208,42 @@ def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_
     assert (tmp_path / "cmp" / "reliability_compare_calib_jsonl.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="has neither calib_mmlu nor calib_sciq"):
         main(["table", "--run", f"adapter={ev}", "--in", "calib_mmlu", "--out", "calib_sciq", "--json", ""])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--seeds", "0"], "argument --seeds: needs a count >= 1"),
+    (["demo", "--seeds", "abc"], "argument --seeds: needs a count >= 1"),
+    (["demo", "--seeds", "2,2"], "distinct seeds >= 0, got '2,2'"),
+    (["demo", "--seeds", "1,-3"], "got '1,-3'"),
+    (["demo", "--parallel", "0"], "argument --parallel: needs an integer >= 1, got '0'"),
+    (["demo", "--parallel", "two"], "argument --parallel: needs an integer >= 1, got 'two'"),
+    (["diagnose", "--model", "/no/such/model", "--data", "x.jsonl"],
+     "--model /no/such/model: this command runs offline, so it needs a local model or adapter folder"),
+    (["diagnose", "--model", "org/model", "--data", "x.jsonl"], "--model org/model: this command runs offline"),
+    (["eval", "--model", "./no_such_dir", "--output-dir", "ev"], "--model ./no_such_dir: no such folder"),
+    (["temperature", "--fit", "a", "--apply", "a", "--fit-fraction", "2"], "argument --fit-fraction: needs a fraction"),
+    (["temperature", "--fit", "a", "--apply", "a", "--fit-fraction", "nan"], "needs a fraction in (0, 1], got 'nan'"),
+])
+def test_bad_arguments_are_usage_errors_naming_the_flag(argv, message, capsys, tmp_path, monkeypatch):
+    """Hostile input stops at argument parsing (exit 2, the flag and value named), never a traceback or a run
+    that starts with a silently corrected value (``--parallel 0`` used to train with 1)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv + (["--out", str(tmp_path / "out")] if argv[0] == "demo" else []))
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_file_is_named_before_the_model_loads(tmp_path, tiny_model_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["diagnose", "--model", str(tiny_model_dir), "--data", str(tmp_path / "held.jsonl"),
+              "--train-data", str(tmp_path / "train.jsonl")])
+    assert exc.value.code == 2
+    assert f"--data {tmp_path / 'held.jsonl'}: no such file" in capsys.readouterr().err
+
+
+def test_seed_lists_parse():
+    from axolotl_calib_plugin.cli import _seeds
+
+    assert _seeds("3") == [0, 1, 2] and _seeds("0,4, 7") == [0, 4, 7] and _seeds("5,") == [5]
