@@ -269,11 +269,20 @@ def plot_lambda_curve(study: dict, path: str) -> str:
             y = [p["conf_ece_in"]["mean"] for p in pts]
             ax.errorbar(x, y, xerr=[p["acc_in"]["half"] for p in pts], yerr=[p["conf_ece_in"]["half"] for p in pts],
                         marker="o", ms=5, capsize=3, lw=1.5, color=colors[mode], label=mode.upper())
-            for p, xi, yi in zip(pts, x, y):
-                ax.annotate(f"λ={p['lambda']:g}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=9,
-                            color=colors[mode])
+            for p, xi, yi in zip(pts, x, y):  # CFT labels below-right, RCFT above-left: they overlap less
+                ax.annotate(f"λ={p['lambda']:g}", (xi, yi), textcoords="offset points",
+                            xytext=(6, -12) if mode == "cft" else (-34, 6), fontsize=9, color=colors[mode])
         start = study["summary"]["cells"].get(arm)
-        if start:
+        fixes_top = max((p["conf_ece_in"]["mean"] + p["conf_ece_in"]["half"]
+                         for m in ("cft", "rcft") for p in curve.get(f"{arm}.{m}", [])), default=0.0)
+        if start and start["conf_ece_in"]["mean"] > 2 * fixes_top:
+            # far above every fix: drawn in-scale it would squash the curves into one corner
+            ax.text(0.02, 0.97, f"start, {report.row_label(arm)} (off scale): conf-ECE "
+                    f"{start['conf_ece_in']['mean']:.3f} ± {start['conf_ece_in']['half']:.3f}, "
+                    f"acc {start['acc_in']['mean']:.3f} ± {start['acc_in']['half']:.3f}",
+                    transform=ax.transAxes, va="top", fontsize=9,
+                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "black", "alpha": 0.9})
+        elif start:
             ax.errorbar([start["acc_in"]["mean"]], [start["conf_ece_in"]["mean"]], xerr=[start["acc_in"]["half"]],
                         yerr=[start["conf_ece_in"]["half"]], marker="s", ms=7, color="black", capsize=3,
                         label=report.row_label(arm) + " (start)")
@@ -282,7 +291,7 @@ def plot_lambda_curve(study: dict, path: str) -> str:
         ax.set_title(f"{report.row_label(arm)} arm: λ trade-off, mean ± 95% CI over {study['meta']['n_seeds']} seeds",
                      fontsize=11)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
+        ax.legend(fontsize=9, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
