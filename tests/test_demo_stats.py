@@ -81,6 +81,12 @@ def test_summarize_builds_cells_comparisons_claims_and_lambda_curve():
                                    "settings": {"world": "topic", "n_train": 1, "n_eval_in": 1, "n_eval_out": 1}},
                           "summary": s})
     assert "| &nbsp;&nbsp;+ CFT |" in md and "**reproduced**" in md and "4 of 5 seeds" in md
+    assert "resumed after" not in md
+    noted = render_markdown({"meta": {"n_seeds": 5, "seeds": list(range(5)), "wall_time_s": 60, "machine": "test",
+                                      "resume_note": "Seed 0 resumed after a restart.",
+                                      "settings": {"world": "topic", "n_train": 1, "n_eval_in": 1, "n_eval_out": 1}},
+                             "summary": s})
+    assert "\n\nSeed 0 resumed after a restart.\n\n| model |" in noted
 
 
 def test_study_runs_every_seed_in_its_own_folder_and_aggregates(tmp_path, monkeypatch):

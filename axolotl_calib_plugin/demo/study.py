@@ -211,6 +211,8 @@ def render_markdown(study: dict) -> str:
         f"Every cell: mean ± 95% t-interval half-width over seeds. {_wall_time_text(study)}",
         "",
     ]
+    if m.get("resume_note"):  # how an interrupted study was completed, written into study.json by hand
+        lines += [m["resume_note"], ""]
     cols = [f"{'conf-ECE' if a == 'conf_ece' else 'cw-ECE' if a == 'cw_ece' else 'acc'} {d}" for a, d in CELLS]
     main = [k for k in s["keys"] if "_lam" not in k or k.endswith("_lam0")]
     lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
