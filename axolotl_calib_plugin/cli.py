@@ -467,7 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_paths(ap, a)
     if a.cmd in OFFLINE_COMMANDS:
         _offline_env()
-    return int(a.func(a) or 0)
+    from .rows import CalibDataError
+
+    try:
+        return int(a.func(a) or 0)
+    except CalibDataError as e:  # bad rows: the message names file, line and field; a traceback adds nothing
+        ap.exit(1, f"axolotl-calib {a.cmd}: error: {e}\n")
 
 
 if __name__ == "__main__":

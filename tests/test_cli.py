@@ -247,3 +247,18 @@ def test_seed_lists_parse():
     from axolotl_calib_plugin.cli import _seeds
 
     assert _seeds("3") == [0, 1, 2] and _seeds("0,4, 7") == [0, 4, 7] and _seeds("5,") == [5]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty.jsonl: no rows"),
+    ('{"question": "q", "choices": "[\\"a\\", \\"b\\"]", "answer": "7"}\n',
+     "line 1: field 'answer': index 7 is out of range for 2 choices"),
+])
+def test_bad_rows_end_with_the_row_error_not_a_traceback(content, message, tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "empty.jsonl"
+    data.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["diagnose", "--model", str(tiny_model_dir), "--data", str(data)])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "axolotl-calib diagnose: error: " in err and message in err and "Traceback" not in err
