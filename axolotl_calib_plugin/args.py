@@ -123,6 +123,33 @@ class CalibrationArgs(BaseModel):
         default=None,
         json_schema_extra={"description": "Optional system turn (chat_template format only)."},
     )
+    calib_bin_accuracy: Literal["train", "heldout"] = Field(
+        default="train",
+        json_schema_extra={
+            "description": "Where the M-step's per-bin accuracy q_m comes from. train: the training rows themselves "
+            "(Algorithm 1). heldout: the eval split's rows (test_datasets, or val_set_size held out of the training "
+            "file), binned by the same model's confidence -- a model that memorised its training rows is calibrated "
+            "on them and over-confident elsewhere, and only held-out rows show it. Bins with few held-out rows are "
+            "shrunk toward the training-row accuracy (calib_heldout_prior)."
+        },
+    )
+    calib_targets: Literal["bin", "temperature"] = Field(
+        default="bin",
+        json_schema_extra={
+            "description": "Target of each training row. bin: its argmax option gets q of its bin (Algorithm 1). "
+            "temperature: softmax(log pi_i / T) with T fitted by NLL on the eval split's rows at every refresh (keeps "
+            "the ranking inside a bin; use with calib_ece_loss: kl). Needs an eval split."
+        },
+    )
+    calib_heldout_prior: float = Field(
+        default=10.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        json_schema_extra={
+            "description": "Pseudo-count kappa of calib_bin_accuracy: heldout: q_m = (n_m acc_m + kappa q_train_m) / "
+            "(n_m + kappa) with n_m held-out rows in bin m; a bin with no held-out row uses q_train_m."
+        },
+    )
     calib_estep_batch_size: int = Field(
         default=8, ge=1, json_schema_extra={"description": "Batch size of the E-step inference pass."}
     )
@@ -265,6 +292,7 @@ class CalibrationArgs(BaseModel):
         _check_unknown_keys(cls, data)
         _expand_presets(data)
         _check_incompatible(data)
+        _check_heldout_source(data)
         _check_eval_report(data)
         _check_local_data_files(data)
         return data
@@ -436,6 +464,32 @@ def _isolates_packed_samples(data: dict) -> bool:
     if isinstance(impl, str):
         return impl.split(":")[-1].startswith(_PACKING_SAFE_ATTN)
     return any(data.get(flag) is True for flag in _PACKING_SAFE_FLAGS)
+
+
+def _check_heldout_source(data: dict) -> None:
+    """calib_bin_accuracy: heldout and calib_targets: temperature read the eval split: refuse a config without one."""
+    wants = [f"{k}: {data.get(k)}" for k, plain in (("calib_bin_accuracy", "train"), ("calib_targets", "bin"))
+             if data.get(k) not in (None, plain)]
+    if not wants:
+        return
+    val = data.get("val_set_size")
+    try:
+        has_val = val is not None and float(val) > 0
+    except (TypeError, ValueError):
+        has_val = False  # Axolotl's own schema reports a non-numeric val_set_size
+    test_sets = data.get("test_datasets") or []
+    calib_tests = [ds for ds in test_sets if is_calib_dataset_type(_get(ds, "type"))]
+    if test_sets and not calib_tests:
+        raise ValueError(
+            f"{' and '.join(wants)} read the eval split's option probabilities, but no test_datasets entry has "
+            f"`type: {DATASET_TYPE}` (only those carry the answer position and gold). Give the held-out MCQ file that type."
+        )
+    if not (has_val or calib_tests):
+        raise ValueError(
+            f"{' and '.join(wants)} need held-out rows the model never trains on: add an eval split, either "
+            f"test_datasets (a held-out MCQ file with `type: {DATASET_TYPE}`) or val_set_size: 0.1 (Axolotl holds "
+            "that fraction of the training file out). Or set calib_bin_accuracy: train and calib_targets: bin."
+        )
 
 
 def _check_incompatible(data: dict) -> None:

@@ -16,6 +16,7 @@ refresh it was in instead of recomputing them with a different model.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -32,6 +33,8 @@ from .em import STATE_FILE, EMState
 from .estep import EStepData, run_estep
 from .loss import install_head_capture
 
+#: one JSON line per refresh (per-bin training vs held-out statistics), in output_dir
+REFRESH_LOG = "calib_refresh.jsonl"
 #: set to a directory to make every rank save each refresh's EMState there (tests / debugging)
 DEBUG_DUMP_ENV = "AXOLOTL_CALIB_DEBUG_DUMP_DIR"
 
@@ -60,6 +63,7 @@ class EMRefreshCallback(TrainerCallback):
         self.settings = calib.settings
         self.refresh = self.settings.calib_refresh
         self._data: Optional[EStepData] = None
+        self._heldout_data: Optional[EStepData] = None
         self.history: list[dict] = []  # summaries of every refresh of this process (tests, debugging)
 
     # ---- the refresh itself --------------------------------------------------------------------
@@ -86,8 +90,9 @@ class EMRefreshCallback(TrainerCallback):
                 LOG.info("calib E-step: %d answer positions in %d training rows", len(self._data), self._data.n_rows)
         return self._data
 
-    def _exact_probs(self) -> torch.Tensor:
-        """The exact E-step: (n, L) option probabilities of every answer position under the current model."""
+    def _exact_probs(self, data: Optional[EStepData] = None, desc: str = "calib E-step") -> torch.Tensor:
+        """The exact E-step: (n, L) option probabilities of every answer position of ``data`` (default: the
+        training set) under the current model."""
         tr = self.trainer
         model = self._estep_model()
         unwrapped = tr.model
@@ -98,10 +103,10 @@ class EMRefreshCallback(TrainerCallback):
             pad_id = getattr(tok, "eos_token_id", None) or 0
         unwrapped.eval()
         try:
-            out = run_estep(model, self._estep_data(), list(self.calib.option_ids),
+            out = run_estep(model, data if data is not None else self._estep_data(), list(self.calib.option_ids),
                             batch_size=self.settings.calib_estep_batch_size, device=tr.args.device,
                             pad_id=int(pad_id), use_inference_mode=not self._sharded_params(),
-                            show_progress=not getattr(tr.args, "disable_tqdm", False))
+                            show_progress=not getattr(tr.args, "disable_tqdm", False), desc=desc)
         finally:
             unwrapped.train(was_training)
         return out["probs"]
@@ -121,6 +126,30 @@ class EMRefreshCallback(TrainerCallback):
         entry_pos = torch.searchsorted(table_ids, torch.from_numpy(data.sample_id))
         return table[entry_pos], ids
 
+    def _heldout_rows(self, state) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(probs, labels, num_options) of the eval split under the current model, for the held-out M-step: the
+        latest evaluation's when it ran at this very step (no extra forward), else one E-step forward over it."""
+        if not self.calib.needs_heldout:
+            return None
+        cached = self.calib.last_eval
+        if cached is not None and cached[0] == int(state.global_step):
+            return cached[1], cached[2], cached[3]
+        if self._heldout_data is None:
+            self._heldout_data = _heldout_estep_data(self.trainer.eval_dataset)
+        probs = self._exact_probs(self._heldout_data, desc="calib held-out")
+        return probs, torch.from_numpy(self._heldout_data.answer_idx), torch.from_numpy(self._heldout_data.num_options)
+
+    def _write_bin_table(self, em_state: EMState, epoch: int, step: int) -> None:
+        """One JSON line per refresh in ``output_dir/calib_refresh.jsonl``: per bin the training-row count, accuracy
+        and confidence, the held-out count and accuracy, and the q the targets used (main process only)."""
+        if not self.trainer.is_world_process_zero() or not os.path.isdir(self.trainer.args.output_dir):
+            return
+        rec = {"refresh": em_state.refresh_count, "epoch": epoch, "global_step": step, "bins": em_state.bin_table()}
+        if "temperature" in em_state.extra:
+            rec["temperature"] = float(em_state.extra["temperature"])
+        with open(os.path.join(self.trainer.args.output_dir, REFRESH_LOG), "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, allow_nan=False) + "\n")
+
     def refresh_now(self, state, epoch: int) -> EMState:
         """Run E-step + M-step now, install the result in the shared context, log it."""
         tr = self.trainer
@@ -133,11 +162,14 @@ class EMRefreshCallback(TrainerCallback):
             probs, seen = self._online_probs(prev)
         else:
             probs = self._exact_probs()
+        heldout = self._heldout_rows(state)
         em_state = EMState.from_estep(
             torch.from_numpy(data.sample_id), probs, torch.from_numpy(data.answer_idx),
             torch.from_numpy(data.num_options), n_bins=self.settings.calib_bins,
             split=self.settings.calib_nonmax_split, refresh_count=(prev.refresh_count + 1) if prev else 1,
-            epoch_refreshed=epoch, global_step=int(state.global_step),
+            epoch_refreshed=epoch, global_step=int(state.global_step), heldout=heldout,
+            bin_accuracy=self.settings.calib_bin_accuracy, targets_kind=self.settings.calib_targets,
+            prior=self.settings.calib_heldout_prior,
         )
         if seen is not None:  # samples not seen since the last refresh keep their previous target
             unseen = ~torch.isin(em_state.sample_ids, seen)
@@ -151,6 +183,7 @@ class EMRefreshCallback(TrainerCallback):
             em_state.extra["online_table_probs"] = probs[order[first]].to(torch.float32).clone()
             self.calib.online.clear()
         self.calib.em_state = em_state
+        self._write_bin_table(em_state, epoch, int(state.global_step))
         dump_dir = os.environ.get(DEBUG_DUMP_ENV)
         if dump_dir:  # per-rank copies, to check that every rank holds the same state
             os.makedirs(dump_dir, exist_ok=True)
@@ -269,6 +302,26 @@ class EMRefreshCallback(TrainerCallback):
             )
 
 
+def _heldout_estep_data(eval_dataset) -> EStepData:
+    """The answer positions of the eval split(s) (a dict of eval sets is pooled), or a clear error without them."""
+    sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+    sets = [d for d in sets if d is not None and "calib_sample_id" in getattr(d, "column_names", ())]
+    if not sets:
+        raise ValueError(
+            "calib_bin_accuracy: heldout / calib_targets: temperature need the eval split's MCQ rows, but the trainer "
+            "has no eval dataset with calib_* columns: add test_datasets (type: axolotl_calib_plugin.mcq) or "
+            "val_set_size > 0."
+        )
+    if len(sets) > 1:
+        from datasets import concatenate_datasets
+
+        sets = [concatenate_datasets(sets)]
+    data = EStepData(sets[0])
+    if len(data) == 0:
+        raise ValueError("the eval split has no answer positions (calib_sample_id >= 0) for the held-out M-step")
+    return data
+
+
 def _resume_checkpoint(cfg) -> Optional[str]:
     """The checkpoint Axolotl will resume from (``resume_from_checkpoint``, else with
     ``auto_resume_from_checkpoints`` the highest ``output_dir/checkpoint-N``), without changing ``cfg``."""
@@ -321,4 +374,4 @@ def check_resume_state_early(cfg) -> None:
         )
 
 
-__all__ = ["DEBUG_DUMP_ENV", "EMRefreshCallback", "check_resume_state_early"]
+__all__ = ["DEBUG_DUMP_ENV", "EMRefreshCallback", "REFRESH_LOG", "check_resume_state_early"]

@@ -45,7 +45,8 @@ class CalibrationContext:
     the first E-step); ``resume_from``: what ``trainer.train(resume_from_checkpoint=...)`` received, and
     ``cfg_resume_from``: the config's ``resume_from_checkpoint``, where the callback looks for the
     checkpoint's ``calib_state.pt``; ``online``: with ``calib_estep: online``, the option probabilities the
-    training forwards recorded since the last refresh (the trainer writes, the callback reads).
+    training forwards recorded since the last refresh (the trainer writes, the callback reads); ``last_eval``: the
+    latest evaluation's option probabilities (the trainer writes, the callback's held-out M-step reads).
     """
 
     settings: CalibrationArgs
@@ -54,6 +55,14 @@ class CalibrationContext:
     resume_from: Any = None
     cfg_resume_from: Optional[str] = None
     online: Optional[OnlineRecord] = None
+    #: (global_step, probs, labels, num_options) of the latest evaluation of the eval split (gathered over ranks):
+    #: a refresh at the same step takes its held-out rows from it instead of a forward of its own
+    last_eval: Optional[tuple] = None
+
+    @property
+    def needs_heldout(self) -> bool:
+        """True when the M-step reads held-out rows (``calib_bin_accuracy: heldout`` or ``calib_targets: temperature``)."""
+        return self.settings.calib_bin_accuracy == "heldout" or self.settings.calib_targets == "temperature"
 
     def __post_init__(self):
         if self.online is None and self.settings.calib_estep == "online":

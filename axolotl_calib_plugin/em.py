@@ -10,6 +10,11 @@ fixed-between-refreshes result that the trainer reads:
   confidence (through ``metrics.reliability_bins``, the one metrics core).
   :func:`build_targets` -- the target distribution p(x_i): its argmax class gets q_{z_i}, the
   other classes share 1 - q_{z_i}.
+* **Held-out variants** (ours, not in Algorithm 1): :func:`heldout_bin_accuracy` takes q_m from rows the
+  model never trains on (binned by the same model), shrunk toward the training-row accuracy where they
+  are few; :func:`temperature_targets` gives each row softmax(log pi_i / T) with T fitted on those rows.
+  A model that memorised its training rows is calibrated on them, so training-row bins ask it to stay
+  as it is; only held-out rows show its over-confidence.
 
 Rows may have different option counts K: ``probs`` is zero-padded to ``Kmax`` and padded
 classes always get target 0. Empty bins have no samples, so no sample ever reads their (NaN)
@@ -28,7 +33,9 @@ import torch
 from . import metrics
 
 __all__ = [
+    "BIN_ACCURACY_SOURCES",
     "BinStatistics",
+    "TARGET_KINDS",
     "EMState",
     "NONMAX_SPLITS",
     "assign_bins",
@@ -38,6 +45,10 @@ __all__ = [
 ]
 
 NONMAX_SPLITS = ("proportional", "uniform", "reference")
+BIN_ACCURACY_SOURCES = ("train", "heldout")
+TARGET_KINDS = ("bin", "temperature")
+#: how far below a row's smallest log-probability the padded options of a short row go before a temperature fit
+_PAD_GAP = 1e4
 STATE_FILE = "calib_state.pt"
 _STATE_VERSION = 2
 #: versions :meth:`EMState.load` reads (1 = before the ``extra`` section existed)
@@ -176,6 +187,60 @@ def build_targets(
     return torch.where(is_top, q.view(n, 1).expand(n, kmax), share)
 
 
+def heldout_bin_accuracy(train: BinStatistics, heldout: BinStatistics, prior: float) -> torch.Tensor:
+    """q_m of every bin from held-out rows (float64, (M,)), shrunk toward the training-row accuracy.
+
+    q_m = (n_m acc_m + kappa q_train_m) / (n_m + kappa), n_m / acc_m the held-out count / accuracy of bin m and
+    kappa = ``prior`` (a pseudo-count). A bin with no held-out row takes q_train_m; a bin with no training row
+    (which no training sample reads) takes the held-out accuracy, or NaN when it has no held-out row either.
+    """
+    if not (prior >= 0 and math.isfinite(prior)):
+        raise ValueError(f"calib_heldout_prior must be a finite number >= 0, got {prior!r}")
+    if heldout.count.numel() != train.count.numel():
+        raise ValueError(f"held-out statistics have {heldout.count.numel()} bins, training ones {train.count.numel()}")
+    n_h = heldout.count.to(torch.float64)
+    acc_h = torch.nan_to_num(heldout.accuracy.to(torch.float64), nan=0.0)
+    q_tr = train.accuracy.to(torch.float64)
+    denom = n_h + prior
+    shrunk = (n_h * acc_h + prior * torch.nan_to_num(q_tr, nan=0.0)) / denom.clamp(min=1e-300)
+    q = torch.where(n_h > 0, shrunk, q_tr)
+    return torch.where(torch.isnan(q_tr), torch.where(n_h > 0, acc_h, q_tr), q)
+
+
+def option_log_probs(probs: torch.Tensor, num_options: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Finite float64 logits of option distributions: log pi on a row's K options, and ``_PAD_GAP`` below the row's
+    smallest log-probability on its padded columns (mixed K), so a softmax at any T in the fit's bounds gives them
+    ~0. Probabilities that underflowed to 0 are clipped at 1e-300."""
+    p = torch.as_tensor(probs).detach().to(torch.float64)
+    valid = _valid_mask(p, num_options)
+    logp = torch.log(p.clamp(min=1e-300))
+    low = torch.where(valid, logp, torch.full_like(logp, math.inf)).min(dim=1, keepdim=True).values
+    return torch.where(valid, logp, low - _PAD_GAP)
+
+
+def temperature_targets(probs: torch.Tensor, temperature: float, num_options: Optional[torch.Tensor] = None
+                        ) -> torch.Tensor:
+    """Per-row targets softmax(log pi_i / T) (float64, (n, Kmax)); padded options get exactly 0.
+
+    With T fitted on held-out rows this is the model's own prediction, temperature-scaled: it keeps the
+    ranking of rows within a bin (which bin targets flatten) and of options within a row.
+    """
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    p = torch.as_tensor(probs).detach().to(torch.float64)
+    valid = _valid_mask(p, num_options)
+    logp = torch.log(p.clamp(min=1e-300)).masked_fill(~valid, -math.inf)
+    return torch.softmax(logp / float(temperature), dim=1)
+
+
+def fit_heldout_temperature(probs: torch.Tensor, labels: torch.Tensor, num_options: Optional[torch.Tensor] = None
+                            ) -> float:
+    """T minimising the NLL of the held-out ``labels`` under softmax(log pi / T) (the temperature-scaling fit)."""
+    from .temperature import fit_temperature
+
+    return fit_temperature(option_log_probs(probs, num_options), torch.as_tensor(labels).to(torch.int64))
+
+
 def em_step(
     sample_ids: torch.Tensor,
     probs: torch.Tensor,
@@ -183,12 +248,23 @@ def em_step(
     num_options: torch.Tensor,
     n_bins: int,
     split: str = "proportional",
-) -> tuple["BinStatistics", torch.Tensor, torch.Tensor]:
+    *,
+    heldout: Optional[tuple] = None,
+    bin_accuracy: str = "train",
+    targets_kind: str = "bin",
+    prior: float = 10.0,
+    return_info: bool = False,
+):
     """One full E + M step over the training set.
 
     Returns the bin statistics (over every row), and the sorted unique ``sample_ids`` with their
     (float32) targets. Rows sharing an id are the same prompt, hence have the same probabilities
     and bin, hence the same target: the first row of each id is kept.
+
+    ``heldout`` = (probs, labels, num_options) of rows the model does not train on, needed by
+    ``bin_accuracy="heldout"`` (q_m from :func:`heldout_bin_accuracy`) and ``targets_kind="temperature"``
+    (:func:`temperature_targets`); with ``return_info`` a 4th value holds the held-out bin statistics, the q_m
+    used (``bin_target``) and the fitted ``temperature``.
     """
     probs = torch.as_tensor(probs).detach().cpu()
     sample_ids = torch.as_tensor(sample_ids).detach().cpu().to(torch.int64)
@@ -199,12 +275,37 @@ def em_step(
     if bool((sample_ids < 0).any()):
         raise ValueError("sample ids must be non-negative")
     stats = bin_statistics(probs, labels, n_bins)
-    bins = assign_bins(probs.max(dim=1).values, n_bins)
-    q = stats.accuracy[bins]  # every sample's bin is non-empty by construction (it holds the sample)
-    targets = build_targets(probs.to(torch.float64), q, split=split, num_options=num_options).to(torch.float32)
+    info: dict = {}
+    if targets_kind not in TARGET_KINDS:
+        raise ValueError(f"calib_targets must be one of {TARGET_KINDS}, got {targets_kind!r}")
+    if bin_accuracy not in BIN_ACCURACY_SOURCES:
+        raise ValueError(f"calib_bin_accuracy must be one of {BIN_ACCURACY_SOURCES}, got {bin_accuracy!r}")
+    if heldout is not None:
+        h_probs, h_labels, h_k = (torch.as_tensor(t).detach().cpu() for t in heldout)
+        h_stats = bin_statistics(h_probs, h_labels.to(torch.int64), n_bins)
+        info.update(heldout_bin_count=h_stats.count, heldout_bin_accuracy=h_stats.accuracy,
+                    heldout_bin_confidence=h_stats.confidence)
+    elif bin_accuracy == "heldout" or targets_kind == "temperature":
+        raise ValueError(f"calib_bin_accuracy: {bin_accuracy} / calib_targets: {targets_kind} need held-out rows "
+                         "(an eval split), and none were given to the M-step")
+    if bin_accuracy == "heldout":
+        q_bins = heldout_bin_accuracy(stats, h_stats, prior)
+    else:
+        q_bins = stats.accuracy
+    info["bin_target"] = q_bins
+    if targets_kind == "temperature":
+        t = fit_heldout_temperature(h_probs, h_labels, h_k.to(torch.int64))
+        info["temperature"] = torch.tensor(t, dtype=torch.float64)
+        targets = temperature_targets(probs, t, num_options).to(torch.float32)
+    else:
+        bins = assign_bins(probs.max(dim=1).values, n_bins)
+        q = q_bins[bins]  # every sample's bin holds the sample, so its q is finite
+        targets = build_targets(probs.to(torch.float64), q, split=split, num_options=num_options).to(torch.float32)
     uniq, inverse = torch.unique(sample_ids, sorted=True, return_inverse=True)
     first = torch.full((uniq.numel(),), sample_ids.numel(), dtype=torch.int64)
     first = first.scatter_reduce(0, inverse, torch.arange(sample_ids.numel()), reduce="amin")
+    if return_info:
+        return stats, uniq, targets[first], info
     return stats, uniq, targets[first]
 
 
@@ -233,12 +334,16 @@ class EMState:
 
     @classmethod
     def from_estep(cls, sample_ids, probs, labels, num_options, n_bins: int, split: str = "proportional",
-                   refresh_count: int = 1, epoch_refreshed: int = -1, global_step: int = 0) -> "EMState":
-        """Run the M-step on E-step outputs and package the result."""
-        stats, ids, targets = em_step(sample_ids, probs, labels, num_options, n_bins, split)
+                   refresh_count: int = 1, epoch_refreshed: int = -1, global_step: int = 0, *,
+                   heldout: Optional[tuple] = None, bin_accuracy: str = "train", targets_kind: str = "bin",
+                   prior: float = 10.0) -> "EMState":
+        """Run the M-step on E-step outputs and package the result (held-out statistics in ``extra``)."""
+        stats, ids, targets, info = em_step(sample_ids, probs, labels, num_options, n_bins, split, heldout=heldout,
+                                            bin_accuracy=bin_accuracy, targets_kind=targets_kind, prior=prior,
+                                            return_info=True)
         return cls(sample_ids=ids, targets=targets, bin_count=stats.count, bin_accuracy=stats.accuracy,
                    bin_confidence=stats.confidence, refresh_count=int(refresh_count),
-                   epoch_refreshed=int(epoch_refreshed), global_step=int(global_step))
+                   epoch_refreshed=int(epoch_refreshed), global_step=int(global_step), extra=info)
 
     @property
     def n_bins(self) -> int:
@@ -324,6 +429,24 @@ class EMState:
                    refresh_count=int(d["refresh_count"]), epoch_refreshed=int(d["epoch_refreshed"]),
                    global_step=int(d["global_step"]), extra=dict(d.get("extra") or {}))
 
+    def bin_table(self) -> list[dict]:
+        """Per bin: training-row count / accuracy / confidence, held-out count / accuracy (when read) and the q the
+        targets used; JSON-safe (None for an empty bin's accuracy)."""
+        def num(t, m):
+            v = float(t[m])
+            return None if math.isnan(v) else round(v, 6)
+
+        rows = []
+        q = self.extra.get("bin_target", self.bin_accuracy)
+        for m in range(self.n_bins):
+            row = {"bin": m, "count": int(self.bin_count[m]), "acc": num(self.bin_accuracy, m),
+                   "conf": num(self.bin_confidence, m), "q": num(q, m)}
+            if "heldout_bin_count" in self.extra:
+                row["heldout_count"] = int(self.extra["heldout_bin_count"][m])
+                row["heldout_acc"] = num(self.extra["heldout_bin_accuracy"], m)
+            rows.append(row)
+        return rows
+
     def summary(self, prefix: str = "calib/") -> dict:
         """JSON-safe scalars for ``trainer.log``: training-set conf-ECE and accuracy (from the bin
         statistics), refresh counter, and per bin ``bin_acc_m`` / ``bin_conf_m`` / ``bin_count_m``
@@ -335,6 +458,14 @@ class EMState:
             f"{prefix}refresh": int(self.refresh_count),
             f"{prefix}n_samples": int(self.bin_count.sum()),
         }
+        if "heldout_bin_count" in self.extra:
+            held = BinStatistics(self.extra["heldout_bin_count"], self.extra["heldout_bin_accuracy"],
+                                 self.extra["heldout_bin_confidence"])
+            out[f"{prefix}heldout_conf_ece"] = round(held.conf_ece, 6)
+            out[f"{prefix}heldout_acc"] = round(held.mean_accuracy, 6)
+            out[f"{prefix}heldout_n"] = int(held.count.sum())
+        if "temperature" in self.extra:
+            out[f"{prefix}heldout_temperature"] = round(float(self.extra["temperature"]), 6)
         for m in range(self.n_bins):
             out[f"{prefix}bin_count_{m}"] = int(self.bin_count[m])
             acc, conf = float(self.bin_accuracy[m]), float(self.bin_confidence[m])

@@ -138,7 +138,8 @@ def _forward_accepts(model, name: str) -> bool:
 # ---------------------------------------------------------------------- the E-step
 @torch.no_grad()
 def run_estep(model, data: EStepData, option_ids, *, batch_size: int, device, pad_id: int,
-              use_inference_mode: bool = True, show_progress: bool = True) -> dict[str, torch.Tensor]:
+              use_inference_mode: bool = True, show_progress: bool = True, desc: str = "calib E-step"
+              ) -> dict[str, torch.Tensor]:
     """E-step forward over every answer position of ``data``; returns CPU tensors ``probs``
     (n, L) over the L configured letters (zero past each sample's K), ``labels``, ``num_options``
     and ``sample_ids``, in ``data`` order, identical on every rank."""
@@ -161,7 +162,7 @@ def run_estep(model, data: EStepData, option_ids, *, batch_size: int, device, pa
     if show_progress and rank == 0:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=n_batches, desc="calib E-step", unit="batch", leave=False)
+        pbar = tqdm(total=n_batches, desc=desc, unit="batch", leave=False)
     with ctx:
         for start in range(0, len(mine), batch_size):
             chunk = mine[start:start + batch_size]

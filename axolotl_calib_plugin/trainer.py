@@ -241,6 +241,9 @@ class AxolotlCalibTrainer(AxolotlTrainer):
             self._calib_eval = []
             if held_out is not None:
                 values, probs, labels, num_options = held_out
+                if metric_key_prefix == "eval":  # the held-out M-step at this step reuses these rows
+                    self.calib.last_eval = (int(self.state.global_step), torch.from_numpy(probs).float(),
+                                            torch.from_numpy(labels), torch.from_numpy(num_options))
                 output.metrics.update({f"{metric_key_prefix}_calib/{k}": v for k, v in values.items()})
                 if self.calib.settings.calib_eval_plots and self.is_world_process_zero():
                     self._calib_eval_plot(probs, labels, num_options, metric_key_prefix)

@@ -96,3 +96,13 @@ def temperature_scale(fit_logliks: np.ndarray, fit_labels: np.ndarray, *eval_log
     probs = [apply_temperature(z, t) for z in eval_logliks]
     scaled = [np.asarray(z, dtype=np.float64) / t for z in eval_logliks]
     return t, probs, scaled
+
+
+def bin_table(probs: np.ndarray, labels: np.ndarray, n_bins: int = metrics.DEFAULT_N_BINS) -> dict:
+    """Per max-confidence bin: count, accuracy and mean confidence (lists; None for empty bins), JSON-safe."""
+    rb = metrics.reliability_bins(probs, labels, n_bins=n_bins, kind="conf")
+
+    def clean(a):
+        return [None if np.isnan(v) else round(float(v), 6) for v in a]
+
+    return {"count": [int(c) for c in rb.count], "acc": clean(rb.accuracy), "conf": clean(rb.mean_confidence)}

@@ -82,7 +82,8 @@ def dpo_config(model, data, out_dir, prepared, *, beta: float, **kw) -> dict:
 
 
 def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins: int = 10, estep: str = "exact",
-                 label_smoothing: float = 0.0, **kw) -> dict:
+                 label_smoothing: float = 0.0, bin_accuracy: str = "train", targets: str = "bin", ece_loss: str = "mse",
+                 heldout: str | None = None, **kw) -> dict:
     cfg = _base(model, out_dir, prepared, **kw)
     cfg.update({
         "plugins": ["axolotl_calib_plugin.CalibrationPlugin"],
@@ -98,6 +99,14 @@ def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins:
         cfg["calib_estep"] = estep
     if label_smoothing:
         cfg["calib_label_smoothing"] = float(label_smoothing)
+    if heldout:  # the eval split: held-out calibration each epoch, and the rows of the held-out M-step variants
+        cfg["test_datasets"] = [{"path": os.path.abspath(heldout), "type": "axolotl_calib_plugin.mcq", "split": "train"}]
+        cfg["eval_strategy"] = "epoch"
+        cfg["per_device_eval_batch_size"] = 64
+    for key, value, default in (("calib_bin_accuracy", bin_accuracy, "train"), ("calib_targets", targets, "bin"),
+                                ("calib_ece_loss", ece_loss, "mse")):
+        if value != default:
+            cfg[key] = value
     # train_on_inputs is set by the plugin from calib_mode (cft: false, rcft: true).
     return cfg
 

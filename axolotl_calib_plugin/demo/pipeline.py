@@ -77,6 +77,16 @@ ARMS = ("aligned", "overfit")
 DEFAULT_LAMBDA = 1.0
 
 
+#: target variants of a CFT / RCFT run -> (calib_bin_accuracy, calib_targets, calib_ece_loss)
+VARIANTS: dict[str, tuple[str, str, str]] = {
+    "train": ("train", "bin", "mse"),        # Algorithm 1: bin accuracies from the training rows
+    "train_kl": ("train", "bin", "kl"),
+    "heldout": ("heldout", "bin", "mse"),    # bin accuracies from the held-out split
+    "heldout_kl": ("heldout", "bin", "kl"),
+    "temp": ("train", "temperature", "kl"),  # per-row softmax(log pi / T), T fitted on the held-out split
+}
+
+
 @dataclass(frozen=True)
 class Plan:
     """Which runs one seed trains: arms, the lambdas of CFT / RCFT, label smoothing, online E-step."""
@@ -87,6 +97,14 @@ class Plan:
     online: bool = False
     #: lambdas swept in the overfit arm too (else only 0 and the default there)
     sweep_overfit: bool = False
+    #: target variants (``VARIANTS``) trained at every non-zero lambda (lambda 0 is one run: no targets)
+    variants: tuple[str, ...] = ("train",)
+    #: extra (mode, variant, lambda) runs beyond the grid
+    extra_runs: tuple[tuple[str, str, float], ...] = ()
+    #: arms whose start model gets fixes (None: every arm); the others are trained and evaluated only
+    fix_arms: Optional[tuple[str, ...]] = None
+    #: give every CFT / RCFT run the held-out TS-fit split as its eval split (``test_datasets``), evaluated each epoch
+    heldout_eval: bool = False
 
 
 #: ``make demo`` (one seed, <= 10 min on 2 cores): the aligned arm with lambda 0 and 1; the over-fine-tuned arm
@@ -105,11 +123,14 @@ class Run:
     mode: Optional[str] = None
     lam: Optional[float] = None
     estep: str = "exact"
+    variant: str = "train"
 
 
-def calib_name(arm: str, mode: str, lam: float, estep: str = "exact") -> str:
-    """Results key of a CFT / RCFT run: ``aligned.cft``, ``aligned.cft_lam0``, ``overfit.rcft_lam0.3``, ``aligned.cft_online``."""
-    name = f"{arm}.{mode}" + ("" if lam == DEFAULT_LAMBDA else f"_lam{lam:g}")
+def calib_name(arm: str, mode: str, lam: float, estep: str = "exact", variant: str = "train") -> str:
+    """Results key of a CFT / RCFT run: ``aligned.cft``, ``aligned.cft_lam0``, ``overfit.rcft_lam0.3``,
+    ``aligned.cft_online``, ``overfit.cft_heldout_lam10``, ``overfit.rcft_temp`` (lambda 0 has no variant)."""
+    tag = "" if variant == "train" or lam == 0 else f"_{variant}"
+    name = f"{arm}.{mode}{tag}" + ("" if lam == DEFAULT_LAMBDA else f"_lam{lam:g}")
     return name + ("_online" if estep == "online" else "")
 
 
@@ -119,13 +140,22 @@ def plan_runs(plan: Plan) -> list[Run]:
     for arm in sorted(plan.arms, key=lambda a: a != "overfit"):  # the longest run is submitted first
         runs.append(Run(arm, "dpo" if arm == "aligned" else "overfit", "base"))
     for arm in plan.arms:
+        if plan.fix_arms is not None and arm not in plan.fix_arms:
+            continue
         lams = plan.lambdas if (arm == "aligned" or plan.sweep_overfit) else tuple(
             lam for lam in plan.lambdas if lam in (0.0, DEFAULT_LAMBDA))
         if plan.label_smoothing and arm == "aligned":
             runs.append(Run(f"{arm}.ls", "ls", arm))
         for mode in ("cft", "rcft"):
-            for lam in lams:
-                runs.append(Run(calib_name(arm, mode, lam), "calib", arm, mode=mode, lam=float(lam)))
+            if 0.0 in lams:
+                runs.append(Run(calib_name(arm, mode, 0.0), "calib", arm, mode=mode, lam=0.0))
+            for variant in plan.variants:
+                for lam in (lam for lam in lams if lam != 0.0):
+                    runs.append(Run(calib_name(arm, mode, lam, variant=variant), "calib", arm, mode=mode,
+                                    lam=float(lam), variant=variant))
+        for mode, variant, lam in plan.extra_runs:
+            runs.append(Run(calib_name(arm, mode, lam, variant=variant), "calib", arm, mode=mode, lam=float(lam),
+                            variant=variant))
         if plan.online and arm == "aligned":
             runs.append(Run(calib_name(arm, "cft", DEFAULT_LAMBDA, "online"), "calib", arm, mode="cft",
                             lam=DEFAULT_LAMBDA, estep="online"))
@@ -189,14 +219,38 @@ def train_logged(cfg_path: str, log_path: str, what: str) -> float:
     return _check_exit(train_in_forked_process(cfg_path, log_path, _env()), t0, log_path, what)
 
 
+#: source files that cannot change a trained model or an evaluation: reports, plots and the CLI's text
+_RESULT_NEUTRAL = ("cli.py", "plots.py", "compare.py", os.path.join("demo", "report.py"),
+                   os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"))
+
+
+def code_files() -> list[str]:
+    """Every file whose change can change a demo result: the package's Python sources at any depth (training,
+    data, evaluation, the world, the tiny-model builders) and the lm-eval task folder (task YAMLs, utils.py),
+    minus ``_RESULT_NEUTRAL``. Sorted, relative to the package's parent."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from ..evaluation import find_task_dir
+
+    roots = [(pkg, (".py",)), (find_task_dir(), (".py", ".yaml", "_yaml"))]
+    base = os.path.dirname(pkg)
+    out = []
+    for root, exts in roots:
+        for d, dirs, files in os.walk(root):
+            dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+            for name in files:
+                path = os.path.join(d, name)
+                if name.endswith(exts) and os.path.relpath(path, pkg) not in _RESULT_NEUTRAL:
+                    out.append(os.path.relpath(path, base))
+    return sorted(set(out))
+
+
 def _code_fingerprint() -> str:
-    """Hash of the plugin's training-side sources: a run trained by other code is never reused."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """Hash of :func:`code_files` (names and contents): a run trained or scored by other code is never reused."""
+    base = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     h = hashlib.sha256()
-    for name in sorted(os.listdir(root)):
-        if name.endswith(".py"):
-            with open(os.path.join(root, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+    for rel in code_files():
+        with open(os.path.join(base, rel), "rb") as f:
+            h.update(rel.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -279,6 +333,7 @@ class _Paths:
     sft_base: str = ""
     sft_train: str = ""
     models: dict = field(default_factory=dict)
+    heldout_eval: bool = False
 
     def model(self, name: str) -> str:
         return os.path.join(self.out, "models", name)
@@ -302,8 +357,10 @@ def _run_config(run: Run, p: _Paths, s: DemoSettings, seed: int) -> dict:
         return configs.calib_config(start, p.data.train, out, prep, mode="cft", lam=0.0, label_smoothing=s.ls_factor,
                                     epochs=s.fix_epochs, lr=s.fix_lr, **common)
     if run.kind == "calib":
+        bin_accuracy, targets, divergence = VARIANTS[run.variant]
         return configs.calib_config(start, p.data.train, out, prep, mode=run.mode, lam=run.lam, estep=run.estep,
-                                    epochs=s.fix_epochs, lr=s.fix_lr, **common)
+                                    epochs=s.fix_epochs, lr=s.fix_lr, bin_accuracy=bin_accuracy, targets=targets,
+                                    ece_loss=divergence, heldout=p.data.ts_fit if p.heldout_eval else None, **common)
     raise ValueError(f"unknown run kind {run.kind!r}")
 
 
@@ -422,6 +479,13 @@ def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
         if arm not in evals or not os.path.exists(ts_path):
             continue
         ts = _load_eval(ts_path)
+        # the held-out M-step's pre-check: per-bin accuracy of the start model on its training rows vs on
+        # held-out rows (the TS-fit split, which the held-out variants read)
+        p_fit = softmax(ts["logliks"], axis=1)
+        rows[arm]["heldout"] = analysis.scores(p_fit, ts["labels"]).as_dict()
+        if "train" in probs.get(arm, {}):
+            rows[arm]["bins"] = {"train": analysis.bin_table(probs[arm]["train"]["probs"], y_train),
+                                 "heldout": analysis.bin_table(p_fit, ts["labels"])}
         t, (p_in, p_out), (z_in, _) = analysis.temperature_scale(ts["logliks"], ts["labels"], evals[arm]["in"]["logliks"],
                                                                  evals[arm]["out"]["logliks"])
         rows[f"{arm}.ts"] = {"in": analysis.scores(p_in, y_in).as_dict(), "out": analysis.scores(p_out, y_out).as_dict(),
@@ -449,7 +513,7 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
     world = make_world(s.world, seed, s.target_oracle_acc)
-    p = _Paths(out)
+    p = _Paths(out, heldout_eval=plan.heldout_eval)
     p.data = generate(os.path.join(out, "data"), world, s.n_base, s.n_train, s.n_dpo, s.n_ts, s.n_eval_in, s.n_eval_out)
     p.sft_base = _sft_jsonl(p.data.base_train, os.path.join(out, "data", "base_train_sft.jsonl"))
     p.sft_train = _sft_jsonl(p.data.train, os.path.join(out, "data", "train_sft.jsonl"))

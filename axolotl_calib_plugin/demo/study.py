@@ -27,6 +27,7 @@ from typing import Sequence
 
 from . import report
 from .pipeline import ARMS, DEFAULT_LAMBDA, FULL, DemoSettings, Plan, calib_name, run_seed
+from . import heldout_study
 from .stats import mean_ci, paired_difference, verdict
 
 #: the study's runs per seed: both arms; CFT and RCFT over the lambda sweep in the aligned arm (0 and 1
@@ -62,7 +63,10 @@ def _compact(rows: dict) -> dict:
     """The per-seed numbers the study keeps (scores in/out/train, pairs, regime, temperature)."""
     out = {}
     for key, r in rows.items():
-        c = {d: {m: r[d][m] for m in ("conf_ece", "cw_ece", "acc", "mean_conf")} for d in ("in", "out", "train") if d in r}
+        c = {d: {m: r[d][m] for m in ("conf_ece", "cw_ece", "acc", "mean_conf")}
+             for d in ("in", "out", "train", "heldout") if d in r}
+        if "bins" in r:
+            c["bins"] = r["bins"]
         if "pairs" in r:
             c["pairs"] = {m: r["pairs"][m] for m in ("pref_ratio", "true_pref", "rank_acc")}
         if "regime" in r:
@@ -301,9 +305,12 @@ def plot_lambda_curve(study: dict, path: str) -> str:
 
 
 def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, plan: Plan = STUDY_PLAN,
-              parallel: int = 2, reuse: bool = True, summary_dir: str | None = None) -> dict:
+              parallel: int = 2, reuse: bool = True, summary_dir: str | None = None, kind: str = "main") -> dict:
     """Run (or resume) every seed, then write ``study.json``, ``study.md`` and ``lambda_curve.png`` into
-    ``summary_dir`` (default ``out``)."""
+    ``summary_dir`` (default ``out``); ``kind="heldout"``: the held-out M-step study of
+    :mod:`.heldout_study` (its plan, ``heldout.json``, ``heldout.md``, ``heldout_deltas.png``)."""
+    if kind == "heldout":
+        plan = heldout_study.PLAN
     import platform
 
     t0 = time.time()
@@ -326,6 +333,8 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
                  "seed_wall_time_s": {k: v["wall_time_s"] for k, v in per_seed.items()}},
         "per_seed": per_seed,
     }
+    if kind == "heldout":
+        return heldout_study.write(study, summary_dir)
     study["summary"] = summarize(per_seed)
     with open(os.path.join(summary_dir, "study.json"), "w", encoding="utf-8") as f:
         json.dump(study, f, indent=1)

@@ -1,0 +1,228 @@
+"""The held-out M-step study: does the ECE term earn its place once q_m comes from rows the model never fitted?
+
+Per seed (``axolotl-calib demo --seeds N --study heldout``): base SFT, the two start models (DPO, 20-epoch
+SFT), and in the over-fine-tuned arm CFT and RCFT with three target variants -- bin accuracies from the
+training rows (Algorithm 1), from the held-out TS-fit split (``calib_bin_accuracy: heldout``), and per-row
+temperature-scaled targets with T fitted on that split (``calib_targets: temperature``, KL) -- each at
+lambda 1 and 10, their shared lambda-0 run (plain SFT through the plugin), held-out bins with KL at lambda 10
+(KL vs squared error), and temperature scaling fitted on the same held-out split.
+
+Reported: the pre-check (per-bin accuracy of each start model on its training rows vs held-out rows), every
+variant minus its lambda-0 run (paired over seeds, 95% t intervals, Holm-adjusted p-values over the family of
+in-domain conf-ECE comparisons), accuracy non-inferiority within 1 point, the comparison with temperature
+scaling, and a figure of the paired differences.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from . import report
+from .pipeline import ARMS, Plan, calib_name
+from .stats import mean_ci, paired_difference
+
+LAMBDAS = (1.0, 10.0)
+VARIANT_ORDER = ("train", "heldout", "heldout_kl", "temp")
+VARIANT_LABEL = {"train": "training-row bins (Alg. 1)", "heldout": "held-out bins", "heldout_kl": "held-out bins, KL",
+                 "temp": "held-out temperature targets, KL"}
+PLAN = Plan(arms=ARMS, lambdas=(0.0,) + LAMBDAS, label_smoothing=False, online=False, sweep_overfit=True,
+            variants=("train", "heldout", "temp"), extra_runs=(("cft", "heldout_kl", 10.0),), fix_arms=("overfit",),
+            heldout_eval=True)
+FIX_ARM = "overfit"
+ACC_MARGIN = 0.01
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count toward the family size)."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    m, out, running = len(order), [float("nan")] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def _vals(per_seed: dict, key: str, dom: str, metric: str) -> list:
+    return [s["rows"].get(key, {}).get(dom, {}).get(metric) for s in per_seed.values()]
+
+
+def _bins_mean(per_seed: dict, arm: str, split: str) -> dict:
+    """Per bin over seeds: total count and pooled accuracy / confidence (count-weighted)."""
+    tables = [s["rows"].get(arm, {}).get("bins", {}).get(split) for s in per_seed.values()]
+    tables = [t for t in tables if t]
+    if not tables:
+        return {}
+    count = np.sum([t["count"] for t in tables], axis=0)
+    acc = np.sum([[c * (a or 0.0) for c, a in zip(t["count"], t["acc"])] for t in tables], axis=0)
+    conf = np.sum([[c * (a or 0.0) for c, a in zip(t["count"], t["conf"])] for t in tables], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"count": count.tolist(), "acc": [None if c == 0 else float(a / c) for a, c in zip(acc, count)],
+                "conf": [None if c == 0 else float(a / c) for a, c in zip(conf, count)], "seeds": len(tables)}
+
+
+def summarize(per_seed: dict) -> dict:
+    precheck = {}
+    for arm in ARMS:
+        train, held = _bins_mean(per_seed, arm, "train"), _bins_mean(per_seed, arm, "heldout")
+        if train:
+            precheck[arm] = {"train_bins": train, "heldout_bins": held,
+                             "conf_ece_train": mean_ci([v for v in _vals(per_seed, arm, "train", "conf_ece") if v is not None]),
+                             "conf_ece_heldout": mean_ci([v for v in _vals(per_seed, arm, "heldout", "conf_ece") if v is not None]),
+                             "acc_train": mean_ci([v for v in _vals(per_seed, arm, "train", "acc") if v is not None]),
+                             "acc_heldout": mean_ci([v for v in _vals(per_seed, arm, "heldout", "acc") if v is not None])}
+    cells, comps = {}, []
+    keys = sorted({k for s in per_seed.values() for k in s["rows"]})
+    for k in keys:
+        cells[k] = {f"{m}_{d}": mean_ci([v for v in _vals(per_seed, k, d, m) if v is not None])
+                    for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}
+    ts_key = f"{FIX_ARM}.ts"
+    for mode in ("cft", "rcft"):
+        base = calib_name(FIX_ARM, mode, 0.0)
+        for variant in VARIANT_ORDER:
+            for lam in LAMBDAS:
+                key = calib_name(FIX_ARM, mode, lam, variant=variant)
+                if key not in keys or base not in keys:
+                    continue
+                c = {"key": key, "mode": mode, "variant": variant, "lambda": lam, "base": base,
+                     "vs_lam0": {f"{m}_{d}": paired_difference(_vals(per_seed, key, d, m), _vals(per_seed, base, d, m))
+                                 for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}}
+                if ts_key in keys:
+                    c["vs_ts"] = {f"{m}_{d}": paired_difference(_vals(per_seed, key, d, m), _vals(per_seed, ts_key, d, m))
+                                  for m in ("conf_ece",) for d in ("in", "out")}
+                comps.append(c)
+    adj = holm([c["vs_lam0"]["conf_ece_in"].get("p", float("nan")) for c in comps])
+    for c, p in zip(comps, adj):
+        c["vs_lam0"]["conf_ece_in"]["p_holm"] = p
+    verdicts = {}
+    for mode in ("cft", "rcft"):
+        mine = [c for c in comps if c["mode"] == mode and c["vs_lam0"]["conf_ece_in"]["n"] >= 2]
+        if not mine:
+            continue
+        best = min(mine, key=lambda c: c["vs_lam0"]["conf_ece_in"]["mean"])
+        d, a = best["vs_lam0"]["conf_ece_in"], best["vs_lam0"]["acc_in"]
+        t = best.get("vs_ts", {}).get("conf_ece_in")
+        verdicts[mode] = {
+            "best": best["key"], "variant": best["variant"], "lambda": best["lambda"],
+            "conf_ece_in": d, "acc_in": a,
+            "ece_gain": bool(d["hi"] < 0), "ece_gain_holm": bool(d["hi"] < 0 and d.get("p_holm", 1) < 0.05),
+            "acc_kept": bool(a["lo"] > -ACC_MARGIN),
+            "vs_ts": t, "no_worse_than_ts": None if t is None else bool(t["mean"] <= 0 or t["lo"] <= 0),
+        }
+    return {"keys": keys, "cells": cells, "precheck": precheck, "comparisons": comps, "verdicts": verdicts,
+            "family_size": sum(1 for c in comps if not math.isnan(c["vs_lam0"]["conf_ece_in"].get("p", float("nan"))))}
+
+
+def _ci(d: dict, digits: int = 3) -> str:
+    if d is None or d["n"] < 2 or math.isnan(d["lo"]):
+        return "-" if d is None or d["n"] == 0 else f"{d['mean']:+.{digits}f} (n=1)"
+    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+
+
+def _pm(c: dict) -> str:
+    if c is None or c["n"] == 0:
+        return "-"
+    return f"{c['mean']:.3f}" + ("" if math.isnan(c["half"]) else f" ± {c['half']:.3f}")
+
+
+def render_markdown(study: dict) -> str:
+    m, s = study["meta"], study["summary"]
+    lines = ["# Held-out M-step study (issue: an ECE term that earns its place)", "",
+             f"{m['n_seeds']} seed(s) ({', '.join(map(str, m['seeds']))}), {m['settings']['world']} world, "
+             f"{m['settings']['n_train']} training questions; held-out rows: the {m['settings']['n_ts']}-question "
+             f"TS-fit split (also what temperature scaling is fitted on); {m['settings']['n_eval_in']} in-domain / "
+             f"{m['settings']['n_eval_out']} out-of-domain eval questions. Code: {m.get('commit', '?')}. "
+             f"Wall time {m['wall_time_s'] / 60:.0f} min on {m['machine']}.", ""]
+    if m.get("note"):
+        lines += [m["note"], ""]
+    lines += ["## Pre-check (no training): per-bin accuracy of the start model, training rows vs held-out rows", "",
+              "Counts summed and accuracies pooled over seeds; `–` = empty bin.", ""]
+    for arm, pc in s["precheck"].items():
+        lines += [f"**{report.row_label(arm)}**: conf-ECE on its training rows {_pm(pc['conf_ece_train'])} vs held-out "
+                  f"{_pm(pc['conf_ece_heldout'])}; accuracy {_pm(pc['acc_train'])} vs {_pm(pc['acc_heldout'])}.", "",
+                  "| bin | train n | train acc | train conf | held-out n | held-out acc | held-out conf |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        tb, hb = pc["train_bins"], pc["heldout_bins"] or {"count": [0] * 10, "acc": [None] * 10, "conf": [None] * 10}
+        f = (lambda v: "–" if v is None else f"{v:.3f}")
+        for b in range(len(tb["count"])):
+            if tb["count"][b] == 0 and hb["count"][b] == 0:
+                continue
+            lines.append(f"| {(b) / 10:.1f}–{(b + 1) / 10:.1f} | {tb['count'][b]} | {f(tb['acc'][b])} | {f(tb['conf'][b])} | "
+                         f"{hb['count'][b]} | {f(hb['acc'][b])} | {f(hb['conf'][b])} |")
+        lines.append("")
+    lines += ["## Each variant minus its λ=0 run (over-fine-tuned arm; paired over seeds, 95% CI)", "",
+              f"Holm-adjusted p over the {s['family_size']} in-domain conf-ECE comparisons of this table.", "",
+              "| run | variant | λ | Δ conf-ECE in | Holm p | Δ conf-ECE out | Δ cw-ECE in | Δ acc in | vs TS: Δ conf-ECE in |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in s["comparisons"]:
+        d = c["vs_lam0"]
+        ph = d["conf_ece_in"].get("p_holm", float("nan"))
+        lines.append(f"| {c['mode'].upper()} | {VARIANT_LABEL[c['variant']]} | {c['lambda']:g} | {_ci(d['conf_ece_in'])} | "
+                     f"{'-' if math.isnan(ph) else f'{ph:.3g}'} | {_ci(d['conf_ece_out'])} | {_ci(d['cw_ece_in'])} | "
+                     f"{_ci(d['acc_in'])} | {_ci(c.get('vs_ts', {}).get('conf_ece_in'))} |")
+    lines += ["", "## Absolute values (mean ± 95% half-width)", "", "| model | conf-ECE in | conf-ECE out | acc in | acc out |",
+              "|---|---:|---:|---:|---:|"]
+    for k in report.ordered_keys(s["keys"]):
+        if k == "oracle" or k in s["cells"]:
+            c = s["cells"].get(k)
+            if c:
+                lines.append(f"| {k} | {_pm(c['conf_ece_in'])} | {_pm(c['conf_ece_out'])} | {_pm(c['acc_in'])} | {_pm(c['acc_out'])} |")
+    lines += ["", "## Verdict per mode (best variant by mean Δ in-domain conf-ECE vs its λ=0 run)", ""]
+    for mode, v in s["verdicts"].items():
+        lines.append(f"* **{mode.upper()}**: best {VARIANT_LABEL[v['variant']]}, λ={v['lambda']:g}: Δ conf-ECE in "
+                     f"{_ci(v['conf_ece_in'])} -> ECE gain {'shown' if v['ece_gain'] else 'not shown'} "
+                     f"({'survives' if v['ece_gain_holm'] else 'does not survive'} Holm); Δ acc in {_ci(v['acc_in'])} -> "
+                     f"accuracy {'kept' if v['acc_kept'] else 'not shown kept'} (1-point margin); vs TS "
+                     f"{_ci(v['vs_ts'])}. The best of several variants is picked after the fact: read its interval "
+                     "with the Holm column.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_deltas(study: dict, path: str) -> str:
+    """Paired differences vs lambda 0 (in-domain conf-ECE), one panel per mode, variants side by side per lambda."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comps = study["summary"]["comparisons"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colors = dict(zip(VARIANT_ORDER, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728")))
+    for ax, mode in zip(axes, ("cft", "rcft")):
+        for j, variant in enumerate(VARIANT_ORDER):
+            pts = [c for c in comps if c["mode"] == mode and c["variant"] == variant]
+            if not pts:
+                continue
+            x = [LAMBDAS.index(c["lambda"]) + (j - 1.5) * 0.15 for c in pts]
+            d = [c["vs_lam0"]["conf_ece_in"] for c in pts]
+            y = [v["mean"] for v in d]
+            err = [0 if math.isnan(v["half"]) else v["half"] for v in d]
+            ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=colors[variant], label=VARIANT_LABEL[variant])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(LAMBDAS)), [f"λ={lam:g}" for lam in LAMBDAS])
+        ax.set_title(f"{mode.upper()} (over-fine-tuned arm)")
+        ax.set_ylabel("in-domain conf-ECE minus its λ=0 run\n(mean, 95% CI over seeds; < 0 = better)")
+        ax.grid(alpha=0.3, axis="y")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write(study: dict, summary_dir: str) -> dict:
+    """Summarise, then write heldout.json, heldout.md and heldout_deltas.png into ``summary_dir``."""
+    study["summary"] = summarize(study["per_seed"])
+    with open(os.path.join(summary_dir, "heldout.json"), "w", encoding="utf-8") as f:
+        json.dump(study, f, indent=1)
+    with open(os.path.join(summary_dir, "heldout.md"), "w", encoding="utf-8") as f:
+        f.write(render_markdown(study))
+    if study["summary"]["comparisons"]:
+        plot_deltas(study, os.path.join(summary_dir, "heldout_deltas.png"))
+    return study

@@ -1,0 +1,209 @@
+"""Held-out M-step variants (``calib_bin_accuracy: heldout``, ``calib_targets: temperature``).
+
+Unit level: the shrinkage rule and the temperature targets on hand-computed cases; the config refuses a
+held-out variant without an eval split. End to end: real ``axolotl train`` runs whose logged per-bin
+statistics, q_m, fitted temperature and saved targets equal an independent per-row forward of the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from axolotl_calib_plugin import em
+from axolotl_calib_plugin.em import BinStatistics, heldout_bin_accuracy, temperature_targets
+
+NAN = float("nan")
+
+
+def _stats(count, acc):
+    return BinStatistics(torch.tensor(count, dtype=torch.int64), torch.tensor(acc, dtype=torch.float64),
+                         torch.zeros(len(count), dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------- unit: the M-step rules
+def test_heldout_q_is_shrunk_toward_training_accuracy_by_hand():
+    train = _stats([0, 2, 0, 3, 5], [NAN, 1.0, NAN, 0.5, 0.8])
+    held = _stats([1, 0, 0, 4, 10], [0.0, NAN, NAN, 0.25, 0.3])
+    q = heldout_bin_accuracy(train, held, prior=2.0)
+    # bin 0: no training row -> the held-out accuracy; bin 1: no held-out row -> training accuracy;
+    # bin 2: neither -> NaN (no sample reads it); bins 3, 4: (n acc + 2 q_train) / (n + 2)
+    assert q[0] == 0.0 and q[1] == 1.0 and math.isnan(q[2])
+    assert q[3] == pytest.approx((4 * 0.25 + 2 * 0.5) / 6)
+    assert q[4] == pytest.approx((10 * 0.3 + 2 * 0.8) / 12)
+    # prior 0: the held-out accuracy wherever there are held-out rows
+    q0 = heldout_bin_accuracy(train, held, prior=0.0)
+    assert q0[3] == 0.25 and q0[4] == 0.3 and q0[1] == 1.0
+    with pytest.raises(ValueError, match="calib_heldout_prior"):
+        heldout_bin_accuracy(train, held, prior=-1.0)
+
+
+def test_em_step_with_heldout_bins_uses_heldout_q_for_every_training_row():
+    # training rows: two in bin 9 (conf 0.95, both right), one in bin 5 (conf 0.55, wrong)
+    probs = torch.tensor([[0.95, 0.05], [0.05, 0.95], [0.55, 0.45]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1])
+    k = torch.tensor([2, 2, 2])
+    # held-out rows: four in bin 9, one right (the model memorised its training rows)
+    h_probs = torch.tensor([[0.96, 0.04]] * 4, dtype=torch.float64)
+    h_labels = torch.tensor([0, 1, 1, 1])
+    stats, ids, targets, info = em.em_step(torch.tensor([3, 1, 2]), probs, labels, k, 10, heldout=(h_probs, h_labels, k[:1].repeat(4)),
+                                           bin_accuracy="heldout", prior=4.0, return_info=True)
+    q9 = (4 * 0.25 + 4 * 1.0) / 8  # shrunk halfway toward the training-row accuracy 1.0
+    assert float(info["bin_target"][9]) == pytest.approx(q9)
+    assert float(info["bin_target"][5]) == 0.0  # no held-out row in bin 5: the training accuracy (0 of 1)
+    assert int(info["heldout_bin_count"][9]) == 4 and float(info["heldout_bin_accuracy"][9]) == 0.25
+    # ids sorted: 1 -> row 1 (argmax 1), 2 -> row 2 (argmax 0), 3 -> row 0 (argmax 0)
+    assert torch.allclose(targets, torch.tensor([[1 - q9, q9], [0.0, 1.0], [q9, 1 - q9]], dtype=torch.float32))
+    # the training-row rule on the same data: q9 = 1
+    _, _, t_train = em.em_step(torch.tensor([3, 1, 2]), probs, labels, k, 10)
+    assert torch.allclose(t_train[0], torch.tensor([0.0, 1.0]))
+
+
+def test_temperature_targets_equal_softmax_of_scaled_log_probs_and_mask_padding():
+    p = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.5, 0.5, 0.0, 0.0]], dtype=torch.float64)
+    t = temperature_targets(p, 2.0, torch.tensor([3, 2]))
+    want0 = np.sqrt([0.7, 0.2, 0.1]) / np.sqrt([0.7, 0.2, 0.1]).sum()  # p^(1/T), renormalised
+    assert np.allclose(t[0, :3].numpy(), want0) and t[0, 3] == 0
+    assert torch.equal(t[1], torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(temperature_targets(p, 1.0, torch.tensor([3, 2])), p)
+    with pytest.raises(ValueError, match="temperature"):
+        temperature_targets(p, 0.0)
+
+
+def test_em_step_temperature_targets_use_the_heldout_fit():
+    from axolotl_calib_plugin.temperature import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    h_logits = 4.0 * torch.randn(200, 4, generator=g, dtype=torch.float64)
+    h_labels = torch.randint(0, 4, (200,), generator=g)  # labels unrelated to the logits: T must come out large
+    h_probs = torch.softmax(h_logits, 1)
+    probs = torch.softmax(torch.randn(6, 4, generator=g, dtype=torch.float64) * 3, 1)
+    k = torch.full((6,), 4)
+    _, ids, targets, info = em.em_step(torch.arange(6), probs, torch.zeros(6, dtype=torch.int64), k, 10,
+                                       heldout=(h_probs, h_labels, torch.full((200,), 4)), targets_kind="temperature",
+                                       return_info=True)
+    want_t = fit_temperature(torch.log(h_probs), h_labels)
+    assert float(info["temperature"]) == pytest.approx(want_t, rel=1e-6) and want_t > 3
+    assert torch.allclose(targets, torch.softmax(torch.log(probs) / want_t, 1).float(), atol=1e-6)
+
+
+def test_heldout_variants_need_heldout_rows_in_the_mstep():
+    p = torch.tensor([[0.6, 0.4]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="held-out rows"):
+        em.em_step(torch.tensor([0]), p, torch.tensor([0]), torch.tensor([2]), 10, bin_accuracy="heldout")
+
+
+def test_state_keeps_heldout_statistics_through_save_and_load(tmp_path):
+    probs = torch.tensor([[0.95, 0.05], [0.3, 0.7]], dtype=torch.float64)
+    st = em.EMState.from_estep(torch.tensor([0, 1]), probs, torch.tensor([0, 0]), torch.tensor([2, 2]), 10,
+                               heldout=(probs, torch.tensor([1, 1]), torch.tensor([2, 2])), bin_accuracy="heldout",
+                               prior=0.0)
+    st.save(tmp_path)
+    back = em.EMState.load(tmp_path)
+    assert torch.equal(back.extra["bin_target"].nan_to_num(-1), st.extra["bin_target"].nan_to_num(-1))
+    table = back.bin_table()
+    assert table[9] == {"bin": 9, "count": 1, "acc": 1.0, "conf": 0.95, "q": 0.0, "heldout_count": 1, "heldout_acc": 0.0}
+    assert back.summary()["calib/heldout_n"] == 2
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"calib_bin_accuracy": "heldout"}, "need held-out rows"),
+    ({"calib_targets": "temperature"}, "val_set_size: 0.1"),
+])
+def test_config_without_eval_split_is_refused(tiny_cfg, validate_cfg, keys, message):
+    with pytest.raises(ValueError, match=message):
+        validate_cfg(tiny_cfg(**keys))
+
+
+def test_config_with_non_mcq_test_dataset_is_refused(tiny_cfg, validate_cfg, mcq_rows):
+    cfg = tiny_cfg(calib_bin_accuracy="heldout",
+                   test_datasets=[{"path": str(mcq_rows(4, name="t.jsonl")), "type": "alpaca", "split": "train"}])
+    with pytest.raises(ValueError, match="no test_datasets entry has `type: axolotl_calib_plugin.mcq`"):
+        validate_cfg(cfg)
+
+
+# ---------------------------------------------------------------------- end to end
+def _refreshes(output_dir):
+    with open(os.path.join(output_dir, "calib_refresh.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _hand_bins(probs, labels, n_bins=10):
+    """Per-bin count and accuracy by plain numpy: bins ((m-1)/M, m/M] of the max probability."""
+    conf = probs.max(1).values.numpy()
+    pred = probs.argmax(1).numpy()
+    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    right = np.bincount(b, weights=(pred == labels.numpy()).astype(float), minlength=n_bins)
+    return count, np.where(count > 0, right / np.maximum(count, 1), np.nan)
+
+
+@pytest.mark.slow
+def test_heldout_bins_in_a_real_run_equal_a_hand_forward(tmp_path, tiny_cfg, tiny_model_dir, mcq_rows):
+    from test_train_e2e import hand_estep, log_history, prepared_train_dataset, run_train
+
+    n, n_val, prior = 20, 6, 2.0
+    cfg = tiny_cfg(datasets=[{"path": str(mcq_rows(n, seed=21)), "type": "axolotl_calib_plugin.mcq"}],
+                   calib_mode="cft", calib_bin_accuracy="heldout", calib_heldout_prior=prior, num_epochs=2,
+                   val_set_size=n_val, eval_strategy="epoch", save_strategy="epoch", logging_steps=1, seed=3)
+    run_train(cfg, tmp_path)
+    refreshes = _refreshes(cfg.output_dir)
+    assert [r["refresh"] for r in refreshes] == [1, 2]
+    ds = prepared_train_dataset(cfg.dataset_prepared_path)
+    train_rows, held_rows = ds.select(range(n - n_val)), ds.select(range(n - n_val, n))
+    # refresh 1 (step 0): the start model, by hand, on the training rows and on the held-out rows
+    p_tr, y_tr, _, k_tr = hand_estep(tiny_model_dir, train_rows, cfg)
+    p_h, y_h, _, _ = hand_estep(tiny_model_dir, held_rows, cfg)
+    c_tr, a_tr = _hand_bins(p_tr, y_tr)
+    c_h, a_h = _hand_bins(p_h, y_h)
+    bins = refreshes[0]["bins"]
+    assert [b["count"] for b in bins] == c_tr.tolist() and [b["heldout_count"] for b in bins] == c_h.tolist()
+    want_q = np.where(c_h > 0, (c_h * np.nan_to_num(a_h) + prior * np.nan_to_num(a_tr)) / (c_h + prior), a_tr)
+    want_q = np.where(np.isnan(a_tr), np.where(c_h > 0, a_h, np.nan), want_q)
+    got_q = np.array([np.nan if b["q"] is None else b["q"] for b in bins])
+    assert np.allclose(got_q, want_q, atol=1e-5, equal_nan=True)
+    # the targets saved after epoch 1 were built from that q
+    steps_per_epoch = math.ceil((n - n_val) / cfg.micro_batch_size)
+    state = em.EMState.load(os.path.join(cfg.output_dir, f"checkpoint-{steps_per_epoch}"))
+    from test_train_e2e import expected_targets
+
+    _, _, ids, _ = hand_estep(tiny_model_dir, train_rows, cfg)
+    want = expected_targets(p_tr, torch.from_numpy(want_q), k_tr, 10)
+    w = state.targets.shape[1]
+    assert torch.all(want[:, w:] == 0)
+    assert torch.allclose(state.targets, want[torch.argsort(ids)][:, :w], atol=1e-5)
+    # refresh 2 took its held-out rows from the evaluation that ended epoch 1 (same model, no extra forward)
+    ev = [h for h in log_history(cfg.output_dir) if "eval_calib/acc" in h and h["step"] == steps_per_epoch][0]
+    held2 = refreshes[1]["bins"]
+    n_h = sum(b["heldout_count"] for b in held2)
+    acc_h = sum(b["heldout_count"] * (b["heldout_acc"] or 0.0) for b in held2) / n_h
+    assert n_h == ev["eval_calib/n"] == n_val and acc_h == pytest.approx(ev["eval_calib/acc"], abs=2e-6)
+
+
+@pytest.mark.slow
+def test_temperature_targets_in_a_real_run_equal_softmax_of_hand_probs(tmp_path, tiny_cfg, tiny_model_dir, mcq_rows):
+    from test_train_e2e import hand_estep, log_history, prepared_train_dataset, run_train
+
+    from axolotl_calib_plugin.temperature import fit_temperature
+
+    n, n_val = 16, 6
+    cfg = tiny_cfg(datasets=[{"path": str(mcq_rows(n, seed=22)), "type": "axolotl_calib_plugin.mcq"}],
+                   calib_mode="cft", calib_targets="temperature", calib_ece_loss="kl", num_epochs=1,
+                   val_set_size=n_val, save_strategy="epoch", logging_steps=1, seed=4)
+    run_train(cfg, tmp_path)
+    ds = prepared_train_dataset(cfg.dataset_prepared_path)
+    p_tr, _, ids, k_tr = hand_estep(tiny_model_dir, ds.select(range(n - n_val)), cfg)
+    p_h, y_h, _, k_h = hand_estep(tiny_model_dir, ds.select(range(n - n_val, n)), cfg)
+    want_t = fit_temperature(em.option_log_probs(p_h, k_h), y_h)
+    logged = [h for h in log_history(cfg.output_dir) if "calib/heldout_temperature" in h][0]
+    assert logged["calib/heldout_temperature"] == pytest.approx(want_t, rel=1e-3)
+    state = em.EMState.load(cfg.output_dir)
+    want = temperature_targets(p_tr, float(state.extra["temperature"]), k_tr).float()
+    w = state.targets.shape[1]
+    assert torch.all(want[:, w:] == 0)
+    assert torch.allclose(state.targets, want[torch.argsort(ids)][:, :w], atol=1e-5)
