@@ -148,6 +148,58 @@ def estep(s: Setup):
                               n_bins=s.settings.calib_bins, split=s.settings.calib_nonmax_split)
 
 
+def heldout_report(s: Setup, reps: int, epoch_times: list) -> dict:
+    """(f) Cost of the held-out M-step variants per refresh, as a ratio to one plain epoch (median of ``epoch_times``):
+    the M-step alone with training-row bins, held-out bins and temperature targets (held-out rows = a quarter of the
+    training rows' count, their probabilities given), and the forward over the held-out rows that a refresh runs when
+    no evaluation at the same step left them (with ``eval_strategy: epoch`` only the first refresh does)."""
+    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.estep import run_estep
+
+    s.model.eval()
+    with torch.no_grad():
+        out = run_estep(s.model, s.estep_data, list(s.calib_trainer.calib.option_ids),
+                        batch_size=s.settings.calib_estep_batch_size, device=s.device, pad_id=int(s.tok.pad_token_id),
+                        show_progress=False)
+    s.model.train()
+    n_h = max(2, len(s.estep_data) // 4)
+    held = (out["probs"][:n_h], out["labels"][:n_h], out["num_options"][:n_h])
+
+    def mstep(**kw):
+        return lambda: EMState.from_estep(out["sample_ids"], out["probs"], out["labels"], out["num_options"],
+                                          n_bins=s.settings.calib_bins, **kw)
+
+    from axolotl_calib_plugin.estep import EStepData
+
+    sub = EStepData(s.dataset.select(range(n_h)))
+
+    def heldout_forward():
+        s.model.eval()
+        run_estep(s.model, sub, list(s.calib_trainer.calib.option_ids), batch_size=s.settings.calib_estep_batch_size,
+                  device=s.device, pad_id=int(s.tok.pad_token_id), show_progress=False)
+        s.model.train()
+
+    fns = {"M-step, training-row bins": mstep(),
+           "M-step, held-out bins": mstep(heldout=held, bin_accuracy="heldout"),
+           "M-step, held-out temperature targets": mstep(heldout=held, targets_kind="temperature"),
+           f"forward over {n_h} held-out rows (no cached evaluation)": heldout_forward}
+    epoch = statistics.median(epoch_times)
+    print(f"\n(f) Held-out M-step variants per refresh, as a ratio to one training epoch ({epoch * 1e3:.0f} ms; "
+          f"{len(s.estep_data)} training rows, {n_h} held-out rows), median of {reps} runs each")
+    ratios = {}
+    for label, fn in fns.items():
+        fn()  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            sync(s)
+            times.append(time.perf_counter() - t0)
+        ratios[label] = statistics.median(times) / epoch
+        print(f"   {label:<62s} {statistics.median(times) * 1e3:9.2f} ms  = {ratios[label]:.4f}x an epoch")
+    return ratios
+
+
 def step(s: Setup, trainer, batch) -> None:
     """forward + backward (the trainer's own training_step) + optimizer step."""
     trainer.training_step(s.model, batch)
@@ -465,6 +517,8 @@ def main(argv=None) -> int:
 
     # (e) the online E-step ---------------------------------------------------------------------------
     ratio_online, totals = online_report(s, reps, te, tr_)
+    # (f) the held-out M-step variants ------------------------------------------------------------------
+    heldout_report(s, reps, te)
 
     # (c) memory -----------------------------------------------------------------------------------
     if not args.skip_memory:

@@ -61,9 +61,12 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     from axolotl_calib_plugin.callbacks import DEBUG_DUMP_ENV
 
     data = mcq_rows(9, num_options=(4, 3, 5, 2), seed=6)  # odd: the rank shards need padding
+    held = mcq_rows(5, num_options=(4, 3, 5, 2), seed=16, name="held.jsonl")  # held-out bin accuracies, odd too
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
                   calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="epoch", seed=3,
-                  calib_estep_batch_size=2, calib_estep="online", learning_rate=0.0)
+                  calib_estep_batch_size=2, calib_estep="online", learning_rate=0.0,
+                  calib_bin_accuracy="heldout", calib_heldout_prior=1.0, eval_strategy="epoch",
+                  test_datasets=[{"path": str(held), "type": "axolotl_calib_plugin.mcq", "split": "train"}])
     single = tiny_cfg(**{**common, "num_epochs": 1}, output_dir=str(tmp_path / "single"),
                       dataset_prepared_path=str(tmp_path / "p1"))
     (tmp_path / "s").mkdir()
@@ -86,8 +89,11 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     m = _states(tmp_path / "dump_multi")
     assert sorted(m) == ["refresh1_rank0.pt", "refresh1_rank1.pt", "refresh2_rank0.pt", "refresh2_rank1.pt"]
     assert sorted(s) == ["refresh1_rank0.pt"]
-    for r in (1, 2):  # every rank holds exactly the same bins and targets, after every refresh
+    for r in (1, 2):  # every rank holds exactly the same bins, held-out statistics and targets, after every refresh
         assert _same(m[f"refresh{r}_rank0.pt"], m[f"refresh{r}_rank1.pt"])
+        x, y = m[f"refresh{r}_rank0.pt"].extra, m[f"refresh{r}_rank1.pt"].extra
+        assert torch.equal(x["heldout_bin_count"], y["heldout_bin_count"]) and int(x["heldout_bin_count"].sum()) == 5
+        assert torch.equal(x["bin_target"].nan_to_num(-1), y["bin_target"].nan_to_num(-1))
     # the first E-step (same initial model) equals the single-process one
     a, b = s["refresh1_rank0.pt"], m["refresh1_rank0.pt"]
     assert torch.equal(a.sample_ids, b.sample_ids) and torch.equal(a.bin_count, b.bin_count)
@@ -95,9 +101,14 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     torch.testing.assert_close(a.bin_accuracy, b.bin_accuracy, equal_nan=True)
     torch.testing.assert_close(a.bin_confidence, b.bin_confidence, equal_nan=True, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.targets, b.targets, atol=1e-5, rtol=1e-5)
+    # the held-out q_m: the sharded forward over the eval split (2 ranks) equals the single-process one
+    assert torch.equal(a.extra["heldout_bin_count"], b.extra["heldout_bin_count"])
+    torch.testing.assert_close(a.extra["bin_target"], b.extra["bin_target"], equal_nan=True, atol=1e-6, rtol=0)
     # the online refresh (no forward; both ranks' records gathered) reproduces the exact one: lr = 0
     c = m["refresh2_rank0.pt"]
     assert torch.equal(c.bin_count, b.bin_count)
+    # refresh 2 took the held-out rows from the evaluation that closed epoch 0 (gathered, padding repeats dropped)
+    assert torch.equal(c.extra["heldout_bin_count"], b.extra["heldout_bin_count"])
     torch.testing.assert_close(c.targets, b.targets, atol=2e-6, rtol=0)
     # training finished (2 epochs) as ONE data-parallel job: 9 rows / (2 ranks x 2) = 3 steps per epoch,
     # the refresh of epoch 1 at step 3, the trainable-token counter all-reduced over both ranks

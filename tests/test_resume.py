@@ -115,13 +115,19 @@ def _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, data):
 
 def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg, mcq_rows):
     """calib_estep: online, 3 epochs (refreshes at steps 0, 6, 12), killed at step 9: the refresh at step 12
-    needs what steps 7-9 recorded before the interruption; the resumed run's targets equal the uninterrupted ones."""
+    needs what steps 7-9 recorded before the interruption; the resumed run's targets equal the uninterrupted ones.
+    With held-out bin accuracies (a 6-row eval split evaluated every epoch): the held-out statistics are saved in
+    the checkpoint and the resumed run's q_m equal the uninterrupted run's."""
+    import json
+
     from axolotl_calib_plugin.em import EMState
 
     data = mcq_rows(12, num_options=(4, 3, 2), seed=5)
+    held = mcq_rows(6, num_options=(4, 3, 2), seed=15, name="held.jsonl")
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
                   calib_estep="online", calib_bins=5, num_epochs=3, logging_steps=1, save_strategy="steps",
-                  save_steps=3, seed=7)
+                  save_steps=3, seed=7, calib_bin_accuracy="heldout", calib_heldout_prior=1.0, eval_strategy="epoch",
+                  test_datasets=[{"path": str(held), "type": "axolotl_calib_plugin.mcq", "split": "train"}])
     full = tiny_cfg(**common, output_dir=str(tmp_path / "full"), dataset_prepared_path=str(tmp_path / "p1"))
     (tmp_path / "a").mkdir()
     run_train(full, tmp_path / "a")
@@ -129,6 +135,10 @@ def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg
     assert [(r["step"], r["calib/estep_online"]) for r in refreshes] == [(0, 0), (6, 1), (12, 1)]
     saved = EMState.load(os.path.join(full.output_dir, "checkpoint-9"))
     assert saved.extra["online_record_ids"].numel() == 6  # steps 7, 8, 9 x 2 rows recorded before the save
+    assert int(saved.extra["heldout_bin_count"].sum()) == 6  # the refresh at step 6 read the whole eval split
+    with open(os.path.join(full.output_dir, "calib_refresh.jsonl"), encoding="utf-8") as f:
+        logged = [json.loads(line) for line in f]
+    assert [sum(b["heldout_count"] for b in r["bins"]) for r in logged] == [6, 6, 6]
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(os.path.join(full.output_dir, "checkpoint-9"), resumed_dir / "checkpoint-9")
@@ -140,6 +150,8 @@ def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg
     b = EMState.load(os.path.join(res.output_dir, "calib_state.pt"))
     assert a.refresh_count == b.refresh_count == 3
     torch.testing.assert_close(b.targets, a.targets, rtol=0, atol=1e-6)
+    torch.testing.assert_close(b.extra["bin_target"], a.extra["bin_target"], rtol=0, atol=1e-6, equal_nan=True)
+    assert torch.equal(b.extra["heldout_bin_count"], a.extra["heldout_bin_count"])
     fl = {h["step"]: h for h in loss_logs(log_history(full.output_dir))}
     rl = {h["step"]: h for h in loss_logs(log_history(res.output_dir))}
     for step in range(10, 19):

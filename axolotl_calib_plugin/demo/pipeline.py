@@ -105,6 +105,8 @@ class Plan:
     fix_arms: Optional[tuple[str, ...]] = None
     #: give every CFT / RCFT run the held-out TS-fit split as its eval split (``test_datasets``), evaluated each epoch
     heldout_eval: bool = False
+    #: the calibration presets trained
+    modes: tuple[str, ...] = ("cft", "rcft")
 
 
 #: ``make demo`` (one seed, <= 10 min on 2 cores): the aligned arm with lambda 0 and 1; the over-fine-tuned arm
@@ -146,14 +148,14 @@ def plan_runs(plan: Plan) -> list[Run]:
             lam for lam in plan.lambdas if lam in (0.0, DEFAULT_LAMBDA))
         if plan.label_smoothing and arm == "aligned":
             runs.append(Run(f"{arm}.ls", "ls", arm))
-        for mode in ("cft", "rcft"):
+        for mode in plan.modes:
             if 0.0 in lams:
                 runs.append(Run(calib_name(arm, mode, 0.0), "calib", arm, mode=mode, lam=0.0))
             for variant in plan.variants:
                 for lam in (lam for lam in lams if lam != 0.0):
                     runs.append(Run(calib_name(arm, mode, lam, variant=variant), "calib", arm, mode=mode,
                                     lam=float(lam), variant=variant))
-        for mode, variant, lam in plan.extra_runs:
+        for mode, variant, lam in (r for r in plan.extra_runs if r[0] in plan.modes):
             runs.append(Run(calib_name(arm, mode, lam, variant=variant), "calib", arm, mode=mode, lam=float(lam),
                             variant=variant))
         if plan.online and arm == "aligned":
@@ -219,9 +221,11 @@ def train_logged(cfg_path: str, log_path: str, what: str) -> float:
     return _check_exit(train_in_forked_process(cfg_path, log_path, _env()), t0, log_path, what)
 
 
-#: source files that cannot change a trained model or an evaluation: reports, plots and the CLI's text
+#: source files that cannot change a trained model or an evaluation dump: the CLI's text, plots, and the summaries
+#: that are recomputed from the dumps on every invocation (tables, statistics, the studies' reports)
 _RESULT_NEUTRAL = ("cli.py", "plots.py", "compare.py", os.path.join("demo", "report.py"),
-                   os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"))
+                   os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
+                   os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"))
 
 
 def code_files() -> list[str]:

@@ -304,12 +304,27 @@ def plot_lambda_curve(study: dict, path: str) -> str:
     return path
 
 
+def _commit() -> str:
+    """The git commit of the code that ran (``+changes`` when the tree differs from it), or "unknown"."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+changes" if dirty else "")) if head else "unknown"
+
+
 def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, plan: Plan = STUDY_PLAN,
               parallel: int = 2, reuse: bool = True, summary_dir: str | None = None, kind: str = "main") -> dict:
     """Run (or resume) every seed, then write ``study.json``, ``study.md`` and ``lambda_curve.png`` into
     ``summary_dir`` (default ``out``); ``kind="heldout"``: the held-out M-step study of
     :mod:`.heldout_study` (its plan, ``heldout.json``, ``heldout.md``, ``heldout_deltas.png``)."""
-    if kind == "heldout":
+    if kind == "heldout" and plan is STUDY_PLAN:
         plan = heldout_study.PLAN
     import platform
 
@@ -329,7 +344,7 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
                  "lambda_key": {str(lam): calib_name("aligned", "cft", lam) for lam in plan.lambdas},
                  "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), 1 torch thread per run, "
                             f"{parallel} runs at a time",
-                 "wall_time_s": round(time.time() - t0, 1),
+                 "wall_time_s": round(time.time() - t0, 1), "commit": _commit(),
                  "seed_wall_time_s": {k: v["wall_time_s"] for k, v in per_seed.items()}},
         "per_seed": per_seed,
     }
