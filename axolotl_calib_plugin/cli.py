@@ -109,6 +109,8 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:
             _samples_of(cp, f"--{flag}", path)
+    from .report import load_results
+
     runs = []
     for spec in getattr(a, "run", None) or []:
         name, sep, path = spec.partition("=")
@@ -116,8 +118,6 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
             cp.error(f"--run expects NAME=FOLDER, got {spec!r}")
         if not os.path.exists(path):
             cp.error(f"--run {name}={path}: no such file or folder")
-        from .report import load_results
-
         try:
             load_results(path)
         except (FileNotFoundError, ValueError, KeyError) as e:
@@ -144,18 +144,18 @@ def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, 
 
 def _check_tasks(cp: argparse.ArgumentParser, a) -> None:
     """Every task name given exists in the task folder (read from its YAMLs: no lm-eval import)."""
-    from .evaluation import unknown_task_message
+    from .evaluation import task_index, unknown_task_message
 
-    index = None
-    for flag in ("tasks", "fit_tasks", "in_task", "out_task"):
-        value = getattr(a, flag, None)
-        if not value:
-            continue
-        if index is None:
-            from .evaluation import task_index
-
-            index = task_index()
-        msg = unknown_task_message(value if isinstance(value, list) else [value], index)
+    given = {f: getattr(a, f, None) for f in ("tasks", "fit_tasks", "in_task", "out_task")}
+    given = {f: v if isinstance(v, list) else [v] for f, v in given.items() if v}
+    if not given:
+        return
+    try:
+        index = task_index()
+    except FileNotFoundError as e:  # no task folder ($AXOLOTL_CALIB_TASKS wrong, broken install)
+        cp.error(str(e))
+    for flag, names in given.items():
+        msg = unknown_task_message(names, index)
         if msg:
             cp.error(f"--{flag.replace('_', '-')}: {msg}")
 

@@ -36,15 +36,15 @@ def test_entry_point_declared():
 @pytest.mark.slow
 def test_make_tiny_and_diagnose(tmp_path, mcq_rows):
     data = str(mcq_rows(60, num_options=(4, 3, 5), seed=1, name="eval_in.jsonl"))
-    assert main(["make-tiny", "--out", str(tmp_path / "m"), "--data", data]) == 0
+    assert main(["make-tiny", "--output-dir", str(tmp_path / "m"), "--data-files", data]) == 0
     proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(tmp_path / "m"),
-                           "--data", data, "--json"], capture_output=True, text=True, timeout=600)
+                           "--data-files", data, "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n"] == 60 and out["advice"] in ("CFT", "RCFT")
     assert abs(out["conf_ece"] - out["lm_eval"]["conf_ece"]) < 1e-6
     proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(tmp_path / "m"),
-                           "--data", data], capture_output=True, text=True, timeout=600)
+                           "--data-files", data], capture_output=True, text=True, timeout=600)
     assert "Verdict:" in proc.stdout and "not from the paper" in proc.stdout
 
     # a LoRA output folder (adapter_config.json, no model.safetensors) is loaded on its base model, and the
@@ -62,7 +62,7 @@ def test_make_tiny_and_diagnose(tmp_path, mcq_rows):
     assert not (adapter / "model.safetensors").exists()
     train = str(mcq_rows(40, num_options=4, seed=2, name="train.jsonl"))
     proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(adapter),
-                           "--data", data, "--train-data", train, "--json"], capture_output=True, text=True, timeout=600)
+                           "--data-files", data, "--train-data-files", train, "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lora = json.loads(proc.stdout.strip().splitlines()[-1])
     assert lora["train_n"] == 40 and lora["gap"] is not None
