@@ -116,13 +116,16 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             cp.error(f"--run expects NAME=FOLDER, got {spec!r}")
+        if name in {n for n, _ in runs}:
+            cp.error(f"--run {name}: two runs named {name!r} (names label the rows and the pairs)")
+        runs.append((name, path))
+    for name, path in runs:
         if not os.path.exists(path):
             cp.error(f"--run {name}={path}: no such file or folder")
         try:
             load_results(path)
         except (FileNotFoundError, ValueError, KeyError) as e:
             cp.error(f"--run {name}={path}: {e}")
-        runs.append((name, path))
     a.runs = runs
 
 

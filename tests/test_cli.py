@@ -411,6 +411,7 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - t0,
     (["temperature", "--fit", "{tmp}", "--apply", "{tmp}", "--fit-tasks", "calib_mmlu,calib_arc"],
      "--fit-tasks: unknown task 'calib_arc' (did you mean calib_arc_challenge or "),
     (["table", "--run", "A={tmp}/nothing"], "--run A={tmp}/nothing: no such file or folder"),
+    (["table", "--run", "A={tmp}", "--run", "A={tmp}"], "--run A: two runs named 'A'"),
     (["table", "--run", "A={tmp}"], "--run A={tmp}: {tmp}: no calibration_report.json"),
     (["table", "--run", "A={tmp}", "--out-task", "calib_arc_chalenge"], "--out-task: unknown task 'calib_arc_chalenge'"),
 ])
