@@ -82,24 +82,96 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def _check_paths(ap: argparse.ArgumentParser, a) -> None:
-    """Usage errors for missing local files and folders, before any model is loaded (a path that does not exist
-    would otherwise reach the hub client as a malformed repo id)."""
+def _check_args(cp: argparse.ArgumentParser, a) -> None:
+    """Usage errors (with the command's own usage) for unknown task names and missing files and folders, before
+    any model is loaded: cheap checks only (the task folder's YAMLs, the file system). A local path that does
+    not exist would otherwise reach the hub client as a malformed repo id."""
     offline = a.cmd in OFFLINE_COMMANDS
-    for flag in ("model", "base_model"):
+    for flag in ("model", "base_model", "tokenizer"):
         value = getattr(a, flag, None)
         if not value or os.path.exists(value):
             continue
         looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1
         if offline or looks_local:
-            why = ("this command runs offline, so it needs a local model or adapter folder" if offline
+            what = "tokenizer folder" if flag == "tokenizer" else "model or adapter folder"
+            why = (f"this command runs offline, so it needs a local {what}" if offline
                    else "no such folder (a hub id is 'name' or 'owner/name')")
-            ap.error(f"--{flag.replace('_', '-')} {value}: {why}")
-    for flag in ("data", "train_data", "data_files", "ood_data_files"):
-        values = getattr(a, flag, None)
-        for path in [values] if isinstance(values, str) else values or []:
+            cp.error(f"--{flag.replace('_', '-')} {value}: {why}")
+    for flag in ("data_files", "train_data_files", "ood_data_files"):
+        for path in getattr(a, flag, None) or []:
             if not os.path.isfile(path):
-                ap.error(f"--{flag.replace('_', '-')} {path}: no such file (an MCQ JSONL: question, choices, answer)")
+                cp.error(f"--{flag.replace('_', '-')} {path}: no such file (an MCQ JSONL: question, choices, answer)")
+    for flag in ("data_dir", "include_path"):
+        value = getattr(a, flag, None)
+        if value and not os.path.isdir(value):
+            cp.error(f"--{flag.replace('_', '-')} {value}: no such folder")
+    _check_tasks(cp, a)
+    for flag in ("fit", "apply"):
+        for path in getattr(a, flag, None) or []:
+            _samples_of(cp, f"--{flag}", path)
+    from .report import load_results
+
+    runs = []
+    for spec in getattr(a, "run", None) or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            cp.error(f"--run expects NAME=FOLDER, got {spec!r}")
+        if name in {n for n, _ in runs}:
+            cp.error(f"--run {name}: two runs named {name!r} (names label the rows and the pairs)")
+        runs.append((name, path))
+    for name, path in runs:
+        if not os.path.exists(path):
+            cp.error(f"--run {name}={path}: no such file or folder")
+        try:
+            load_results(path)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            cp.error(f"--run {name}={path}: {e}")
+    a.runs = runs
+
+
+def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, str]:
+    """``{task: samples file}`` of a samples file or folder; a usage error when there is none."""
+    from .report import find_samples
+
+    if not os.path.exists(path):
+        cp.error(f"{flag} {path}: no such file or folder")
+    try:
+        found = find_samples(path)
+    except ValueError as e:  # a file not named samples_<task>_<time>.jsonl
+        cp.error(f"{flag} {e}")
+    if not found:
+        cp.error(f"{flag} {path}: no lm-eval samples_<task>_<time>.jsonl files (run lm_eval with --log_samples, "
+                 "axolotl-calib eval or calib_eval_tasks)")
+    return found
+
+
+def _check_tasks(cp: argparse.ArgumentParser, a) -> None:
+    """Every task name given exists in the task folder (read from its YAMLs: no lm-eval import)."""
+    from .evaluation import task_index, unknown_task_message
+
+    given = {f: getattr(a, f, None) for f in ("tasks", "fit_tasks", "in_task", "out_task")}
+    given = {f: v if isinstance(v, list) else [v] for f, v in given.items() if v}
+    if not given:
+        return
+    try:
+        index = task_index()
+    except FileNotFoundError as e:  # no task folder ($AXOLOTL_CALIB_TASKS wrong, broken install)
+        cp.error(str(e))
+    for flag, names in given.items():
+        msg = unknown_task_message(names, index)
+        if msg:
+            cp.error(f"--{flag.replace('_', '-')}: {msg}")
+
+
+def _device_dtype(a) -> tuple[str, str]:
+    """The one default of every model-loading command: cuda if available, else cpu; float32 on cpu (bf16/fp16
+    matmuls on a CPU are slow and lossy), else the model config's dtype."""
+    device = a.device
+    if not device:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, a.dtype or ("float32" if device == "cpu" else "auto")
 
 
 def cmd_demo(a) -> int:
@@ -112,9 +184,9 @@ def cmd_demo(a) -> int:
             from .demo.study import run_study
 
             settings = replace(FAST if a.fast else FULL, world=a.world)
-            study = run_study(a.out, a.seeds, settings, parallel=a.parallel, reuse=not a.fresh,
+            study = run_study(a.output_dir, a.seeds, settings, parallel=a.parallel, reuse=not a.fresh,
                               summary_dir=a.summary_dir, kind=a.study)
-            summary = a.summary_dir or a.out
+            summary = a.summary_dir or a.output_dir
             md = "heldout.md" if a.study == "heldout" else "study.md"
             print(open(os.path.join(summary, md), encoding="utf-8").read())
             errors = {k: v["errors"] for k, v in study["per_seed"].items() if v["errors"]}
@@ -122,11 +194,11 @@ def cmd_demo(a) -> int:
                 for name, msg in errs.items():
                     print(f"[FAILED] seed {seed} {name}: {msg.splitlines()[0]}", file=sys.stderr)
             return 1 if errors else 0
-        results = run_demo(a.out, fast=a.fast, seed=a.seed, reuse=not a.fresh, parallel=a.parallel, world=a.world)
+        results = run_demo(a.output_dir, fast=a.fast, seed=a.seed, reuse=not a.fresh, parallel=a.parallel, world=a.world)
     except StepFailed as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
-    print_summary(results, os.path.abspath(a.out))
+    print_summary(results, os.path.abspath(a.output_dir))
     return 1 if results["meta"]["errors"] else 0
 
 
@@ -137,14 +209,15 @@ def cmd_diagnose(a) -> int:
     from .regime import diagnose
     from .temperature import pad_ragged_logits
 
-    device = a.device or "cpu"
-    lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device,
-                   dtype=a.dtype or ("float32" if device == "cpu" else "auto"), batch_size=a.batch_size)
-    files = [a.data] + ([a.train_data] if a.train_data else [])
-    res = evaluate_files(lm, files, a.tasks or find_task_dir(), a.batch_size)
+    device, dtype = _device_dtype(a)
+    lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
+                   batch_size=a.batch_size)
+    # one task per role; the tasks read a comma-separated list of files as one pooled set
+    files = [",".join(os.path.abspath(f) for f in fs) for fs in (a.data_files, a.train_data_files) if fs]
+    res = evaluate_files(lm, files, a.include_path or find_task_dir(), a.batch_size)
     probs = softmax(pad_ragged_logits(res[0]["logliks"]), axis=1)  # mixed K: padded options get probability 0
     train = {}
-    if a.train_data:
+    if a.train_data_files:
         train = {"train_probs": softmax(pad_ragged_logits(res[1]["logliks"]), axis=1), "train_labels": res[1]["labels"]}
     d = diagnose(probs, res[0]["labels"], acc_star=a.acc_star, **train)
     if a.json:
@@ -152,8 +225,8 @@ def cmd_diagnose(a) -> int:
         out["lm_eval"] = res[0]["metrics"]
         print(json.dumps(out))  # one line, last on stdout (lm-eval may print notes before it)
     else:
-        print(f"model {a.model} on {a.data} (lm-eval task calib_jsonl)"
-              + (f", training data {a.train_data} (calib_jsonl_ood)" if a.train_data else ""))
+        print(f"model {a.model} on {', '.join(a.data_files)} (lm-eval task calib_jsonl)"
+              + (f", training data {', '.join(a.train_data_files)} (calib_jsonl_ood)" if a.train_data_files else ""))
         print(d.render())
     return 0
 
@@ -164,9 +237,9 @@ def cmd_make_tiny(a) -> int:
     from .testing import make_tiny_model_dir
 
     corpus = None
-    if a.data:
-        corpus = [format_mcq_prompt(r["question"], r["choices"]) + " A" for r in read_jsonl(a.data)]
-    path = make_tiny_model_dir(a.out, corpus=corpus, hidden_size=a.hidden, num_layers=a.layers)
+    if a.data_files:
+        corpus = [format_mcq_prompt(r["question"], r["choices"]) + " A" for f in a.data_files for r in read_jsonl(f)]
+    path = make_tiny_model_dir(a.output_dir, corpus=corpus, hidden_size=a.hidden, num_layers=a.layers)
     print(f"tiny Llama + tokenizer written to {path}")
     return 0
 
@@ -182,21 +255,22 @@ def cmd_eval(a) -> int:
     from .evaluation import make_hflm
     from .report import evaluate_to_report, markdown_table
 
-    tasks = _tasks(a.tasks)
+    tasks = a.tasks
     if a.data_files and "calib_jsonl" not in tasks:
-        raise SystemExit("--data-files feeds the calib_jsonl task: add it to --tasks (e.g. --tasks calib_jsonl)")
+        a.usage_error("--data-files feeds the calib_jsonl task: add it to --tasks (e.g. --tasks calib_jsonl)")
     if a.ood_data_files and "calib_jsonl_ood" not in tasks:
-        raise SystemExit("--ood-data-files feeds the calib_jsonl_ood task: add it to --tasks")
+        a.usage_error("--ood-data-files feeds the calib_jsonl_ood task: add it to --tasks")
     for task, files, flag in (("calib_jsonl", a.data_files, "--data-files"), ("calib_jsonl_ood", a.ood_data_files,
                                                                                "--ood-data-files")):
         if task in tasks and not files:
-            raise SystemExit(f"--tasks {task} reads local MCQ files: pass {flag} FILE.jsonl")
-    lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=a.device, dtype=a.dtype,
+            a.usage_error(f"--tasks {task} reads local MCQ files: pass {flag} FILE.jsonl")
+    device, dtype = _device_dtype(a)
+    lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
                    batch_size=a.batch_size, trust_remote_code=a.trust_remote_code)
     title = os.path.basename(os.path.normpath(a.model)) or a.model
     summary, paths = evaluate_to_report(
         lm, tasks, a.output_dir, title=title, model_name=title,
-        meta={"model": a.model, "adapter": bool(getattr(lm, "peft", None)), "device": str(lm.device), "dtype": a.dtype,
+        meta={"model": a.model, "adapter": bool(getattr(lm, "peft", None)), "device": str(lm.device), "dtype": dtype,
               "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template},
         data_dir=a.data_dir, data_files=a.data_files, ood_data_files=a.ood_data_files, limit=a.limit,
         apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
@@ -206,82 +280,85 @@ def cmd_eval(a) -> int:
     return 0
 
 
-def _samples_arg(paths: Sequence[str]) -> dict[str, list]:
-    """Files or folders -> {samples file: items} (a folder contributes the newest file of each task)."""
-    from .report import find_samples, read_samples
+def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[str, list]:
+    """Files or folders -> {samples file: items} (a folder contributes the newest file of each task; with
+    ``tasks``, a folder's files of other tasks are left out and a named file of another task is an error)."""
+    from .report import read_samples, samples_task
 
     files = []
     for p in paths:
-        if not os.path.exists(p):
-            raise SystemExit(f"{p}: no such file or folder")
-        found = find_samples(p)
-        if not found:
-            raise SystemExit(f"{p}: no lm-eval samples_<task>_<time>.jsonl files (run lm_eval with --log_samples)")
+        found = _samples_of(a.parser, flag, p)
+        if tasks is not None:
+            if os.path.isfile(p) and samples_task(p) not in tasks:
+                a.usage_error(f"{flag} {p}: task {samples_task(p)} is not one T is fitted on ({', '.join(sorted(tasks))}); "
+                              f"an out-of-domain column fitted on would not be out-of-domain. Pass --fit-tasks "
+                              f"{samples_task(p)} to fit on it anyway")
+            found = {t: f for t, f in found.items() if t in tasks}
         files += [f for f in found.values() if f not in files]
     return {f: read_samples(f) for f in files}
 
 
-def _metrics_of(items) -> dict:
-    """conf-ECE / cw-ECE / accuracy of per-question items, as the calib tasks aggregate them."""
-    import inspect
-
-    from . import metrics
-    from .report import stack_items
-
-    probs, labels, ks = stack_items(items)
-    if "num_options" in inspect.signature(metrics.calibration_metrics).parameters:
-        return metrics.calibration_metrics(probs, labels, num_options=ks)
-    return metrics.calibration_metrics(probs, labels)
-
-
 def cmd_temperature(a) -> int:
+    from .compare import metrics_of_items
     from .plots import plot_comparison
     from .report import samples_task, stack_items, write_report
-    from .temperature import scale_samples
+    from .temperature import in_domain_tasks, scale_samples
 
-    fit = _samples_arg(a.fit)
-    apply = _samples_arg(a.apply)
-    res = scale_samples(fit, apply, fit_fraction=a.fit_fraction, seed=a.seed)
+    fit_tasks = a.fit_tasks or in_domain_tasks()
+    fit = _read_samples_args(a, "--fit", a.fit, fit_tasks)
+    if not fit:
+        a.usage_error(f"--fit {' '.join(a.fit)}: no samples of the tasks T is fitted on ({', '.join(fit_tasks)}; "
+                      "the default is the in-domain tasks): pass --fit-tasks to fit on others")
+    apply = _read_samples_args(a, "--apply", a.apply)
+    try:
+        res = scale_samples(fit, apply, fit_fraction=a.fit_fraction, seed=a.seed, fit_tasks=fit_tasks)
+    except ValueError as e:
+        a.usage_error(str(e))
     t = res["temperature"]
     f = res["fit"]
-    print(f"T = {t:.4f}  (fitted by NLL on {f['n']} questions of {len(f['files'])} file(s); "
-          f"NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})")
+    print(f"T = {t:.4f}  (fitted by NLL on {f['n']} questions of {len(f['files'])} file(s), tasks "
+          f"{', '.join(f['tasks'])}; NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})")
     summary, items, notes = {}, {}, []
-    lines = ["| task | n | acc | conf-ECE before | conf-ECE after | cw-ECE before | cw-ECE after |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| task | n | scored on | acc | conf-ECE before | conf-ECE after | cw-ECE before | cw-ECE after |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for path, r in res["apply"].items():
         task = samples_task(path)
-        before = _metrics_of(r["before"])
-        after = _metrics_of(r["items"])
+        before = metrics_of_items(r["before"])
+        after = metrics_of_items(r["items"])
         summary[task] = {"kind": "task", "acc": after["accuracy"], "conf_ece": after["conf_ece"],
-                         "cw_ece": after["cw_ece"], "n": len(r["items"]),
+                         "cw_ece": after["cw_ece"], "n": len(r["items"]), "held_out": r["held_out"],
+                         "n_fitted": r["n_fitted"],
                          "before": {"acc": before["accuracy"], "conf_ece": before["conf_ece"], "cw_ece": before["cw_ece"]},
                          "source": os.path.abspath(path)}
         items[task] = r["items"]
         if r["held_out_only"]:
             notes.append(f"{task}: scored on the {len(r['items'])} questions not used to fit T")
-        elif r["overlaps_fit"]:
-            notes.append(f"{task}: the fit used all of these questions too (use --fit-fraction < 1 to hold some out)")
-        lines.append(f"| {task} | {len(r['items'])} | {after['accuracy']:.4f} | {before['conf_ece']:.4f} | "
-                     f"{after['conf_ece']:.4f} | {before['cw_ece']:.4f} | {after['cw_ece']:.4f} |")
+        elif not r["held_out"]:
+            notes.append(f"{task}: IN-SAMPLE, not held-out: T was fitted on all {len(r['items'])} of these questions "
+                         "(use --fit-fraction < 1 to hold some out)")
+        lines.append(f"| {task} | {len(r['items'])} | {'held-out' if r['held_out'] else 'FITTED (in-sample)'} | "
+                     f"{after['accuracy']:.4f} | {before['conf_ece']:.4f} | {after['conf_ece']:.4f} | "
+                     f"{before['cw_ece']:.4f} | {after['cw_ece']:.4f} |")
     print("\n".join(lines))
     for n in notes:
         print(f"* {n}")
-    if a.out:
+    if a.output_dir:
         from datetime import datetime
 
-        meta = {"temperature": t, "fit_files": f["files"], "fit_questions": f["n"], "fit_fraction": f["fraction"],
-                "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
-        paths = write_report(a.out, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta, notes=notes)
+        meta = {"temperature": t, "fit_files": f["files"], "fit_tasks": f["tasks"], "fit_questions": f["n"],
+                "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
+        paths = write_report(a.output_dir, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta,
+                             notes=notes)
         stamp = datetime.now().isoformat().replace(":", "-")
-        for path, r in res["apply"].items():  # lm-eval's samples layout, so `table --plots` can read them
+        for path, r in res["apply"].items():  # lm-eval's samples layout, so `table` can pair the questions
             task = samples_task(path)
-            with open(os.path.join(a.out, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
+            with open(os.path.join(a.output_dir, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
                 for it in r["items"]:
                     fh.write(json.dumps({"doc_id": it["doc_id"], "conf_ece": {k: it[k] for k in ("probs", "gold", "logliks")}})
                              + "\n")
             plot_comparison({"before": stack_items(r["before"]), f"T = {t:.3f}": stack_items(r["items"])},
-                            os.path.join(a.out, f"reliability_before_after_{task}.png"), title=f"temperature scaling: {task}")
+                            os.path.join(a.output_dir, f"reliability_before_after_{task}.png"),
+                            title=f"temperature scaling: {task}")
         print(f"\nreport: {paths['md']}")
     return 0
 
@@ -289,24 +366,18 @@ def cmd_temperature(a) -> int:
 def cmd_table(a) -> int:
     from .compare import build_table, plot_runs, render_markdown, write_json
 
-    runs = []
-    for spec in a.run:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--run expects NAME=FOLDER, got {spec!r}")
-        if not os.path.exists(path):
-            raise SystemExit(f"--run {name}: {path} does not exist")
-        runs.append((name, path))
     try:
-        table = build_table(runs, a.in_task, a.out_task)
+        table = build_table(a.runs, a.in_task, a.out_task)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(str(e)) from None
-    print(render_markdown(table))
-    if a.json:
-        write_json(table, a.json)
-        print(f"\nJSON: {a.json}")
-    if a.plots:
-        for p in plot_runs(runs, [a.in_task, a.out_task], a.plots):
+        raise SystemExit(f"axolotl-calib table: error: {e}") from None
+    md = render_markdown(table)
+    print(md)
+    if a.output_dir:
+        os.makedirs(a.output_dir, exist_ok=True)
+        print(f"\nJSON: {write_json(table, os.path.join(a.output_dir, 'calibration_table.json'))}")
+        with open(os.path.join(a.output_dir, "calibration_table.md"), "w", encoding="utf-8") as fh:
+            fh.write(md + "\n")
+        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir):
             print(f"diagram: {p}")
     return 0
 
@@ -322,14 +393,78 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
-def _sub(sub, name: str, help: str, description: str):
-    return sub.add_parser(name, help=help, description=description, formatter_class=_Formatter)
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags (``--out`` must never silently mean ``--out-task``), and old spellings that the
+    docs used still work, rewritten to the current flag with a deprecation note on stderr."""
+
+    def __init__(self, *args, deprecated: dict[str, str] | None = None, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
+        self.deprecated = dict(deprecated or {})
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.deprecated and args is not None:
+            out = []
+            for arg in args:
+                flag, eq, value = arg.partition("=")
+                if flag in self.deprecated:
+                    print(f"{self.prog}: {flag} is deprecated, use {self.deprecated[flag]}", file=sys.stderr)
+                    arg = self.deprecated[flag] + eq + value
+                out.append(arg)
+            args = out
+        return super().parse_known_args(args, namespace)
+
+
+def _task_list(value: str) -> list[str]:
+    tasks = _tasks(value)
+    if not tasks:
+        raise argparse.ArgumentTypeError(f"needs comma-separated task names, got {value!r}")
+    return tasks
+
+
+#: One definition of every flag used by more than one command (and of the task / data-file / output flags):
+#: a flag means the same thing, with the same type and default, in every command that has it. A command may
+#: add its role after the meaning (``role=``) and make the flag required; tests/test_cli.py walks the parsers.
+_MCQ_FILES = "MCQ JSONL file(s), {question, choices, answer} per line"
+_TASK_NAMES = "comma-separated names of calib_* lm-eval tasks or groups (axolotl-calib tasks-path prints their folder)"
+SHARED_FLAGS: dict[str, dict] = {
+    "--model": dict(metavar="MODEL", help="model folder or hub id, or a peft adapter folder (adapter_config.json: "
+                                          "loaded on its base model)"),
+    "--base-model": dict(default=None, metavar="MODEL", help="base model of a peft adapter folder (default: the "
+                                                             "adapter's base_model_name_or_path)"),
+    "--tokenizer": dict(default=None, metavar="TOKENIZER", help="tokenizer folder or hub id (default: the adapter "
+                                                                "folder's if it has one, else the model's)"),
+    "--device": dict(default=None, help="torch device (default: cuda if available, else cpu)"),
+    "--dtype": dict(default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                    help="model dtype; auto = the model config's (default: float32 on cpu, auto elsewhere)"),
+    "--batch-size": dict(type=_positive_int, default=8, help="lm-eval batch size"),
+    "--tasks": dict(type=_task_list, default=DEFAULT_EVAL_TASKS, metavar="TASK[,TASK...]",
+                    help=_TASK_NAMES),
+    "--data-files": dict(nargs="+", default=None, metavar="FILE", help=_MCQ_FILES),
+    "--ood-data-files": dict(nargs="+", default=None, metavar="FILE", help=_MCQ_FILES),
+    "--train-data-files": dict(nargs="+", default=None, metavar="FILE", help=_MCQ_FILES),
+    "--fit-tasks": dict(type=_task_list, default=None, metavar="TASK[,TASK...]",
+                        help=_TASK_NAMES),
+    "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
+    "--seed": dict(type=int, default=0, help="random seed (the same seed gives the same result)"),
+}
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, role: str | None = None, **kw) -> argparse.Action:
+    spec = {**SHARED_FLAGS[flag], **kw}
+    if role:
+        spec["help"] = f"{SHARED_FLAGS[flag]['help']}: {role}"
+    return parser.add_argument(flag, **spec)
+
+
+def _sub(sub, name: str, help: str, description: str, deprecated: dict[str, str] | None = None):
+    return sub.add_parser(name, help=help, description=description, formatter_class=_Formatter, deprecated=deprecated)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="axolotl-calib", formatter_class=_Formatter,
-                                 description="Calibration-aware fine-tuning (CFT / RCFT) tools: evaluate, compare and "
-                                             "temperature-scale models with the calib_* lm-eval tasks.")
+    ap = _Parser(prog="axolotl-calib", formatter_class=_Formatter,
+                 description="Calibration-aware fine-tuning (CFT / RCFT) tools: evaluate, compare and "
+                             "temperature-scale models with the calib_* lm-eval tasks.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     e = _sub(sub, "eval", "calibration report of a model folder or peft adapter",
@@ -338,24 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
              "  axolotl-calib eval --model outputs/llama_cft --output-dir eval/cft\n"
              "  axolotl-calib eval --model outputs/tiny --tasks calib_jsonl --data-files heldout.jsonl "
              "--output-dir eval/tiny --device cpu")
-    e.add_argument("--model", required=True, help="HF model folder or hub id, or a peft adapter folder "
-                   "(adapter_config.json: loaded on its base model)")
-    e.add_argument("--output-dir", required=True, help="where the report, diagrams and lm-eval outputs go")
-    e.add_argument("--tasks", default=DEFAULT_EVAL_TASKS, help="comma-separated calib_* tasks or groups "
-                   "(axolotl-calib tasks-path lists the folder); the default is the paper's in/out-domain pair")
+    _add(e, "--model", required=True)
+    _add(e, "--output-dir", "the report, diagrams and lm-eval's results and samples", required=True)
+    _add(e, "--tasks", "the ones to run; the default is the paper's in-/out-of-domain pair")
     e.add_argument("--data-dir", default=None, help="folder of local <task>.jsonl files (each in its hub schema) "
                    "read instead of the hub (lm-eval metadata calib_data_dir) (default: the hub)")
-    e.add_argument("--data-files", nargs="+", default=None, metavar="FILE", help="MCQ JSONL file(s) "
-                   "({question, choices, answer}) for the calib_jsonl task (default: none)")
-    e.add_argument("--ood-data-files", nargs="+", default=None, metavar="FILE",
-                   help="MCQ JSONL file(s) for the calib_jsonl_ood task (default: none)")
-    e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    e.add_argument("--dtype", default="auto", help="model dtype: auto (the model config's), float32, bfloat16, float16")
-    e.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
+    _add(e, "--data-files", "scored as the calib_jsonl task (add it to --tasks) (default: none)")
+    _add(e, "--ood-data-files", "scored as the calib_jsonl_ood task (add it to --tasks) (default: none)")
+    _add(e, "--device")
+    _add(e, "--dtype")
+    _add(e, "--batch-size")
     e.add_argument("--limit", type=_limit, default=None, help="first N questions per task, or a fraction in (0, 1) "
                    "(default: all questions)")
-    e.add_argument("--base-model", default=None, help="base model of an adapter (default: from adapter_config.json)")
-    e.add_argument("--tokenizer", default=None, help="tokenizer folder or id (default: the model's / adapter's)")
+    _add(e, "--base-model")
+    _add(e, "--tokenizer")
     e.add_argument("--apply-chat-template", action="store_true",
                    help="score through the tokenizer's chat template (models trained with calib_prompt_format: "
                         "chat_template)")
@@ -373,64 +504,73 @@ def build_parser() -> argparse.ArgumentParser:
              "Fit one temperature T by NLL on the option log-likelihoods of lm-eval samples files "
              "(samples_<task>_<time>.jsonl from --log_samples, axolotl-calib eval or calib_eval_tasks) and "
              "report each --apply task before and after softmax(logliks / T). Accuracy is unchanged by "
-             "construction.\n\n"
+             "construction. T is fitted on the in-domain tasks only (calib_mmlu, calib_medmcqa, "
+             "calib_openbookqa, calib_in_domain_pooled, calib_jsonl) unless --fit-tasks says otherwise, so the "
+             "out-of-domain columns stay out-of-domain; a scored task whose every question was fitted is "
+             "marked in-sample, never reported as held-out.\n\n"
              "The authors' protocol (fit on a random 10% of the in-domain evaluation split, report the rest):\n"
              "  axolotl-calib temperature --fit eval/dpo --fit-fraction 0.1 \\\n"
-             "      --apply eval/dpo --out eval/dpo_ts\n"
-             "(a folder stands for its newest samples file of every task; name files to pick tasks).")
+             "      --apply eval/dpo --output-dir eval/dpo_ts\n"
+             "(a folder stands for its newest samples file of every task; name files to pick tasks).",
+             deprecated={"--out": "--output-dir"})
     t.add_argument("--fit", nargs="+", required=True, metavar="SAMPLES",
                    help="samples files or folders to fit T on (held-out questions)")
     t.add_argument("--apply", nargs="+", required=True, metavar="SAMPLES",
                    help="samples files or folders to scale and score")
+    _add(t, "--fit-tasks", "those whose samples T is fitted on (default: the in-domain tasks)")
     t.add_argument("--fit-fraction", type=_fraction, default=1.0, help="fit on this seeded random fraction of each "
                    "--fit file; an --apply file that is also a --fit file is scored on the rest only")
-    t.add_argument("--seed", type=int, default=0, help="seed of the --fit-fraction split")
-    t.add_argument("--out", default=None, help="write calibration_report.{md,json}, scaled samples and "
-                   "before/after diagrams here, readable by axolotl-calib table (default: print only)")
+    _add(t, "--seed", "of the --fit-fraction split")
+    _add(t, "--output-dir", "calibration_report.{md,json}, the scaled samples and before/after diagrams, readable by "
+         "axolotl-calib table (default: print only)")
     t.set_defaults(func=cmd_temperature)
 
     c = _sub(sub, "table", "Table-2-style comparison of several evaluated runs",
              "Assemble conf-ECE / cw-ECE / accuracy, in-domain and out-of-domain, of several runs into one "
-             "Markdown table (stdout) and a JSON file. A run folder is anything axolotl-calib eval, "
-             "calib_eval_tasks (the training output_dir), axolotl-calib temperature --out or lm_eval "
-             "--output_path wrote.\n\n"
+             "Markdown table (stdout). A run folder is anything axolotl-calib eval, calib_eval_tasks (the "
+             "training output_dir), axolotl-calib temperature --output-dir or lm_eval --output_path wrote. Where "
+             "runs have lm-eval samples, every column is computed on the questions all runs scored (the count is "
+             "printed) and each run is paired with the first: difference and 95% paired-bootstrap interval.\n\n"
              "  axolotl-calib table --run DPO=eval/dpo --run TS=eval/dpo_ts --run CFT=outputs/llama_cft \\\n"
-             "      --in calib_in_domain_pooled --out calib_arc_challenge --plots eval/compare")
+             "      --in-task calib_in_domain_pooled --out-task calib_arc_challenge --output-dir eval/compare",
+             deprecated={"--plots": "--output-dir"})
     c.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
-                   help="a row: its name and folder (repeat, in row order)")
-    c.add_argument("--in", "--in-domain", dest="in_task", default="calib_in_domain_pooled",
-                   help="task of the in-domain columns")
-    c.add_argument("--out", "--out-domain", dest="out_task", default="calib_arc_challenge",
-                   help="task of the out-of-domain columns")
-    c.add_argument("--json", default="calibration_table.json", help="where to write the table as JSON ('' = don't)")
-    c.add_argument("--plots", default=None, metavar="DIR", help="also draw one comparison reliability diagram per "
-                   "task from the runs' samples into DIR (default: no diagrams)")
+                   help="a row: its name and folder (repeat, in row order; the first is the reference of the "
+                        "paired differences)")
+    c.add_argument("--in-task", default="calib_in_domain_pooled", metavar="TASK",
+                   help="name of the calib_* task of the in-domain columns")
+    c.add_argument("--out-task", default="calib_arc_challenge", metavar="TASK",
+                   help="name of the calib_* task of the out-of-domain columns")
+    _add(c, "--output-dir", "calibration_table.{json,md} and one comparison reliability diagram per column task "
+         "(default: print only)")
     c.set_defaults(func=cmd_table)
 
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",
-             "conf-ECE / cw-ECE / accuracy of a model on one MCQ file (lm-eval task calib_jsonl) and our own, "
-             "documented regime heuristic (axolotl_calib_plugin/regime.py: not from the paper).")
-    g.add_argument("--model", required=True,
-                   help="local HF model folder, or a peft adapter folder (adapter_config.json: loaded on its base model)")
-    g.add_argument("--base-model", default=None, help="base model of an adapter folder (default: the adapter's own "
-                   "base_model_name_or_path)")
-    g.add_argument("--data", required=True, help="HELD-OUT MCQ JSONL: {question, choices, answer} per line")
-    g.add_argument("--train-data", default=None,
-                   help="the MCQ JSONL you would fine-tune on (default: none). Recommended: the decisive check "
-                        "compares the model's accuracy there with its held-out accuracy")
-    g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+             "conf-ECE / cw-ECE / accuracy of a model on held-out MCQ data (lm-eval task calib_jsonl) and our own, "
+             "documented regime heuristic (axolotl_calib_plugin/regime.py: not from the paper). Runs offline: "
+             "the model, adapter and tokenizer must be local folders.\n\n"
+             "  axolotl-calib diagnose --model DIR --data-files heldout.jsonl --train-data-files train.jsonl",
+             deprecated={"--data": "--data-files", "--train-data": "--train-data-files"})
+    _add(g, "--model", required=True)
+    _add(g, "--base-model")
+    _add(g, "--data-files", "HELD-OUT questions, scored as the calib_jsonl task", required=True)
+    _add(g, "--train-data-files", "the questions you would fine-tune on (default: none). Recommended: the decisive "
+         "check compares the model's accuracy there with its held-out accuracy")
+    _add(g, "--tokenizer")
     g.add_argument("--acc-star", type=float, default=None, help="known oracle accuracy acc* (default: unknown)")
-    g.add_argument("--device", default=None, help="torch device (default: cpu)")
-    g.add_argument("--dtype", default=None, help="model dtype (default: float32 on cpu, else auto)")
-    g.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
-    g.add_argument("--tasks", default=None, help="lm-eval task folder (default: the one axolotl-calib tasks-path prints)")
+    _add(g, "--device")
+    _add(g, "--dtype")
+    _add(g, "--batch-size")
+    g.add_argument("--include-path", default=None, metavar="DIR",
+                   help="lm-eval task folder (default: the one axolotl-calib tasks-path prints)")
     g.add_argument("--json", action="store_true", help="print one JSON line instead of the text verdict")
     g.set_defaults(func=cmd_diagnose)
 
     m = _sub(sub, "make-tiny", "write a local tiny Llama + tokenizer",
-             "A tiny randomly initialised Llama and a BPE tokenizer trained locally (no hub), for trying configs on a CPU.")
-    m.add_argument("--out", required=True, help="output folder")
-    m.add_argument("--data", default=None, help="MCQ JSONL to train the tokenizer on (default: a built-in corpus)")
+             "A tiny randomly initialised Llama and a BPE tokenizer trained locally (no hub), for trying configs on a "
+             "CPU.")
+    _add(m, "--output-dir", "the model and tokenizer", required=True)
+    _add(m, "--data-files", "the tokenizer is trained on their questions (default: a built-in corpus)")
     m.add_argument("--hidden", type=int, default=64, help="hidden size")
     m.add_argument("--layers", type=int, default=2, help="number of layers")
     m.set_defaults(func=cmd_make_tiny)
@@ -439,10 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
              "Offline miniature of the paper's Table 2 on a world with known truth, through the real axolotl train "
              "and lm_eval: base SFT -> DPO (the aligned arm), then temperature scaling, label smoothing, CFT and RCFT "
              "(lambda 0 and 1). --seeds runs the study: also the over-fine-tuned arm, a lambda sweep and the online "
-             "E-step, with statistics over seeds.")
-    d.add_argument("--out", default="demo_out", help="output folder")
+             "E-step, with statistics over seeds.\n\n"
+             "  axolotl-calib demo --output-dir demo_out",
+             deprecated={"--out": "--output-dir"})
+    _add(d, "--output-dir", "every run, evaluation and the summary (reused by a rerun)", required=True)
     d.add_argument("--fast", action="store_true", help="small data, few steps, lambda 1 only (the test suite's variant)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the world and of every run (single-seed demo)")
+    _add(d, "--seed", "of the world and of every run (single-seed demo)")
     d.add_argument("--seeds", type=_seeds, default=None,
                    help="run the multi-seed study instead: a count N (seeds 0..N-1) or a comma list; every cell as "
                         "mean ± 95%% CI, paired differences, the λ curve (default: single seed)")
@@ -453,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --seeds: main (the paper's Table 2 claims; study.json) or heldout (the held-out M-step "
                         "variants in the over-fine-tuned arm; heldout.json)")
     d.add_argument("--summary-dir", default=None,
-                   help="where the study writes study.json, study.md and lambda_curve.png (default: --out)")
+                   help="where the study writes study.json, study.md and lambda_curve.png (default: --output-dir)")
     d.add_argument("--parallel", type=_positive_int, default=2, help="training runs at a time (1 torch thread each)")
     d.add_argument("--fresh", action="store_true",
                    help="retrain everything (default: reuse a finished run whose config and code are unchanged)")
@@ -465,10 +607,18 @@ def build_parser() -> argparse.ArgumentParser:
 OFFLINE_COMMANDS = ("demo", "diagnose", "make-tiny")
 
 
+def command_parsers(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``{command: its parser}`` of :func:`build_parser`'s parser."""
+    (sub,) = [x for x in ap._actions if isinstance(x, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
-    _check_paths(ap, a)
+    cp = command_parsers(ap)[a.cmd]
+    a.parser, a.usage_error = cp, cp.error
+    _check_args(cp, a)
     if a.cmd in OFFLINE_COMMANDS:
         _offline_env()
     from .rows import CalibDataError

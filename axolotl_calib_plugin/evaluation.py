@@ -27,7 +27,8 @@ PACKAGED_TASK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm
 JSONL_TASK_METADATA = {"calib_jsonl": "data_files", "calib_jsonl_ood": "ood_data_files"}
 
 __all__ = ["JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "evaluate_files", "find_task_dir",
-           "is_adapter_dir", "load_lm", "make_hflm", "run_tasks", "samples_to_arrays", "task_index", "task_suites"]
+           "is_adapter_dir", "load_lm", "make_hflm", "run_tasks", "samples_to_arrays", "task_index", "task_suites",
+           "unknown_task_message"]
 
 
 def find_task_dir() -> str:
@@ -84,9 +85,29 @@ def task_index(task_dir: str | None = None) -> dict[str, dict]:
     return index
 
 
+def unknown_task_message(names: Sequence[str], index: dict[str, dict] | None = None) -> str | None:
+    """None when every name is a task or group of our folder, else what to tell the user: the unknown names,
+    the closest known ones and the full list (a cheap check from the YAMLs, before any model is loaded)."""
+    import difflib
+
+    index = index if index is not None else task_index()
+    unknown = [n for n in names if n not in index]
+    if not unknown:
+        return None
+    hints = []
+    for n in unknown:
+        close = [k for k in sorted(index) if k.startswith(n)] + difflib.get_close_matches(n, list(index), n=2)
+        close = list(dict.fromkeys(close))[:2]  # a prefix ("calib_arc") first, then spelling neighbours
+        hints.append(f"{n!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    return (f"unknown task {', '.join(hints)}; the task folder {find_task_dir()} defines: "
+            f"{', '.join(sorted(index))}")
+
+
 def task_suites(name: str, index: dict[str, dict] | None = None) -> list[str]:
     """The data suites (``utils.SUITES`` names, or ``calib_jsonl`` / ``calib_jsonl_ood``) a task or group reads."""
     index = index if index is not None else task_index()
+    if name not in index:
+        raise ValueError(unknown_task_message([name], index))
     entry = index[name]
     if entry["kind"] == "group":
         out: list[str] = []

@@ -12,21 +12,23 @@ and the fit is in float64. Log-probabilities work as well as logits: they differ
 constant, which the softmax ignores.
 
 :func:`scale_samples` runs the baseline on lm-eval's logged samples of the ``calib_*`` tasks (their
-per-question option log-likelihoods), with mixed option counts, for ``axolotl-calib temperature``.
+per-question option log-likelihoods), with mixed option counts, for ``axolotl-calib temperature``. It fits
+on in-domain tasks only unless told otherwise (an out-of-domain column scored with a T fitted on it would
+not be out-of-domain), and marks every scored question that was also used to fit T.
 """
 
 from __future__ import annotations
 
 import math
-import os
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from .metrics import ArrayLike
 
-__all__ = ["fit_temperature", "apply_temperature", "probs_to_logits", "nll", "pad_ragged_logits", "scale_samples",
-           "softmax_rows"]
+__all__ = ["fit_temperature", "apply_temperature", "in_domain_tasks", "probs_to_logits", "nll", "pad_ragged_logits",
+           "scale_samples", "softmax_rows"]
 
 
 def _logits_tensor(logits: ArrayLike) -> torch.Tensor:
@@ -130,46 +132,86 @@ def softmax_rows(rows, temperature: float) -> list[list[float]]:
     return out
 
 
-def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int = 0) -> dict:
+#: the group whose suites are the paper's in-domain data; ``calib_jsonl`` reads the user's own in-domain file.
+IN_DOMAIN_GROUP = "calib_in_domain"
+IN_DOMAIN_FILE_TASK = "calib_jsonl"
+
+
+def in_domain_tasks(index: dict | None = None) -> list[str]:
+    """Tasks of our folder that read in-domain data only (every suite among :data:`IN_DOMAIN_GROUP`'s, or
+    the user's ``calib_jsonl`` file): what temperature scaling fits on by default."""
+    from .evaluation import task_index, task_suites
+
+    index = index if index is not None else task_index()
+    suites = set(task_suites(IN_DOMAIN_GROUP, index)) | {IN_DOMAIN_FILE_TASK}
+    return sorted(n for n, e in index.items() if e["kind"] == "task" and set(task_suites(n, index)) <= suites)
+
+
+def _question_key(task: str, item: dict) -> tuple:
+    """One scored question of one evaluation: the same task, document, answer and option log-likelihoods
+    (a copy of a samples file, or the same file reached through a folder, gives the same keys; another
+    data file or another model does not)."""
+    return task, int(item["doc_id"]), int(item["gold"]), tuple(float(v) for v in item["logliks"])
+
+
+def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int = 0,
+                  fit_tasks: Sequence[str] | None = None) -> dict:
     """Temperature scaling of lm-eval samples (the paper's Table 2 baseline, Sec. 6 of the paper).
 
-    ``fit`` / ``apply``: ``{path: items}`` with items ``{"doc_id", "probs", "gold", "logliks"}`` as
-    :func:`axolotl_calib_plugin.report.read_samples` returns them. One T is fitted by NLL on the
-    ``logliks`` of the ``fit`` items; with ``fit_fraction < 1`` only a seeded random fraction of each
-    fit file is used, and an ``apply`` file that is also a ``fit`` file is scored on the remaining
-    questions only (the authors fit on a random 10 % of the evaluation split and report the other 90 %),
-    so no question is both fitted and scored.
+    ``fit`` / ``apply``: ``{samples file: items}`` (files named ``samples_<task>_<time>.jsonl``) with items
+    ``{"doc_id", "probs", "gold", "logliks"}`` as :func:`axolotl_calib_plugin.report.read_samples` returns
+    them. One T is fitted by NLL on the ``logliks`` of the ``fit`` items of ``fit_tasks`` (default:
+    :func:`in_domain_tasks`; files of other tasks are left out and listed in ``fit["excluded"]``). With
+    ``fit_fraction < 1`` only a seeded random fraction of each fit file is used. An ``apply`` file is scored
+    on its questions that were not fitted (the authors fit on a random 10 % of the evaluation split and
+    report the other 90 %); a file whose every question was fitted is scored on all of them and marked
+    ``held_out: False`` (in-sample), never passed off as held-out.
 
-    Returns ``{"temperature", "fit": {...}, "apply": {path: {"items": scaled items, "before": items}}}``;
-    scaled items carry ``probs = softmax(logliks / T)`` and ``logliks / T``.
+    Returns ``{"temperature", "fit": {...}, "apply": {path: {"items": scaled items, "before": items,
+    "held_out", "n_fitted", ...}}}``; scaled items carry ``probs = softmax(logliks / T)`` and ``logliks / T``.
     """
+    from .report import samples_task
+
     if not 0 < fit_fraction <= 1:
         raise ValueError(f"fit fraction must be in (0, 1], got {fit_fraction}")
+    allowed = set(in_domain_tasks() if fit_tasks is None else fit_tasks)
     rng = np.random.default_rng(seed)
-    fit_items, held_out = [], {}
+    fit_items, fitted_keys, used, excluded = [], set(), [], {}
     for path, items in fit.items():
+        task = samples_task(path)
+        if task not in allowed:
+            excluded[path] = task
+            continue
         if any(not it["logliks"] for it in items):
             raise ValueError(f"{path}: samples carry no 'logliks' (written by an older calib task?); cannot fit T")
-        idx = np.arange(len(items))
+        idx = range(len(items))
         if fit_fraction < 1:
             k = max(1, int(round(fit_fraction * len(items))))
-            chosen = set(rng.choice(len(items), size=k, replace=False).tolist())
-            held_out[os.path.realpath(path)] = [i for i in idx if i not in chosen]
-            idx = sorted(chosen)
-        fit_items += [items[i] for i in idx]
+            idx = sorted(rng.choice(len(items), size=k, replace=False).tolist())
+        chosen = [items[i] for i in idx]
+        fit_items += chosen
+        fitted_keys |= {_question_key(task, it) for it in chosen}
+        used.append(path)
+    if not fit_items:
+        found = sorted(set(excluded.values()))
+        raise ValueError(f"no samples of a task to fit T on: found {', '.join(found) or 'none'}, fitting on "
+                         f"{', '.join(sorted(allowed)) or 'none'} (pass --fit-tasks to fit on other tasks)")
     logits = pad_ragged_logits([it["logliks"] for it in fit_items])
     labels = np.array([it["gold"] for it in fit_items], dtype=np.int64)
     t = fit_temperature(logits, labels)
-    result = {"temperature": t, "fit": {"files": list(fit), "n": len(fit_items), "fraction": fit_fraction, "seed": seed,
+    result = {"temperature": t, "fit": {"files": used, "n": len(fit_items), "fraction": fit_fraction, "seed": seed,
+                                        "tasks": sorted({samples_task(f) for f in used}), "excluded": excluded,
                                         "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t)},
               "apply": {}}
     for path, items in apply.items():
-        keep = held_out.get(os.path.realpath(path))
-        before = [items[i] for i in keep] if keep is not None else list(items)
-        if any(not it["logliks"] for it in before):
+        if any(not it["logliks"] for it in items):
             raise ValueError(f"{path}: samples carry no 'logliks'; cannot apply T")
+        task = samples_task(path)
+        unseen = [it for it in items if _question_key(task, it) not in fitted_keys]
+        n_fitted = len(items) - len(unseen)
+        before = unseen or list(items)
         probs = softmax_rows([it["logliks"] for it in before], t)
         scaled = [{**it, "probs": p, "logliks": [v / t for v in it["logliks"]]} for it, p in zip(before, probs)]
-        result["apply"][path] = {"items": scaled, "before": before, "held_out_only": keep is not None,
-                                 "overlaps_fit": keep is None and os.path.realpath(path) in {os.path.realpath(f) for f in fit}}
+        result["apply"][path] = {"items": scaled, "before": before, "n_fitted": n_fitted, "held_out": bool(unseen),
+                                 "held_out_only": bool(unseen) and n_fitted > 0, "overlaps_fit": not unseen}
     return result

@@ -81,19 +81,29 @@ def _clean_env(tmp: Path) -> dict:
     return env
 
 
-@pytest.mark.slow
-def test_wheel_ships_the_tasks_and_lm_eval_runs_them_from_anywhere(tmp_path, tiny_model_dir, mcq_rows):
+def _build_wheel(tmp_path: Path) -> Path:
+    """A wheel built (offline, no isolation) from a copy of the checkout."""
     src = _source_copy(tmp_path / "src")
     dist = tmp_path / "dist"
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation",
                            "-w", str(dist), str(src)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = dist.glob("axolotl_calib-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    return wheel
+
+
+def _assert_ships_the_tasks(names: set[str]) -> None:
     for f in (ROOT / "lm_eval_tasks").rglob("*"):
         rel = f.relative_to(ROOT).as_posix()
         if f.is_file() and "__pycache__" not in rel:
             assert f"axolotl_calib_plugin/{rel}" in names, f"{rel} is not in the wheel"
+    assert any(n.startswith("axolotl_calib_plugin/lm_eval_tasks/calib/data/") and n.endswith(".jsonl") for n in names)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_tasks_and_lm_eval_runs_them_from_anywhere(tmp_path, tiny_model_dir, mcq_rows):
+    wheel = _build_wheel(tmp_path)
+    _assert_ships_the_tasks(set(zipfile.ZipFile(wheel).namelist()))
 
     python = _fresh_venv(tmp_path / "venv")
     _pip(python, str(wheel), cwd=tmp_path)
@@ -131,3 +141,94 @@ def test_editable_install_uses_the_checkout_task_folder(tmp_path):
                           "print(find_task_dir()); print(len(task_index()))"],
                          cwd=tmp_path, env=_clean_env(tmp_path), capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == str(src / "lm_eval_tasks") and int(out[1]) >= 12
+
+
+# ---------------------------------------------------------------------------------- what a PyPI user sees
+APACHE_2_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"  # apache.org/licenses/LICENSE-2.0.txt
+
+
+def _lower_bound(req) -> "Version | None":
+    """The smallest version a requirement admits, from its ==, ===, ~= or >= clauses (None: unbounded)."""
+    from packaging.version import Version
+
+    bounds = [Version(s.version) for s in req.specifier if s.operator in ("==", "===", "~=", ">=")]
+    return max(bounds) if bounds else None
+
+
+def _imported_distributions() -> dict[str, set[str]]:
+    """``{top-level module: distributions providing it}`` for every third-party module the package and its task
+    folder import (any depth, lazy imports included); ``axolotl`` is shared by several distributions."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    modules = set()
+    for folder in ("axolotl_calib_plugin", "lm_eval_tasks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    modules |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules.add(node.module.split(".")[0])
+    modules -= set(sys.stdlib_module_names) | {"__future__", "axolotl_calib_plugin"}
+    owners = packages_distributions()
+    missing = sorted(m for m in modules if m not in owners)
+    assert not missing, f"imported modules no installed distribution provides: {missing}"
+    return {m: {canonicalize_name(d) for d in owners[m]} for m in sorted(modules)}
+
+
+def test_wheel_metadata_is_what_a_pypi_user_expects(tmp_path):
+    """License (expression + the full Apache-2.0 text), project URLs, classifiers, dependency floors equal to
+    axolotl 0.19's own requirements, every imported distribution declared, ``py.typed`` shipped iff claimed, the
+    console script and the lm-eval task data inside."""
+    import hashlib
+    from email.parser import Parser
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    assert hashlib.sha256((ROOT / "LICENSE").read_bytes()).hexdigest() == APACHE_2_SHA256  # the standard text, unedited
+    wheel = zipfile.ZipFile(_build_wheel(tmp_path))
+    names = set(wheel.namelist())
+    (info,) = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
+    meta = Parser().parsestr(wheel.read(f"{info}/METADATA").decode())
+
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert meta.get_all("License-File") == ["LICENSE"]
+    assert wheel.read(f"{info}/licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
+    classifiers = meta.get_all("Classifier")
+    assert not [c for c in classifiers if c.startswith("License ::")]  # PEP 639: the expression replaces them
+    assert {"Programming Language :: Python :: 3.11", "Intended Audience :: Science/Research",
+            "Topic :: Scientific/Engineering :: Artificial Intelligence"} <= set(classifiers)
+    assert meta["Requires-Python"] == ">=3.11"
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+    assert urls["Paper"] == "https://arxiv.org/abs/2505.01997"
+    assert urls["Reference code"] == "https://github.com/ZhanliangAaronWang/RestoreLLMCalibration"
+    assert {"Source", "Issues"} <= set(urls) and all(u.startswith("https://") for u in urls.values())
+
+    ours = {canonicalize_name(r.name): r for r in map(Requirement, meta.get_all("Requires-Dist")) if not r.marker}
+    assert str(ours["axolotl"].specifier) == "<0.20,>=0.19.0"
+    axolotl = {canonicalize_name(r.name): r for r in map(Requirement, requires("axolotl")) if not r.marker}
+    assert version("axolotl").startswith("0.19.")
+    shared = sorted(set(ours) & set(axolotl))
+    assert {"torch", "transformers", "peft", "accelerate", "datasets", "lm-eval", "numpy"} <= set(shared)
+    for name in shared:
+        assert _lower_bound(ours[name]) == _lower_bound(axolotl[name]), (name, str(ours[name]), str(axolotl[name]))
+        assert ours[name].specifier.contains(version(name), prereleases=True), (name, version(name))
+    assert str(ours["torch"].specifier) == ">=2.11.0"  # axolotl 0.19: torch>=2.11.0,<=2.13.0
+    imported = _imported_distributions()
+    assert {"torch", "lm_eval", "axolotl", "matplotlib", "yaml"} <= set(imported)
+    undeclared = {m: sorted(d) for m, d in imported.items() if not d & set(ours)}
+    assert not undeclared, f"imported but no providing distribution in install_requires: {undeclared}"
+
+    typed = "axolotl_calib_plugin/py.typed" in names
+    assert typed == ("Typing :: Typed" in classifiers) == (ROOT / "axolotl_calib_plugin" / "py.typed").is_file()
+    for pkg, patterns in _setup_cfg()["options.package_data"].items():  # every literal file named there ships
+        folder = pkg.replace(".", "/")
+        for pat in (p.strip() for p in patterns.split(",")):
+            if "*" not in pat:
+                assert f"{folder}/{pat}" in names, f"setup.cfg package_data names {pat} for {pkg}: not in the wheel"
+    assert "axolotl-calib = axolotl_calib_plugin.cli:main" in wheel.read(f"{info}/entry_points.txt").decode()
+    _assert_ships_the_tasks(names)
