@@ -284,9 +284,9 @@ def number_text(value: int | float, what: str) -> str:
     if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
         return repr(value)
     raise CalibDataError(
-        f"{what} is the number {value!r}, which a data loader cannot keep exactly (a double holds whole numbers "
-        f"only up to 2**53 and no nan/inf), so training and evaluation would show it differently; write it as "
-        f"a string (\"{value}\")"
+        f"{what} is a number that a data loader cannot keep exactly ({value!r} here; a double holds whole numbers "
+        "only up to 2**53 and no nan/inf), so training and evaluation would show it differently; write the option "
+        "as a string"
     )
 
 
