@@ -31,6 +31,9 @@ MODE_PRESETS: dict[str, tuple[str, float]] = {
     "cft": ("answer", 1.0),
     "rcft": ("prompt_and_answer", 1.0),
 }
+#: largest calib_lambda accepted: the paper uses 1; far above it the ECE term swamps the SFT loss and a
+#: half-precision loss overflows, which Axolotl then reports as a learning-rate / fp16 problem.
+MAX_LAMBDA = 1000.0
 #: calib_sft_scope -> the value of Axolotl's ``train_on_inputs`` that implements it.
 SCOPE_TO_TRAIN_ON_INPUTS = {"answer": False, "prompt_and_answer": True}
 
@@ -73,6 +76,7 @@ class CalibrationArgs(BaseModel):
     calib_lambda: float | None = Field(
         default=None,
         ge=0.0,
+        le=MAX_LAMBDA,
         allow_inf_nan=False,
         json_schema_extra={"description": "Weight of the ECE term. Default from calib_mode (1.0). 0 = plain SFT."},
     )
@@ -257,20 +261,7 @@ class CalibrationArgs(BaseModel):
     @field_validator("calib_option_letters", mode="before")
     @classmethod
     def _check_letters(cls, value):
-        if isinstance(value, str):
-            value = list(value)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"calib_option_letters must be a list of strings, got {value!r}")
-        value = list(value)
-        if len(value) < 2:
-            raise ValueError(f"calib_option_letters needs at least 2 letters, got {value!r}")
-        bad = [v for v in value if not v.strip() or v != v.strip()]
-        if bad:
-            raise ValueError(f"calib_option_letters must be non-empty and carry no surrounding whitespace, got {bad!r}")
-        dup = sorted({v for v in value if value.count(v) > 1})
-        if dup:
-            raise ValueError(f"calib_option_letters has duplicates {dup}")
-        return value
+        return check_option_letters(value)
 
     # ------------------------------------------------------------------ whole-config checks
     @model_validator(mode="before")
@@ -282,7 +273,8 @@ class CalibrationArgs(BaseModel):
         for key in [k for k in CalibrationArgs.model_fields if k in data and data[k] is None]:
             del data[key]  # `key: null` means unset (Axolotl's convention), so the default applies
         listed = is_plugin_listed(data.get("plugins"))
-        calib_keys = sorted(k for k, v in data.items() if isinstance(k, str) and k.startswith("calib") and v is not None)
+        calib_keys = sorted(k for k, v in data.items() if isinstance(k, str) and k.lower().startswith("calib")
+                            and v is not None)
         if not listed:
             # Merged into a config that lists other plugins only (singleton manager): our keys there
             # mean the user forgot us. Without a `plugins` key this is CalibrationArgs(**...) itself.
@@ -316,6 +308,26 @@ class CalibrationArgs(BaseModel):
     @property
     def train_on_inputs(self) -> bool:
         return SCOPE_TO_TRAIN_ON_INPUTS[self.calib_sft_scope or MODE_PRESETS[self.calib_mode][0]]
+
+
+def check_option_letters(value: Any, key: str = "calib_option_letters") -> list[str]:
+    """Option letters as a list (a string such as ``'ABCD'`` is split into characters, ``'A,B'`` at commas);
+    ``ValueError`` naming ``key`` unless they are >= 2 distinct non-blank strings without surrounding spaces.
+    The one rule for the training key and the lm-eval metadata ``option_letters``."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")] if "," in value else list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key} must be a list of strings, got {value!r}")
+    value = list(value)
+    if len(value) < 2:
+        raise ValueError(f"{key} needs at least 2 letters, got {value!r}")
+    bad = [v for v in value if not v.strip() or v != v.strip()]
+    if bad:
+        raise ValueError(f"{key} must be non-empty and carry no surrounding whitespace, got {bad!r}")
+    dup = sorted({v for v in value if value.count(v) > 1})
+    if dup:
+        raise ValueError(f"{key} has duplicates {dup}")
+    return value
 
 
 # ---------------------------------------------------------------------- config diagnostics
@@ -385,14 +397,15 @@ def _check_unknown_keys(cls, data: dict, allowed: set[str] = frozenset()) -> Non
     for key in data:
         if not isinstance(key, str) or key in known:
             continue
-        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.8)
-        if key.startswith("calib") or key.startswith("calibration") or close:
+        close = difflib.get_close_matches(key.lower(), ours, n=1, cutoff=0.8)
+        if key.lower().startswith("calib") or close:
             unknown.append((key, close))
     if not unknown:
         return
     lines = []
     for key, close in unknown:
         hint = close or difflib.get_close_matches(key, ours, n=1, cutoff=0.5)
+        hint = hint or difflib.get_close_matches(key.lower(), ours, n=1, cutoff=0.5)
         lines.append(f"  {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     raise ValueError(
         "unknown calibration plugin key(s):\n" + "\n".join(lines) + "\nvalid keys: " + ", ".join(ours)
@@ -438,7 +451,7 @@ def _check_local_data_files(data: dict) -> None:
     bare ``StopIteration`` (or "corresponds to no data") that names no file."""
     import os
 
-    from .rows import check_data_file
+    from .rows import check_data_file, read_jsonl_records
 
     for key in ("datasets", "test_datasets"):
         for ds in data.get(key) or []:
@@ -451,6 +464,27 @@ def _check_local_data_files(data: dict) -> None:
             for f in candidates:
                 if os.path.isfile(f):
                     check_data_file(f)
+                    if key == "datasets" and _is_json_lines(f, _get(ds, "ds_type")):
+                        read_jsonl_records(f)  # a bad line: file and 1-based line now, not DatasetGenerationError later
+    others = [i for i, ds in enumerate(data.get("test_datasets") or []) if not is_calib_dataset_type(_get(ds, "type"))]
+    if others:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "test_datasets%s %s not type: %s, so evaluation reports no eval_calib/* metrics for them (only the loss); "
+            "use type: %s to get held-out ECE", others, "is" if len(others) == 1 else "are", DATASET_TYPE, DATASET_TYPE)
+
+
+def _is_json_lines(path: str, ds_type: Any) -> bool:
+    """A file Axolotl reads with the JSON loader as one object per line (not a ``.json`` list)."""
+    if ds_type and str(ds_type).lower() != "json":
+        return False
+    if any(ext in path for ext in (".parquet", ".arrow", ".csv", ".txt")):
+        return False
+    if path.endswith(".json"):
+        with open(path, "rb") as fh:
+            return not fh.read(1 << 12).lstrip().startswith(b"[")
+    return True
 
 
 #: attention implementations with which Axolotl keeps packed samples apart (block-diagonal mask or varlen

@@ -32,6 +32,7 @@ from .distributed import dist_info
 from .em import STATE_FILE, EMState
 from .estep import EStepData, run_estep
 from .loss import install_head_capture
+from .resume_check import check_resume, record, resume_problems
 
 #: one JSON line per refresh (per-bin training vs held-out statistics), in output_dir
 REFRESH_LOG = "calib_refresh.jsonl"
@@ -171,6 +172,8 @@ class EMRefreshCallback(TrainerCallback):
             bin_accuracy=self.settings.calib_bin_accuracy, targets_kind=self.settings.calib_targets,
             prior=self.settings.calib_heldout_prior,
         )
+        record(em_state.extra, self.settings, torch.from_numpy(data.sample_id), torch.from_numpy(data.answer_idx),
+               torch.from_numpy(data.num_options))
         if seen is not None:  # samples not seen since the last refresh keep their previous target
             unseen = ~torch.isin(em_state.sample_ids, seen)
             if bool(unseen.any()):
@@ -247,6 +250,7 @@ class EMRefreshCallback(TrainerCallback):
         ckpt = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(ckpt):
             em_state.save(os.path.join(ckpt, STATE_FILE))
+            self._write_settings(ckpt)
         else:
             LOG.warning("calib: checkpoint dir %s not found; calib_state.pt not written", ckpt)
         return control
@@ -255,7 +259,17 @@ class EMRefreshCallback(TrainerCallback):
         em_state = self.calib.em_state
         if em_state is not None and state.is_world_process_zero and os.path.isdir(args.output_dir):
             em_state.save(os.path.join(args.output_dir, STATE_FILE))
+            self._write_settings(args.output_dir)
         return control
+
+    def _write_settings(self, folder: str) -> None:
+        """The row settings ``axolotl-calib eval`` reads to score this model with its training letters / format."""
+        import json
+
+        from .report import SETTINGS_FILE, training_settings
+
+        with open(os.path.join(folder, SETTINGS_FILE), "w", encoding="utf-8") as fh:
+            json.dump(training_settings(self.settings), fh, indent=1)
 
     def _resume_candidates(self, args, state) -> list[str]:
         out = []
@@ -300,6 +314,7 @@ class EMRefreshCallback(TrainerCallback):
                 "same files and dataset_prepared_path), or delete that calib_state.pt to recompute the targets for the "
                 "new data with the resumed model, or start a fresh run (a new output_dir, no resume)."
             )
+        check_resume(path, resume_problems(em_state.extra, self.settings, em_state.sample_ids, self._estep_data()))
 
 
 def _heldout_estep_data(eval_dataset) -> EStepData:
@@ -360,6 +375,9 @@ def check_resume_state_early(cfg) -> None:
     if not path or not os.path.isfile(path):
         return
     state = EMState.load(path)
+    from .args import CalibrationArgs
+
+    check_resume(path, resume_problems(state.extra, CalibrationArgs.from_cfg(cfg)))  # settings: before the model loads
     ids = _prepared_sample_ids(cfg)
     if ids is None:
         return

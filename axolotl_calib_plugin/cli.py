@@ -264,6 +264,7 @@ def cmd_eval(a) -> int:
                                                                                "--ood-data-files")):
         if task in tasks and not files:
             a.usage_error(f"--tasks {task} reads local MCQ files: pass {flag} FILE.jsonl")
+    task_metadata = _trained_row_settings(a)
     device, dtype = _device_dtype(a)
     lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
                    batch_size=a.batch_size, trust_remote_code=a.trust_remote_code)
@@ -274,10 +275,43 @@ def cmd_eval(a) -> int:
               "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template},
         data_dir=a.data_dir, data_files=a.data_files, ood_data_files=a.ood_data_files, limit=a.limit,
         apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
+        task_metadata=task_metadata,
     )
     print(markdown_table(summary))
     print(f"\nreport: {paths['md']}\nlm-eval results and samples: {os.path.join(a.output_dir, 'calibration_eval')}")
     return 0
+
+
+def _trained_row_settings(a) -> dict:
+    """Letters / answer format / fields for the tasks: the model folder's calib_settings.json (written by training),
+    else --option-letters; a flag that contradicts what the model was trained with is refused, naming both."""
+    import json
+
+    from .args import check_option_letters
+    from .report import SETTINGS_FILE, row_metadata
+
+    path = os.path.join(a.model, SETTINGS_FILE)
+    flag = check_option_letters(a.option_letters, "--option-letters") if a.option_letters else None
+    if not os.path.isfile(path):
+        return row_metadata({"calib_option_letters": flag})
+    with open(path, encoding="utf-8") as fh:
+        trained = json.load(fh)
+    meta = {k: trained[k] for k in row_metadata({}) if k in trained}
+    problems = []
+    if flag is not None and flag != meta.get("option_letters"):
+        problems.append(f"--option-letters {','.join(flag)} but it was trained with calib_option_letters "
+                        f"{meta.get('option_letters')} (drop the flag)")
+    chat = trained.get("prompt_format") == "chat_template"
+    if chat != bool(a.apply_chat_template):
+        problems.append(f"it was trained with calib_prompt_format: {trained.get('prompt_format')} but this evaluation "
+                        f"{'scores plain prompts (add --apply-chat-template)' if chat else 'applies the chat template (drop --apply-chat-template)'}")
+    elif chat and (trained.get("system_prompt") or None) != (a.system_instruction or None):
+        problems.append(f"it was trained with calib_system_prompt {trained.get('system_prompt')!r} but "
+                        f"--system-instruction is {a.system_instruction!r}")
+    if problems:
+        raise SystemExit(f"{a.model} ({SETTINGS_FILE}): " + "; ".join(problems) + ". Scoring other prompts than the "
+                         "model was trained on gives numbers for a different task.")
+    return meta
 
 
 def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[str, list]:
@@ -493,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--system-instruction", default=None, help="system turn with --apply-chat-template "
                    "(your calib_system_prompt) (default: none)")
     e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    e.add_argument("--option-letters", default=None, help="option letters the model was trained with "
+                   "(calib_option_letters), e.g. ABCDE or '1,2,3,4'; read from the model's calib_settings.json when "
+                   "training wrote one (default: A..J)")
     e.set_defaults(func=cmd_eval)
 
     p = _sub(sub, "tasks-path", "print the lm-eval task folder (for lm_eval --include_path)",

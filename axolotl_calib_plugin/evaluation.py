@@ -209,7 +209,8 @@ def make_hflm(model: str, *, base_model: str | None = None, tokenizer: str | Non
 def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir: str | None = None,
               data_files: Sequence[str] | None = None, ood_data_files: Sequence[str] | None = None,
               limit: int | float | None = None, output_dir: str | None = None, apply_chat_template: bool = False,
-              system_instruction: str | None = None, model_name: str | None = None) -> dict:
+              system_instruction: str | None = None, model_name: str | None = None,
+              task_metadata: dict | None = None) -> dict:
     """Evaluate a loaded lm-eval model on our tasks in one ``simple_evaluate`` call; returns its result dict.
 
     ``data_dir`` (local ``<task>.jsonl`` files in each hub schema) and ``data_files`` /
@@ -218,12 +219,14 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
     carry each question's option log-likelihoods). With ``output_dir`` the results and the samples are
     written there by lm-eval's own ``EvaluationTracker``, in the layout of ``lm_eval --output_path
     --log_samples`` (``<output_dir>/<model name>/results_<time>.json`` + ``samples_<task>_<time>.jsonl``;
-    ``model_name`` names that folder, lm-eval's default is the model path).
+    ``model_name`` names that folder, lm-eval's default is the model path). ``task_metadata``: the row
+    settings the model was trained with (:func:`axolotl_calib_plugin.report.row_metadata`: option letters,
+    answer format, field names), passed to the tasks so they build the training prompts and golds.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    metadata: dict = {}
+    metadata: dict = dict(task_metadata or {})
     if data_dir:
         metadata["calib_data_dir"] = os.path.abspath(data_dir)
     for key, files in (("data_files", data_files), ("ood_data_files", ood_data_files)):

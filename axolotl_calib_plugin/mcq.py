@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 from .args import CalibrationArgs, check_plugin_registered, is_calib_dataset_type
 from .columns import CALIB_COLUMNS, IGNORE_INDEX
 from .prompts import ANSWER_DELIMITER, format_mcq_prompt
-from .rows import CalibDataError, MCQRow, normalize_mcq_row, raise_row_errors
+from .rows import CalibDataError, MCQRow, is_csv_source, normalize_mcq_row, raise_row_errors
 
 LOG = logging.getLogger(__name__)
 _INT63 = (1 << 63) - 1
@@ -229,6 +229,8 @@ class MCQStrategy:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.dataset_name = dataset_name
         self.exact_row_index = exact_row_index
+        #: a CSV dataset: its cells have no type, so an int answer is read as text (rows.read_answer)
+        self.answer_from_csv = False
         self.rows_seen = 0
         self._letter_ids: list[int] = []
         #: the config-level template the trainer reads the option logits with, when this dataset has its own
@@ -266,7 +268,7 @@ class MCQStrategy:
         return normalize_mcq_row(
             row, question_field=s.calib_field_question, choices_field=s.calib_field_choices,
             answer_field=s.calib_field_answer, letters=s.calib_option_letters, answer_format=s.calib_answer_format,
-            answer_from_json_column=answer_from_json_column,
+            answer_from_json_column=answer_from_json_column, answer_from_csv=self.answer_from_csv,
         )
 
     def tokenize_row(self, row: Mapping[str, Any], row_no: int = 0,
@@ -454,6 +456,7 @@ def load(tokenizer, cfg, ds_cfg=None, processor=None):  # noqa: ARG001 - Axolotl
         dataset_name=str(name),
         exact_row_index=(cfg.get("dataset_num_proc") or 1) == 1,
     )
+    strategy.answer_from_csv = is_csv_source(ds_cfg)
     if template is not None and ds_cfg.get("chat_template"):
         global_template = resolve_chat_template(tokenizer, cfg)
         if global_template != template:

@@ -42,6 +42,21 @@ def is_active(cfg: Any) -> bool:
 class CalibrationPlugin(BasePlugin):
     """Calibration-aware fine-tuning (CFT / RCFT, Xiao et al., ICML 2025) for Axolotl."""
 
+    def register(self, cfg):
+        # Axolotl registers one instance per listed name and merges every instance's args class into one
+        # config class, so the two documented spellings together end in "TypeError: duplicate base class".
+        names = [p for p in (cfg.get("plugins") or []) if is_plugin_listed([p])]
+        if len(set(names)) > 1:
+            raise ValueError(
+                f"plugins: lists the calibration plugin {len(set(names))} times ({', '.join(dict.fromkeys(names))}); "
+                "list it once, e.g. - axolotl_calib_plugin.CalibrationPlugin"
+            )
+        from axolotl.integrations.base import PluginManager
+
+        registered = PluginManager.get_instance().plugins
+        for name in [n for n in registered if is_plugin_listed([n]) and n not in names]:
+            del registered[name]  # left over from an earlier config of this process, under the other spelling
+
     def get_input_args(self) -> str:
         return "axolotl_calib_plugin.args.CalibrationArgs"
 
@@ -51,6 +66,15 @@ class CalibrationPlugin(BasePlugin):
         from .trainer import AxolotlCalibTrainer
 
         return AxolotlCalibTrainer
+
+    def load_datasets(self, cfg, preprocess: bool = False):
+        # Before Axolotl hashes and loads the prepared data: the calib keys and the data files' contents join
+        # that hash, so a changed key or an edited file never reloads rows prepared from the old ones.
+        if is_active(cfg):
+            from .resume_check import install_dataset_hash
+
+            install_dataset_hash(cfg)
+        return None
 
     def pre_model_load(self, cfg):
         # torch seeds its default generator randomly per process, and Axolotl seeds only in the Trainer's

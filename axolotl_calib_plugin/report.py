@@ -255,7 +255,8 @@ def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, me
     samples = res.get("samples") or {}
     items = {task: items_from_samples(samples[task]) for task in summary if task in samples}
     meta = {**dict(meta or {}), "tasks": list(tasks), "lm_eval_outputs": EVAL_SUBDIR,
-            **{k: v for k, v in run_kw.items() if k in ("data_dir", "data_files", "ood_data_files", "limit") and v}}
+            **{k: v for k, v in run_kw.items() if k in ("data_dir", "data_files", "ood_data_files", "limit",
+                                                         "task_metadata") and v}}
     paths = write_report(out_dir, summary, items, title=title, meta=meta)
     return summary, paths
 
@@ -375,6 +376,7 @@ class PostTrainingReport:
                 data_dir=cfg.get("calib_eval_data_dir"), data_files=cfg.get("calib_eval_data_files"),
                 ood_data_files=cfg.get("calib_eval_ood_data_files"), limit=cfg.get("calib_eval_limit"),
                 apply_chat_template=chat, system_instruction=cfg.get("calib_system_prompt") if chat else None,
+                task_metadata=row_metadata(cfg),
             )
         finally:
             if was_training:
@@ -429,6 +431,31 @@ def _check_lm_eval_route(data: dict) -> None:
         )
 
 
+#: training key -> lm-eval task metadata key (lm_eval_tasks/calib/utils.py), with the training default.
+ROW_METADATA = {"calib_option_letters": ("option_letters", None), "calib_answer_format": ("answer_format", "auto"),
+                "calib_field_question": ("question_field", "question"),
+                "calib_field_choices": ("choices_field", "choices"), "calib_field_answer": ("answer_field", "answer")}
+#: what ``axolotl-calib eval`` reads to score a model as it was trained (written by the training callback).
+SETTINGS_FILE = "calib_settings.json"
+
+
+def row_metadata(cfg: Mapping) -> dict:
+    """The lm-eval metadata that makes the tasks build rows as training did (letters, answer format, fields)."""
+    from .args import check_option_letters
+    from .prompts import DEFAULT_LETTERS
+
+    out = {meta: cfg.get(key) if cfg.get(key) is not None else default for key, (meta, default) in ROW_METADATA.items()}
+    out["option_letters"] = check_option_letters(out["option_letters"] or list(DEFAULT_LETTERS))
+    return out
+
+
+def training_settings(settings) -> dict:
+    """The contents of :data:`SETTINGS_FILE`: row metadata plus the prompt format and system prompt."""
+    cfg = {k: getattr(settings, k, None) for k in ROW_METADATA}
+    return {**row_metadata(cfg), "prompt_format": settings.calib_prompt_format,
+            "system_prompt": settings.calib_system_prompt}
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS)
 
@@ -464,6 +491,7 @@ def check_eval_config(data: dict) -> None:
     for t in tasks:
         suites += [s for s in task_suites(t, index) if s not in suites]
     utils = _task_utils()
+    row_meta = row_metadata(data)
     files_keys = {"calib_jsonl": "calib_eval_data_files", "calib_jsonl_ood": "calib_eval_ood_data_files"}
     for suite, key in files_keys.items():
         files = [os.path.abspath(os.path.expanduser(f)) for f in as_list(data.get(key))]
@@ -474,7 +502,7 @@ def check_eval_config(data: dict) -> None:
             raise ValueError(f"{key} is set but calib_eval_tasks does not include {suite} (the task that reads it)")
         if files:
             try:
-                utils.load_suite(suite, **{JSONL_TASK_METADATA[suite]: files})
+                utils.load_suite(suite, **{JSONL_TASK_METADATA[suite]: files}, **row_meta)
             except ValueError as e:  # CalibDataError names the file and line
                 raise ValueError(f"{key}: {e}") from None
             data[key] = files
@@ -489,7 +517,7 @@ def check_eval_config(data: dict) -> None:
                              "(calib_jsonl reads calib_eval_data_files)")
         for suite in hub:
             try:
-                utils.load_suite_docs(suite, data_dir)
+                utils.load_suite_docs(suite, data_dir, row_meta["option_letters"])
             except ValueError as e:
                 raise ValueError(f"calib_eval_data_dir: {e}") from None
         data["calib_eval_data_dir"] = data_dir

@@ -8,8 +8,9 @@ names the file (or dataset), the row, the field and what to do; nothing is guess
 **Choices** are a list of strings, or a string holding such a list (``"['Paris', 'Rome']"``: an
 Arrow column has one type, so published MCQ sets often store the list as its Python ``repr``). The
 string is parsed with :func:`ast.literal_eval` (JSON lists too), never by a regex, so options with
-apostrophes or quotes survive. Numbers in the list become their text; ``null`` is an error (write
-``""`` for an intentionally empty option).
+apostrophes or quotes survive. Numbers in the list become their text by one rule for every reader
+(:func:`number_text`: ``1`` and ``1.0`` read ``"1"``; a number no double holds exactly is an error);
+``null`` is an error (write ``""`` for an intentionally empty option).
 
 **Answers** (``answer_format``, key ``calib_answer_format`` / lm-eval metadata ``answer_format``):
 
@@ -30,12 +31,17 @@ valid JSON unquoted (``datasets.utils.json.json_encode_field``): the text ``"12"
 int ``12``, indistinguishable from a real index. The strategy therefore reads an int from such a
 column (``answer_from_json_column=True``) by the string rules, which gives the gold option the
 lm-eval loader (plain ``json.loads``) gives, or an error where the row is ambiguous.
+
+**CSV** has no types: the loader turns the cell ``3`` into the int 3, though it is the same text as
+the JSONL string ``"3"``. An int from a CSV answer column (``answer_from_csv=True``) is therefore read
+by the string rules too, so a row gets the same gold (or the same error) from either file.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -53,12 +59,15 @@ __all__ = [
     "read_answer",
     "read_jsonl",
     "read_jsonl_records",
+    "read_records",
     "require_field",
     "require_text",
 ]
 
 #: how answers are written: ``auto`` reads ints as indices and strings as index, letter or text.
 ANSWER_FORMATS = ("auto", "index", "letter", "text")
+#: whole numbers up to this magnitude survive a float64 round trip exactly (numbers as choice text).
+_EXACT_INT = 2**53
 #: at most this many bad rows are quoted in one error (the total is always given).
 MAX_LISTED_ERRORS = 10
 #: what to do about an ambiguous answer, in every message that reports one.
@@ -118,7 +127,9 @@ def read_jsonl_records(path: str) -> list[tuple[str, dict]]:
             raise CalibDataError(f"{path}: not valid JSON ({e})") from None
         out = [(f"{path} item {i}", r) for i, r in enumerate(rows)]
     else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # "\n" only, as JSONL and the datasets JSON loader do: str.splitlines() also breaks at U+2028, U+0085 ...,
+        # which are valid unescaped inside a JSON string
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -129,6 +140,44 @@ def read_jsonl_records(path: str) -> list[tuple[str, dict]]:
     if not out:
         raise CalibDataError(f"{path}: no rows")
     return out
+
+
+#: file suffix -> the HF ``datasets`` loader Axolotl reads it with (JSON/JSONL are read by :func:`read_jsonl_records`).
+TABLE_LOADERS = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def is_csv_source(ds_cfg: Mapping[str, Any] | None) -> bool:
+    """True when Axolotl reads this dataset entry as CSV (``ds_type: csv`` or a ``.csv`` path or
+    data file): its cells have no types, so answers are read by the string rules (``answer_from_csv``)."""
+    ds_cfg = ds_cfg or {}
+    if ds_cfg.get("ds_type"):  # Axolotl's get_dataset_type: ds_type, else an extension in the path, else json
+        return str(ds_cfg["ds_type"]).lower() == "csv"
+    files = ds_cfg.get("data_files")
+    names = [ds_cfg.get("path")] + ([files] if isinstance(files, str) else list(files or []))
+    return any(isinstance(n, str) and ".csv" in n.lower() for n in names)
+
+
+def read_records(path: str) -> tuple[list[tuple[str, Any]], bool]:
+    """``(records, is_csv)`` of a local MCQ file, each record ``(where, row)``: JSONL/JSON by
+    :func:`read_jsonl_records` (exact JSON types), CSV / TSV / parquet / arrow by the HF ``datasets`` loader
+    Axolotl trains with (``where`` = ``"<path> row N"``, 1-based data row). ``is_csv``: answers carry no type."""
+    loader = TABLE_LOADERS.get(os.path.splitext(path)[1].lower())
+    if loader is None:
+        return read_jsonl_records(path), False
+    if not os.path.isfile(path):
+        raise CalibDataError(f"{path}: no such file")
+    check_data_file(path)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(loader, data_files=path, split="train")
+    except Exception as e:  # noqa: BLE001 - name the file, whatever the loader raised
+        cause = e.__cause__ or e
+        raise CalibDataError(f"{path}: cannot be read as {loader} ({type(cause).__name__}: {cause})") from None
+    out = [(f"{path} row {i + 1}", row) for i, row in enumerate(ds)]
+    if not out:
+        raise CalibDataError(f"{path}: no rows")
+    return out, loader == "csv"
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -204,9 +253,11 @@ def parse_choices(value: Any, letters: Sequence[str] = DEFAULT_LETTERS, field: s
             raise CalibDataError(
                 f"field {field!r} item {j} is null; every option needs its text (write \"\" for an empty option)"
             )
+        if not isinstance(c, (str, int, float)) and hasattr(c, "item") and hasattr(c, "dtype"):
+            c = c.item()  # numpy scalars (a parquet / pandas column)
         if isinstance(c, bool) or not isinstance(c, (str, int, float)):
             raise CalibDataError(f"field {field!r} item {j} must be a string, got {_kind(c)}")
-        out.append(c if isinstance(c, str) else str(c))
+        out.append(c if isinstance(c, str) else number_text(c, f"field {field!r} item {j}"))
     k = len(out)
     if k < 2:
         raise CalibDataError(f"field {field!r} has {k} option(s); an MCQ needs at least 2: {_kind(raw)}")
@@ -216,6 +267,27 @@ def parse_choices(value: Any, letters: Sequence[str] = DEFAULT_LETTERS, field: s
             f"({_letters_span(list(letters))}); drop options, or for training list more calib_option_letters"
         )
     return out
+
+
+def number_text(value: int | float, what: str) -> str:
+    """The one text of a number given where text is expected (a choice), the same in every reader.
+
+    HF ``datasets`` loads a JSON list ``[0.5, 1, 2]`` as doubles (``1`` arrives as ``1.0``) while
+    ``json.loads`` keeps ``1``; so a whole-number float is shown as the integer (``1.0`` and ``1``
+    both read ``"1"``) and any other float by ``repr`` (``0.5``). A number that a double cannot hold
+    exactly (beyond 2**53, or nan/inf) would be shown differently by different readers: an error.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_INT:
+        return str(int(value))
+    if isinstance(value, int) and abs(value) < _EXACT_INT:
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        return repr(value)
+    raise CalibDataError(
+        f"{what} is a number that a data loader cannot keep exactly ({value!r} here; a double holds whole numbers "
+        "only up to 2**53 and no nan/inf), so training and evaluation would show it differently; write the option "
+        "as a string"
+    )
 
 
 def _option(i: int, letters: Sequence[str], choices: Sequence[str]) -> str:
@@ -229,12 +301,14 @@ def _options(idx: Sequence[int], letters: Sequence[str], choices: Sequence[str])
 
 
 def read_answer(answer: Any, choices: Sequence[str], letters: Sequence[str] = DEFAULT_LETTERS,
-                answer_format: str = "auto", field: str = "answer", answer_from_json_column: bool = False) -> int:
+                answer_format: str = "auto", field: str = "answer", answer_from_json_column: bool = False,
+                answer_from_csv: bool = False) -> int:
     """0-based gold index of ``answer`` for ``choices`` under ``answer_format`` (module docstring rules).
 
     ``answer_from_json_column``: the value comes from an HF ``datasets`` JSON column (a file whose
     answers mix numbers and strings), where an int may have been a numeric string: it is then read
-    by the string rules. Raises :class:`CalibDataError` (message starts with ``field '<field>'``).
+    by the string rules; likewise ``answer_from_csv`` (a CSV cell has no type). Raises
+    :class:`CalibDataError` (message starts with ``field '<field>'``).
     """
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
@@ -257,8 +331,12 @@ def read_answer(answer: Any, choices: Sequence[str], letters: Sequence[str] = DE
             raise CalibDataError(f"field {field!r} is {answer!r}, not a whole-number option index")
         answer = int(answer)
     note = ""
-    if isinstance(answer, int) and (answer_format == "text" or (answer_format == "auto" and answer_from_json_column)):
-        if answer_format == "auto":
+    untyped = answer_from_json_column or answer_from_csv
+    if isinstance(answer, int) and (answer_format == "text" or (answer_format == "auto" and untyped)):
+        if answer_format == "auto" and answer_from_csv:
+            note = (f" (a CSV cell has no type, so the answer {answer} is the text \"{answer}\" as in a JSONL file; "
+                    "set calib_answer_format: index if every answer is an index)")
+        elif answer_format == "auto":
             note = (f" (the {field!r} column mixes numbers and strings, so the datasets JSON loader stored it as "
                     f"JSON and the number {answer} may have been the text \"{answer}\": write every answer the "
                     "same way, all numbers or all strings)")
@@ -348,7 +426,8 @@ def require_text(row: Mapping[str, Any], field: str) -> str:
 
 def normalize_mcq_row(row: Mapping[str, Any], *, question_field: str = "question", choices_field: str = "choices",
                       answer_field: str = "answer", letters: Sequence[str] = DEFAULT_LETTERS,
-                      answer_format: str = "auto", answer_from_json_column: bool = False) -> MCQRow:
+                      answer_format: str = "auto", answer_from_json_column: bool = False,
+                      answer_from_csv: bool = False) -> MCQRow:
     """Check one raw row and return its :class:`MCQRow`; :class:`CalibDataError` names the field at fault.
 
     An absent field and a ``null`` field are the same error (an Arrow column gives ``None`` for a key a
@@ -361,7 +440,8 @@ def normalize_mcq_row(row: Mapping[str, Any], *, question_field: str = "question
         require_field(row, name)
     question = require_text(row, question_field)
     choices = parse_choices(row[choices_field], letters, choices_field)
-    gold = read_answer(row[answer_field], choices, letters, answer_format, answer_field, answer_from_json_column)
+    gold = read_answer(row[answer_field], choices, letters, answer_format, answer_field, answer_from_json_column,
+                       answer_from_csv)
     return MCQRow(question, choices, gold)
 
 

@@ -30,7 +30,8 @@ import numpy as np
 from scipy.special import softmax
 
 from axolotl_calib_plugin import metrics as _metrics
-from axolotl_calib_plugin.prompts import format_mcq_prompt, option_letters
+from axolotl_calib_plugin.args import check_option_letters
+from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, format_mcq_prompt, option_letters
 from axolotl_calib_plugin.rows import (
     ANSWER_FORMATS,
     CalibDataError,
@@ -38,7 +39,7 @@ from axolotl_calib_plugin.rows import (
     parse_choices,
     raise_row_errors,
     read_answer,
-    read_jsonl_records,
+    read_records,
     require_field,
     require_text,
 )
@@ -47,6 +48,10 @@ N_BINS = _metrics.DEFAULT_N_BINS
 DATA_DIR_ENV = "CALIB_LM_EVAL_DATA_DIR"
 #: how the calib_jsonl answers are written: metadata key, then environment variable (rows.ANSWER_FORMATS).
 ANSWER_FORMAT_KEY, ANSWER_FORMAT_ENV = "answer_format", "CALIB_ANSWER_FORMAT"
+#: the option letters the model was trained with (``calib_option_letters``): metadata key, then environment variable.
+LETTERS_KEY, LETTERS_ENV = "option_letters", "CALIB_OPTION_LETTERS"
+#: the calib_jsonl column names (``calib_field_*`` of training): metadata keys, defaults.
+FIELD_KEYS = {"question_field": "question", "choices_field": "choices", "answer_field": "answer"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,14 +59,18 @@ ANSWER_FORMAT_KEY, ANSWER_FORMAT_ENV = "answer_format", "CALIB_ANSWER_FORMAT"
 # --------------------------------------------------------------------------------------------
 
 
+def _doc_letters(doc: dict) -> list[str]:
+    return list(doc.get("letters") or DEFAULT_LETTERS)
+
+
 def doc_to_text(doc: dict) -> str:
-    """``question\\nA. c0\\n...\\nAnswer:`` -- exactly the plugin's training prompt."""
-    return format_mcq_prompt(doc["question"], doc["choices"])
+    """``question\\nA. c0\\n...\\nAnswer:`` -- exactly the plugin's training prompt, with its letters."""
+    return format_mcq_prompt(doc["question"], doc["choices"], _doc_letters(doc))
 
 
 def doc_to_choice(doc: dict) -> list[str]:
-    """The first K option letters (K varies per row: ARC has 3-5 options)."""
-    return option_letters(len(doc["choices"]))
+    """The first K option letters (K varies per row: ARC has 3-5 options) of the letters trained with."""
+    return option_letters(len(doc["choices"]), _doc_letters(doc))
 
 
 def option_probs(logliks) -> list[float]:
@@ -200,9 +209,11 @@ def _norm_sciq(row: dict) -> dict:
     return {"question": q, "choices": _check_choices([raw[i] for i in order]), "gold": order.index(3)}
 
 
-def _norm_mcq(row: dict, answer_format: str = "auto") -> dict:
+def _norm_mcq(row: dict, answer_format: str = "auto", letters=DEFAULT_LETTERS, fields: dict | None = None,
+             answer_from_csv: bool = False) -> dict:
     """The project's MCQ schema ``{question, choices, answer}``: exactly the training strategy's rules."""
-    q, choices, gold = normalize_mcq_row(row, answer_format=answer_format)
+    q, choices, gold = normalize_mcq_row(row, answer_format=answer_format, letters=letters,
+                                         answer_from_csv=answer_from_csv, **(fields or {}))
     return {"question": q, "choices": choices, "gold": gold, "subject": str(row.get("subject") or "")}
 
 
@@ -252,7 +263,7 @@ POOLS = {"calib_in_domain_pooled": IN_DOMAIN, "calib_out_domain_pooled": OUT_DOM
 JSONL_SOURCES = {"calib_jsonl": ("data_files", "CALIB_JSONL"), "calib_jsonl_ood": ("ood_data_files", "CALIB_JSONL_OOD")}
 
 
-def _normalize_rows(rows, normalize, source: str) -> list[dict]:
+def _normalize_rows(rows, normalize, source: str, letters=DEFAULT_LETTERS) -> list[dict]:
     """Docs of ``(where, row)`` records; every bad row is collected and reported in one error."""
     docs, errors = [], []
     for i, (where, row) in enumerate(rows):
@@ -261,10 +272,12 @@ def _normalize_rows(rows, normalize, source: str) -> list[dict]:
             continue
         try:
             d = normalize(row)
+            parse_choices(d["choices"], letters)  # K within the letters trained with
         except CalibDataError as e:
             errors.append((where, str(e)))
             continue
         d.setdefault("subject", "")
+        d["letters"] = list(letters)
         d["id"] = str(row.get("id", i))
         d["source"] = source
         docs.append(d)
@@ -283,6 +296,20 @@ def answer_format_of(kwargs: dict) -> str:
     return value
 
 
+def letters_of(kwargs: dict) -> list[str]:
+    """The option letters: metadata ``option_letters``, else ``$CALIB_OPTION_LETTERS``, else A..J."""
+    value = kwargs.get(LETTERS_KEY) or os.environ.get(LETTERS_ENV) or list(DEFAULT_LETTERS)
+    try:
+        return check_option_letters(value, f"option_letters (--metadata or ${LETTERS_ENV})")
+    except ValueError as e:
+        raise CalibDataError(str(e)) from None
+
+
+def fields_of(kwargs: dict) -> dict:
+    """calib_jsonl column names: metadata ``question_field`` / ``choices_field`` / ``answer_field``."""
+    return {k: str(kwargs.get(k) or default) for k, default in FIELD_KEYS.items()}
+
+
 def _hub_rows(suite: Suite):
     import datasets
 
@@ -298,7 +325,7 @@ def _hub_rows(suite: Suite):
     return ((f"{label} row {i}", row) for i, row in enumerate(ds))
 
 
-def load_suite_docs(name: str, data_dir: str | None = None) -> list[dict]:
+def load_suite_docs(name: str, data_dir: str | None = None, letters=DEFAULT_LETTERS) -> list[dict]:
     """Normalised docs of one suite: local ``<data_dir>/<name>.jsonl`` if a data dir is given, else the hub."""
     suite = SUITES[name]
     if data_dir:
@@ -308,10 +335,10 @@ def load_suite_docs(name: str, data_dir: str | None = None) -> list[dict]:
                 f"{name}: local data dir {data_dir!r} (from ${DATA_DIR_ENV} or metadata calib_data_dir) has no "
                 f"{name}.jsonl; expected JSONL rows in the {suite.hub_path} schema: {suite.schema}"
             )
-        rows = read_jsonl_records(path)
+        rows, _ = read_records(path)
     else:
         rows = _hub_rows(suite)
-    return _normalize_rows(rows, suite.normalize, name)
+    return _normalize_rows(rows, suite.normalize, name, letters)
 
 
 def _features():
@@ -324,13 +351,14 @@ def _features():
         "gold": datasets.Value("int64"),
         "subject": datasets.Value("string"),
         "source": datasets.Value("string"),
+        "letters": datasets.Sequence(datasets.Value("string")),
     })
 
 
 def to_dataset_dict(docs: list[dict], split: str):
     import datasets
 
-    keys = ("id", "question", "choices", "gold", "subject", "source")
+    keys = ("id", "question", "choices", "gold", "subject", "source", "letters")
     cols = {k: [d[k] for d in docs] for k in keys}
     return datasets.DatasetDict({split: datasets.Dataset.from_dict(cols, features=_features())})
 
@@ -360,13 +388,14 @@ def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
     ``--metadata`` keys, model_args): ``calib_data_dir`` (else ``$CALIB_LM_EVAL_DATA_DIR``) switches the
     hub suites to local JSONL; ``data_files`` / ``ood_data_files`` feed calib_jsonl / calib_jsonl_ood.
     """
+    letters = letters_of(kwargs)
     if isinstance(suite, str) and suite in JSONL_SOURCES:
-        answer_format = answer_format_of(kwargs)
+        answer_format, fields = answer_format_of(kwargs), fields_of(kwargs)
         docs = []
         for path in _jsonl_paths(suite, kwargs):
-            rows = read_jsonl_records(path)
-            normalize = lambda row: _norm_mcq(row, answer_format)  # noqa: E731
-            docs += [dict(d, source=os.path.basename(path)) for d in _normalize_rows(rows, normalize, path)]
+            rows, is_csv = read_records(path)
+            normalize = lambda row: _norm_mcq(row, answer_format, letters, fields, is_csv)  # noqa: E731
+            docs += [dict(d, source=os.path.basename(path)) for d in _normalize_rows(rows, normalize, path, letters)]
         return to_dataset_dict(docs, split)
     names = [suite] if isinstance(suite, str) else list(suite or [])
     unknown = [n for n in names if n not in SUITES]
@@ -375,5 +404,5 @@ def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
     data_dir = kwargs.get("calib_data_dir") or os.environ.get(DATA_DIR_ENV) or None
     docs = []
     for n in names:
-        docs += load_suite_docs(n, data_dir)
+        docs += load_suite_docs(n, data_dir, letters)
     return to_dataset_dict(docs, split)
