@@ -15,9 +15,11 @@ per-bin sum, so the cost is linear in ``n * K``. :func:`calibration_metrics` ret
 metrics from one pass.
 
 Implementation (>= 100x a per-sample Python loop; see ``benchmarks/bench_metrics.py``): one compiled
-(numba, a dependency of axolotl) pass over the rows validates them, finds each value's right-closed
-bin exactly without a search, and accumulates every per-bin sum in row order; the public functions
-are thin reductions of those sums. The detailed validator only runs to build an error message.
+(numba, a dependency of axolotl) pass over the rows validates them (every check of
+:func:`validate_probs_labels`), finds each value's right-closed bin exactly without a search or,
+away from the edges, a division, and accumulates one gap ``sum (hit - p)`` per bin in row order
+(plus counts and sums for :func:`reliability_bins`); the public functions are thin reductions of
+those sums. The detailed validator only runs to build an error message.
 
 Mixed option counts (e.g. ARC's 3- to 5-option items): pad each row with zeros up to the largest K
 and pass ``num_options`` (n,), each row's own K_i. Class k then exists only in the n_k rows with
