@@ -74,9 +74,9 @@ def row_sum_tolerance(dtype: torch.dtype) -> float:
     """How far from 1 a row of ``probs`` of this dtype may sum: ``ROW_SUM_ATOL``, plus the dtype's
     machine epsilon for 16-bit floats.
 
-    Rounding K probabilities to a b-bit mantissa moves their sum by up to 2^-b (half an epsilon;
-    the other half covers a softmax computed in that precision), so ``softmax(x).bfloat16()`` rows
-    sum to 1 only within ~0.004: bfloat16 gets 1e-3 + 2^-7 (0.0088), float16 1e-3 + 2^-10 (0.0020).
+    Rounding K probabilities to a format with unit roundoff u = eps/2 moves their sum by up to u
+    (the other half of eps covers a softmax computed in that precision), so ``softmax(x).bfloat16()``
+    rows sum to 1 only within ~0.004: bfloat16 gets 1e-3 + 2^-7 (0.0088), float16 1e-3 + 2^-10 (0.0020).
     float32/float64 (and integer or list input) keep ``ROW_SUM_ATOL``.
     """
     if dtype in (torch.float16, torch.bfloat16):
@@ -132,7 +132,8 @@ def validate_probs_labels(
     """Check and convert ``probs`` (n, K) and ``labels`` (n,) to float64 / int64 CPU tensors.
 
     Raises ``ValueError`` naming what is wrong (shape, NaN/inf, values outside [0, 1], rows not
-    summing to 1 within :func:`row_sum_tolerance` of the input dtype, labels that are not integers or out of ``[0, K)``), and the first offending row.
+    summing to 1 within :func:`row_sum_tolerance` of the input dtype, labels that are not integers or
+    out of ``[0, K)``), and the first offending row.
     With ``num_options`` (n,) also: each K_i in ``[2, K]``, labels in ``[0, K_i)``, and the padding
     ``probs[i, K_i:]`` exactly 0.
     """
