@@ -162,7 +162,8 @@ def validate_probs_labels(
             row = int(off.nonzero()[0])
             raise ValueError(
                 f"each row of probs must sum to 1 (row {row} sums to {float(p[row].sum()):.6f}); the tolerance "
-                f"for {str(src_dtype).removeprefix('torch.')} input is {tol:.4g}; pass softmax probabilities, not logits"
+                f"for {str(src_dtype).removeprefix('torch.')} input is {tol:.4g}; "
+                "pass softmax probabilities, not logits"
             )
 
     y = _as_tensor(labels, what="labels")
@@ -397,8 +398,8 @@ def _accumulate(probs: ArrayLike, labels: ArrayLike, n_bins: int = 1, want_conf:
         fm, fk = (m, k) if full else (0, 0)
         out = (np.zeros(fm, np.int64), np.zeros(fm), np.zeros(fm, np.int64),
                np.zeros((fk, fm), np.int64), np.zeros((fk, fm)), np.zeros((fk, fm), np.int64))
-        bad, correct = _sums_kernel(pn, yn, kk, m, _near_edge(m), tol - _ROW_SUM_MARGIN, plain, want_conf, want_cls, full,
-                                    *gaps, *out)
+        bad, correct = _sums_kernel(pn, yn, kk, m, _near_edge(m), tol - _ROW_SUM_MARGIN, plain,
+                                    want_conf, want_cls, full, *gaps, *out)
         if bad < 0:
             break
         validate_probs_labels(probs, labels, num_options=num_options)  # raises with the detailed message ...
