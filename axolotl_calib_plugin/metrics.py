@@ -15,9 +15,11 @@ per-bin sum, so the cost is linear in ``n * K``. :func:`calibration_metrics` ret
 metrics from one pass.
 
 Implementation (>= 100x a per-sample Python loop; see ``benchmarks/bench_metrics.py``): one compiled
-(numba, a dependency of axolotl) pass over the rows validates them, finds each value's right-closed
-bin exactly without a search, and accumulates every per-bin sum in row order; the public functions
-are thin reductions of those sums. The detailed validator only runs to build an error message.
+(numba, a dependency of axolotl) pass over the rows validates them (every check of
+:func:`validate_probs_labels`), finds each value's right-closed bin exactly without a search or,
+away from the edges, a division, and accumulates one gap ``sum (hit - p)`` per bin in row order
+(plus counts and sums for :func:`reliability_bins`); the public functions are thin reductions of
+those sums. The detailed validator only runs to build an error message.
 
 Mixed option counts (e.g. ARC's 3- to 5-option items): pad each row with zeros up to the largest K
 and pass ``num_options`` (n,), each row's own K_i. Class k then exists only in the n_k rows with
@@ -55,6 +57,7 @@ __all__ = [
     "conf_ece",
     "cw_ece",
     "reliability_bins",
+    "row_sum_tolerance",
     "validate_probs_labels",
 ]
 
@@ -65,6 +68,20 @@ DEFAULT_N_BINS = 10
 
 #: rows of ``probs`` must sum to 1 within this tolerance (float32 softmax is good to ~1e-6).
 ROW_SUM_ATOL = 1e-3
+
+
+def row_sum_tolerance(dtype: torch.dtype) -> float:
+    """How far from 1 a row of ``probs`` of this dtype may sum: ``ROW_SUM_ATOL``, plus the dtype's
+    machine epsilon for 16-bit floats.
+
+    Rounding K probabilities to a format with unit roundoff u = eps/2 moves their sum by up to u
+    (the other half of eps covers a softmax computed in that precision), so ``softmax(x).bfloat16()``
+    rows sum to 1 only within ~0.004: bfloat16 gets 1e-3 + 2^-7 (0.0088), float16 1e-3 + 2^-10 (0.0020).
+    float32/float64 (and integer or list input) keep ``ROW_SUM_ATOL``.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return ROW_SUM_ATOL + torch.finfo(dtype).eps
+    return ROW_SUM_ATOL
 
 
 def _as_tensor(x: ArrayLike, dtype: torch.dtype | None = None, *, what: str = "input") -> torch.Tensor:
@@ -115,13 +132,15 @@ def validate_probs_labels(
     """Check and convert ``probs`` (n, K) and ``labels`` (n,) to float64 / int64 CPU tensors.
 
     Raises ``ValueError`` naming what is wrong (shape, NaN/inf, values outside [0, 1], rows not
-    summing to 1, labels that are not integers or out of ``[0, K)``), and the first offending row.
+    summing to 1 within :func:`row_sum_tolerance` of the input dtype, labels that are not integers or
+    out of ``[0, K)``), and the first offending row.
     With ``num_options`` (n,) also: each K_i in ``[2, K]``, labels in ``[0, K_i)``, and the padding
     ``probs[i, K_i:]`` exactly 0.
     """
     p = _as_tensor(probs, what="probs")
     if p.dtype == torch.bool or p.is_complex():
         raise ValueError(f"probs must be real numbers, got dtype {p.dtype}")
+    src_dtype, tol = p.dtype, row_sum_tolerance(p.dtype)
     p = p.to(torch.float64)
     if p.ndim != 2:
         raise ValueError(f"probs must have shape (n, K), got {tuple(p.shape)}")
@@ -138,11 +157,12 @@ def validate_probs_labels(
         row = int(((p < 0) | (p > 1)).any(dim=1).nonzero()[0])
         raise ValueError(f"probs must lie in [0, 1] (row {row}: {p[row].tolist()})")
     if check_row_sums:
-        off = (p.sum(dim=1) - 1.0).abs() > ROW_SUM_ATOL
+        off = (p.sum(dim=1) - 1.0).abs() > tol
         if bool(off.any()):
             row = int(off.nonzero()[0])
             raise ValueError(
-                f"each row of probs must sum to 1 (row {row} sums to {float(p[row].sum()):.6f}); "
+                f"each row of probs must sum to 1 (row {row} sums to {float(p[row].sum()):.6f}); the tolerance "
+                f"for {str(src_dtype).removeprefix('torch.')} input is {tol:.4g}; "
                 "pass softmax probabilities, not logits"
             )
 
@@ -192,7 +212,7 @@ def bin_index(confidence: ArrayLike, n_bins: int = 10) -> torch.Tensor:
     c = _as_tensor(confidence, torch.float64, what="confidence")
     flat = c.contiguous().view(-1).numpy()
     out = np.empty(flat.shape[0], dtype=np.int64)
-    _bin_index_kernel(flat, m, out)
+    _bin_index_kernel(flat, m, _near_edge(m), out)
     return torch.from_numpy(out).view(c.shape)
 
 
@@ -221,64 +241,107 @@ def _bin_of(v: float, m: int) -> int:
     return min(max(b, 0), m - 1)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bin_fast(v: float, m: int, near: float) -> int:
+    """:func:`_bin_of` without its two divisions (most of the pass's cost) for every ``v`` whose
+    ``x = fl(v*M)`` lies more than ``near`` (``_near_edge(M)``) from an integer: the exact ``v*M`` is
+    within ``M*2^-53`` of ``x`` and each edge's ``fl(j/M)*M`` within ``M*2^-53`` of ``j``, so
+    ``v > fl(j/M)`` agrees with ``x > j`` for every j and the bin is ``ceil(x) - 1``. Values nearer an
+    edge take the exact path (``x - (ceil(x) - 1)`` is exact by Sterbenz's lemma)."""
+    x = v * m
+    u = math.ceil(x)
+    d = x - (u - 1)
+    if d > near and d < 1.0 - near:
+        return min(max(u - 1, 0), m - 1)
+    return _bin_of(v, m)
+
+
+def _near_edge(m: int) -> float:
+    """How near an integer ``fl(v*M)`` must be for :func:`_bin_fast` to take the exact path:
+    ``M*2^-48``, 16x the worst total rounding ``2*M*2^-53`` (of ``v*M`` and of an edge ``fl(j/M)*M``)."""
+    return m * 2.0**-48
+
+
 @numba.njit(cache=True, nogil=True)
-def _bin_index_kernel(c, m, out):  # pragma: no cover - compiled
+def _bin_index_kernel(c, m, near, out):  # pragma: no cover - compiled
     for i in range(c.shape[0]):
-        out[i] = _bin_of(c[i], m)
+        out[i] = _bin_fast(c[i], m, near)
 
 
 @numba.njit(cache=True, nogil=True)
-def _sums_kernel(p, y, kk, m, row_sum_tol, check, want_conf, want_cls, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
-    """One pass over the rows, in row order: per-bin counts and sums of the confidence (max prob,
-    argmax ties to the lowest index; with ``want_conf``) and of every class's probability (with ``want_cls``).
+def _sums_kernel(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
+                 conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
+    """One pass over the rows, in row order; returns (first invalid row or -1, number correct).
+
+    Always: each row's argmax (ties to the lowest index) against its label (the count of correct
+    rows). ``want_conf``: per confidence bin, the sum of ``correct - confidence`` (``conf_gap``);
+    ``want_cls``: per class and bin, the sum of ``1[label == k] - p_k`` (``cls_gap``). An ECE needs
+    only these gaps (``|B|/n |acc - conf| = |sum (hit - p)| / n``), one accumulator per bin, and
+    accumulating the difference avoids cancelling two large sums. ``full`` (reliability diagrams)
+    also fills the counts and the sums of values and hits. The gaps never depend on ``full`` or on
+    which other sums are asked for, so every public function returns bit-identical values.
     ``kk`` holds each row's own K (empty: every row has all K columns); a row's padding columns are
-    skipped (and, with ``check``, must be 0). With ``check`` it validates each row on the way and returns
-    the first invalid row (else -1) for the detailed validator."""
+    skipped (and, with ``check``, must be 0). With ``check`` every row is validated on the way
+    (label range, padding, each value in [0, 1] (NaN fails), row sum within ``row_sum_tol``); the
+    first invalid row goes to the detailed validator. Data-dependent choices are selects, not
+    branches (a mispredicted branch per value costs more than the rest of the work).
+    """
     n, k = p.shape
     has_k = kk.shape[0] > 0
+    correct = 0
     for i in range(n):
         yi = y[i]
         ki = kk[i] if has_k else k
         if check and (yi < 0 or yi >= ki):
-            return i
+            return i, correct
         if check and has_k:
             for j in range(ki, k):
                 if p[i, j] != 0.0:
-                    return i
+                    return i, correct
         best = p[i, 0]
         arg = 0
         total = 0.0
+        in_range = True
         for j in range(ki):
             v = p[i, j]
-            if check and not (v >= 0.0 and v <= 1.0):  # NaN fails both comparisons
-                return i
+            in_range &= (v >= 0.0) & (v <= 1.0)  # NaN fails both comparisons
             total += v
-            if v > best:
-                best = v
-                arg = j
+            higher = v > best
+            best = v if higher else best
+            arg = j if higher else arg
             if want_cls:
-                b = _bin_of(v, m)
-                cls_cnt[j, b] += 1
-                cls_sum[j, b] += v
-                if j == yi:
-                    cls_hit[j, b] += 1
-        if check and abs(total - 1.0) > row_sum_tol:
-            return i
+                b = _bin_fast(v, m, near)
+                is_y = j == yi
+                cls_gap[j, b] += is_y - v
+                if full:
+                    cls_cnt[j, b] += 1
+                    cls_sum[j, b] += v
+                    cls_hit[j, b] += is_y
+        if check and (not in_range or abs(total - 1.0) > row_sum_tol):
+            return i, correct
+        hit = arg == yi
+        correct += hit
         if want_conf:
-            b = _bin_of(best, m)
-            conf_cnt[b] += 1
-            conf_sum[b] += best
-            if arg == yi:
-                conf_hit[b] += 1
-    return -1
+            b = _bin_fast(best, m, near)
+            conf_gap[b] += hit - best
+            if full:
+                conf_cnt[b] += 1
+                conf_sum[b] += best
+                conf_hit[b] += hit
+    return -1, correct
 
 
 @dataclass(frozen=True)
 class _Sums:
-    """Per-bin sums of one pass: confidence bins (M,) and class bins (K, M), float64; ``class_rows``
-    (K,) = n_k, the rows that have class k, or ``None`` when every row has every class."""
+    """Per-bin sums of one pass, float64: the gaps sum(hit - p) of the confidence bins (M,) and of
+    the class bins (K, M), the number of correct rows, and (only from a ``full`` pass) the counts and
+    sums of values and hits; ``class_rows`` (K,) = n_k, the rows that have class k, or ``None`` when
+    every row has every class."""
 
     n: int
+    correct: int
+    conf_gap: torch.Tensor
+    cls_gap: torch.Tensor
     conf_count: torch.Tensor
     conf_sum: torch.Tensor
     conf_correct: torch.Tensor
@@ -288,11 +351,11 @@ class _Sums:
     class_rows: torch.Tensor | None = None
 
     def conf(self):
-        """(count, sum of confidence, number correct), each (M,)."""
+        """(count, sum of confidence, number correct), each (M,) (``full`` pass only)."""
         return self.conf_count, self.conf_sum, self.conf_correct
 
     def cls(self):
-        """(count, sum of probs, number of labels), each (K, M)."""
+        """(count, sum of probs, number of labels), each (K, M) (``full`` pass only)."""
         return self.cls_count, self.cls_sum, self.cls_hits
 
 
@@ -300,13 +363,14 @@ _NO_K = np.empty(0, np.int64)
 
 
 def _accumulate(probs: ArrayLike, labels: ArrayLike, n_bins: int = 1, want_conf: bool = True,
-                want_cls: bool = True, num_options: ArrayLike | None = None) -> _Sums:
+                want_cls: bool = True, num_options: ArrayLike | None = None, full: bool = False) -> _Sums:
     """Validate and bin ``probs`` (n, K) / ``labels`` (n,) in one compiled pass (linear in n*K).
 
     The common case (real (n, K) probs with K >= 2, integer (n,) labels) is validated inside the
     kernel; anything unusual (float labels, wrong shapes, bool, empty) and any row the kernel flags
     goes through :func:`validate_probs_labels`, which raises the detailed error naming the row.
-    ``want_conf`` / ``want_cls`` pick the confidence and class bins (sums not asked for stay 0).
+    ``want_conf`` / ``want_cls`` pick the confidence and class bins (sums not asked for stay 0);
+    ``full`` adds the per-bin counts and sums a reliability diagram draws.
     ``num_options`` (n,): each row's K (its padding columns are skipped); ``None``: all K columns.
     """
     p = _as_tensor(probs, what="probs")
@@ -316,6 +380,7 @@ def _accumulate(probs: ArrayLike, labels: ArrayLike, n_bins: int = 1, want_conf:
         and y.ndim == 1 and y.shape[0] == p.shape[0]
         and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
     )
+    tol = row_sum_tolerance(p.dtype)
     if not plain:
         p, y = validate_probs_labels(probs, labels, num_options=num_options)
     try:
@@ -329,36 +394,37 @@ def _accumulate(probs: ArrayLike, labels: ArrayLike, n_bins: int = 1, want_conf:
     n, k = pn.shape
     kk = _NO_K if num_options is None else _check_num_options(num_options, n, k).contiguous().numpy()
     while True:
-        out = (np.zeros(m, np.int64), np.zeros(m), np.zeros(m, np.int64),
-               np.zeros((k, m), np.int64), np.zeros((k, m)), np.zeros((k, m), np.int64))
-        bad = _sums_kernel(pn, yn, kk, m, ROW_SUM_ATOL - _ROW_SUM_MARGIN, plain, want_conf, want_cls, *out)
+        gaps = (np.zeros(m if want_conf else 0), np.zeros((k, m) if want_cls else (0, 0)))
+        fm, fk = (m, k) if full else (0, 0)
+        out = (np.zeros(fm, np.int64), np.zeros(fm), np.zeros(fm, np.int64),
+               np.zeros((fk, fm), np.int64), np.zeros((fk, fm)), np.zeros((fk, fm), np.int64))
+        bad, correct = _sums_kernel(pn, yn, kk, m, _near_edge(m), tol - _ROW_SUM_MARGIN, plain,
+                                    want_conf, want_cls, full, *gaps, *out)
         if bad < 0:
             break
         validate_probs_labels(probs, labels, num_options=num_options)  # raises with the detailed message ...
         plain = False  # ... or the row was within the margin of the tolerance and is valid
-    c_cnt, c_sum, c_hit, k_cnt, k_sum, k_hit = (torch.from_numpy(a).to(torch.float64) for a in out)
+    conf_gap, cls_gap, *rest = (torch.from_numpy(a).to(torch.float64) for a in (*gaps, *out))
     class_rows = None
     if num_options is not None:  # n_k = #{i : K_i > k} = n - #{i : K_i <= k}
         at_most = np.cumsum(np.bincount(kk, minlength=k + 1))[:k]
         class_rows = torch.from_numpy(n - at_most).to(torch.float64)
-    return _Sums(n, c_cnt, c_sum, c_hit, k_cnt, k_sum, k_hit, class_rows)
+    return _Sums(n, int(correct), conf_gap, cls_gap, *rest, class_rows)
 
 
 def _conf_ece_from(sums: _Sums) -> float:
-    _, s_conf, s_acc = sums.conf()
-    return float((s_acc - s_conf).abs().sum() / sums.n)
+    return float(sums.conf_gap.abs().sum() / sums.n)
 
 
 def _cw_ece_from(sums: _Sums) -> float:
-    _, s_p, s_y = sums.cls()
-    gaps = (s_y - s_p).abs().sum(dim=1)  # sum_m |gap| of each class
+    gaps = sums.cls_gap.abs().sum(dim=1)  # sum_m |gap| of each class
     if sums.class_rows is None:  # every row has every class: the plain mean over K
         return float((gaps / sums.n).mean())
     return float(gaps.sum() / sums.class_rows.sum())  # sum_k n_k/N * ECE_k
 
 
 def _accuracy_from(sums: _Sums) -> float:
-    return float(sums.conf_correct.sum() / sums.n)
+    return sums.correct / sums.n
 
 
 # ----------------------------------------------------------------------------- public metrics
@@ -407,7 +473,7 @@ def accuracy(probs: ArrayLike, labels: ArrayLike, num_options: ArrayLike | None 
         >>> accuracy([[0.5, 0.5], [0.25, 0.75]], [1, 1])
         0.5
     """
-    return _accuracy_from(_accumulate(probs, labels, want_cls=False, num_options=num_options))
+    return _accuracy_from(_accumulate(probs, labels, want_conf=False, want_cls=False, num_options=num_options))
 
 
 def calibration_metrics(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10,
@@ -471,7 +537,8 @@ def reliability_bins(
     """
     if kind not in ("conf", "class"):
         raise ValueError(f"kind must be 'conf' or 'class', got {kind!r}")
-    sums = _accumulate(probs, labels, n_bins, want_conf=True, want_cls=(kind == "class"), num_options=num_options)
+    sums = _accumulate(probs, labels, n_bins, want_conf=(kind == "conf"), want_cls=(kind == "class"),
+                       num_options=num_options, full=True)
     n, m = sums.n, sums.conf_count.shape[0]
     counts, s_v, s_h = sums.conf() if kind == "conf" else sums.cls()
     safe = counts.clamp(min=1)

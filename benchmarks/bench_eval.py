@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     for row in table:
         print("| " + " | ".join(v.ljust(w[i]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(row)) + " |")
     print()
-    verdict = "OK" if ratio <= 1.05 else "ABOVE TARGET"
+    verdict = "PASS" if ratio <= 1.05 else "FAIL"  # FAIL: run_all.py reports a missed target
     print(f"ratio calib / stock, median wall time:        {ratio:.3f}x   (target <= 1.05x: {verdict})")
     print(f"ratio calib / stock, median of paired runs:   {paired:.3f}x")
     print(f"harness time outside the model, calib - stock: {rest['calib'] - rest['stock']:+.3f} s "

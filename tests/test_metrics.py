@@ -27,6 +27,7 @@ from axolotl_calib_plugin.metrics import (
     conf_ece,
     cw_ece,
     reliability_bins,
+    row_sum_tolerance,
     validate_probs_labels,
 )
 
@@ -640,6 +641,98 @@ def test_row_sums_at_the_tolerance_are_decided_by_the_reference_validator():
             else:
                 with pytest.raises(ValueError, match="sum to 1"):
                     calibration_metrics(probs, [0, 1])
+
+
+def test_row_sum_tolerance_by_dtype():
+    # 16-bit floats get their machine epsilon on top (rounding K probabilities moves the sum by up to
+    # half an epsilon); float32/float64/integer/list input keeps 1e-3
+    assert row_sum_tolerance(torch.bfloat16) == ROW_SUM_ATOL + 2.0**-7
+    assert row_sum_tolerance(torch.float16) == ROW_SUM_ATOL + 2.0**-10
+    for dt in (torch.float32, torch.float64, torch.int64):
+        assert row_sum_tolerance(dt) == ROW_SUM_ATOL
+
+
+def test_low_precision_softmax_is_accepted_and_logits_still_refused():
+    # issue 22 U5: calibration_metrics(torch.softmax(x, 1).bfloat16(), y) was refused ("row sums to
+    # 0.998...; pass probabilities, not logits") though it is softmax output
+    g = torch.Generator().manual_seed(0)
+    worst = {torch.bfloat16: 0.0, torch.float16: 0.0}
+    for k in (2, 4, 5, 10, 32):
+        x = torch.randn(3000, k, generator=g) * 3
+        y = torch.randint(0, k, (3000,), generator=g)
+        for dt in worst:
+            for p in (torch.softmax(x, 1).to(dt), torch.softmax(x.to(dt), 1)):
+                worst[dt] = max(worst[dt], float((p.double().sum(1) - 1).abs().max()))
+                got = calibration_metrics(p, y)  # accepted, and computed on the values as given
+                p64 = p.double().numpy()
+                assert got["conf_ece"] == pytest.approx(ref_conf_ece(p64, y.numpy(), 10), abs=1e-12)
+                assert got["cw_ece"] == pytest.approx(ref_cw_ece(p64, y.numpy(), 10), abs=1e-12)
+                assert got["accuracy"] == ref_accuracy(p64, y.numpy())
+    assert worst[torch.bfloat16] > ROW_SUM_ATOL  # the float32 tolerance would refuse these rows
+    # logits (outside [0, 1]) and unnormalised scores are still refused, in every precision
+    x = torch.randn(50, 4, generator=g) * 3
+    y = torch.zeros(50, dtype=torch.int64)
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            calibration_metrics(x.to(dt), y)
+        with pytest.raises(ValueError, match=f"sum to 1.*tolerance for {str(dt)[6:]} input is"):
+            calibration_metrics(torch.sigmoid(x).to(dt), y)
+    with pytest.raises(ValueError, match=r"row 0 sums to 0\.98"):  # 2 x 0.490234375: 20 ulps short in bf16
+        calibration_metrics(torch.tensor([[0.49, 0.49]], dtype=torch.bfloat16), [0])
+    with pytest.raises(ValueError, match="tolerance for float32 input is 0.001"):  # float32 unchanged
+        validate_probs_labels(torch.tensor([[0.499, 0.499]], dtype=torch.float32), [0])
+    validate_probs_labels(torch.tensor([[0.499, 0.499]], dtype=torch.bfloat16), [0])  # 0.998 in bf16: ok
+
+
+def test_conf_ece_matches_torchmetrics_away_from_bin_edges():
+    # Cross-check with torchmetrics' multiclass_calibration_error(norm="l1"). Binning difference:
+    # torchmetrics bins float32 confidences with bucketize(right=True) on linspace(0, 1, M+1), i.e.
+    # left-closed [(m-1)/M, m/M), and a confidence of exactly 1 gets a bin of its own; ours are
+    # right-closed ((m-1)/M, m/M]. Everything else (max-probability confidence, argmax accuracy,
+    # sum_m |B_m|/n |acc - conf|) is the same, so with no confidence on an edge the two agree up to
+    # torchmetrics' float32 sums.
+    tmc = pytest.importorskip("torchmetrics.functional.classification")
+    rng = np.random.default_rng(11)
+    for k, n, m in ((2, 500, 10), (4, 4000, 10), (5, 2000, 15), (10, 1000, 10), (4, 3000, 7)):
+        probs = rng.dirichlet(np.full(k, 0.7), size=n).astype(np.float32)
+        conf = probs.max(axis=1).astype(np.float64)
+        probs = probs[np.abs(conf * m - np.round(conf * m)) > 1e-4]  # no confidence within 1e-4/M of an edge
+        labels = rng.integers(0, k, size=len(probs))
+        theirs = tmc.multiclass_calibration_error(
+            torch.from_numpy(probs), torch.from_numpy(labels), num_classes=k, n_bins=m, norm="l1"
+        )
+        assert len(probs) > 0.9 * n
+        assert conf_ece(probs, labels, n_bins=m) == pytest.approx(float(theirs), abs=2e-6), (k, m)
+    # on an edge the two differ: n_bins=4, confidences 0.75 (right) and 0.875 (wrong)
+    #   ours:   (0.5, 0.75] {0.75 ok} gap 0.25; (0.75, 1] {0.875 wrong} gap 0.875 -> (0.25 + 0.875) / 2 = 0.5625
+    #   theirs: [0.75, 1) {both}: acc 0.5, conf 0.8125 -> 0.3125
+    edge_p, edge_y = [[0.75, 0.25], [0.875, 0.125]], [0, 1]
+    assert conf_ece(edge_p, edge_y, n_bins=4) == 0.5625
+    theirs = tmc.multiclass_calibration_error(torch.tensor(edge_p), torch.tensor(edge_y), num_classes=2, n_bins=4)
+    assert float(theirs) == 0.3125
+
+
+def test_fast_binning_near_edges_matches_bucketize():
+    # _bin_fast skips the exact comparisons when fl(v*M) is more than M*2^-48 from an integer: values
+    # at, just inside and just outside that distance from an edge, for small and very large M
+    rng = np.random.default_rng(8)
+    for m in (*range(1, 65), 100, 997, 1000, 4096, 12345, 10**6, 2**31 - 1):
+        js = np.arange(m + 1) if m <= 1000 else np.unique(np.r_[0, 1, m - 1, m, rng.integers(0, m + 1, 300)])
+        edges = js / m
+        offsets = [0.0, *(s * d for s in (1, -1) for d in (2.0**-52, 2.0**-50, 2.0**-48, 2.0**-47, 2.0**-44, 1e-9))]
+        vals = np.clip(np.concatenate([edges + o for o in offsets]), 0.0, 1.0)
+        got = bin_index(vals, m).numpy()
+        # the definition: b/M < v <= (b+1)/M with correctly rounded edges (0 in bin 0)
+        for v, b in zip(vals.tolist(), got.tolist()):
+            assert 0 <= b < m and (b == 0 or v > b / m) and v <= (b + 1) / m, (m, v, b)
+        if m <= 1000:
+            np.testing.assert_array_equal(got, [ref_bin(v, m) for v in vals], err_msg=f"M={m}")
+        if m <= 10**6:  # the search over all edges, and the one-pass engine
+            searched = torch.bucketize(torch.from_numpy(vals), bin_edges(m)[1:-1], right=False).numpy()
+            np.testing.assert_array_equal(got, searched, err_msg=f"M={m}")
+            probs = np.stack([vals, 1.0 - vals], axis=1)
+            rb = reliability_bins(probs, np.zeros(len(vals), dtype=np.int64), m, kind="class")
+            np.testing.assert_array_equal(rb.count[0], np.bincount(got, minlength=m), err_msg=f"M={m}")
 
 
 def test_exact_binning_matches_bucketize_for_many_n_bins():
