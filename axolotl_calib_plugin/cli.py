@@ -275,7 +275,7 @@ def cmd_eval(a) -> int:
               "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template},
         data_dir=a.data_dir, data_files=a.data_files, ood_data_files=a.ood_data_files, limit=a.limit,
         apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
-        task_metadata=task_metadata,
+        task_metadata=task_metadata, plot_format=a.plot_format,
     )
     print(markdown_table(summary))
     print(f"\nreport: {paths['md']}\nlm-eval results and samples: {os.path.join(a.output_dir, 'calibration_eval')}")
@@ -382,7 +382,7 @@ def cmd_temperature(a) -> int:
         meta = {"temperature": t, "fit_files": f["files"], "fit_tasks": f["tasks"], "fit_questions": f["n"],
                 "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
         paths = write_report(a.output_dir, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta,
-                             notes=notes)
+                             notes=notes, plot_format=a.plot_format)
         stamp = datetime.now().isoformat().replace(":", "-")
         for path, r in res["apply"].items():  # lm-eval's samples layout, so `table` can pair the questions
             task = samples_task(path)
@@ -391,7 +391,7 @@ def cmd_temperature(a) -> int:
                     fh.write(json.dumps({"doc_id": it["doc_id"], "conf_ece": {k: it[k] for k in ("probs", "gold", "logliks")}})
                              + "\n")
             plot_comparison({"before": stack_items(r["before"]), f"T = {t:.3f}": stack_items(r["items"])},
-                            os.path.join(a.output_dir, f"reliability_before_after_{task}.png"),
+                            os.path.join(a.output_dir, f"reliability_before_after_{task}.{a.plot_format}"),
                             title=f"temperature scaling: {task}")
         print(f"\nreport: {paths['md']}")
     return 0
@@ -411,7 +411,7 @@ def cmd_table(a) -> int:
         print(f"\nJSON: {write_json(table, os.path.join(a.output_dir, 'calibration_table.json'))}")
         with open(os.path.join(a.output_dir, "calibration_table.md"), "w", encoding="utf-8") as fh:
             fh.write(md + "\n")
-        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir):
+        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format):
             print(f"diagram: {p}")
     return 0
 
@@ -481,6 +481,7 @@ SHARED_FLAGS: dict[str, dict] = {
                         help=_TASK_NAMES),
     "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
     "--seed": dict(type=int, default=0, help="random seed (the same seed gives the same result)"),
+    "--plot-format": dict(default="png", choices=("png", "pdf", "svg"), help="file format of the reliability diagrams"),
 }
 
 
@@ -517,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(e, "--device")
     _add(e, "--dtype")
     _add(e, "--batch-size")
+    _add(e, "--plot-format")
     e.add_argument("--limit", type=_limit, default=None, help="first N questions per task, or a fraction in (0, 1) "
                    "(default: all questions)")
     _add(e, "--base-model")
@@ -560,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(t, "--seed", "of the --fit-fraction split")
     _add(t, "--output-dir", "calibration_report.{md,json}, the scaled samples and before/after diagrams, readable by "
          "axolotl-calib table (default: print only)")
+    _add(t, "--plot-format")
     t.set_defaults(func=cmd_temperature)
 
     c = _sub(sub, "table", "Table-2-style comparison of several evaluated runs",
@@ -580,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of the calib_* task of the out-of-domain columns")
     _add(c, "--output-dir", "calibration_table.{json,md} and one comparison reliability diagram per column task "
          "(default: print only)")
+    _add(c, "--plot-format")
     c.set_defaults(func=cmd_table)
 
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",

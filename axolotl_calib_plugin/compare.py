@@ -204,8 +204,8 @@ def write_json(table: dict, path: str) -> str:
     return path
 
 
-def plot_runs(runs: Sequence[tuple[str, str]], tasks: Sequence[str], out_dir: str) -> list[str]:
-    """One comparison diagram per task (``reliability_compare_<task>.png``) from the runs' logged
+def plot_runs(runs: Sequence[tuple[str, str]], tasks: Sequence[str], out_dir: str, plot_format: str = "png") -> list[str]:
+    """One comparison diagram per task (``reliability_compare_<task>.<plot_format>``) from the runs' logged
     samples; runs without samples for a task are left out of that diagram."""
     from .plots import plot_comparison
 
@@ -217,7 +217,7 @@ def plot_runs(runs: Sequence[tuple[str, str]], tasks: Sequence[str], out_dir: st
             if task in found:
                 models[name] = stack_items(read_samples(found[task]))
         if models:
-            path = os.path.join(out_dir, f"reliability_compare_{task}.png")
+            path = os.path.join(out_dir, f"reliability_compare_{task}.{plot_format}")
             plot_comparison(models, path, title=task)
             written.append(path)
     return written

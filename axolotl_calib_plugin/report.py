@@ -165,8 +165,8 @@ def markdown_table(tasks: Mapping[str, Mapping]) -> str:
 
 
 def write_report(out_dir: str, tasks: Mapping[str, Mapping], items: Mapping[str, Sequence[Mapping]], *,
-                 title: str, meta: Mapping | None = None, notes: Sequence[str] = ()) -> dict:
-    """Write ``calibration_report.json`` / ``.md`` and one ``reliability_<task>.png`` per task with items.
+                 title: str, meta: Mapping | None = None, notes: Sequence[str] = (), plot_format: str = "png") -> dict:
+    """Write ``calibration_report.json`` / ``.md`` and one ``reliability_<task>.<plot_format>`` per task with items.
 
     ``tasks``: :func:`summarize` output; ``items``: per-question items by task (diagrams); ``meta``:
     what was evaluated (model, data, settings), stored in the JSON and listed in the Markdown.
@@ -180,7 +180,7 @@ def write_report(out_dir: str, tasks: Mapping[str, Mapping], items: Mapping[str,
         if not its:
             continue
         probs, labels, ks = stack_items(its)
-        name = f"reliability_{task}.png"
+        name = f"reliability_{task}.{plot_format}"
         plots.plot_reliability(probs, labels, os.path.join(out_dir, name), title=f"{title}: {task}", num_options=ks)
         paths["plots"][task] = name
     doc = {"title": title, "created": _dt.datetime.now().isoformat(timespec="seconds"), "n_bins": 10,
@@ -238,7 +238,7 @@ def log_to_trainer(trainer, tasks: Mapping[str, Mapping]) -> dict[str, float]:
 
 
 def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, meta: Mapping | None = None,
-                       model_name: str = "model", **run_kw) -> tuple[dict, dict]:
+                       model_name: str = "model", plot_format: str = "png", **run_kw) -> tuple[dict, dict]:
     """Run our tasks on a loaded lm-eval model and write the full report into ``out_dir``.
 
     ``run_kw`` goes to :func:`axolotl_calib_plugin.evaluation.run_tasks` (data, limit, chat template).
@@ -257,7 +257,7 @@ def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, me
     meta = {**dict(meta or {}), "tasks": list(tasks), "lm_eval_outputs": EVAL_SUBDIR,
             **{k: v for k, v in run_kw.items() if k in ("data_dir", "data_files", "ood_data_files", "limit",
                                                          "task_metadata") and v}}
-    paths = write_report(out_dir, summary, items, title=title, meta=meta)
+    paths = write_report(out_dir, summary, items, title=title, meta=meta, plot_format=plot_format)
     return summary, paths
 
 

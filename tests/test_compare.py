@@ -84,3 +84,14 @@ def test_table_marks_in_sample_cells_and_refuses_to_pair_other_data(tmp_path, ca
     table = build_table([("BASE", base), ("X", diff)], TASK, OOD, n_boot=10)
     assert "calib_in_domain_pooled: the runs share no question (different data?)" in " ".join(table["notes"])
     assert table["rows"][0]["in"]["conf_ece"] == pytest.approx(0.35, abs=1e-12) and not table["rows"][1]["paired"]
+
+
+def test_table_writes_its_diagrams_in_the_requested_format(tmp_path):
+    base = _run(tmp_path / "base", {TASK: BASE, OOD: BASE})
+    ts = _run(tmp_path / "ts", {TASK: TS, OOD: TS})
+    out = tmp_path / "cmp"
+    assert main(["table", "--run", f"BASE={base}", "--run", f"TS={ts}", "--output-dir", str(out),
+                 "--plot-format", "svg"]) == 0
+    svgs = sorted(p.name for p in out.glob("reliability_compare_*"))
+    assert svgs == [f"reliability_compare_{OOD}.svg", f"reliability_compare_{TASK}.svg"]
+    assert (out / svgs[0]).read_bytes().startswith(b"<?xml")
