@@ -255,50 +255,55 @@ def render_markdown(study: dict) -> str:
     return "\n".join(lines)
 
 
+def lambda_deltas(study: dict) -> dict:
+    """Per curve (``aligned.cft`` ...): for each lambda > 0, the paired difference (same seeds) of in-domain conf-ECE
+    and accuracy against that curve's lambda = 0 run, ``{curve: [{"lambda", "conf_ece_in", "acc_in"}, ...]}``."""
+    per_seed = study["per_seed"]
+    out = {}
+    for name, pts in study["summary"]["lambda_curve"].items():
+        base = next((p["key"] for p in pts if p["lambda"] == 0), None)
+        if base is None:
+            continue
+        out[name] = [{"lambda": p["lambda"],
+                      **{c: paired_difference(_values(per_seed, p["key"], "in", c.split("_in")[0]),
+                                              _values(per_seed, base, "in", c.split("_in")[0]))
+                         for c in ("conf_ece_in", "acc_in")}}
+                     for p in pts if p["lambda"] != 0]
+    return out
+
+
 def plot_lambda_curve(study: dict, path: str) -> str:
-    """In-domain conf-ECE vs accuracy for each lambda, with 95% interval bars, one panel per arm."""
+    """Each lambda's paired difference from its own lambda = 0 run (in-domain conf-ECE, left; accuracy, right), mean
+    and 95% interval over seeds, one marker style per curve, curves side by side at each lambda (no overlap)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = study["summary"]["lambda_curve"]
-    arms = [a for a in ARMS if any(k.startswith(a + ".") for k in curve)]
-    fig, axes = plt.subplots(1, max(1, len(arms)), figsize=(6.2 * max(1, len(arms)), 4.8), squeeze=False)
-    colors = {"cft": "#1f77b4", "rcft": "#d62728"}
-    for ax, arm in zip(axes[0], arms):
-        for mode in ("cft", "rcft"):
-            pts = curve.get(f"{arm}.{mode}")
-            if not pts:
-                continue
-            x = [p["acc_in"]["mean"] for p in pts]
-            y = [p["conf_ece_in"]["mean"] for p in pts]
-            ax.errorbar(x, y, xerr=[p["acc_in"]["half"] for p in pts], yerr=[p["conf_ece_in"]["half"] for p in pts],
-                        marker="o", ms=5, capsize=3, lw=1.5, color=colors[mode], label=mode.upper())
-            for p, xi, yi in zip(pts, x, y):  # CFT labels below-right, RCFT above-left: they overlap less
-                ax.annotate(f"λ={p['lambda']:g}", (xi, yi), textcoords="offset points",
-                            xytext=(6, -12) if mode == "cft" else (-34, 6), fontsize=9, color=colors[mode])
-        start = study["summary"]["cells"].get(arm)
-        fixes_top = max((p["conf_ece_in"]["mean"] + p["conf_ece_in"]["half"]
-                         for m in ("cft", "rcft") for p in curve.get(f"{arm}.{m}", [])), default=0.0)
-        if start and start["conf_ece_in"]["mean"] > 2 * fixes_top:
-            # far above every fix: drawn in-scale it would squash the curves into one corner
-            ax.text(0.02, 0.97, f"start, {report.row_label(arm)} (off scale): conf-ECE "
-                    f"{start['conf_ece_in']['mean']:.3f} ± {start['conf_ece_in']['half']:.3f}, "
-                    f"acc {start['acc_in']['mean']:.3f} ± {start['acc_in']['half']:.3f}",
-                    transform=ax.transAxes, va="top", fontsize=9,
-                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "black", "alpha": 0.9})
-        elif start:
-            ax.errorbar([start["acc_in"]["mean"]], [start["conf_ece_in"]["mean"]], xerr=[start["acc_in"]["half"]],
-                        yerr=[start["conf_ece_in"]["half"]], marker="s", ms=7, color="black", capsize=3,
-                        label=report.row_label(arm) + " (start)")
-        ax.set_xlabel("in-domain accuracy", fontsize=11)
-        ax.set_ylabel("in-domain conf-ECE (lower is better)", fontsize=11)
-        ax.set_title(f"{report.row_label(arm)} arm: λ trade-off, mean ± 95% CI over {study['meta']['n_seeds']} seeds",
-                     fontsize=11)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9, loc="lower left")
-    fig.tight_layout()
+    deltas = lambda_deltas(study)
+    lams = sorted({p["lambda"] for pts in deltas.values() for p in pts})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    styles = {"aligned.cft": ("#1f77b4", "o"), "aligned.rcft": ("#d62728", "s"), "overfit.cft": ("#2ca02c", "^"),
+              "overfit.rcft": ("#9467bd", "D")}
+    names = list(deltas)
+    for ax, cell, ylabel in ((axes[0], "conf_ece_in", "in-domain conf-ECE minus its λ=0 run (< 0: better)"),
+                             (axes[1], "acc_in", "in-domain accuracy minus its λ=0 run")):
+        for j, name in enumerate(names):
+            color, marker = styles.get(name, ("black", "o"))
+            x = [lams.index(p["lambda"]) + (j - (len(names) - 1) / 2) * 0.14 for p in deltas[name]]
+            y = [p[cell]["mean"] for p in deltas[name]]
+            err = [0 if math.isnan(p[cell]["half"]) else p[cell]["half"] for p in deltas[name]]
+            ax.errorbar(x, y, yerr=err, fmt=marker, color=color, capsize=3, ms=6,
+                        label=f"{report.row_label(name.split('.')[0])}: {name.split('.')[1].upper()}")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(lams)), [f"λ={lam:g}" for lam in lams])
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(names), frameon=False)
+    fig.suptitle(f"The ECE term's effect: each λ paired with its own λ=0 run (mean, 95% CI over "
+                 f"{study['meta']['n_seeds']} seeds)")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
