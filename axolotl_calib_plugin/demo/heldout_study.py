@@ -129,14 +129,25 @@ def _pm(c: dict) -> str:
     return f"{c['mean']:.3f}" + ("" if math.isnan(c["half"]) else f" ± {c['half']:.3f}")
 
 
+def _cost_text(study: dict) -> str:
+    """Training time per seed as the runs recorded it (a resumed invocation reuses runs, so its wall time says
+    little): the sum of every run's own seconds, one torch thread each."""
+    totals = [sum(v for k, v in s.get("timings_s", {}).items() if k != "lm_eval") for s in study["per_seed"].values()]
+    text = f"Machine: {study['meta']['machine']}."
+    if totals:
+        text += (f" Training time per seed, summed over its runs (each on one core; the machine was shared with other "
+                 f"jobs): {min(totals) / 60:.0f}-{max(totals) / 60:.0f} min.")
+    return text
+
+
 def render_markdown(study: dict) -> str:
     m, s = study["meta"], study["summary"]
-    lines = ["# Held-out M-step study (issue: an ECE term that earns its place)", "",
+    lines = ["# Does the ECE term earn its place? Held-out bin accuracies and temperature targets", "",
              f"{m['n_seeds']} seed(s) ({', '.join(map(str, m['seeds']))}), {m['settings']['world']} world, "
              f"{m['settings']['n_train']} training questions; held-out rows: the {m['settings']['n_ts']}-question "
              f"TS-fit split (also what temperature scaling is fitted on); {m['settings']['n_eval_in']} in-domain / "
              f"{m['settings']['n_eval_out']} out-of-domain eval questions. Code: {m.get('commit', '?')}. "
-             f"Wall time {m['wall_time_s'] / 60:.0f} min on {m['machine']}.", ""]
+             f"{_cost_text(study)}", ""]
     if m.get("note"):
         lines += [m["note"], ""]
     lines += ["## Pre-check (no training): per-bin accuracy of the start model, training rows vs held-out rows", "",
