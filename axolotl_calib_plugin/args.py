@@ -34,6 +34,8 @@ MODE_PRESETS: dict[str, tuple[str, float]] = {
 #: largest calib_lambda accepted: the paper uses 1; far above it the ECE term swamps the SFT loss and a
 #: half-precision loss overflows, which Axolotl then reports as a learning-rate / fp16 problem.
 MAX_LAMBDA = 1000.0
+#: default of calib_bin_accuracy (``auto``: held-out rows when the config has an MCQ eval split); see study/heldout.md
+DEFAULT_BIN_ACCURACY = "train"
 #: calib_sft_scope -> the value of Axolotl's ``train_on_inputs`` that implements it.
 SCOPE_TO_TRAIN_ON_INPUTS = {"answer": False, "prompt_and_answer": True}
 
@@ -127,14 +129,15 @@ class CalibrationArgs(BaseModel):
         default=None,
         json_schema_extra={"description": "Optional system turn (chat_template format only)."},
     )
-    calib_bin_accuracy: Literal["train", "heldout"] = Field(
-        default="train",
+    calib_bin_accuracy: Literal["auto", "train", "heldout"] = Field(
+        default=DEFAULT_BIN_ACCURACY,
         json_schema_extra={
             "description": "Where the M-step's per-bin accuracy q_m comes from. train: the training rows themselves "
             "(Algorithm 1). heldout: the eval split's rows (test_datasets, or val_set_size held out of the training "
             "file), binned by the same model's confidence -- a model that memorised its training rows is calibrated "
             "on them and over-confident elsewhere, and only held-out rows show it. Bins with few held-out rows are "
-            "shrunk toward the training-row accuracy (calib_heldout_prior)."
+            "shrunk toward the training-row accuracy (calib_heldout_prior). auto: heldout when the config has an "
+            "MCQ eval split, else train."
         },
     )
     calib_targets: Literal["bin", "temperature"] = Field(
@@ -284,6 +287,7 @@ class CalibrationArgs(BaseModel):
         _check_unknown_keys(cls, data)
         _expand_presets(data)
         _check_incompatible(data)
+        _resolve_bin_accuracy(data)
         _check_heldout_source(data)
         _check_eval_report(data)
         _check_local_data_files(data)
@@ -303,6 +307,7 @@ class CalibrationArgs(BaseModel):
         _check_unknown_keys(cls, data, allowed={"train_on_inputs"})
         _expand_presets(data)
         data.pop("train_on_inputs", None)
+        _resolve_bin_accuracy(data, split_source=cfg)
         return cls(**data)
 
     @property
@@ -500,19 +505,33 @@ def _isolates_packed_samples(data: dict) -> bool:
     return any(data.get(flag) is True for flag in _PACKING_SAFE_FLAGS)
 
 
+def _eval_split(data: Mapping) -> tuple[bool, list, list]:
+    """(val_set_size > 0, the MCQ-type test_datasets, all test_datasets) of a raw config."""
+    val = data.get("val_set_size")
+    try:
+        has_val = val is not None and float(val) > 0
+    except (TypeError, ValueError):
+        has_val = False  # Axolotl's own schema reports a non-numeric val_set_size
+    test_sets = list(data.get("test_datasets") or [])
+    return has_val, [ds for ds in test_sets if is_calib_dataset_type(_get(ds, "type"))], test_sets
+
+
+def _resolve_bin_accuracy(data: dict, split_source: Mapping | None = None) -> None:
+    """``calib_bin_accuracy: auto`` (or unset while the default is auto) -> heldout when the config has an MCQ eval
+    split (val_set_size > 0 or a calibration-type test_datasets entry), else train."""
+    if (data.get("calib_bin_accuracy") or DEFAULT_BIN_ACCURACY) != "auto":
+        return
+    has_val, calib_tests, _ = _eval_split(split_source if split_source is not None else data)
+    data["calib_bin_accuracy"] = "heldout" if (has_val or calib_tests) else "train"
+
+
 def _check_heldout_source(data: dict) -> None:
     """calib_bin_accuracy: heldout and calib_targets: temperature read the eval split: refuse a config without one."""
     wants = [f"{k}: {data.get(k)}" for k, plain in (("calib_bin_accuracy", "train"), ("calib_targets", "bin"))
              if data.get(k) not in (None, plain)]
     if not wants:
         return
-    val = data.get("val_set_size")
-    try:
-        has_val = val is not None and float(val) > 0
-    except (TypeError, ValueError):
-        has_val = False  # Axolotl's own schema reports a non-numeric val_set_size
-    test_sets = data.get("test_datasets") or []
-    calib_tests = [ds for ds in test_sets if is_calib_dataset_type(_get(ds, "type"))]
+    has_val, calib_tests, test_sets = _eval_split(data)
     if test_sets and not calib_tests:
         raise ValueError(
             f"{' and '.join(wants)} read the eval split's option probabilities, but no test_datasets entry has "

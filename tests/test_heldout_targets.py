@@ -207,3 +207,19 @@ def test_temperature_targets_in_a_real_run_equal_softmax_of_hand_probs(tmp_path,
     w = state.targets.shape[1]
     assert torch.all(want[:, w:] == 0)
     assert torch.allclose(state.targets, want[torch.argsort(ids)][:, :w], atol=1e-5)
+
+
+@pytest.mark.parametrize("split, want", [
+    ({"val_set_size": 0.1}, "heldout"),
+    ({"val_set_size": 0}, "train"),
+    ({"test_datasets": [{"path": "held.jsonl", "type": "axolotl_calib_plugin.mcq", "split": "train"}]}, "heldout"),
+])
+def test_auto_bin_accuracy_reads_heldout_rows_exactly_when_an_eval_split_exists(tiny_cfg, validate_cfg, mcq_rows,
+                                                                                split, want):
+    from axolotl_calib_plugin.args import CalibrationArgs
+
+    if "test_datasets" in split:
+        split = {"test_datasets": [dict(split["test_datasets"][0], path=str(mcq_rows(4, name="held.jsonl")))]}
+    raw = tiny_cfg(calib_bin_accuracy="auto", **split)
+    assert validate_cfg(raw).calib_bin_accuracy == want
+    assert CalibrationArgs.from_cfg(raw).calib_bin_accuracy == want  # raw configs resolve the same way
