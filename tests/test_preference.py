@@ -317,3 +317,51 @@ def test_bad_beta_and_paths_are_usage_errors(tmp_path, tiny_model_dir, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert "usage: axolotl-calib preference" in err and message in err, err
+
+
+def test_parquet_message_lists_read_like_jsonl(tmp_path):
+    import pandas as pd
+
+    rows = [{"prompt": r["prompt"], "chosen": [{"role": "user", "content": r["prompt"]},
+                                               {"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["rejected"]}]}
+            for r in ROWS]
+    path = tmp_path / "p.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    got = read_pairs([str(path)], chat=True)
+    want = read_pairs([write_jsonl(tmp_path / "p.jsonl", rows)], chat=True)
+    assert [p[1:] for p in got] == [p[1:] for p in want]
+    assert [p.where for p in got] == [f"{path} row {i}" for i in range(1, 5)]
+    assert got[0].prompt == [{"role": "user", "content": ROWS[0]["prompt"]}] and got[0].chosen == ROWS[0]["chosen"]
+
+
+def test_long_pairs_cut_the_prompt_from_the_left_and_refuse_a_response_beyond_the_context(tmp_path, tiny_model_dir,
+                                                                                           capsys):
+    """The tiny model's context is 512 tokens: a 600-token prompt is cut from the left (and counted) and scored
+    as a direct forward over the last 512 inputs; a 600-token response cannot be scored at all."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    long_prompt = {"prompt": "the dog" * 300 + "\nAnswer:", "chosen": " yes", "rejected": " no"}
+    report, per_pair, md = run_preference(tmp_path, tiny_model_dir, write_jsonl(tmp_path / "p.jsonl", [long_prompt]))
+    assert report["n_truncated"] == 1 and "1 pair(s) longer than the model's context" in md
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    n_prompt = len(tok(long_prompt["prompt"])["input_ids"])
+    assert n_prompt > 512
+    for side in ("chosen", "rejected"):
+        full = tok(long_prompt["prompt"] + long_prompt[side])["input_ids"] + [tok.eos_token_id]
+        window = full[-513:]  # 512 inputs predict the last 512 tokens
+        n_cont = len(full) - n_prompt
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([window[:-1]])).logits[0].double(), -1)
+        direct = sum(float(lp[t - 1, window[t]]) for t in range(len(window) - n_cont, len(window)))
+        assert per_pair[0][f"logp_{side}"] == pytest.approx(direct, abs=1e-4)
+
+    long_response = {"prompt": "Q?\nAnswer:", "chosen": " cat" * 600, "rejected": " no"}
+    pairs = write_jsonl(tmp_path / "r.jsonl", [ROWS[0], long_response])
+    with pytest.raises(SystemExit) as exc:
+        run_preference(tmp_path, tiny_model_dir, pairs, name="r")
+    assert exc.value.code == 1
+    assert (f"{pairs} line 2: field 'chosen': the response has 601 tokens, more than the model's context of 512"
+            in capsys.readouterr().err)
