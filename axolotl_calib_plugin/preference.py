@@ -143,8 +143,6 @@ def parse_pair(row: Any, where: str, chat: bool) -> PreferencePair:
                       else _messages(value, "prompt"))
     if chosen == rejected:
         raise CalibDataError("'chosen' and 'rejected' are the same response; a pair needs two different responses")
-    if not chat and not isinstance(prompt, str):
-        raise CalibDataError(f"field 'prompt' must be a string, got {_kind(prompt)}")
     return PreferencePair(where, prompt, chosen, rejected)
 
 

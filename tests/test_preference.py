@@ -297,6 +297,11 @@ def test_a_template_that_breaks_the_prefix_is_refused(tmp_path, tiny_tokenizer):
                                              r"tokenize to the prompt's tokens followed by the response's .*chat "
                                              r"template renders"):
         encode_pairs(tok, pairs, chat=True)
+    tok.chat_template = tiny_tokenizer.chat_template.replace("message['content']", "message['content'] | trim")
+    trimmed = read_pairs([write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Q?", "chosen": " no", "rejected": "no"}])],
+                         chat=True)
+    with pytest.raises(CalibDataError, match=r"t\.jsonl line 1: 'chosen' and 'rejected' tokenize to the same response"):
+        encode_pairs(tok, trimmed, chat=True)
     tok.chat_template = None
     with pytest.raises(CalibDataError, match="the tokenizer has no chat template"):
         encode_pairs(tok, pairs, chat=True)
