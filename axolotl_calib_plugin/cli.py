@@ -5,6 +5,7 @@
     temperature  temperature-scaling baseline fitted on lm-eval samples
     table        a Table-2-style comparison of several evaluated runs
     diagnose     conf-ECE / cw-ECE / acc of a model on an MCQ file and the calibratable-regime verdict
+    preference   does the model still prefer the chosen responses of a held-out preference file (DPO check)
     make-tiny    a local tiny Llama + tokenizer (no hub) for trying configs on a CPU
     demo         the offline reproduction (world with known truth -> SFT -> DPO -> fixes -> lm-eval)
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Sequence
@@ -87,7 +89,7 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     any model is loaded: cheap checks only (the task folder's YAMLs, the file system). A local path that does
     not exist would otherwise reach the hub client as a malformed repo id."""
     offline = a.cmd in OFFLINE_COMMANDS
-    for flag in ("model", "base_model", "tokenizer"):
+    for flag in ("model", "base_model", "tokenizer", "reference"):
         value = getattr(a, flag, None)
         if not value or os.path.exists(value):
             continue
@@ -101,6 +103,9 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
         for path in getattr(a, flag, None) or []:
             if not os.path.isfile(path):
                 cp.error(f"--{flag.replace('_', '-')} {path}: no such file (an MCQ JSONL: question, choices, answer)")
+    for path in getattr(a, "pairs", None) or []:
+        if not os.path.isfile(path):
+            cp.error(f"--pairs {path}: no such file (a preference file: prompt, chosen, rejected per row)")
     for flag in ("data_dir", "include_path"):
         value = getattr(a, flag, None)
         if value and not os.path.isdir(value):
@@ -228,6 +233,28 @@ def cmd_diagnose(a) -> int:
         print(f"model {a.model} on {', '.join(a.data_files)} (lm-eval task calib_jsonl)"
               + (f", training data {', '.join(a.train_data_files)} (calib_jsonl_ood)" if a.train_data_files else ""))
         print(d.render())
+    return 0
+
+
+def cmd_preference(a) -> int:
+    from .evaluation import make_hflm
+    from .preference import REPORT_MD, read_pairs, render_markdown, score_preferences, write_report
+
+    if not (math.isfinite(a.beta) and a.beta > 0):
+        a.usage_error(f"--beta {a.beta}: needs a positive number (the DPO beta the model was tuned with)")
+    pairs = read_pairs(a.pairs, chat=a.apply_chat_template)  # every row checked before a model loads
+    device, dtype = _device_dtype(a)
+
+    def load(path: str):
+        return make_hflm(path, base_model=a.base_model if path == a.model else None, tokenizer=a.tokenizer
+                         if path == a.model else None, device=device, dtype=dtype, batch_size=a.batch_size)
+
+    scores = score_preferences(pairs, load, a.model, a.reference, chat=a.apply_chat_template)
+    meta = {"model": a.model, "reference": a.reference, "data": [os.path.abspath(f) for f in a.pairs],
+            "apply_chat_template": a.apply_chat_template, "beta": a.beta, "device": device, "dtype": dtype,
+            "batch_size": a.batch_size}
+    print(render_markdown(write_report(a.output_dir, pairs, scores, meta)))
+    print(f"report: {os.path.join(a.output_dir, REPORT_MD)}")
     return 0
 
 
@@ -482,6 +509,8 @@ SHARED_FLAGS: dict[str, dict] = {
     "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
     "--seed": dict(type=int, default=0, help="random seed (the same seed gives the same result)"),
     "--plot-format": dict(default="png", choices=("png", "pdf", "svg"), help="file format of the reliability diagrams"),
+    "--apply-chat-template": dict(action="store_true", help="score through the tokenizer's chat template (models "
+                                                            "trained with calib_prompt_format: chat_template)"),
 }
 
 
@@ -523,9 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: all questions)")
     _add(e, "--base-model")
     _add(e, "--tokenizer")
-    e.add_argument("--apply-chat-template", action="store_true",
-                   help="score through the tokenizer's chat template (models trained with calib_prompt_format: "
-                        "chat_template)")
+    _add(e, "--apply-chat-template")
     e.add_argument("--system-instruction", default=None, help="system turn with --apply-chat-template "
                    "(your calib_system_prompt) (default: none)")
     e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
@@ -606,6 +633,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lm-eval task folder (default: the one axolotl-calib tasks-path prints)")
     g.add_argument("--json", action="store_true", help="print one JSON line instead of the text verdict")
     g.set_defaults(func=cmd_diagnose)
+
+    r = _sub(sub, "preference", "does the model prefer the chosen responses of held-out preference pairs",
+             "Score every held-out preference pair (prompt, chosen, rejected) with the model and report the share of "
+             "pairs where it prefers the chosen response (summed and per-token log-prob), the mean preference ratio "
+             "pi(y_w)/(pi(y_w)+pi(y_l)) and, with --reference (e.g. the model before DPO), the DPO implicit-reward "
+             "accuracy and margin. Writes preference_report.{json,md} and preference_pairs.jsonl into --output-dir. "
+             "A likelihood check on fixed responses: it complements, and does not replace, judge-based win rates "
+             "(AlpacaEval 2, Arena-Hard; see the plugin README).\n\n"
+             "  axolotl-calib preference --model outputs/llama_cft --reference outputs/llama_sft \\\n"
+             "      --pairs heldout_prefs.jsonl --apply-chat-template --output-dir eval/cft_pref")
+    _add(r, "--model", required=True)
+    r.add_argument("--pairs", nargs="+", required=True, metavar="FILE",
+                   help="preference file(s), JSONL / JSON / CSV / parquet: prompt, chosen, rejected strings per row, "
+                        "or chosen / rejected as chat message lists ending in the assistant response (needs "
+                        "--apply-chat-template)")
+    _add(r, "--output-dir", "preference_report.{json,md} and preference_pairs.jsonl", required=True)
+    r.add_argument("--reference", default=None, metavar="MODEL",
+                   help="reference model of the DPO implicit reward log pi - log pi_ref, e.g. the model before DPO "
+                        "(folder, hub id or peft adapter folder; scored with --model's tokenizer) (default: none)")
+    r.add_argument("--beta", type=float, default=0.1, help="DPO beta of the implicit reward margin")
+    _add(r, "--apply-chat-template", "the prompt as the user turn(s), the response as the assistant turn")
+    _add(r, "--device")
+    _add(r, "--dtype")
+    _add(r, "--batch-size")
+    _add(r, "--base-model")
+    _add(r, "--tokenizer")
+    r.set_defaults(func=cmd_preference)
 
     m = _sub(sub, "make-tiny", "write a local tiny Llama + tokenizer",
              "A tiny randomly initialised Llama and a BPE tokenizer trained locally (no hub), for trying configs on a "

@@ -82,7 +82,8 @@ def test_every_command_and_flag_has_help_and_shows_its_default():
     import re
 
     p, commands = _subparsers()
-    assert set(commands) == {"eval", "tasks-path", "temperature", "table", "diagnose", "make-tiny", "demo"}
+    assert set(commands) == {"eval", "tasks-path", "temperature", "table", "diagnose", "make-tiny", "demo",
+                             "preference"}
     top = p.format_help()
     for name, sub in commands.items():
         assert re.search(rf"^\s+{re.escape(name)}\s*\n?\s+\S", top, re.M), f"{name} has no help in `axolotl-calib --help`"
@@ -335,14 +336,16 @@ def test_every_flag_means_the_same_in_every_command():
         if flag not in SHARED_FLAGS:
             continue
         spec = SHARED_FLAGS[flag]
+        ref = argparse.ArgumentParser().add_argument(flag, **spec)  # what the registry's definition builds
         for cmd, action in uses:
             where = f"{cmd} {flag}"
             assert action.option_strings == [flag], where  # no second spelling beside it
             assert action.dest == flag[2:].replace("-", "_"), where
-            for attr in ("type", "nargs", "choices", "metavar"):
-                assert getattr(action, attr) == spec.get(attr), (where, attr)
+            assert type(action) is type(ref), where  # same action (store, store_true, ...)
+            for attr in ("type", "nargs", "choices", "metavar", "const"):
+                assert getattr(action, attr) == getattr(ref, attr), (where, attr)
             if not action.required:
-                assert action.default == spec.get("default"), (where, action.default)
+                assert action.default == ref.default, (where, action.default)
             assert action.help == spec["help"] or action.help.startswith(spec["help"] + ": "), where
     dests: dict[str, set] = {}
     for flag, uses in flags.items():
@@ -360,7 +363,7 @@ def test_every_flag_means_the_same_in_every_command():
     assert not {"--out", "--data", "--plots", "--json-file"} & set(flags)  # old spellings are not flags any more
     _, commands = _subparsers()
     loaders = {cmd for cmd, _ in flags["--model"]}
-    assert loaders == {"eval", "diagnose"}
+    assert loaders == {"eval", "diagnose", "preference"}
     for flag in ("--device", "--dtype", "--batch-size", "--base-model", "--tokenizer"):
         assert {cmd for cmd, _ in flags[flag]} == loaders, flag
     assert SHARED_FLAGS["--batch-size"]["default"] == 8 and SHARED_FLAGS["--device"]["default"] is None
@@ -411,6 +414,10 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - t0,
     (["temperature", "--fit", "{tmp}", "--apply", "{tmp}", "--fit-tasks", "calib_mmlu,calib_arc"],
      "--fit-tasks: unknown task 'calib_arc' (did you mean calib_arc_challenge or "),
     (["table", "--run", "A={tmp}/nothing"], "--run A={tmp}/nothing: no such file or folder"),
+    (["preference", "--model", "{model}", "--pairs", "{tmp}/none.jsonl", "--output-dir", "{tmp}/p"],
+     "--pairs {tmp}/none.jsonl: no such file (a preference file: prompt, chosen, rejected per row)"),
+    (["preference", "--model", "{model}", "--pairs", "{data}", "--reference", "{tmp}/ref", "--output-dir", "{tmp}/p"],
+     "--reference {tmp}/ref: no such folder"),
     (["table", "--run", "A={tmp}", "--run", "A={tmp}"], "--run A: two runs named 'A'"),
     (["table", "--run", "A={tmp}"], "--run A={tmp}: {tmp}: no calibration_report.json"),
     (["table", "--run", "A={tmp}", "--out-task", "calib_arc_chalenge"], "--out-task: unknown task 'calib_arc_chalenge'"),
