@@ -143,12 +143,13 @@ class EMRefreshCallback(TrainerCallback):
     def _write_bin_table(self, em_state: EMState, epoch: int, step: int) -> None:
         """One JSON line per refresh in ``output_dir/calib_refresh.jsonl``: per bin the training-row count, accuracy
         and confidence, the held-out count and accuracy, and the q the targets used (main process only)."""
-        if not self.trainer.is_world_process_zero() or not os.path.isdir(self.trainer.args.output_dir):
+        out_dir = getattr(self.trainer.args, "output_dir", None)
+        if dist_info()[0] != 0 or not out_dir or not os.path.isdir(out_dir):
             return
         rec = {"refresh": em_state.refresh_count, "epoch": epoch, "global_step": step, "bins": em_state.bin_table()}
         if "temperature" in em_state.extra:
             rec["temperature"] = float(em_state.extra["temperature"])
-        with open(os.path.join(self.trainer.args.output_dir, REFRESH_LOG), "a", encoding="utf-8") as f:
+        with open(os.path.join(out_dir, REFRESH_LOG), "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
 
     def refresh_now(self, state, epoch: int) -> EMState:
