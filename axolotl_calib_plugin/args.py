@@ -35,7 +35,7 @@ MODE_PRESETS: dict[str, tuple[str, float]] = {
 #: half-precision loss overflows, which Axolotl then reports as a learning-rate / fp16 problem.
 MAX_LAMBDA = 1000.0
 #: default of calib_bin_accuracy (``auto``: held-out rows when the config has an MCQ eval split); see study/heldout.md
-DEFAULT_BIN_ACCURACY = "train"
+DEFAULT_BIN_ACCURACY = "auto"
 #: calib_sft_scope -> the value of Axolotl's ``train_on_inputs`` that implements it.
 SCOPE_TO_TRAIN_ON_INPUTS = {"answer": False, "prompt_and_answer": True}
 

@@ -130,7 +130,7 @@ class EMRefreshCallback(TrainerCallback):
     def _heldout_rows(self, state) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(probs, labels, num_options) of the eval split under the current model, for the held-out M-step: the
         latest evaluation's when it ran at this very step (no extra forward), else one E-step forward over it."""
-        if not self.calib.needs_heldout:
+        if not self.calib.needs_heldout(getattr(self.trainer, "eval_dataset", None)):
             return None
         cached = self.calib.last_eval
         if cached is not None and cached[0] == int(state.global_step):
@@ -170,7 +170,7 @@ class EMRefreshCallback(TrainerCallback):
             torch.from_numpy(data.num_options), n_bins=self.settings.calib_bins,
             split=self.settings.calib_nonmax_split, refresh_count=(prev.refresh_count + 1) if prev else 1,
             epoch_refreshed=epoch, global_step=int(state.global_step), heldout=heldout,
-            bin_accuracy=self.settings.calib_bin_accuracy, targets_kind=self.settings.calib_targets,
+            bin_accuracy=self.calib.bin_accuracy(getattr(self.trainer, "eval_dataset", None)), targets_kind=self.settings.calib_targets,
             prior=self.settings.calib_heldout_prior,
         )
         record(em_state.extra, self.settings, torch.from_numpy(data.sample_id), torch.from_numpy(data.answer_idx),

@@ -59,10 +59,19 @@ class CalibrationContext:
     #: a refresh at the same step takes its held-out rows from it instead of a forward of its own
     last_eval: Optional[tuple] = None
 
-    @property
-    def needs_heldout(self) -> bool:
-        """True when the M-step reads held-out rows (``calib_bin_accuracy: heldout`` or ``calib_targets: temperature``)."""
-        return self.settings.calib_bin_accuracy == "heldout" or self.settings.calib_targets == "temperature"
+    def bin_accuracy(self, eval_dataset=None) -> str:
+        """``calib_bin_accuracy`` as the M-step uses it: ``auto`` (settings built without a config, e.g. in a script)
+        means ``heldout`` when ``eval_dataset`` has calibration rows, else ``train``; configs resolve it at validation."""
+        value = self.settings.calib_bin_accuracy
+        if value != "auto":
+            return value
+        sets = list(eval_dataset.values()) if isinstance(eval_dataset, Mapping) else [eval_dataset]
+        return "heldout" if any(d is not None and "calib_sample_id" in getattr(d, "column_names", ()) for d in sets) \
+            else "train"
+
+    def needs_heldout(self, eval_dataset=None) -> bool:
+        """True when the M-step reads held-out rows (held-out bin accuracies or temperature targets)."""
+        return self.bin_accuracy(eval_dataset) == "heldout" or self.settings.calib_targets == "temperature"
 
     def __post_init__(self):
         if self.online is None and self.settings.calib_estep == "online":

@@ -223,3 +223,22 @@ def test_auto_bin_accuracy_reads_heldout_rows_exactly_when_an_eval_split_exists(
     raw = tiny_cfg(calib_bin_accuracy="auto", **split)
     assert validate_cfg(raw).calib_bin_accuracy == want
     assert CalibrationArgs.from_cfg(raw).calib_bin_accuracy == want  # raw configs resolve the same way
+
+
+def test_settings_built_without_a_config_resolve_auto_from_the_eval_dataset():
+    """``CalibrationArgs()`` in a script has no config to resolve ``auto`` from: the M-step reads the held-out rows
+    exactly when the trainer's eval dataset carries calibration rows."""
+    from datasets import Dataset
+
+    from axolotl_calib_plugin.args import CalibrationArgs
+    from axolotl_calib_plugin.context import CalibrationContext
+
+    ctx = CalibrationContext(settings=CalibrationArgs(), option_ids=(1, 2))
+    assert ctx.settings.calib_bin_accuracy == "auto"
+    calib_rows = Dataset.from_dict({"input_ids": [[1]], "calib_sample_id": [[0]]})
+    plain_rows = Dataset.from_dict({"input_ids": [[1]]})
+    assert ctx.bin_accuracy(None) == "train" and not ctx.needs_heldout(None)
+    assert ctx.bin_accuracy(plain_rows) == "train"
+    assert ctx.bin_accuracy(calib_rows) == "heldout" and ctx.needs_heldout({"a": plain_rows, "b": calib_rows})
+    explicit = CalibrationContext(settings=CalibrationArgs(calib_bin_accuracy="train"), option_ids=(1, 2))
+    assert explicit.bin_accuracy(calib_rows) == "train"
