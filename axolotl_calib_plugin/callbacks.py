@@ -170,7 +170,8 @@ class EMRefreshCallback(TrainerCallback):
             torch.from_numpy(data.num_options), n_bins=self.settings.calib_bins,
             split=self.settings.calib_nonmax_split, refresh_count=(prev.refresh_count + 1) if prev else 1,
             epoch_refreshed=epoch, global_step=int(state.global_step), heldout=heldout,
-            bin_accuracy=self.calib.bin_accuracy(getattr(self.trainer, "eval_dataset", None)), targets_kind=self.settings.calib_targets,
+            bin_accuracy=self.calib.bin_accuracy(getattr(self.trainer, "eval_dataset", None)),
+            targets_kind=self.settings.calib_targets,
             prior=self.settings.calib_heldout_prior,
         )
         record(em_state.extra, self.settings, torch.from_numpy(data.sample_id), torch.from_numpy(data.answer_idx),
