@@ -11,37 +11,11 @@ import sys
 import pytest
 import torch
 
-from test_train_e2e import log_history, refresh_logs, run_train
+from helpers import CPU_DEVICE_MAP_FIX, TRAIN_MAIN, log_history, refresh_logs, run_train
 
 pytestmark = pytest.mark.slow
 
 
-#: Axolotl 0.19's normalize_config pins device_map to {"": LOCAL_RANK} whenever WORLD_SIZE > 1, which
-#: transformers reads as accelerator index 1 on a CPU-only box ("Cannot access accelerator device").
-#: This launcher script is Axolotl's train CLI with that one value corrected to "cpu".
-CPU_DEVICE_MAP_FIX = """
-import axolotl.cli.config as cli_config
-
-_orig = cli_config.normalize_config
-
-
-def normalize_config(cfg):
-    _orig(cfg)
-    if str(cfg.device).startswith("cpu") and isinstance(cfg.device_map, dict):
-        cfg.device_map = {"": "cpu"}
-
-
-cli_config.normalize_config = normalize_config
-"""
-#: The end of every launcher script: Axolotl's train CLI (what `python -m axolotl.cli.train` runs).
-TRAIN_MAIN = """
-if __name__ == "__main__":
-    import fire
-
-    from axolotl.cli.train import do_cli
-
-    fire.Fire(do_cli)
-"""
 CPU_DDP_TRAIN = CPU_DEVICE_MAP_FIX + TRAIN_MAIN
 
 

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from conftest import PLUGIN, load_task_utils
+from helpers import PLUGIN, load_task_utils
 
 U = load_task_utils("calib_task_utils_same_row")
 CALIB = "axolotl_calib_plugin.mcq"

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from test_train_e2e import log_history, loss_logs, refresh_logs, run_train
+from helpers import log_history, loss_logs, refresh_logs, run_train
 
 
 def test_resume_mid_epoch_restores_em_state_and_matches_uninterrupted_run(tmp_path, tiny_cfg, mcq_rows):
@@ -75,12 +75,6 @@ def _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, data):
     """Resuming on edited training data (a new prepared-data folder) stops before the first step with what
     to do, instead of a KeyError deep in the loss."""
     import json
-    import subprocess
-    import sys
-
-    import yaml
-
-    from conftest import OFFLINE_ENV
 
     rows = [json.loads(line) for line in open(data)]
     rows[0]["question"] = rows[0]["question"] + " (edited)"
@@ -92,14 +86,9 @@ def _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, data):
     cfg = tiny_cfg(**{**common, "datasets": [{"path": str(edited), "type": "axolotl_calib_plugin.mcq"}]},
                    output_dir=str(out_dir), dataset_prepared_path=str(tmp_path / "prep_edited"),
                    auto_resume_from_checkpoints=True)
-    path = tmp_path / "edited.yml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
 
     def resume():
-        proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], capture_output=True, text=True,
-                              timeout=600, env={**os.environ, **OFFLINE_ENV}, cwd=str(tmp_path))
-        assert proc.returncode != 0
-        return proc.stdout + proc.stderr
+        return run_train(cfg, tmp_path, name="edited.yml", expect_ok=False)
 
     out = resume()
     # caught before the model is even loaded, with what to do; never a KeyError at the first step

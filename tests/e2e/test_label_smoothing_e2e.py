@@ -1,17 +1,14 @@
-"""``calib_label_smoothing``: the paper's label-smoothing baseline as a plugin key.
-
-A real ``axolotl train`` step of the baseline as the paper runs it (SFT with label smoothing, no ECE
-term: ``calib_lambda: 0``): the logged loss equals HF's label-smoothed cross-entropy
-``(1 - eps) * NLL + eps * mean over the vocabulary of -log p``, computed here by hand from the initial
-model, and differs from the plain cross-entropy.
-"""
+"""``calib_label_smoothing`` end to end: a real ``axolotl train`` step of the paper's baseline (SFT with label
+smoothing, no ECE term: ``calib_lambda: 0``) logs HF's label-smoothed cross-entropy
+``(1 - eps) * NLL + eps * mean over the vocabulary of -log p``, computed here by hand from the initial model,
+which differs from the plain cross-entropy."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from test_train_e2e import log_history, loss_logs, prepared_train_dataset, run_train
+from helpers import log_history, loss_logs, prepared_train_dataset, run_train
 
 
 def _hand_losses(model_dir, ds) -> tuple[float, float]:
@@ -33,6 +30,7 @@ def _hand_losses(model_dir, ds) -> tuple[float, float]:
     return nll / count, smooth / (count * vocab)
 
 
+
 def _peaked_model(tiny_model_dir, out_dir) -> str:
     """The tiny model with its output head scaled up: peaked next-token distributions, so the smoothing
     term (mean -log p over the vocabulary) is far from the NLL and label smoothing visibly changes the loss."""
@@ -44,6 +42,7 @@ def _peaked_model(tiny_model_dir, out_dir) -> str:
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out_dir)
     return str(out_dir)
+
 
 
 def test_label_smoothing_key_smooths_the_sft_loss(tmp_path, tiny_cfg, tiny_model_dir, mcq_rows):
@@ -59,13 +58,3 @@ def test_label_smoothing_key_smooths_the_sft_loss(tmp_path, tiny_cfg, tiny_model
     assert smooth - nll > 0.5  # nats: a case where smoothing matters
     assert first["loss"] == pytest.approx((1 - eps) * nll + eps * smooth, rel=1e-4)
     assert first["loss"] - nll > 0.1  # really smoothed (100x the tolerance above), not the plain cross-entropy
-
-
-def test_label_smoothing_is_validated_and_reaches_training_args(tiny_cfg, validate_cfg):
-    from axolotl_calib_plugin.plugin import CalibrationPlugin
-
-    with pytest.raises(Exception, match="calib_label_smoothing"):
-        validate_cfg(tiny_cfg(calib_label_smoothing=1.0))
-    cfg = validate_cfg(tiny_cfg(calib_label_smoothing=0.1, calib_lambda=0.0))
-    assert CalibrationPlugin().get_training_args(cfg) == {"label_smoothing_factor": 0.1}
-    assert CalibrationPlugin().get_training_args(validate_cfg(tiny_cfg())) is None

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_benchmark.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_benchmark.py"
 
 
 def test_gpu_benchmark_smoke_mode_reports_every_measurement(tmp_path):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE_ENV
+from helpers import OFFLINE_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _setup_cfg():

@@ -11,104 +11,14 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import letter_ids, OFFLINE_ENV
-
-LETTERS = list("ABCDE")
-
-
-# ---------------------------------------------------------------------- helpers (also used by test_resume)
-def run_train(cfg, tmp_path, name="cfg.yml", launcher=None, timeout=600, env_extra=None):
-    """Write ``cfg`` as YAML and run Axolotl's real train CLI in a subprocess; return its output."""
-    raw = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(raw))
-    cmd = (launcher or [sys.executable, "-m", "axolotl.cli.train"]) + [str(path)]
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1", "HF_HOME": str(tmp_path / "hf_home")}
-    env.update(env_extra or {})
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    return out
-
-
-def log_history(output_dir):
-    """log_history of the LAST checkpoint's trainer_state.json (everything up to the final step)."""
-    ckpts = sorted(glob.glob(os.path.join(output_dir, "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
-    with open(os.path.join(ckpts[-1], "trainer_state.json")) as fh:
-        return json.load(fh)["log_history"]
-
-
-def refresh_logs(history):
-    return [h for h in history if "calib/refresh" in h]
-
-
-def loss_logs(history):
-    return [h for h in history if "loss" in h]
-
-
-def prepared_train_dataset(prepared_path):
-    from datasets import load_from_disk
-
-    dirs = [d for d in glob.glob(os.path.join(prepared_path, "*")) if os.path.isdir(d)]
-    assert len(dirs) == 1, dirs
-    return load_from_disk(dirs[0])
-
-
-def hand_estep(model_dir, ds, cfg):
-    """Independent E-step: one row at a time, the FULL sequence, full-vocabulary logits at t*."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    letters = letter_ids(tok, cfg)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    probs, labels, ids, ks = [], [], [], []
-    with torch.no_grad():
-        for row in ds:
-            sid = np.asarray(row["calib_sample_id"])
-            t = int(np.nonzero(sid >= 0)[0][0])
-            k = int(row["calib_num_options"][t])
-            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, t, letters[:k]]
-            p = torch.zeros(len(letters), dtype=torch.float64)
-            p[:k] = torch.softmax(logits.double(), -1)
-            probs.append(p)
-            labels.append(int(row["calib_answer_idx"][t]))
-            ids.append(int(sid[t]))
-            ks.append(k)
-    return torch.stack(probs), torch.tensor(labels), torch.tensor(ids), torch.tensor(ks)
-
-
-def check_refresh_against_hand(log, probs, labels, n_bins):
-    """The logged bin statistics equal those of the hand E-step; returns q_m as logged."""
-    from axolotl_calib_plugin import metrics
-
-    rb = metrics.reliability_bins(probs, labels, n_bins)
-    q = np.full(n_bins, np.nan)
-    for m in range(n_bins):
-        assert log[f"calib/bin_count_{m}"] == rb.count[m], (m, log)
-        if rb.count[m]:
-            assert log[f"calib/bin_acc_{m}"] == pytest.approx(rb.accuracy[m], abs=1e-5)
-            assert log[f"calib/bin_conf_{m}"] == pytest.approx(rb.mean_confidence[m], abs=1e-4)
-            q[m] = log[f"calib/bin_acc_{m}"]
-    assert log["calib/train_conf_ece"] == pytest.approx(metrics.conf_ece(probs, labels, n_bins), abs=1e-4)
-    return torch.from_numpy(q)
-
-
-def expected_targets(probs, q_logged, ks, n_bins, split="proportional"):
-    from axolotl_calib_plugin.em import assign_bins, build_targets
-
-    q = q_logged[assign_bins(probs.max(1).values, n_bins)]
-    return build_targets(probs, q, split, num_options=ks).float()
+from helpers import (LETTERS, check_refresh_against_hand, expected_targets, hand_estep, letter_ids, log_history,
+                     loss_logs, prepared_train_dataset, refresh_logs, run_train)
 
 
 # ---------------------------------------------------------------------- tests

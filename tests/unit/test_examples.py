@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONFIGS = sorted(EXAMPLES.glob("*.yml"))
 TINY = [p for p in CONFIGS if p.name.startswith("tiny_cpu_")]
 #: presets mirroring the authors' reference code (their lambda-equivalent, non-max split): tested on their own
@@ -163,7 +163,7 @@ def test_tiny_cpu_examples_load_and_tokenize_offline(path, tiny_workdir, monkeyp
 # The flagship examples on the paper's training-set layout (string-encoded choices, int answers,
 # splits calibration_train / test_1): tests/fixtures/mcqa_calibration_dataset, a local stand-in.
 # --------------------------------------------------------------------------------------------------
-AUTHORS_DATA = Path(__file__).resolve().parent / "fixtures" / "mcqa_calibration_dataset"
+AUTHORS_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "mcqa_calibration_dataset"
 FLAGSHIP = ["llama_cft.yml", "llama_rcft.yml"]
 
 
@@ -179,7 +179,7 @@ def _authors_gold(split: str) -> list[tuple[list[str], int]]:
 
 def _on_local_data(name: str, model_dir: str, data_dir: Path, work: Path, **extra) -> Path:
     """examples/<name> with only the model and the dataset path swapped, plus the CPU settings of the tests."""
-    from conftest import CPU_SETTINGS
+    from helpers import CPU_SETTINGS
 
     raw = _raw(EXAMPLES / name)
     raw["base_model"] = model_dir

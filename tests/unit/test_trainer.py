@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLUGIN, make_mcq_rows
+from helpers import PLUGIN, make_mcq_rows
 
 LETTERS = list("ABCDE")
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from conftest import letter_ids
+from helpers import letter_ids
 
 from axolotl_calib_plugin.mcq import (
     CALIB_COLUMNS,

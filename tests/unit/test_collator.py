@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import letter_ids
+from helpers import letter_ids
 import torch
 
 from axolotl_calib_plugin.columns import CALIB_COLUMNS

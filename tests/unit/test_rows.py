@@ -18,9 +18,9 @@ from axolotl_calib_plugin.rows import (
     raise_row_errors,
     read_answer,
 )
-from conftest import load_task_utils
+from helpers import load_task_utils
 
-CALIB = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "calib"
+CALIB = Path(__file__).resolve().parents[2] / "lm_eval_tasks" / "calib"
 NUMERIC = ["3", "7", "12", "5"]  # choice texts that are also valid indices
 
 

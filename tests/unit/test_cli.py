@@ -29,7 +29,7 @@ def test_entry_point_declared():
     import pathlib
 
     cfg = configparser.ConfigParser()
-    cfg.read(pathlib.Path(__file__).resolve().parents[1] / "setup.cfg")
+    cfg.read(pathlib.Path(__file__).resolve().parents[2] / "setup.cfg")
     assert "axolotl-calib = axolotl_calib_plugin.cli:main" in cfg["options.entry_points"]["console_scripts"]
 
 

@@ -20,9 +20,9 @@ import yaml
 from axolotl_calib_plugin import metrics
 from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, answer_to_index, format_mcq_prompt
 from axolotl_calib_plugin.testing import build_llama, build_tokenizer
-from conftest import load_task_utils
+from helpers import load_task_utils
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ROOT / "lm_eval_tasks"
 CALIB = TASKS / "calib"
 DATA = CALIB / "data"

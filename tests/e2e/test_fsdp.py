@@ -27,8 +27,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import OFFLINE_ENV, make_mcq_rows
-from test_distributed import CPU_DEVICE_MAP_FIX, TRAIN_MAIN
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the torchrun worker imports helpers too
+from helpers import CPU_DEVICE_MAP_FIX, OFFLINE_ENV, TRAIN_MAIN, make_mcq_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -322,7 +322,7 @@ def test_fsdp2_two_processes_option_logits_gradients_estep_and_resume(tmp_path):
 #: Axolotl 0.19 + accelerate 1.13 do not run FSDP on CPU: Axolotl builds its device mesh on "cuda"
 #: (utils/distributed.py:build_parallelism_config), accelerate drops the FSDP plugin for MULTI_CPU, and a
 #: FULL_STATE_DICT checkpoint fails in safetensors on CPU (SHARDED_STATE_DICT works). This launcher is
-#: Axolotl's train CLI with those two CPU gaps bridged (plus the device_map fix of test_distributed.py).
+#: Axolotl's train CLI with those two CPU gaps bridged (plus the device_map fix in helpers.py).
 FSDP2_CPU_TRAIN = CPU_DEVICE_MAP_FIX + """
 from accelerate.parallelism_config import ParallelismConfig
 from accelerate.state import AcceleratorState
@@ -356,7 +356,7 @@ def test_axolotl_cli_fsdp2_trains_checkpoints_and_resumes(tmp_path, tiny_cfg, mc
 
     from axolotl_calib_plugin.callbacks import DEBUG_DUMP_ENV
     from axolotl_calib_plugin.em import EMState
-    from test_train_e2e import log_history, loss_logs, refresh_logs, run_train
+    from helpers import log_history, loss_logs, refresh_logs, run_train
 
     data = mcq_rows(N_SAMPLES, num_options=(4, 3, 5, 2), seed=6)
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
@@ -397,6 +397,6 @@ def test_axolotl_cli_fsdp2_trains_checkpoints_and_resumes(tmp_path, tiny_cfg, mc
     assert torch.equal(a.targets, b.targets) and a.refresh_count == b.refresh_count == 2
 
 
-if __name__ == "__main__":  # torchrun entry: python -m torch.distributed.run ... tests/test_fsdp.py OUT_DIR
+if __name__ == "__main__":  # torchrun entry: python -m torch.distributed.run ... tests/e2e/test_fsdp.py OUT_DIR
     os.environ.update(OFFLINE_ENV)
     worker(sys.argv[1])
