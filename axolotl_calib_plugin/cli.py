@@ -109,7 +109,7 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:
             _samples_of(cp, f"--{flag}", path)
-    from .report import load_results
+    from .eval.report import load_results
 
     runs = []
     for spec in getattr(a, "run", None) or []:
@@ -131,7 +131,7 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
 
 def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, str]:
     """``{task: samples file}`` of a samples file or folder; a usage error when there is none."""
-    from .report import find_samples
+    from .eval.report import find_samples
 
     if not os.path.exists(path):
         cp.error(f"{flag} {path}: no such file or folder")
@@ -147,7 +147,7 @@ def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, 
 
 def _check_tasks(cp: argparse.ArgumentParser, a) -> None:
     """Every task name given exists in the task folder (read from its YAMLs: no lm-eval import)."""
-    from .evaluation import task_index, unknown_task_message
+    from .eval.evaluation import task_index, unknown_task_message
 
     given = {f: getattr(a, f, None) for f in ("tasks", "fit_tasks", "in_task", "out_task")}
     given = {f: v if isinstance(v, list) else [v] for f, v in given.items() if v}
@@ -205,9 +205,9 @@ def cmd_demo(a) -> int:
 def cmd_diagnose(a) -> int:
     from scipy.special import softmax
 
-    from .evaluation import evaluate_files, find_task_dir, make_hflm
-    from .regime import diagnose
-    from .temperature import pad_ragged_logits
+    from .eval.evaluation import evaluate_files, find_task_dir, make_hflm
+    from .eval.regime import diagnose
+    from .eval.temperature import pad_ragged_logits
 
     device, dtype = _device_dtype(a)
     lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
@@ -245,15 +245,15 @@ def cmd_make_tiny(a) -> int:
 
 
 def cmd_tasks_path(a) -> int:
-    from .evaluation import find_task_dir
+    from .eval.evaluation import find_task_dir
 
     print(find_task_dir())
     return 0
 
 
 def cmd_eval(a) -> int:
-    from .evaluation import make_hflm
-    from .report import evaluate_to_report, markdown_table
+    from .eval.evaluation import make_hflm
+    from .eval.report import evaluate_to_report, markdown_table
 
     tasks = a.tasks
     if a.data_files and "calib_jsonl" not in tasks:
@@ -287,8 +287,8 @@ def _trained_row_settings(a) -> dict:
     else --option-letters; a flag that contradicts what the model was trained with is refused, naming both."""
     import json
 
-    from .args import check_option_letters
-    from .report import SETTINGS_FILE, row_metadata
+    from .prompts import check_option_letters
+    from .eval.report import SETTINGS_FILE, row_metadata
 
     path = os.path.join(a.model, SETTINGS_FILE)
     flag = check_option_letters(a.option_letters, "--option-letters") if a.option_letters else None
@@ -317,7 +317,7 @@ def _trained_row_settings(a) -> dict:
 def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[str, list]:
     """Files or folders -> {samples file: items} (a folder contributes the newest file of each task; with
     ``tasks``, a folder's files of other tasks are left out and a named file of another task is an error)."""
-    from .report import read_samples, samples_task
+    from .eval.report import read_samples, samples_task
 
     files = []
     for p in paths:
@@ -333,10 +333,10 @@ def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[s
 
 
 def cmd_temperature(a) -> int:
-    from .compare import metrics_of_items
-    from .plots import plot_comparison
-    from .report import samples_task, stack_items, write_report
-    from .temperature import in_domain_tasks, scale_samples
+    from .eval.compare import metrics_of_items
+    from .eval.plots import plot_comparison
+    from .eval.report import samples_task, stack_items, write_report
+    from .eval.temperature import in_domain_tasks, scale_samples
 
     fit_tasks = a.fit_tasks or in_domain_tasks()
     fit = _read_samples_args(a, "--fit", a.fit, fit_tasks)
@@ -398,7 +398,7 @@ def cmd_temperature(a) -> int:
 
 
 def cmd_table(a) -> int:
-    from .compare import build_table, plot_runs, render_markdown, write_json
+    from .eval.compare import build_table, plot_runs, render_markdown, write_json
 
     try:
         table = build_table(a.runs, a.in_task, a.out_task)

@@ -93,7 +93,7 @@ class Step:
     """forward + backward + AdamW step, plain SFT or SFT + lambda * ECE (the trainer's computation)."""
 
     def __init__(self, model, em_state, lam: float = 1.0, online=None):
-        from axolotl_calib_plugin import loss
+        from axolotl_calib_plugin.train import loss
 
         self.model, self.em_state, self.lam, self.online = model, em_state, lam, online
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=next(model.parameters()).is_cuda)
@@ -125,7 +125,7 @@ class Step:
 def estep_data(batches):
     """The E-step's flat answer positions (estep.EStepData) of the synthetic rows (a list of dict rows: the
     ``datasets`` library is not needed)."""
-    from axolotl_calib_plugin.estep import EStepData
+    from axolotl_calib_plugin.train.estep import EStepData
 
     keys = ("input_ids", "calib_sample_id", "calib_answer_idx", "calib_num_options")
     rows = []
@@ -163,9 +163,9 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    from axolotl_calib_plugin.em import EMState
-    from axolotl_calib_plugin.estep import run_estep
-    from axolotl_calib_plugin.online import OnlineRecord
+    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.estep import run_estep
+    from axolotl_calib_plugin.train.online import OnlineRecord
 
     t_setup = time.perf_counter()
     model = build_model(args, device)

@@ -102,8 +102,8 @@ def make_mcq_rows(n: int = 8, num_options: int | tuple[int, ...] = 4, seed: int 
 
 def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:
     """The option-letter token ids a config resolves to (settings from ``cfg``, chat template too)."""
-    from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.mcq import option_token_ids
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.mcq import option_token_ids
 
     return option_token_ids(tokenizer, CalibrationArgs.from_cfg(cfg), num_options, cfg=cfg)
 
@@ -230,7 +230,7 @@ def check_refresh_against_hand(log, probs, labels, n_bins):
 
 
 def expected_targets(probs, q_logged, ks, n_bins, split="proportional"):
-    from axolotl_calib_plugin.em import assign_bins, build_targets
+    from axolotl_calib_plugin.train.em import assign_bins, build_targets
 
     q = q_logged[assign_bins(probs.max(1).values, n_bins)]
     return build_targets(probs, q, split, num_options=ks).float()

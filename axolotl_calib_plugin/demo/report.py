@@ -228,7 +228,7 @@ MAIN_FIXES = ("ts", "ls", "cft_lam0", "cft", "rcft", "cft_online")
 def plot_seed(probs: dict, out_dir: str, domain: str = "in") -> list[str]:
     """Reliability diagrams of one seed (:mod:`axolotl_calib_plugin.plots`): one figure per main model and,
     per arm, one comparison panel of the start model and its fixes; ``domain`` is the eval set drawn."""
-    from ..plots import plot_comparison, plot_reliability
+    from ..eval.plots import plot_comparison, plot_reliability
 
     paths = []
     keys = [k for k in ordered_keys(probs) if k in ("oracle", "base") + tuple(ARM_LABEL) or

@@ -20,7 +20,7 @@ CPU_DDP_TRAIN = CPU_DEVICE_MAP_FIX + TRAIN_MAIN
 
 
 def _states(dump_dir):
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.em import EMState
 
     return {f: EMState.load(os.path.join(dump_dir, f)) for f in sorted(os.listdir(dump_dir))}
 
@@ -32,7 +32,7 @@ def _same(a, b):
 
 
 def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_path, tiny_cfg, mcq_rows):
-    from axolotl_calib_plugin.callbacks import DEBUG_DUMP_ENV
+    from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
 
     data = mcq_rows(9, num_options=(4, 3, 5, 2), seed=6)  # odd: the rank shards need padding
     held = mcq_rows(5, num_options=(4, 3, 5, 2), seed=16, name="held.jsonl")  # held-out bin accuracies, odd too

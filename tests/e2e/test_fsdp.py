@@ -43,8 +43,8 @@ VARIANTS = ("root", "head_unit", "lora")
 # ---------------------------------------------------------------------- shared by the test and the worker
 def _setup():
     """Tokenizer, tokenized MCQ rows (the real ``mcq`` strategy) and the resolved calibration settings."""
-    from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.mcq import MCQStrategy, option_token_ids
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.mcq import MCQStrategy, option_token_ids
     from axolotl_calib_plugin.testing import build_tokenizer
 
     tok = build_tokenizer()
@@ -83,7 +83,7 @@ def _free_port() -> str:
 
 
 def _em_state(out, settings):
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.em import EMState
 
     return EMState.from_estep(out["sample_ids"], out["probs"], out["labels"], out["num_options"],
                               n_bins=settings.calib_bins, split=settings.calib_nonmax_split)
@@ -144,8 +144,8 @@ def _batch(rows, idx, pad_id):
 def _step(model, batch, ids, targets, calib: bool, reference: bool = False):
     """SFT (+ lambda * ECE) as the trainer computes it (``_answer_option_logits``: the head capture, else
     hidden states); ``reference``: the option logits read off the full logits instead."""
-    from axolotl_calib_plugin.columns import answer_positions
-    from axolotl_calib_plugin.loss import captured_option_logits, ece_loss, option_logits
+    from axolotl_calib_plugin.train.columns import answer_positions
+    from axolotl_calib_plugin.train.loss import captured_option_logits, ece_loss, option_logits
 
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 output_hidden_states=calib and not reference)
@@ -229,8 +229,8 @@ def _fake_trainer(model, rows, tok, out_dir):
 def worker(out_dir: str) -> None:
     import torch.distributed as dist
 
-    from axolotl_calib_plugin.callbacks import EMRefreshCallback
-    from axolotl_calib_plugin.context import CalibrationContext
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.context import CalibrationContext
 
     # a collective one rank never joins fails after 60 s instead of hanging
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
@@ -274,8 +274,8 @@ def _same_state(a, b) -> bool:
 
 
 def test_fsdp2_two_processes_option_logits_gradients_estep_and_resume(tmp_path):
-    from axolotl_calib_plugin.em import EMState
-    from axolotl_calib_plugin.estep import EStepData, run_estep
+    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.estep import EStepData, run_estep
 
     # the 1-process reference E-step (this process: no process group)
     tok, settings, rows, ids = _setup()
@@ -354,8 +354,8 @@ def test_axolotl_cli_fsdp2_trains_checkpoints_and_resumes(tmp_path, tiny_cfg, mc
     restores calib_state.pt and ends with the same targets as the uninterrupted run."""
     import shutil
 
-    from axolotl_calib_plugin.callbacks import DEBUG_DUMP_ENV
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
+    from axolotl_calib_plugin.train.em import EMState
     from helpers import log_history, loss_logs, refresh_logs, run_train
 
     data = mcq_rows(N_SAMPLES, num_options=(4, 3, 5, 2), seed=6)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from axolotl_calib_plugin import em
-from axolotl_calib_plugin.em import temperature_targets
+from axolotl_calib_plugin.train import em
+from axolotl_calib_plugin.train.em import temperature_targets
 from helpers import expected_targets, hand_estep, log_history, prepared_train_dataset, run_train
 
 
@@ -72,7 +72,7 @@ def test_heldout_bins_in_a_real_run_equal_a_hand_forward(tmp_path, tiny_cfg, tin
 
 
 def test_temperature_targets_in_a_real_run_equal_softmax_of_hand_probs(tmp_path, tiny_cfg, tiny_model_dir, mcq_rows):
-    from axolotl_calib_plugin.temperature import fit_temperature
+    from axolotl_calib_plugin.eval.temperature import fit_temperature
 
     n, n_val = 16, 6
     cfg = tiny_cfg(datasets=[{"path": str(mcq_rows(n, seed=22)), "type": "axolotl_calib_plugin.mcq"}],

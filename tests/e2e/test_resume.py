@@ -13,7 +13,7 @@ from helpers import log_history, loss_logs, refresh_logs, run_train
 
 
 def test_resume_mid_epoch_restores_em_state_and_matches_uninterrupted_run(tmp_path, tiny_cfg, mcq_rows):
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.em import EMState
 
     data = mcq_rows(12, num_options=(4, 3, 2), seed=4)
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
@@ -109,7 +109,7 @@ def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg
     the checkpoint and the resumed run's q_m equal the uninterrupted run's."""
     import json
 
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.em import EMState
 
     data = mcq_rows(12, num_options=(4, 3, 2), seed=5)
     held = mcq_rows(6, num_options=(4, 3, 2), seed=15, name="held.jsonl")

@@ -23,7 +23,7 @@ from helpers import (LETTERS, check_refresh_against_hand, expected_targets, hand
 
 # ---------------------------------------------------------------------- tests
 def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(tmp_path, tiny_cfg, tiny_model_dir, mcq_rows):
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.em import EMState
 
     n_bins = 5
     cfg = tiny_cfg(
@@ -68,8 +68,8 @@ def test_rcft_run_with_sample_packing_and_lora_on_lm_head(tmp_path, tiny_cfg, ti
     LoRA also adapts lm_head, so the option logits must include the adapter's rows. With the online
     E-step and learning rate 0 the second refresh, built from the PACKED training forwards without a
     forward of its own, must reproduce the first (exact) one."""
-    from axolotl_calib_plugin.callbacks import DEBUG_DUMP_ENV
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
+    from axolotl_calib_plugin.train.em import EMState
 
     n_bins = 4
     cfg = tiny_cfg(
@@ -161,7 +161,7 @@ def _comparable(history):
 def test_same_seed_gives_identical_logs_and_targets_with_lora(tmp_path, tiny_cfg, mcq_rows):
     """torch seeds its generator randomly per process and Axolotl seeds only after the adapter exists: the
     plugin seeds before the model loads, so two LoRA runs with one seed are identical (logs and targets)."""
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.em import EMState
 
     data = mcq_rows(12, num_options=(4, 3, 2), seed=9)
     runs = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from axolotl_calib_plugin.args import CalibrationArgs, is_plugin_listed
+from axolotl_calib_plugin.train.args import CalibrationArgs, is_plugin_listed
 
 
 def _error(validate_cfg, cfg) -> str:

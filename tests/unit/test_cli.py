@@ -109,7 +109,7 @@ def test_cli_help_runs_as_a_console_script():
 
 
 def test_tasks_path_prints_the_task_folder(capsys):
-    from axolotl_calib_plugin.evaluation import find_task_dir
+    from axolotl_calib_plugin.eval.evaluation import find_task_dir
 
     assert main(["tasks-path"]) == 0
     path = capsys.readouterr().out.strip()
@@ -131,7 +131,7 @@ def test_temperature_recovers_a_known_temperature_with_mixed_option_counts(tmp_p
     import numpy as np
 
     from axolotl_calib_plugin import metrics
-    from axolotl_calib_plugin.report import read_samples, stack_items
+    from axolotl_calib_plugin.eval.report import read_samples, stack_items
 
     rng = np.random.default_rng(0)
     logits, labels = [], []
@@ -166,7 +166,7 @@ def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_calib_plugin.evaluation import evaluate_files, find_task_dir, load_lm
+    from axolotl_calib_plugin.eval.evaluation import evaluate_files, find_task_dir, load_lm
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

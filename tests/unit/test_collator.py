@@ -10,7 +10,7 @@ import pytest
 from helpers import letter_ids
 import torch
 
-from axolotl_calib_plugin.columns import CALIB_COLUMNS
+from axolotl_calib_plugin.train.columns import CALIB_COLUMNS
 
 
 def _features():
@@ -35,7 +35,7 @@ def test_axolotl_collator_alone_cannot_batch_the_columns(tiny_tokenizer):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_padding_matches_input_ids_width_and_keeps_markers(tiny_tokenizer, side, monkeypatch):
-    from axolotl_calib_plugin.collator import CalibDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.collator import CalibDataCollatorForSeq2Seq
 
     monkeypatch.setattr(tiny_tokenizer, "padding_side", side)
     feats = _features()
@@ -56,7 +56,7 @@ def test_padding_matches_input_ids_width_and_keeps_markers(tiny_tokenizer, side,
 
 
 def test_rows_without_calib_columns_pass_through(tiny_tokenizer):
-    from axolotl_calib_plugin.collator import CalibDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.collator import CalibDataCollatorForSeq2Seq
 
     feats = [{k: v for k, v in f.items() if k not in CALIB_COLUMNS} for f in _features()]
     batch = CalibDataCollatorForSeq2Seq(tiny_tokenizer, padding=True, return_tensors="pt")(feats)
@@ -64,7 +64,7 @@ def test_rows_without_calib_columns_pass_through(tiny_tokenizer):
 
 
 def test_out_of_sync_columns_are_an_error(tiny_tokenizer):
-    from axolotl_calib_plugin.collator import CalibDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.collator import CalibDataCollatorForSeq2Seq
 
     feats = _features()
     feats[1]["input_ids"] = feats[1]["input_ids"][:4]  # e.g. a truncation that only knows Axolotl's columns
@@ -75,7 +75,7 @@ def test_out_of_sync_columns_are_an_error(tiny_tokenizer):
 
 def test_packed_collator_concatenates_then_pads(tiny_tokenizer):
     """Two bins of a micro-batch (lists of rows), as the MultipackBatchSampler hands them over."""
-    from axolotl_calib_plugin.collator import CalibV2BatchSamplerDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.collator import CalibV2BatchSamplerDataCollatorForSeq2Seq
 
     feats = _features()
     for f in feats:
@@ -91,12 +91,12 @@ def test_packed_collator_concatenates_then_pads(tiny_tokenizer):
 
 # ------------------------------------------------------------------------------------------- plugin hook
 def test_plugin_collator_hook(tiny_cfg):
-    from axolotl_calib_plugin.collator import (
+    from axolotl_calib_plugin.train.collator import (
         CalibBatchSamplerDataCollatorForSeq2Seq,
         CalibDataCollatorForSeq2Seq,
         CalibV2BatchSamplerDataCollatorForSeq2Seq,
     )
-    from axolotl_calib_plugin.plugin import CalibrationPlugin
+    from axolotl_calib_plugin.train.plugin import CalibrationPlugin
 
     plugin = CalibrationPlugin()
     assert plugin.get_collator_cls_and_kwargs(tiny_cfg(plugins=["other.Plugin"])) is None  # bare None, not (None, None)
@@ -118,8 +118,8 @@ def test_real_multipack_dataloader_keeps_every_marker_on_its_sample(tiny_cfg, mc
     from axolotl.common.datasets import load_datasets
     from axolotl.train import setup_model_and_trainer
 
-    from axolotl_calib_plugin.collator import CalibV2BatchSamplerDataCollatorForSeq2Seq
-    from axolotl_calib_plugin.trainer import AxolotlCalibTrainer
+    from axolotl_calib_plugin.train.collator import CalibV2BatchSamplerDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.trainer import AxolotlCalibTrainer
 
     path = mcq_rows(n=24, num_options=(2, 3, 4, 5), answer_as="index")
     cfg = load_cfg(tiny_cfg(datasets=[{"path": str(path), "type": "axolotl_calib_plugin.mcq"}], sample_packing=True,

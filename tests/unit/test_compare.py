@@ -8,7 +8,7 @@ import json
 import pytest
 
 from axolotl_calib_plugin.cli import main
-from axolotl_calib_plugin.compare import build_table, render_markdown
+from axolotl_calib_plugin.eval.compare import build_table, render_markdown
 
 TASK = "calib_in_domain_pooled"
 OOD = "calib_arc_challenge"
@@ -17,7 +17,7 @@ OOD = "calib_arc_challenge"
 def _run(folder, tasks: dict, samples: bool = True, held_out: dict | None = None):
     """A run folder: calibration_report.json with the tasks' metrics (as the report writes them) and, if
     ``samples``, lm-eval samples files of the items. ``tasks``: {task: [(doc_id, probs, gold), ...]}."""
-    from axolotl_calib_plugin.compare import metrics_of_items
+    from axolotl_calib_plugin.eval.compare import metrics_of_items
 
     folder.mkdir()
     report = {}

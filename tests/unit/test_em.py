@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from axolotl_calib_plugin import metrics
-from axolotl_calib_plugin.em import (
+from axolotl_calib_plugin.train.em import (
     EMState,
     assign_bins,
     bin_statistics,
@@ -197,7 +197,7 @@ def test_em_state_keeps_extra_and_reads_version_1_files(tmp_path):
     ("list", "expected a dict, found list"),
 ])
 def test_corrupted_state_file_names_the_file_and_the_remedy(tmp_path, damage, message):
-    from axolotl_calib_plugin.em import CalibStateError
+    from axolotl_calib_plugin.train.em import CalibStateError
 
     st, path = _saved_state(tmp_path)
     raw = path.read_bytes()

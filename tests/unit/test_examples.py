@@ -147,7 +147,7 @@ def test_tiny_cpu_examples_load_and_tokenize_offline(path, tiny_workdir, monkeyp
     from axolotl.cli.config import load_cfg
     from axolotl.common.datasets import load_datasets
 
-    from axolotl_calib_plugin.columns import CALIB_COLUMNS
+    from axolotl_calib_plugin.train.columns import CALIB_COLUMNS
 
     monkeypatch.chdir(tiny_workdir)
     cfg = load_cfg(str(path))  # full load_cfg: plugins, schema, normalize_config on the local model

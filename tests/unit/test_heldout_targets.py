@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from axolotl_calib_plugin import em
-from axolotl_calib_plugin.em import BinStatistics, heldout_bin_accuracy, temperature_targets
+from axolotl_calib_plugin.train import em
+from axolotl_calib_plugin.train.em import BinStatistics, heldout_bin_accuracy, temperature_targets
 
 NAN = float("nan")
 
@@ -73,7 +73,7 @@ def test_temperature_targets_equal_softmax_of_scaled_log_probs_and_mask_padding(
 
 
 def test_em_step_temperature_targets_use_the_heldout_fit():
-    from axolotl_calib_plugin.temperature import fit_temperature
+    from axolotl_calib_plugin.eval.temperature import fit_temperature
 
     g = torch.Generator().manual_seed(0)
     h_logits = 4.0 * torch.randn(200, 4, generator=g, dtype=torch.float64)

@@ -7,7 +7,7 @@ import pytest
 
 
 def test_label_smoothing_is_validated_and_reaches_training_args(tiny_cfg, validate_cfg):
-    from axolotl_calib_plugin.plugin import CalibrationPlugin
+    from axolotl_calib_plugin.train.plugin import CalibrationPlugin
 
     with pytest.raises(Exception, match="calib_label_smoothing"):
         validate_cfg(tiny_cfg(calib_label_smoothing=1.0))

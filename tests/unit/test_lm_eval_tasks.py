@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from axolotl_calib_plugin import metrics
-from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, answer_to_index, format_mcq_prompt
+from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, format_mcq_prompt
+from axolotl_calib_plugin.rows import answer_to_index
 from axolotl_calib_plugin.testing import build_llama, build_tokenizer
 from helpers import load_task_utils
 

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import letter_ids
 
-from axolotl_calib_plugin.mcq import (
+from axolotl_calib_plugin.train.mcq import (
     CALIB_COLUMNS,
     MCQRowError,
     option_token_ids,
@@ -438,8 +438,8 @@ def test_no_rows_left_names_each_dataset_and_sequence_len(tiny_cfg, mcq_rows, ti
     from axolotl.cli.config import load_cfg
     from axolotl.common.datasets import load_datasets
 
-    from axolotl_calib_plugin.mcq import check_rows_left
-    from axolotl_calib_plugin.plugin import CalibrationPlugin
+    from axolotl_calib_plugin.train.mcq import check_rows_left
+    from axolotl_calib_plugin.train.plugin import CalibrationPlugin
 
     long_rows = [{"question": "long " * (100 + 10 * i), "choices": ["a", "b"], "answer": i % 2} for i in range(3)]
     path = mcq_rows(rows=long_rows, name="long.jsonl")

@@ -39,6 +39,7 @@ def _listed_packages() -> list[str]:
 def test_setup_cfg_lists_every_package_and_maps_the_task_folder():
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "axolotl_calib_plugin").rglob("__init__.py")}
     listed = set(_listed_packages())
+    assert {"axolotl_calib_plugin.train", "axolotl_calib_plugin.eval"} <= on_disk  # the two halves of the package
     assert on_disk <= listed, f"packages missing from setup.cfg [options] packages: {sorted(on_disk - listed)}"
     mapping = _setup_cfg()["options"]["package_dir"].strip()
     assert mapping == "axolotl_calib_plugin.lm_eval_tasks = lm_eval_tasks"
@@ -137,7 +138,7 @@ def test_editable_install_uses_the_checkout_task_folder(tmp_path):
     src = _source_copy(tmp_path / "src")
     python = _fresh_venv(tmp_path / "venv")
     _pip(python, "-e", str(src), cwd=tmp_path)
-    out = subprocess.run([str(python), "-c", "from axolotl_calib_plugin.evaluation import find_task_dir, task_index; "
+    out = subprocess.run([str(python), "-c", "from axolotl_calib_plugin.eval.evaluation import find_task_dir, task_index; "
                           "print(find_task_dir()); print(len(task_index()))"],
                          cwd=tmp_path, env=_clean_env(tmp_path), capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == str(src / "lm_eval_tasks") and int(out[1]) >= 12

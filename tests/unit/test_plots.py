@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from axolotl_calib_plugin import metrics, plots
+from axolotl_calib_plugin import metrics
+
+from axolotl_calib_plugin.eval import plots
 
 
 def _mixed_k(n=300, seed=0):

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.special import softmax
 
 from axolotl_calib_plugin import metrics
-from axolotl_calib_plugin.regime import accuracy_gap_z, cross_fitted_ts_ece, diagnose, ece_noise
+from axolotl_calib_plugin.eval.regime import accuracy_gap_z, cross_fitted_ts_ece, diagnose, ece_noise
 
 
 def _world(n=4000, seed=0):

@@ -48,7 +48,7 @@ def train_side(tokenizer, path, **cfg):
     from axolotl.utils.data.shared import load_dataset_with_config
     from axolotl.utils.dict import DictDefault
 
-    from axolotl_calib_plugin import mcq
+    from axolotl_calib_plugin.train import mcq
 
     PluginManager.get_instance().register(PLUGIN)
     full = DictDefault({"plugins": [PLUGIN], "sequence_len": 512, **cfg})
@@ -68,7 +68,7 @@ def train_side(tokenizer, path, **cfg):
 
 def eval_side(tokenizer, path, letters="ABCDEFGHIJ", prompt_format="plain", template=None, **meta):
     """The lm-eval task's docs: [(prompt ids as the model sees them, gold)] or the CalibDataError message."""
-    from axolotl_calib_plugin.mcq import encode_mcq
+    from axolotl_calib_plugin.train.mcq import encode_mcq
 
     try:
         docs = U.load_suite("calib_jsonl", data_files=[str(path)], option_letters=list(letters), **meta)["test"]
@@ -103,7 +103,7 @@ def test_custom_letters_train_and_eval_agree(tmp_path, tiny_tokenizer):
 def test_report_passes_training_row_settings(validate_cfg, tiny_cfg, tmp_path, mcq_rows):
     """S1: the post-training report's tasks get the training letters, answer format and fields, and the config
     check reads the report's files with them (a row only those letters make valid passes validation)."""
-    from axolotl_calib_plugin.report import row_metadata
+    from axolotl_calib_plugin.eval.report import row_metadata
 
     ev = mcq_rows(rows=[{"question": "Q?", "choices": ["a", "b"], "answer": "C"}], name="ev.jsonl")
     cfg = validate_cfg(tiny_cfg(calib_option_letters=list("BCDEF"), calib_answer_format="letter",
@@ -117,9 +117,9 @@ def test_report_passes_training_row_settings(validate_cfg, tiny_cfg, tmp_path, m
 
 def test_cli_eval_uses_or_refuses_against_the_training_settings(tmp_path):
     """S1: ``axolotl-calib eval`` reads the model's calib_settings.json; contradicting flags are refused."""
-    from axolotl_calib_plugin.args import CalibrationArgs
+    from axolotl_calib_plugin.train.args import CalibrationArgs
     from axolotl_calib_plugin.cli import _trained_row_settings
-    from axolotl_calib_plugin.report import SETTINGS_FILE, training_settings
+    from axolotl_calib_plugin.eval.report import SETTINGS_FILE, training_settings
 
     settings = CalibrationArgs.from_cfg({"calib_option_letters": "BCDEF", "calib_prompt_format": "chat_template",
                                          "calib_system_prompt": "Be brief."})
@@ -181,7 +181,7 @@ def test_property_train_and_eval_agree(tmp_path_factory, tiny_tokenizer):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from axolotl_calib_plugin.mcq import resolve_chat_template
+    from axolotl_calib_plugin.train.mcq import resolve_chat_template
 
     template = resolve_chat_template(tiny_tokenizer, {"chat_template": "chatml"})
     text = st.text(alphabet=st.sampled_from(list("abc 123.,'\"\u2028")), min_size=1, max_size=6)
@@ -254,8 +254,8 @@ def _estep_dataset(golds, ks):
 
 
 def _state(settings, golds, ks, n_bins=5):
-    from axolotl_calib_plugin.em import EMState
-    from axolotl_calib_plugin.resume_check import record
+    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.resume_check import record
 
     n = len(golds)
     ids, g, k = torch.arange(100, 100 + n), torch.tensor(golds), torch.tensor(ks)
@@ -266,14 +266,14 @@ def _state(settings, golds, ks, n_bins=5):
 
 
 def _callback(settings, ds):
-    from axolotl_calib_plugin.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
     return EMRefreshCallback(types.SimpleNamespace(settings=settings), types.SimpleNamespace(train_dataset=ds))
 
 
 def test_resume_refuses_changed_golds(tmp_path):
     """S5: 2 of 6 golds changed (same prompts): the restored bin accuracies came from the old golds -> refused."""
-    from axolotl_calib_plugin.args import CalibrationArgs
+    from axolotl_calib_plugin.train.args import CalibrationArgs
 
     s = CalibrationArgs.from_cfg({"calib_bins": 5})
     golds, ks = [0, 1, 2, 3, 0, 1], [4] * 6
@@ -288,8 +288,8 @@ def test_resume_refuses_changed_golds(tmp_path):
 
 def test_resume_refuses_changed_bins_before_the_model_loads(tmp_path, tiny_cfg):
     """S6: calib_bins 5 -> 10 (and other target settings) on resume: refused early, naming old and new values."""
-    from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.callbacks import check_resume_state_early
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.callbacks import check_resume_state_early
 
     ckpt = tmp_path / "out" / "checkpoint-3"
     ckpt.mkdir(parents=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from axolotl_calib_plugin import metrics
-from axolotl_calib_plugin.temperature import apply_temperature, fit_temperature, nll, probs_to_logits
+from axolotl_calib_plugin.eval.temperature import apply_temperature, fit_temperature, nll, probs_to_logits
 
 
 def _sample(logits, rng):
@@ -88,7 +88,7 @@ ARC = "samples_calib_arc_challenge_2026-01-01T00-00-00.000001.jsonl"
 
 
 def test_in_domain_tasks_are_the_in_domain_suites_and_the_users_file():
-    from axolotl_calib_plugin.temperature import in_domain_tasks
+    from axolotl_calib_plugin.eval.temperature import in_domain_tasks
 
     assert in_domain_tasks() == ["calib_in_domain_pooled", "calib_jsonl", "calib_medmcqa", "calib_mmlu", "calib_openbookqa"]
 
@@ -96,7 +96,7 @@ def test_in_domain_tasks_are_the_in_domain_suites_and_the_users_file():
 def test_scale_samples_never_fits_on_an_out_of_domain_task_by_default():
     """An over-confident in-domain task (T* = 3) next to an under-confident out-of-domain one (T* = 0.5): by
     default T is exactly the in-domain fit, and the out-of-domain column is scored on questions T never saw."""
-    from axolotl_calib_plugin.temperature import pad_ragged_logits, scale_samples
+    from axolotl_calib_plugin.eval.temperature import pad_ragged_logits, scale_samples
 
     mmlu, arc = _items(2000, 4, 3.0, seed=1), _items(2000, 4, 0.5, seed=2)
     res = scale_samples({MMLU: mmlu, ARC: arc}, {MMLU: mmlu, ARC: arc})
@@ -116,7 +116,7 @@ def test_scale_samples_never_fits_on_an_out_of_domain_task_by_default():
 
 def test_scored_questions_exclude_every_fitted_question_wherever_the_file_lies():
     """A copy of the fitted samples under another folder is the same questions: scored on the rest only."""
-    from axolotl_calib_plugin.temperature import scale_samples
+    from axolotl_calib_plugin.eval.temperature import scale_samples
 
     mmlu = _items(100, 4, 2.0, seed=3)
     res = scale_samples({f"a/{MMLU}": mmlu}, {f"b/{MMLU}": [dict(it) for it in mmlu]}, fit_fraction=0.3, seed=7)

@@ -21,8 +21,8 @@ def _cfg(**kw):
 
 
 def _tokenize(tok, cfg, rows):
-    from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.mcq import MCQStrategy
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.mcq import MCQStrategy
 
     settings = CalibrationArgs.from_cfg(cfg)
     strat = MCQStrategy(tok, settings, train_on_inputs=settings.train_on_inputs)
@@ -34,8 +34,8 @@ def _trainer(tmp_path, tiny_model_dir, cfg, rows, *, mb=2, ga=1, seed=0):
     from axolotl.core.training_args import AxolotlTrainingArguments
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_calib_plugin.collator import CalibDataCollatorForSeq2Seq
-    from axolotl_calib_plugin.trainer import AxolotlCalibTrainer
+    from axolotl_calib_plugin.train.collator import CalibDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.trainer import AxolotlCalibTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(seed)
@@ -45,7 +45,7 @@ def _trainer(tmp_path, tiny_model_dir, cfg, rows, *, mb=2, ga=1, seed=0):
                                     per_device_eval_batch_size=mb, gradient_accumulation_steps=ga, report_to=[],
                                     use_cpu=True, learning_rate=1e-3, disable_tqdm=True, seed=seed,
                                     dataloader_drop_last=False)
-    from axolotl_calib_plugin.context import CalibrationContext
+    from axolotl_calib_plugin.train.context import CalibrationContext
 
     coll = CalibDataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt")
     tr = AxolotlCalibTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, data_collator=coll,
@@ -72,7 +72,7 @@ def _direct_probs(model, ds, letters):
 
 
 def _refresh(tr, cfg):
-    from axolotl_calib_plugin.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
     cb = EMRefreshCallback(tr.calib, tr)
     tr.model.train()
@@ -88,7 +88,7 @@ def rows():
 
 def test_estep_matches_direct_per_sample_computation(tmp_path, tiny_model_dir, rows):
     from axolotl_calib_plugin import metrics
-    from axolotl_calib_plugin.em import build_targets
+    from axolotl_calib_plugin.train.em import build_targets
 
     cfg = _cfg()
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
@@ -216,7 +216,7 @@ def test_eval_logs_held_out_calibration_of_the_whole_set_and_no_nan(tmp_path, ti
 def test_estep_data_handles_packed_rows_and_sharding():
     import datasets
 
-    from axolotl_calib_plugin.estep import EStepData, shard_entries
+    from axolotl_calib_plugin.train.estep import EStepData, shard_entries
 
     ds = datasets.Dataset.from_dict({
         "input_ids": [[1, 2, 3, 4, 5, 6], [7, 8, 9]],
@@ -236,7 +236,7 @@ def test_estep_data_handles_packed_rows_and_sharding():
 
 
 def test_refresh_every_n_steps_in_a_real_training_loop(tmp_path, tiny_model_dir):
-    from axolotl_calib_plugin.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
     cfg = _cfg(calib_refresh=2)
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, make_mcq_rows(6, num_options=(4, 3), seed=8))
@@ -278,7 +278,7 @@ def test_training_loss_rejects_nan_option_logits(tmp_path, tiny_model_dir, rows)
 def test_online_estep_equals_exact_when_the_model_does_not_move(tmp_path, tiny_model_dir, refresh):
     """lr = 0 and no dropout: the probabilities the training forwards record are the exact E-step's, so
     every online refresh reproduces the first (exact) refresh's bins and targets, without a forward."""
-    from axolotl_calib_plugin.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
     cfg = _cfg(calib_estep="online", calib_refresh=refresh)
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, make_mcq_rows(9, num_options=(4, 3, 5), seed=12))
@@ -314,7 +314,7 @@ def test_online_estep_equals_exact_when_the_model_does_not_move(tmp_path, tiny_m
 
 
 def test_online_estep_keeps_targets_of_samples_not_seen_since_the_last_refresh(tmp_path, tiny_model_dir, rows):
-    from axolotl_calib_plugin.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
     cfg = _cfg(calib_estep="online")
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)

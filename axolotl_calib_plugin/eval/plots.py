@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import metrics
+from .. import metrics
 
 __all__ = ["BinView", "bin_view", "plot_comparison", "plot_reliability", "save_figure"]
 

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .metrics import ArrayLike
+from ..metrics import ArrayLike
 
 __all__ = ["fit_temperature", "apply_temperature", "in_domain_tasks", "probs_to_logits", "nll", "pad_ragged_logits",
            "scale_samples", "softmax_rows"]
@@ -159,7 +159,7 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
     """Temperature scaling of lm-eval samples (the paper's Table 2 baseline, Sec. 6 of the paper).
 
     ``fit`` / ``apply``: ``{samples file: items}`` (files named ``samples_<task>_<time>.jsonl``) with items
-    ``{"doc_id", "probs", "gold", "logliks"}`` as :func:`axolotl_calib_plugin.report.read_samples` returns
+    ``{"doc_id", "probs", "gold", "logliks"}`` as :func:`axolotl_calib_plugin.eval.report.read_samples` returns
     them. One T is fitted by NLL on the ``logliks`` of the ``fit`` items of ``fit_tasks`` (default:
     :func:`in_domain_tasks`; files of other tasks are left out and listed in ``fit["excluded"]``). With
     ``fit_fraction < 1`` only a seeded random fraction of each fit file is used. An ``apply`` file is scored

@@ -22,7 +22,8 @@ TASK_ENV = (("calib_jsonl", "CALIB_JSONL"), ("calib_jsonl_ood", "CALIB_JSONL_OOD
 TASKS_ENV = "AXOLOTL_CALIB_TASKS"
 #: the task folder installed with the package (setuptools maps the subpackage onto the top-level
 #: ``lm_eval_tasks/`` of the source tree, so a wheel carries it and the checkout keeps one copy).
-PACKAGED_TASK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm_eval_tasks")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # axolotl_calib_plugin/
+PACKAGED_TASK_DIR = os.path.join(_PACKAGE, "lm_eval_tasks")
 #: tasks reading local MCQ files, and the lm-eval metadata key that names the files.
 JSONL_TASK_METADATA = {"calib_jsonl": "data_files", "calib_jsonl_ood": "ood_data_files"}
 
@@ -43,7 +44,7 @@ def find_task_dir() -> str:
         if not os.path.isdir(env):
             raise FileNotFoundError(f"${TASKS_ENV}={env} is not a directory; unset it to use the installed tasks")
         return os.path.abspath(env)
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lm_eval_tasks")
+    checkout = os.path.join(os.path.dirname(_PACKAGE), "lm_eval_tasks")
     for cand in (PACKAGED_TASK_DIR, checkout):
         if os.path.isfile(os.path.join(cand, "calib", "_calib_template_yaml")):
             return cand
@@ -220,7 +221,7 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
     written there by lm-eval's own ``EvaluationTracker``, in the layout of ``lm_eval --output_path
     --log_samples`` (``<output_dir>/<model name>/results_<time>.json`` + ``samples_<task>_<time>.jsonl``;
     ``model_name`` names that folder, lm-eval's default is the model path). ``task_metadata``: the row
-    settings the model was trained with (:func:`axolotl_calib_plugin.report.row_metadata`: option letters,
+    settings the model was trained with (:func:`axolotl_calib_plugin.eval.report.row_metadata`: option letters,
     answer format, field names), passed to the tasks so they build the training prompts and golds.
     """
     import lm_eval

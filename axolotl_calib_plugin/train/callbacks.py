@@ -3,10 +3,10 @@
 Schedule: at the start of every epoch (``calib_refresh: epoch``, the paper's Algorithm 1, Sec. 4) or
 every N optimizer steps (``calib_refresh: N``; also once before the first step). Never just once.
 
-A refresh runs the E-step (:func:`~axolotl_calib_plugin.estep.run_estep`: every training sample's
+A refresh runs the E-step (:func:`~axolotl_calib_plugin.train.estep.run_estep`: every training sample's
 option probabilities under the current model, identical on every rank), then the M-step
-(:meth:`~axolotl_calib_plugin.em.EMState.from_estep`: bins, per-bin accuracy, targets), and stores the
-result in the run's :class:`~axolotl_calib_plugin.context.CalibrationContext`, where the trainer's loss
+(:meth:`~axolotl_calib_plugin.train.em.EMState.from_estep`: bins, per-bin accuracy, targets), and stores the
+result in the run's :class:`~axolotl_calib_plugin.train.context.CalibrationContext`, where the trainer's loss
 reads it.
 
 Checkpoints: ``on_save`` writes ``calib_state.pt`` into ``checkpoint-N/`` (main process) and
@@ -266,7 +266,7 @@ class EMRefreshCallback(TrainerCallback):
         """The row settings ``axolotl-calib eval`` reads to score this model with its training letters / format."""
         import json
 
-        from .report import SETTINGS_FILE, training_settings
+        from ..eval.report import SETTINGS_FILE, training_settings
 
         with open(os.path.join(folder, SETTINGS_FILE), "w", encoding="utf-8") as fh:
             json.dump(training_settings(self.settings), fh, indent=1)

@@ -7,9 +7,9 @@ total = L_SFT + calib_lambda * L_ECE, from ONE forward pass:
   for CFT, prompt + answer for RCFT.
 * L_ECE compares, at every answer position (``calib_sample_id >= 0``; several per row when
   packed), the model's softmax over the K option letters with the fixed target of that sample
-  from the current :class:`~axolotl_calib_plugin.em.EMState` (set by the EM-refresh callback).
+  from the current :class:`~axolotl_calib_plugin.train.em.EMState` (set by the EM-refresh callback).
   The option logits come from ``hidden_states[-1]`` times the K letter rows of the output head
-  (:func:`~axolotl_calib_plugin.loss.option_logits`), so no extra forward and no full-vocabulary
+  (:func:`~axolotl_calib_plugin.train.loss.option_logits`), so no extra forward and no full-vocabulary
   logits are needed.
 
 Subclassing :class:`AxolotlTrainer` (not ``transformers.Trainer``) keeps Axolotl's packing,
@@ -39,9 +39,9 @@ LOG = get_logger(__name__)
 class AxolotlCalibTrainer(AxolotlTrainer):
     """Axolotl trainer with the calibration (ECE) term and its logging.
 
-    ``calib`` is the run's :class:`~axolotl_calib_plugin.context.CalibrationContext` (resolved settings,
+    ``calib`` is the run's :class:`~axolotl_calib_plugin.train.context.CalibrationContext` (resolved settings,
     letter ids, the current EM state), attached by the plugin's ``add_callbacks_post_trainer`` hook
-    (:meth:`attach_calibration`) and shared with :class:`~axolotl_calib_plugin.callbacks.EMRefreshCallback`.
+    (:meth:`attach_calibration`) and shared with :class:`~axolotl_calib_plugin.train.callbacks.EMRefreshCallback`.
     """
 
     tag_names = ["axolotl", "calibration"]
@@ -102,7 +102,7 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         """(P, L) logits of the L configured letters at the answer positions.
 
         First choice: the L head rows taken INSIDE the head's own forward of this step
-        (:func:`~axolotl_calib_plugin.loss.captured_option_logits`): exact when FSDP / ZeRO-3 reshard the
+        (:func:`~axolotl_calib_plugin.train.loss.captured_option_logits`): exact when FSDP / ZeRO-3 reshard the
         head after its forward, and for LoRA heads, with no extra all-gather. Else ``hidden_states[-1]``
         x the head rows (a fused loss never calls the head; the first step, before the hooks exist).
         Each source is checked once against the full logits when they exist.
@@ -252,7 +252,7 @@ class AxolotlCalibTrainer(AxolotlTrainer):
     def _calib_eval_plot(self, probs, labels, num_options, prefix: str) -> None:
         """Reliability diagram of this evaluation: a PNG in output_dir and an image in TensorBoard / W&B."""
         from .heldout import log_figure
-        from .plots import plot_reliability
+        from ..eval.plots import plot_reliability
 
         step = self.state.global_step
         path = os.path.join(self.args.output_dir, "calibration_eval", f"reliability_{prefix}_step{step}.png")

@@ -241,7 +241,7 @@ def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, me
                        model_name: str = "model", **run_kw) -> tuple[dict, dict]:
     """Run our tasks on a loaded lm-eval model and write the full report into ``out_dir``.
 
-    ``run_kw`` goes to :func:`axolotl_calib_plugin.evaluation.run_tasks` (data, limit, chat template).
+    ``run_kw`` goes to :func:`axolotl_calib_plugin.eval.evaluation.run_tasks` (data, limit, chat template).
     Returns ``(per-task summary, written paths)``.
     """
     from .evaluation import run_tasks
@@ -441,8 +441,7 @@ SETTINGS_FILE = "calib_settings.json"
 
 def row_metadata(cfg: Mapping) -> dict:
     """The lm-eval metadata that makes the tasks build rows as training did (letters, answer format, fields)."""
-    from .args import check_option_letters
-    from .prompts import DEFAULT_LETTERS
+    from ..prompts import DEFAULT_LETTERS, check_option_letters
 
     out = {meta: cfg.get(key) if cfg.get(key) is not None else default for key, (meta, default) in ROW_METADATA.items()}
     out["option_letters"] = check_option_letters(out["option_letters"] or list(DEFAULT_LETTERS))

@@ -30,7 +30,7 @@ from typing import Literal, Optional
 
 import torch
 
-from . import metrics
+from .. import metrics
 
 __all__ = [
     "BIN_ACCURACY_SOURCES",
@@ -236,7 +236,7 @@ def temperature_targets(probs: torch.Tensor, temperature: float, num_options: Op
 def fit_heldout_temperature(probs: torch.Tensor, labels: torch.Tensor, num_options: Optional[torch.Tensor] = None
                             ) -> float:
     """T minimising the NLL of the held-out ``labels`` under softmax(log pi / T) (the temperature-scaling fit)."""
-    from .temperature import fit_temperature
+    from ..eval.temperature import fit_temperature
 
     return fit_temperature(option_log_probs(probs, num_options), torch.as_tensor(labels).to(torch.int64))
 

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import metrics
+from .. import metrics
 from .distributed import all_gather_rows, dist_info
 
 __all__ = ["held_out_metrics"]

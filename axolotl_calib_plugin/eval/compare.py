@@ -3,7 +3,7 @@ in-domain and out-of-domain) from several evaluated models.
 
 A run is a folder written by ``axolotl-calib eval``, the post-training report (``calib_eval_tasks``:
 the training ``output_dir``), ``axolotl-calib temperature --out``, or plain ``lm_eval --output_path``
-(``results_*.json``); :func:`axolotl_calib_plugin.report.load_results` reads all of them. The paper's
+(``results_*.json``); :func:`axolotl_calib_plugin.eval.report.load_results` reads all of them. The paper's
 columns are the pooled in-domain suite and ARC-Challenge (Sec. 6.1 of the paper): the defaults.
 
 Runs are compared on the questions they share: where runs have lm-eval samples of a column's task, every
@@ -44,7 +44,7 @@ _METRIC_KEYS = {"conf_ece": "conf_ece", "cw_ece": "cw_ece", "acc": "accuracy"}
 
 def metrics_of_items(items: Sequence[Mapping]) -> dict:
     """conf-ECE / cw-ECE / accuracy of per-question items (mixed option counts), as the calib tasks aggregate them."""
-    from .metrics import calibration_metrics
+    from ..metrics import calibration_metrics
 
     probs, labels, ks = stack_items(items)
     return calibration_metrics(probs, labels, num_options=ks)
@@ -68,7 +68,7 @@ def _stack_on(items: Sequence[Mapping], keys: Sequence[tuple]):
 
 
 def _metrics_of_arrays(probs, labels, ks) -> dict:
-    from .metrics import calibration_metrics
+    from ..metrics import calibration_metrics
 
     m = calibration_metrics(probs, labels, num_options=ks)
     return {name: m[key] for name, key in _METRIC_KEYS.items()}

@@ -43,7 +43,7 @@ from typing import Optional
 import numpy as np
 from scipy.stats import norm
 
-from . import metrics
+from .. import metrics
 from .temperature import apply_temperature, fit_temperature, probs_to_logits
 
 N_BINS = metrics.DEFAULT_N_BINS

@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .prompts import DEFAULT_LETTERS
+from ..prompts import DEFAULT_LETTERS, check_option_letters
 
 #: the dotted name users put under ``plugins:`` (``axolotl_calib_plugin.plugin.CalibrationPlugin`` also works).
 PLUGIN_NAME = "axolotl_calib_plugin.CalibrationPlugin"
@@ -310,26 +310,6 @@ class CalibrationArgs(BaseModel):
         return SCOPE_TO_TRAIN_ON_INPUTS[self.calib_sft_scope or MODE_PRESETS[self.calib_mode][0]]
 
 
-def check_option_letters(value: Any, key: str = "calib_option_letters") -> list[str]:
-    """Option letters as a list (a string such as ``'ABCD'`` is split into characters, ``'A,B'`` at commas);
-    ``ValueError`` naming ``key`` unless they are >= 2 distinct non-blank strings without surrounding spaces.
-    The one rule for the training key and the lm-eval metadata ``option_letters``."""
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",")] if "," in value else list(value)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{key} must be a list of strings, got {value!r}")
-    value = list(value)
-    if len(value) < 2:
-        raise ValueError(f"{key} needs at least 2 letters, got {value!r}")
-    bad = [v for v in value if not v.strip() or v != v.strip()]
-    if bad:
-        raise ValueError(f"{key} must be non-empty and carry no surrounding whitespace, got {bad!r}")
-    dup = sorted({v for v in value if value.count(v) > 1})
-    if dup:
-        raise ValueError(f"{key} has duplicates {dup}")
-    return value
-
-
 # ---------------------------------------------------------------------- config diagnostics
 def check_plugin_registered(cfg: Mapping) -> None:
     """Fail when a config uses our dataset type without the plugin registered.
@@ -441,7 +421,7 @@ def _expand_presets(data: dict) -> None:
 
 def _check_eval_report(data: dict) -> None:
     """calib_eval_* keys and lm_eval_tasks naming our tasks: checked now, not after hours of training."""
-    from .report import check_eval_config
+    from ..eval.report import check_eval_config
 
     check_eval_config(data)
 
@@ -451,7 +431,7 @@ def _check_local_data_files(data: dict) -> None:
     bare ``StopIteration`` (or "corresponds to no data") that names no file."""
     import os
 
-    from .rows import check_data_file, read_jsonl_records
+    from ..rows import check_data_file, read_jsonl_records
 
     for key in ("datasets", "test_datasets"):
         for ds in data.get(key) or []:

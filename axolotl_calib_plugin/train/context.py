@@ -7,7 +7,7 @@ largest K: 4-option data never checks ``E``..``J``). The trainer reads ``setting
 ``em_state`` in its loss; the callback writes ``em_state`` after every E-step / M-step refresh. Nothing
 else passes between them.
 
-Data flow of a key: ``calib_lambda`` in the YAML -> :class:`~axolotl_calib_plugin.args.CalibrationArgs`
+Data flow of a key: ``calib_lambda`` in the YAML -> :class:`~axolotl_calib_plugin.train.args.CalibrationArgs`
 (validated with Axolotl's config) -> ``CalibrationContext.settings`` -> ``AxolotlCalibTrainer.compute_loss``.
 """
 

@@ -6,7 +6,7 @@ columns therefore break it (checked on 0.19.0): rows of different lengths raise 
 tensor ... (`calib_sample_id` in this case)", and a single row comes back shorter than the padded
 ``input_ids``. So the columns are taken out before Axolotl pads and put back afterwards, padded
 to the final ``input_ids`` width on the tokenizer's padding side with the values of
-:data:`axolotl_calib_plugin.columns.CALIB_COLUMNS` (``-1`` ids/answers, ``0`` options).
+:data:`axolotl_calib_plugin.train.columns.CALIB_COLUMNS` (``-1`` ids/answers, ``0`` options).
 
 The packing collators (``V2BatchSamplerDataCollatorForSeq2Seq`` and the older
 ``BatchSamplerDataCollatorForSeq2Seq``) concatenate every column of the samples of a bin before
