@@ -29,17 +29,15 @@ def _offline_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def _tasks(value: str) -> list[str]:
-    return [t.strip() for t in value.split(",") if t.strip()]
-
-
 def _limit(value: str):
+    """argparse type of ``--limit``: the number in ``value`` (``2.0`` is 2) under the report key's rule."""
+    from .eval.evaluation import check_limit
+
     v = float(value)
-    if v >= 1 and v.is_integer():
-        return int(v)
-    if 0 < v < 1:
-        return v
-    raise argparse.ArgumentTypeError(f"--limit must be an integer >= 1 or a fraction in (0, 1), got {value}")
+    try:
+        return check_limit(int(v) if v.is_integer() else v, "--limit")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -109,7 +107,7 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:
             _samples_of(cp, f"--{flag}", path)
-    from .eval.report import load_results
+    from .eval.samples import load_results
 
     runs = []
     for spec in getattr(a, "run", None) or []:
@@ -131,7 +129,7 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
 
 def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, str]:
     """``{task: samples file}`` of a samples file or folder; a usage error when there is none."""
-    from .eval.report import find_samples
+    from .eval.samples import find_samples
 
     if not os.path.exists(path):
         cp.error(f"{flag} {path}: no such file or folder")
@@ -317,7 +315,7 @@ def _trained_row_settings(a) -> dict:
 def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[str, list]:
     """Files or folders -> {samples file: items} (a folder contributes the newest file of each task; with
     ``tasks``, a folder's files of other tasks are left out and a named file of another task is an error)."""
-    from .eval.report import read_samples, samples_task
+    from .eval.samples import read_samples, samples_task
 
     files = []
     for p in paths:
@@ -335,7 +333,8 @@ def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[s
 def cmd_temperature(a) -> int:
     from .eval.compare import metrics_of_items
     from .eval.plots import plot_comparison
-    from .eval.report import samples_task, stack_items, write_report
+    from .eval.report import write_report
+    from .eval.samples import samples_task, stack_items
     from .eval.temperature import in_domain_tasks, scale_samples
 
     fit_tasks = a.fit_tasks or in_domain_tasks()
@@ -450,7 +449,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _task_list(value: str) -> list[str]:
-    tasks = _tasks(value)
+    from .eval.evaluation import as_list
+
+    tasks = as_list(value)
     if not tasks:
         raise argparse.ArgumentTypeError(f"needs comma-separated task names, got {value!r}")
     return tasks
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the multi-seed study instead: a count N (seeds 0..N-1) or a comma list; every cell as "
                         "mean ± 95%% CI, paired differences, the λ curve (default: single seed)")
     d.add_argument("--world", choices=("topic", "sampled"), default="topic",
-                   help="topic: hard labels, question text with learnable structure; sampled: the earlier world "
+                   help="topic: hard labels, question text with learnable structure; sampled: a world "
                         "whose answers are sampled afresh from p* per row")
     d.add_argument("--study", choices=("main", "heldout"), default="main",
                    help="with --seeds: main (the paper's Table 2 claims; study.json) or heldout (the held-out M-step "

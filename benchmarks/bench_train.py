@@ -358,7 +358,8 @@ def head_child(args) -> None:
 
     import torch.nn.functional as F
 
-    from axolotl_calib_plugin.train.loss import ece_loss, option_logits
+    from axolotl_calib_plugin.train.head import option_logits
+    from axolotl_calib_plugin.train.loss import ece_loss
 
     trainable, with_ece = args.child == "head-train-ece" or args.child == "head-train", args.child.endswith("-ece")
     V, H, P, N = args.head_vocab, args.head_hidden, args.batch, args.head_rows

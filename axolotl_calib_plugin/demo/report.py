@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
-
+from ..eval.report import fmt_value as _fmt
 
 ARM_LABEL = {"aligned": "aligned (DPO)", "overfit": "over-fine-tuned (long SFT)"}
 FIX_LABEL = {"ts": "temp. scaling", "ls": "label smoothing"}
@@ -70,12 +69,6 @@ COLUMNS = (
     ("cw_ece", "in", "cw-ECE in"), ("cw_ece", "out", "cw-ECE out"),
     ("acc", "in", "acc in"), ("acc", "out", "acc out"),
 )
-
-
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.4f}"
 
 
 def table_rows(results: dict) -> list[list[str]]:

@@ -3,7 +3,7 @@ in-domain and out-of-domain) from several evaluated models.
 
 A run is a folder written by ``axolotl-calib eval``, the post-training report (``calib_eval_tasks``:
 the training ``output_dir``), ``axolotl-calib temperature --out``, or plain ``lm_eval --output_path``
-(``results_*.json``); :func:`axolotl_calib_plugin.eval.report.load_results` reads all of them. The paper's
+(``results_*.json``); :func:`axolotl_calib_plugin.eval.samples.load_results` reads all of them. The paper's
 columns are the pooled in-domain suite and ARC-Challenge (Sec. 6.1 of the paper): the defaults.
 
 Runs are compared on the questions they share: where runs have lm-eval samples of a column's task, every
@@ -17,13 +17,13 @@ results but no samples keeps its own numbers and is named in a note. A cell fitt
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from .report import find_samples, load_results, read_samples, stack_items
+from .report import fmt_value
+from .samples import find_samples, load_results, read_samples, stack_items
 
 __all__ = ["COLUMNS", "build_table", "metrics_of_items", "paired_differences", "plot_runs", "render_markdown",
            "shared_questions", "write_json"]
@@ -156,10 +156,6 @@ def build_table(runs: Sequence[tuple[str, str]], in_task: str = DEFAULT_IN, out_
             "shared": shared_info, "notes": notes}
 
 
-def _fmt(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
 def _fmt_diff(d: Mapping | None) -> str:
     if not d:
         return "-"
@@ -175,7 +171,7 @@ def render_markdown(table: dict) -> str:
         for metric, dom, _ in COLUMNS:
             cell = r[dom] or {}
             mark = "*" if cell.get("held_out") is False and cell.get(metric) is not None else ""
-            cells.append(_fmt(cell.get(metric)) + mark)
+            cells.append(fmt_value(cell.get(metric)) + mark)
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     n_in = sorted({(r["in"] or {}).get("n") for r in table["rows"] if r["in"]} - {None})
     n_out = sorted({(r["out"] or {}).get("n") for r in table["rows"] if r["out"]} - {None})

@@ -27,9 +27,28 @@ PACKAGED_TASK_DIR = os.path.join(_PACKAGE, "lm_eval_tasks")
 #: tasks reading local MCQ files, and the lm-eval metadata key that names the files.
 JSONL_TASK_METADATA = {"calib_jsonl": "data_files", "calib_jsonl_ood": "ood_data_files"}
 
-__all__ = ["JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "evaluate_files", "find_task_dir",
-           "is_adapter_dir", "load_lm", "make_hflm", "run_tasks", "samples_to_arrays", "task_index", "task_suites",
+__all__ = ["JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "as_list", "check_limit",
+           "evaluate_files", "find_task_dir", "is_adapter_dir", "load_lm", "make_hflm", "run_tasks", "samples_to_arrays", "task_index", "task_suites",
            "unknown_task_message"]
+
+
+def as_list(value) -> list[str]:
+    """A YAML list or a comma-separated string (task names, data files) -> list of stripped, non-empty strings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value]
+
+
+def check_limit(value, key: str = "calib_eval_limit"):
+    """lm-eval's ``limit``: ``None``, an integer >= 1 (questions per task) or a fraction in (0, 1); else a
+    ``ValueError`` naming ``key``. The one rule for the training key and ``axolotl-calib eval --limit``."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    raise ValueError(f"{key} must be an integer >= 1 (questions per task) or a fraction in (0, 1), got {value!r}")
 
 
 def find_task_dir() -> str:

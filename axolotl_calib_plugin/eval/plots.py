@@ -17,7 +17,6 @@ with the Agg canvas: no pyplot state, safe in training processes and threads.
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -54,14 +53,6 @@ class BinView:
     model_accuracy: float
 
 
-def _reliability_bins(probs, labels, n_bins, kind, num_options):
-    """``metrics.reliability_bins`` with ``num_options`` passed through where the core accepts it."""
-    params = inspect.signature(metrics.reliability_bins).parameters
-    if num_options is not None and "num_options" in params:
-        return metrics.reliability_bins(probs, labels, n_bins=n_bins, kind=kind, num_options=num_options), True
-    return metrics.reliability_bins(probs, labels, n_bins=n_bins, kind=kind), False
-
-
 def bin_view(probs, labels, kind: str = "conf", n_bins: int = metrics.DEFAULT_N_BINS,
              num_options: Sequence[int] | None = None) -> BinView:
     """Per-bin statistics of one diagram, from :func:`metrics.reliability_bins`.
@@ -72,7 +63,7 @@ def bin_view(probs, labels, kind: str = "conf", n_bins: int = metrics.DEFAULT_N_
     """
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
-    rb, handled = _reliability_bins(p, y, n_bins, kind, num_options)
+    rb = metrics.reliability_bins(p, y, n_bins=n_bins, kind=kind, num_options=num_options)  # padding not counted
     acc = metrics.accuracy(p, y)
     if kind == "conf":
         return BinView(kind, rb.edges, rb.count.astype(np.int64), rb.mean_confidence, rb.accuracy, rb.n, rb.ece, acc)
@@ -80,10 +71,6 @@ def bin_view(probs, labels, kind: str = "conf", n_bins: int = metrics.DEFAULT_N_
     count = count_k.sum(axis=0)
     conf_sum = (np.nan_to_num(rb.mean_confidence) * count_k).sum(axis=0)
     hit_sum = (np.nan_to_num(rb.accuracy) * count_k).sum(axis=0)
-    if num_options is not None and not handled:
-        # zero padding puts (prob 0, label indicator 0) entries in the first bin: they add nothing to a
-        # sum, but they are not option probabilities of the question, so they are not counted.
-        count[0] -= float(np.sum(p.shape[1] - np.asarray(num_options, dtype=np.int64)))
     with np.errstate(invalid="ignore", divide="ignore"):
         conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
         accs = np.where(count > 0, hit_sum / np.maximum(count, 1), np.nan)

@@ -159,7 +159,7 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
     """Temperature scaling of lm-eval samples (the paper's Table 2 baseline, Sec. 6 of the paper).
 
     ``fit`` / ``apply``: ``{samples file: items}`` (files named ``samples_<task>_<time>.jsonl``) with items
-    ``{"doc_id", "probs", "gold", "logliks"}`` as :func:`axolotl_calib_plugin.eval.report.read_samples` returns
+    ``{"doc_id", "probs", "gold", "logliks"}`` as :func:`axolotl_calib_plugin.eval.samples.read_samples` returns
     them. One T is fitted by NLL on the ``logliks`` of the ``fit`` items of ``fit_tasks`` (default:
     :func:`in_domain_tasks`; files of other tasks are left out and listed in ``fit["excluded"]``). With
     ``fit_fraction < 1`` only a seeded random fraction of each fit file is used. An ``apply`` file is scored
@@ -170,7 +170,7 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
     Returns ``{"temperature", "fit": {...}, "apply": {path: {"items": scaled items, "before": items,
     "held_out", "n_fitted", ...}}}``; scaled items carry ``probs = softmax(logliks / T)`` and ``logliks / T``.
     """
-    from .report import samples_task
+    from .samples import samples_task
 
     if not 0 < fit_fraction <= 1:
         raise ValueError(f"fit fraction must be in (0, 1], got {fit_fraction}")

@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from ..eval.evaluation import as_list, check_limit
 from ..prompts import DEFAULT_LETTERS, check_option_letters
 
 #: the dotted name users put under ``plugins:`` (``axolotl_calib_plugin.plugin.CalibrationPlugin`` also works).
@@ -38,14 +39,14 @@ MAX_LAMBDA = 1000.0
 SCOPE_TO_TRAIN_ON_INPUTS = {"answer": False, "prompt_and_answer": True}
 
 
-def is_plugin_listed(plugins: Any) -> bool:
-    """True if a ``plugins:`` list names our plugin class (by either dotted path)."""
+def is_plugin_listed(plugins: Any, class_name: str = "CalibrationPlugin") -> bool:
+    """True if a ``plugins:`` list names our plugin class ``class_name`` (by any dotted path in this package)."""
     if not plugins:
         return False
     if isinstance(plugins, str):
         plugins = [plugins]
     return any(
-        isinstance(p, str) and p.startswith("axolotl_calib_plugin.") and p.rsplit(".", 1)[-1] == "CalibrationPlugin"
+        isinstance(p, str) and p.startswith("axolotl_calib_plugin.") and p.rsplit(".", 1)[-1] == class_name
         for p in plugins
     )
 
@@ -190,7 +191,7 @@ class CalibrationArgs(BaseModel):
             "reads an int as its decimal text). Same rules as the lm-eval metadata answer_format."
         },
     )
-    # -- baselines and the post-training calibration report (report.py); checked before training
+    # -- baselines and the post-training calibration report (report_hook.py); checked before training
     calib_label_smoothing: float | None = Field(
         default=None,
         ge=0.0,
@@ -236,18 +237,12 @@ class CalibrationArgs(BaseModel):
     @field_validator("calib_eval_tasks", "calib_eval_data_files", "calib_eval_ood_data_files", mode="before")
     @classmethod
     def _comma_list(cls, value):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        return value
+        return as_list(value) if isinstance(value, str) else value
 
     @field_validator("calib_eval_limit", mode="before")
     @classmethod
     def _check_eval_limit(cls, value):
-        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            return value
-        if isinstance(value, float) and 0 < value < 1:
-            return value
-        raise ValueError(f"calib_eval_limit must be an integer >= 1 (questions per task) or a fraction in (0, 1), got {value!r}")
+        return check_limit(value)
 
     @field_validator("calib_refresh", mode="before")
     @classmethod
@@ -421,7 +416,7 @@ def _expand_presets(data: dict) -> None:
 
 def _check_eval_report(data: dict) -> None:
     """calib_eval_* keys and lm_eval_tasks naming our tasks: checked now, not after hours of training."""
-    from ..eval.report import check_eval_config
+    from .report_hook import check_eval_config
 
     check_eval_config(data)
 

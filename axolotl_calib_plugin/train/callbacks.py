@@ -12,6 +12,9 @@ reads it.
 Checkpoints: ``on_save`` writes ``calib_state.pt`` into ``checkpoint-N/`` (main process) and
 ``on_train_begin`` restores it when training resumes, so a resumed run keeps the targets of the
 refresh it was in instead of recomputing them with a different model.
+
+What each step does lives elsewhere: the exact E-step in :mod:`.estep`, the online table in :mod:`.online`,
+the M-step in :mod:`.em`, the resume checks in :mod:`.resume_check`; this module decides when.
 """
 
 from __future__ import annotations
@@ -24,29 +27,25 @@ from typing import Optional
 
 import torch
 
+from axolotl.utils.logging import get_logger
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..eval.report import SETTINGS_FILE, training_settings
 from .context import CalibrationContext
 from .distributed import dist_info
 from .em import STATE_FILE, EMState
-from .estep import EStepData, run_estep
-from .loss import install_head_capture
-from .resume_check import check_resume, record, resume_problems
+from .estep import EStepData, eval_split_data, trainer_estep_probs
+from .head import install_head_capture
+from .online import TABLE_IDS
+from .resume_check import check_same_data, record
 
 #: one JSON line per refresh (per-bin training vs held-out statistics), in output_dir
 REFRESH_LOG = "calib_refresh.jsonl"
 #: set to a directory to make every rank save each refresh's EMState there (tests / debugging)
 DEBUG_DUMP_ENV = "AXOLOTL_CALIB_DEBUG_DUMP_DIR"
 
-try:  # axolotl's logger when available (the callback is only used inside axolotl anyway)
-    from axolotl.utils.logging import get_logger
-
-    LOG = get_logger(__name__)
-except Exception:  # pragma: no cover
-    import logging
-
-    LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 
 # ---------------------------------------------------------------------- the callback
@@ -68,22 +67,6 @@ class EMRefreshCallback(TrainerCallback):
         self.history: list[dict] = []  # summaries of every refresh of this process (tests, debugging)
 
     # ---- the refresh itself --------------------------------------------------------------------
-    def _estep_model(self):
-        tr = self.trainer
-        wrapped = getattr(tr, "model_wrapped", None)
-        try:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
-
-            if isinstance(wrapped, FSDP1):
-                return wrapped  # FSDP1 gathers parameters only in the wrapper's forward
-        except ImportError:  # pragma: no cover
-            pass
-        return tr.model  # DDP: the bare module (no grad sync, no buffer broadcast needed)
-
-    def _sharded_params(self) -> bool:
-        tr = self.trainer
-        return bool(getattr(tr, "is_fsdp_enabled", False) or getattr(tr, "is_deepspeed_enabled", False))
-
     def _estep_data(self) -> EStepData:
         if self._data is None:
             self._data = EStepData(self.trainer.train_dataset)
@@ -92,40 +75,9 @@ class EMRefreshCallback(TrainerCallback):
         return self._data
 
     def _exact_probs(self, data: Optional[EStepData] = None, desc: str = "calib E-step") -> torch.Tensor:
-        """The exact E-step: (n, L) option probabilities of every answer position of ``data`` (default: the
-        training set) under the current model."""
-        tr = self.trainer
-        model = self._estep_model()
-        unwrapped = tr.model
-        was_training = unwrapped.training
-        tok = tr.processing_class
-        pad_id = getattr(tok, "pad_token_id", None)
-        if pad_id is None:
-            pad_id = getattr(tok, "eos_token_id", None) or 0
-        unwrapped.eval()
-        try:
-            out = run_estep(model, data if data is not None else self._estep_data(), list(self.calib.option_ids),
-                            batch_size=self.settings.calib_estep_batch_size, device=tr.args.device,
-                            pad_id=int(pad_id), use_inference_mode=not self._sharded_params(),
-                            show_progress=not getattr(tr.args, "disable_tqdm", False), desc=desc)
-        finally:
-            unwrapped.train(was_training)
-        return out["probs"]
-
-    def _online_probs(self, prev: EMState) -> tuple[torch.Tensor, torch.Tensor]:
-        """The online E-step: merge the record of the training forwards (gathered over ranks) into the
-        latest probabilities of every sample; returns (n, L) entry probabilities and the sample ids seen."""
-        data = self._estep_data()
-        width = len(self.calib.option_ids)
-        ids, probs = self.calib.online.collect(self.trainer.args.device, width)
-        table_ids, table = prev.extra["online_table_ids"], prev.extra["online_table_probs"].clone()
-        if ids.numel():
-            pos = torch.searchsorted(table_ids, ids).clamp(max=table_ids.numel() - 1)
-            hit = table_ids[pos] == ids
-            table[pos[hit]] = probs[hit][:, : table.shape[1]]
-            ids = ids[hit]
-        entry_pos = torch.searchsorted(table_ids, torch.from_numpy(data.sample_id))
-        return table[entry_pos], ids
+        """The exact E-step over ``data`` (default: the training set) under the current model."""
+        return trainer_estep_probs(self.trainer, data if data is not None else self._estep_data(), self.calib.option_ids,
+                                   self.settings.calib_estep_batch_size, desc=desc)
 
     def _heldout_rows(self, state) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(probs, labels, num_options) of the eval split under the current model, for the held-out M-step: the
@@ -136,7 +88,7 @@ class EMRefreshCallback(TrainerCallback):
         if cached is not None and cached[0] == int(state.global_step):
             return cached[1], cached[2], cached[3]
         if self._heldout_data is None:
-            self._heldout_data = _heldout_estep_data(self.trainer.eval_dataset)
+            self._heldout_data = eval_split_data(self.trainer.eval_dataset)
         probs = self._exact_probs(self._heldout_data, desc="calib held-out")
         return probs, torch.from_numpy(self._heldout_data.answer_idx), torch.from_numpy(self._heldout_data.num_options)
 
@@ -156,11 +108,12 @@ class EMRefreshCallback(TrainerCallback):
         tr = self.trainer
         data = self._estep_data()
         prev = self.calib.em_state
-        online = (self.calib.online is not None and prev is not None and "online_table_ids" in prev.extra)
+        online = (self.calib.online is not None and prev is not None and TABLE_IDS in prev.extra)
         t0 = time.perf_counter()
         seen = None
         if online:
-            probs, seen = self._online_probs(prev)
+            probs, seen = self.calib.online.table_probs(prev.extra, torch.from_numpy(data.sample_id), tr.args.device,
+                                                        len(self.calib.option_ids))
         else:
             probs = self._exact_probs()
         heldout = self._heldout_rows(state)
@@ -179,12 +132,7 @@ class EMRefreshCallback(TrainerCallback):
             if bool(unseen.any()):
                 em_state.targets[unseen] = prev.lookup(em_state.sample_ids[unseen]).to(em_state.targets.dtype)
         if self.calib.online is not None:
-            # the latest probabilities of every distinct prompt (one row per sample id, as the targets)
-            first = torch.searchsorted(torch.from_numpy(data.sample_id).sort().values, em_state.sample_ids)
-            order = torch.from_numpy(data.sample_id).argsort(stable=True)
-            em_state.extra["online_table_ids"] = em_state.sample_ids.clone()
-            em_state.extra["online_table_probs"] = probs[order[first]].to(torch.float32).clone()
-            self.calib.online.clear()
+            self.calib.online.keep_table(em_state.extra, em_state.sample_ids, torch.from_numpy(data.sample_id), probs)
         self.calib.em_state = em_state
         self._write_bin_table(em_state, epoch, int(state.global_step))
         dump_dir = os.environ.get(DEBUG_DUMP_ENV)
@@ -241,10 +189,8 @@ class EMRefreshCallback(TrainerCallback):
         em_state = self.calib.em_state
         if em_state is None:
             return control
-        if self.calib.online is not None:
-            # every rank: the record of the interval so far (a collective), so a resume mid-interval keeps it
-            ids, probs = self.calib.online.collect(args.device, len(self.calib.option_ids))
-            em_state.extra["online_record_ids"], em_state.extra["online_record_probs"] = ids, probs
+        if self.calib.online is not None:  # every rank (a collective), so a resume mid-interval keeps the record
+            self.calib.online.save_into(em_state.extra, args.device, len(self.calib.option_ids))
         if not state.is_world_process_zero:
             return control
         ckpt = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -264,10 +210,6 @@ class EMRefreshCallback(TrainerCallback):
 
     def _write_settings(self, folder: str) -> None:
         """The row settings ``axolotl-calib eval`` reads to score this model with its training letters / format."""
-        import json
-
-        from ..eval.report import SETTINGS_FILE, training_settings
-
         with open(os.path.join(folder, SETTINGS_FILE), "w", encoding="utf-8") as fh:
             json.dump(training_settings(self.settings), fh, indent=1)
 
@@ -290,106 +232,15 @@ class EMRefreshCallback(TrainerCallback):
                     LOG.warning("calib: %s is newer (step %d) than the resumed step %d; ignored",
                                 path, em_state.global_step, state.global_step)
                     continue
-                self._check_same_data(em_state, path)
+                check_same_data(em_state, path, self.settings, self._estep_data())
                 self.calib.em_state = em_state
-                if self.calib.online is not None and "online_record_ids" in em_state.extra:
-                    self.calib.online.restore(em_state.extra.pop("online_record_ids"),
-                                              em_state.extra.pop("online_record_probs"))
+                if self.calib.online is not None:
+                    self.calib.online.restore_from(em_state.extra)
                 LOG.info("calib: restored EM state (refresh %d, epoch %d, step %d) from %s",
                          em_state.refresh_count, em_state.epoch_refreshed, em_state.global_step, path)
                 return
         LOG.warning("calib: resuming at step %d without a calib_state.pt; the targets will be recomputed "
                     "with the resumed model", state.global_step)
 
-    def _check_same_data(self, em_state: EMState, path: str) -> None:
-        """Stop before the first step when the training data is not the data the checkpoint was trained on."""
-        ids = torch.unique(torch.from_numpy(self._estep_data().sample_id))
-        missing = ids[~torch.isin(ids, em_state.sample_ids)]
-        stale = em_state.sample_ids[~torch.isin(em_state.sample_ids, ids)]
-        if missing.numel() or stale.numel():
-            raise ValueError(
-                f"the training data changed since {path} was written: {missing.numel()} of {ids.numel()} training "
-                f"prompts have no target in it and {stale.numel()} of its {em_state.sample_ids.numel()} targets belong "
-                "to prompts no longer in the data. Either resume with the data that checkpoint was trained on (the "
-                "same files and dataset_prepared_path), or delete that calib_state.pt to recompute the targets for the "
-                "new data with the resumed model, or start a fresh run (a new output_dir, no resume)."
-            )
-        check_resume(path, resume_problems(em_state.extra, self.settings, em_state.sample_ids, self._estep_data()))
 
-
-def _heldout_estep_data(eval_dataset) -> EStepData:
-    """The answer positions of the eval split(s) (a dict of eval sets is pooled), or a clear error without them."""
-    sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
-    sets = [d for d in sets if d is not None and "calib_sample_id" in getattr(d, "column_names", ())]
-    if not sets:
-        raise ValueError(
-            "calib_bin_accuracy: heldout / calib_targets: temperature need the eval split's MCQ rows, but the trainer "
-            "has no eval dataset with calib_* columns: add test_datasets (type: axolotl_calib_plugin.mcq) or "
-            "val_set_size > 0."
-        )
-    if len(sets) > 1:
-        from datasets import concatenate_datasets
-
-        sets = [concatenate_datasets(sets)]
-    data = EStepData(sets[0])
-    if len(data) == 0:
-        raise ValueError("the eval split has no answer positions (calib_sample_id >= 0) for the held-out M-step")
-    return data
-
-
-def _resume_checkpoint(cfg) -> Optional[str]:
-    """The checkpoint Axolotl will resume from (``resume_from_checkpoint``, else with
-    ``auto_resume_from_checkpoints`` the highest ``output_dir/checkpoint-N``), without changing ``cfg``."""
-    ckpt = cfg.get("resume_from_checkpoint")
-    if ckpt:
-        return str(ckpt)
-    if cfg.get("auto_resume_from_checkpoints") and cfg.get("output_dir") and os.path.isdir(cfg["output_dir"]):
-        return get_last_checkpoint(cfg["output_dir"])
-    return None
-
-
-def _prepared_sample_ids(cfg) -> Optional[torch.Tensor]:
-    """Sample ids of the prepared (tokenized) training data Axolotl saved for this config, or None when it
-    cannot be found (no prepared-data folder, streaming data, another Axolotl layout)."""
-    try:
-        from axolotl.utils.data.shared import generate_dataset_hash_from_config, get_prepared_dataset_path
-        from datasets import load_from_disk
-
-        tokenizer = cfg.get("tokenizer_config") or cfg.get("base_model_config") or cfg.get("base_model")
-        path = get_prepared_dataset_path(cfg, generate_dataset_hash_from_config(cfg, cfg.get("datasets"), tokenizer))
-        if not os.path.isdir(path):
-            return None
-        ds = load_from_disk(str(path))
-        return torch.unique(torch.from_numpy(EStepData(ds).sample_id)) if "calib_sample_id" in ds.column_names else None
-    except Exception as e:  # the early check is a convenience: the same check runs when training starts
-        LOG.debug("calib: prepared data not found for the early resume check (%s)", e)
-        return None
-
-
-def check_resume_state_early(cfg) -> None:
-    """Before the model loads: read the resumed checkpoint's ``calib_state.pt`` (a corrupted file fails here,
-    naming it) and check that every prompt it has a target for is still in the prepared training data (an
-    edit of the data shows here; rows only ADDED, and data Axolotl did not save, show at the first step)."""
-    ckpt = _resume_checkpoint(cfg)
-    path = os.path.join(ckpt, STATE_FILE) if ckpt else None
-    if not path or not os.path.isfile(path):
-        return
-    state = EMState.load(path)
-    from .args import CalibrationArgs
-
-    check_resume(path, resume_problems(state.extra, CalibrationArgs.from_cfg(cfg)))  # settings: before the model loads
-    ids = _prepared_sample_ids(cfg)
-    if ids is None:
-        return
-    stale = state.sample_ids[~torch.isin(state.sample_ids, ids)]
-    if stale.numel():
-        raise ValueError(
-            f"the training data changed since {path} was written: {stale.numel()} of its "
-            f"{state.sample_ids.numel()} targets belong to prompts that are no longer in the data. Either resume with "
-            "the data that checkpoint was trained on (the same files and dataset_prepared_path), or delete that "
-            "calib_state.pt to recompute the targets for the new data with the resumed model, or start a fresh run "
-            "(a new output_dir, no resume)."
-        )
-
-
-__all__ = ["DEBUG_DUMP_ENV", "EMRefreshCallback", "REFRESH_LOG", "check_resume_state_early"]
+__all__ = ["DEBUG_DUMP_ENV", "EMRefreshCallback", "REFRESH_LOG"]

@@ -27,7 +27,7 @@ import torch
 from .distributed import all_gather_cat, dist_info
 from .loss import option_probs
 
-__all__ = ["EStepData", "max_num_options", "run_estep", "shard_entries"]
+__all__ = ["EStepData", "eval_split_data", "max_num_options", "run_estep", "shard_entries", "trainer_estep_probs"]
 
 
 # ---------------------------------------------------------------------- data extraction
@@ -213,3 +213,60 @@ def max_num_options(dataset) -> int | None:
         return None
     data = EStepData(dataset)
     return int(data.num_options.max()) if len(data) else None
+
+
+def eval_split_data(eval_dataset) -> EStepData:
+    """The answer positions of the eval split(s) (a dict of eval sets is pooled), or a clear error without them."""
+    sets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+    sets = [d for d in sets if d is not None and "calib_sample_id" in getattr(d, "column_names", ())]
+    if not sets:
+        raise ValueError(
+            "calib_bin_accuracy: heldout / calib_targets: temperature need the eval split's MCQ rows, but the trainer "
+            "has no eval dataset with calib_* columns: add test_datasets (type: axolotl_calib_plugin.mcq) or "
+            "val_set_size > 0."
+        )
+    if len(sets) > 1:
+        from datasets import concatenate_datasets
+
+        sets = [concatenate_datasets(sets)]
+    data = EStepData(sets[0])
+    if len(data) == 0:
+        raise ValueError("the eval split has no answer positions (calib_sample_id >= 0) for the held-out M-step")
+    return data
+
+
+# ---------------------------------------------------------------------- inside a Trainer
+def _estep_model(trainer):
+    wrapped = getattr(trainer, "model_wrapped", None)
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
+
+        if isinstance(wrapped, FSDP1):
+            return wrapped  # FSDP1 gathers parameters only in the wrapper's forward
+    except ImportError:  # pragma: no cover
+        pass
+    return trainer.model  # DDP: the bare module (no grad sync, no buffer broadcast needed)
+
+
+def _sharded_params(trainer) -> bool:
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+
+
+def trainer_estep_probs(trainer, data: EStepData, option_ids, batch_size: int, desc: str = "calib E-step"
+                        ) -> torch.Tensor:
+    """The exact E-step of a training run: (n, L) option probabilities of every answer position of ``data``
+    under the trainer's current model (eval mode for the pass, then back to what it was)."""
+    unwrapped = trainer.model
+    was_training = unwrapped.training
+    tok = trainer.processing_class
+    pad_id = getattr(tok, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tok, "eos_token_id", None) or 0
+    unwrapped.eval()
+    try:
+        out = run_estep(_estep_model(trainer), data, list(option_ids), batch_size=batch_size,
+                        device=trainer.args.device, pad_id=int(pad_id), use_inference_mode=not _sharded_params(trainer),
+                        show_progress=not getattr(trainer.args, "disable_tqdm", False), desc=desc)
+    finally:
+        unwrapped.train(was_training)
+    return out["probs"]

@@ -12,6 +12,11 @@ refresh keep their previous target. The first refresh, before any training step,
 
 Nothing here syncs the host per step: :meth:`record` appends device tensors; :meth:`collect` moves them
 once per refresh.
+
+Between refreshes the EM state carries the online table (``EMState.extra``): the latest probabilities of
+every distinct prompt (:meth:`OnlineRecord.table_probs` merges the record into it, :meth:`OnlineRecord.keep_table`
+stores the new one) and, in a checkpoint, the record of the interval so far (:meth:`OnlineRecord.save_into`,
+:meth:`OnlineRecord.restore_from`), so a resume mid-interval keeps what was recorded before it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ import torch
 
 from .distributed import all_gather_rows, dist_info
 
-__all__ = ["OnlineRecord"]
+__all__ = ["OnlineRecord", "TABLE_IDS", "TABLE_PROBS", "RECORD_IDS", "RECORD_PROBS"]
+
+#: ``EMState.extra`` keys: the online table (every prompt's latest probabilities) and a checkpoint's record.
+TABLE_IDS, TABLE_PROBS = "online_table_ids", "online_table_probs"
+RECORD_IDS, RECORD_PROBS = "online_record_ids", "online_record_probs"
 
 
 class OnlineRecord:
@@ -73,7 +82,7 @@ class OnlineRecord:
             order = key[:, 0] * (1 << 40) + key[:, 1]
         if ids.numel() == 0:
             return ids, probs
-        # last value wins: sort by (id, order) and keep the last row of every id
+        # last value wins: in recording order (rank, then position in the rank's record), each id keeps its last row
         perm = torch.argsort(order, stable=True)
         ids, probs = ids[perm], probs[perm]
         uniq, inverse = torch.unique(ids, sorted=True, return_inverse=True)
@@ -98,9 +107,39 @@ class OnlineRecord:
         probs = torch.cat([torch.nn.functional.pad(p, (0, cols - p.shape[1])) for p in parts_probs])
         return torch.cat(parts_ids), probs, torch.cat(parts_order)
 
+    # ---- the online table in the EM state ------------------------------------------------------
+    def table_probs(self, extra: dict, entry_ids: torch.Tensor, device, width: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The online E-step: merge the record (gathered over ranks, a collective) into the previous refresh's
+        table ``extra``; returns (n, L) probabilities of the entries ``entry_ids`` and the sample ids seen."""
+        ids, probs = self.collect(device, width)
+        table_ids, table = extra[TABLE_IDS], extra[TABLE_PROBS].clone()
+        if ids.numel():
+            pos = torch.searchsorted(table_ids, ids).clamp(max=table_ids.numel() - 1)
+            hit = table_ids[pos] == ids
+            table[pos[hit]] = probs[hit][:, : table.shape[1]]
+            ids = ids[hit]
+        return table[torch.searchsorted(table_ids, entry_ids)], ids
+
+    def keep_table(self, extra: dict, state_ids: torch.Tensor, entry_ids: torch.Tensor, probs: torch.Tensor) -> None:
+        """Store the latest probabilities of every distinct prompt (one row per id of ``state_ids``, as the
+        targets; ``probs`` has one row per entry of ``entry_ids``) in ``extra`` and start a new interval."""
+        first = torch.searchsorted(entry_ids.sort().values, state_ids)
+        order = entry_ids.argsort(stable=True)
+        extra[TABLE_IDS] = state_ids.clone()
+        extra[TABLE_PROBS] = probs[order[first]].to(torch.float32).clone()
+        self.clear()
+
     # ---- checkpoints ---------------------------------------------------------------------------
-    def restore(self, sample_ids: torch.Tensor, probs: torch.Tensor) -> None:
-        """Start from a checkpoint's record (the part of the interval trained before the interruption)."""
+    def save_into(self, extra: dict, device, width: int) -> None:
+        """Every rank (a collective): the record of the interval so far into ``extra``, saved with the checkpoint."""
+        extra[RECORD_IDS], extra[RECORD_PROBS] = self.collect(device, width)
+
+    def restore_from(self, extra: dict) -> None:
+        """Start from a checkpoint's record (the part of the interval trained before the interruption), if any."""
+        if RECORD_IDS not in extra:
+            return
+        sample_ids, probs = extra.pop(RECORD_IDS), extra.pop(RECORD_PROBS)
         self.clear()
         if sample_ids.numel():
             self._restored = (sample_ids.to(torch.int64).cpu(), probs.to(torch.float32).cpu())

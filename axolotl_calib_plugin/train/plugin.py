@@ -12,7 +12,7 @@ datasets. What each hook contributes:
   :class:`~axolotl_calib_plugin.train.callbacks.EMRefreshCallback` (E-step / M-step);
 * ``get_training_args``: ``calib_label_smoothing`` -> HF's ``label_smoothing_factor`` (the LS baseline);
 * ``post_trainer_create`` / ``post_train`` / ``post_train_unload``: the post-training calibration report
-  of ``calib_eval_tasks`` (:class:`~axolotl_calib_plugin.eval.report.PostTrainingReport`).
+  of ``calib_eval_tasks`` (:class:`~axolotl_calib_plugin.train.report_hook.PostTrainingReport`).
 
 The ``PluginManager`` is a process-wide singleton that calls every registered plugin, also for
 later configs that do not list this one; so every hook first checks that the config lists us
@@ -83,7 +83,7 @@ class CalibrationPlugin(BasePlugin):
         if is_active(cfg):
             from transformers import set_seed
 
-            from .callbacks import check_resume_state_early
+            from .resume_check import check_resume_state_early
 
             set_seed(int(cfg.get("seed") if cfg.get("seed") is not None else 42))
             check_resume_state_early(cfg)  # a corrupted state / changed data: say so before the model loads
@@ -115,14 +115,14 @@ class CalibrationPlugin(BasePlugin):
         trainer.attach_calibration(calib)
         return [EMRefreshCallback(calib, trainer)]
 
-    # -- label smoothing baseline and the post-training calibration report (report.PostTrainingReport)
+    # -- label smoothing baseline and the post-training calibration report (report_hook.PostTrainingReport)
     def get_training_args(self, cfg):
         if is_active(cfg) and cfg.get("calib_label_smoothing"):
             return {"label_smoothing_factor": float(cfg["calib_label_smoothing"])}
         return None
 
     def _report(self):
-        from ..eval.report import PostTrainingReport
+        from .report_hook import PostTrainingReport
 
         if getattr(self, "_post_training_report", None) is None:
             self._post_training_report = PostTrainingReport()

@@ -7,8 +7,10 @@ or other data is never reused silently.
   fields Axolotl hashes and sets it to :func:`row_fingerprint`: a changed key or an edited file gives a
   new prepared folder (the old one is left alone).
 * Resume: each refresh stores :func:`target_settings` and every prompt's gold option and K in
-  ``EMState.extra``; :func:`resume_problems` compares them with the resumed run's, and the callback
-  refuses to mix (:func:`check_resume`).
+  ``EMState.extra``; :func:`resume_problems` compares them with the resumed run's, and resuming is refused
+  rather than mixed (:func:`check_resume`): before the model loads (:func:`check_resume_state_early`, the
+  plugin's ``load_datasets`` hook) and again on the training data itself (:func:`check_same_data`, when the
+  callback restores the state).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import os
 from typing import Any, Mapping, Optional
 
 import torch
+
+from .em import STATE_FILE, EMState
+from .estep import EStepData
 
 #: settings that change a tokenized training row (prompt, answer position, gold).
 ROW_KEYS = ("calib_option_letters", "calib_prompt_format", "calib_system_prompt", "calib_answer_format",
@@ -151,3 +156,82 @@ def resume_problems(extra: Mapping, settings: Any, state_ids: Optional[torch.Ten
         problems += golds_changes(extra, state_ids, torch.from_numpy(data.sample_id),
                                   torch.from_numpy(data.answer_idx), torch.from_numpy(data.num_options))
     return problems
+
+
+# ---------------------------------------------------------------------------------- the resumed training data
+def data_changed_error(path: str, n_stale: int, n_targets: int, n_missing: int | None = None,
+                       n_prompts: int | None = None) -> ValueError:
+    """The one message for training data that is not the data ``path`` was trained on: ``n_stale`` of its
+    ``n_targets`` targets have no prompt left (and, when known, ``n_missing`` of ``n_prompts`` prompts no target)."""
+    found = [f"{n_missing} of {n_prompts} training prompts have no target in it"] if n_prompts is not None else []
+    found.append(f"{n_stale} of its {n_targets} targets belong to prompts that are no longer in the data")
+    return ValueError(
+        f"the training data changed since {path} was written: {' and '.join(found)}. Either resume with the data "
+        "that checkpoint was trained on (the same files and dataset_prepared_path), or delete that calib_state.pt to "
+        "recompute the targets for the new data with the resumed model, or start a fresh run (a new output_dir, "
+        "no resume)."
+    )
+
+
+def check_same_data(em_state: EMState, path: str, settings: Any, data: EStepData) -> None:
+    """Stop before the first step when the training data ``data`` is not the data the checkpoint was trained on
+    (prompts added or gone, other golds or option counts) or the target settings changed."""
+    ids = torch.unique(torch.from_numpy(data.sample_id))
+    missing = ids[~torch.isin(ids, em_state.sample_ids)]
+    stale = em_state.sample_ids[~torch.isin(em_state.sample_ids, ids)]
+    if missing.numel() or stale.numel():
+        raise data_changed_error(path, stale.numel(), em_state.sample_ids.numel(), missing.numel(), ids.numel())
+    check_resume(path, resume_problems(em_state.extra, settings, em_state.sample_ids, data))
+
+
+def _resume_checkpoint(cfg) -> Optional[str]:
+    """The checkpoint Axolotl will resume from (``resume_from_checkpoint``, else with
+    ``auto_resume_from_checkpoints`` the highest ``output_dir/checkpoint-N``), without changing ``cfg``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = cfg.get("resume_from_checkpoint")
+    if ckpt:
+        return str(ckpt)
+    if cfg.get("auto_resume_from_checkpoints") and cfg.get("output_dir") and os.path.isdir(cfg["output_dir"]):
+        return get_last_checkpoint(cfg["output_dir"])
+    return None
+
+
+def _prepared_sample_ids(cfg) -> Optional[torch.Tensor]:
+    """Sample ids of the prepared (tokenized) training data Axolotl saved for this config, or None when it
+    cannot be found (no prepared-data folder, streaming data, another Axolotl layout)."""
+    try:
+        from axolotl.utils.data.shared import generate_dataset_hash_from_config, get_prepared_dataset_path
+        from datasets import load_from_disk
+
+        tokenizer = cfg.get("tokenizer_config") or cfg.get("base_model_config") or cfg.get("base_model")
+        path = get_prepared_dataset_path(cfg, generate_dataset_hash_from_config(cfg, cfg.get("datasets"), tokenizer))
+        if not os.path.isdir(path):
+            return None
+        ds = load_from_disk(str(path))
+        return torch.unique(torch.from_numpy(EStepData(ds).sample_id)) if "calib_sample_id" in ds.column_names else None
+    except Exception as e:  # the early check is a convenience: the same check runs when training starts
+        from axolotl.utils.logging import get_logger
+
+        get_logger(__name__).debug("calib: prepared data not found for the early resume check (%s)", e)
+        return None
+
+
+def check_resume_state_early(cfg) -> None:
+    """Before the model loads: read the resumed checkpoint's ``calib_state.pt`` (a corrupted file fails here,
+    naming it) and check that every prompt it has a target for is still in the prepared training data (an
+    edit of the data shows here; rows only ADDED, and data Axolotl did not save, show at the first step)."""
+    ckpt = _resume_checkpoint(cfg)
+    path = os.path.join(ckpt, STATE_FILE) if ckpt else None
+    if not path or not os.path.isfile(path):
+        return
+    state = EMState.load(path)
+    from .args import CalibrationArgs
+
+    check_resume(path, resume_problems(state.extra, CalibrationArgs.from_cfg(cfg)))  # settings: before the model loads
+    ids = _prepared_sample_ids(cfg)
+    if ids is None:
+        return
+    stale = state.sample_ids[~torch.isin(state.sample_ids, ids)]
+    if stale.numel():
+        raise data_changed_error(path, stale.numel(), state.sample_ids.numel())

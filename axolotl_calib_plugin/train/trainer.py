@@ -9,7 +9,7 @@ total = L_SFT + calib_lambda * L_ECE, from ONE forward pass:
   packed), the model's softmax over the K option letters with the fixed target of that sample
   from the current :class:`~axolotl_calib_plugin.train.em.EMState` (set by the EM-refresh callback).
   The option logits come from ``hidden_states[-1]`` times the K letter rows of the output head
-  (:func:`~axolotl_calib_plugin.train.loss.option_logits`), so no extra forward and no full-vocabulary
+  (:func:`~axolotl_calib_plugin.train.head.option_logits`), so no extra forward and no full-vocabulary
   logits are needed.
 
 Subclassing :class:`AxolotlTrainer` (not ``transformers.Trainer``) keeps Axolotl's packing,
@@ -31,7 +31,8 @@ from .columns import CALIB_COLUMNS, answer_positions
 from .context import CalibrationContext
 from .distributed import dist_info
 from .heldout import held_out_metrics
-from .loss import captured_option_logits, ece_loss, option_logits, option_probs
+from .head import captured_option_logits, option_logits
+from .loss import ece_loss, option_probs
 
 LOG = get_logger(__name__)
 
@@ -102,7 +103,7 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         """(P, L) logits of the L configured letters at the answer positions.
 
         First choice: the L head rows taken INSIDE the head's own forward of this step
-        (:func:`~axolotl_calib_plugin.train.loss.captured_option_logits`): exact when FSDP / ZeRO-3 reshard the
+        (:func:`~axolotl_calib_plugin.train.head.captured_option_logits`): exact when FSDP / ZeRO-3 reshard the
         head after its forward, and for LoRA heads, with no extra all-gather. Else ``hidden_states[-1]``
         x the head rows (a fused loss never calls the head; the first step, before the hooks exist).
         Each source is checked once against the full logits when they exist.

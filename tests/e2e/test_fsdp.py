@@ -145,7 +145,8 @@ def _step(model, batch, ids, targets, calib: bool, reference: bool = False):
     """SFT (+ lambda * ECE) as the trainer computes it (``_answer_option_logits``: the head capture, else
     hidden states); ``reference``: the option logits read off the full logits instead."""
     from axolotl_calib_plugin.train.columns import answer_positions
-    from axolotl_calib_plugin.train.loss import captured_option_logits, ece_loss, option_logits
+    from axolotl_calib_plugin.train.head import captured_option_logits, option_logits
+    from axolotl_calib_plugin.train.loss import ece_loss
 
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 output_hidden_states=calib and not reference)

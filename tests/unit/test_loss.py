@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from axolotl_calib_plugin.train.columns import answer_positions
-from axolotl_calib_plugin.train.loss import (
-    ece_loss,
-    option_logits,
-    option_probs,
-    postprocess_logits,
-)
+from axolotl_calib_plugin.train.head import option_logits, postprocess_logits
+from axolotl_calib_plugin.train.loss import ece_loss, option_probs
 from axolotl_calib_plugin.testing import build_llama, build_tokenizer
 
 
@@ -159,7 +155,7 @@ def test_head_capture_equals_model_logits_plain_lora_with_dropout_and_dora(tiny)
     in train mode with dropout (the capture reuses the step's own dropout draw, exactly); DoRA is not hooked
     (None) and falls back to calling the head on the P rows."""
     peft = pytest.importorskip("peft")
-    from axolotl_calib_plugin.train.loss import captured_option_logits
+    from axolotl_calib_plugin.train.head import captured_option_logits
 
     tok, _, letters = tiny
     enc = _batch(tok)
@@ -205,7 +201,7 @@ def test_head_capture_equals_model_logits_plain_lora_with_dropout_and_dora(tiny)
 def test_head_capture_needs_this_forward_to_call_the_head_on_the_whole_sequence():
     """No record when the last forward skipped the head (a fused loss), or ran it on fewer positions
     (``logits_to_keep``), or with other option ids: the caller then falls back to the hidden states."""
-    from axolotl_calib_plugin.train.loss import captured_option_logits
+    from axolotl_calib_plugin.train.head import captured_option_logits
 
     class Fused(torch.nn.Module):
         def __init__(self):

@@ -265,10 +265,11 @@ def _state(settings, golds, ks, n_bins=5):
     return state
 
 
-def _callback(settings, ds):
-    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+def _check_same_data(settings, ds, state, path):
+    from axolotl_calib_plugin.train.estep import EStepData
+    from axolotl_calib_plugin.train.resume_check import check_same_data
 
-    return EMRefreshCallback(types.SimpleNamespace(settings=settings), types.SimpleNamespace(train_dataset=ds))
+    check_same_data(state, path, settings, EStepData(ds))
 
 
 def test_resume_refuses_changed_golds(tmp_path):
@@ -278,18 +279,18 @@ def test_resume_refuses_changed_golds(tmp_path):
     s = CalibrationArgs.from_cfg({"calib_bins": 5})
     golds, ks = [0, 1, 2, 3, 0, 1], [4] * 6
     state = _state(s, golds, ks)
-    _callback(s, _estep_dataset(golds, ks))._check_same_data(state, "ck/calib_state.pt")  # same golds: fine
+    _check_same_data(s, _estep_dataset(golds, ks), state, "ck/calib_state.pt")  # same golds: fine
     with pytest.raises(ValueError, match=r"ck/calib_state.pt holds calibration targets made under other settings or "
                                          r"answers than this run's: 2 of 6 training prompts have a different gold option"):
-        _callback(s, _estep_dataset([0, 1, 2, 3, 1, 0], ks))._check_same_data(state, "ck/calib_state.pt")
+        _check_same_data(s, _estep_dataset([0, 1, 2, 3, 1, 0], ks), state, "ck/calib_state.pt")
     with pytest.raises(ValueError, match="1 of 6 training prompts have a different number of options"):
-        _callback(s, _estep_dataset(golds, [4, 4, 4, 4, 4, 3]))._check_same_data(state, "ck/calib_state.pt")
+        _check_same_data(s, _estep_dataset(golds, [4, 4, 4, 4, 4, 3]), state, "ck/calib_state.pt")
 
 
 def test_resume_refuses_changed_bins_before_the_model_loads(tmp_path, tiny_cfg):
     """S6: calib_bins 5 -> 10 (and other target settings) on resume: refused early, naming old and new values."""
     from axolotl_calib_plugin.train.args import CalibrationArgs
-    from axolotl_calib_plugin.train.callbacks import check_resume_state_early
+    from axolotl_calib_plugin.train.resume_check import check_resume_state_early
 
     ckpt = tmp_path / "out" / "checkpoint-3"
     ckpt.mkdir(parents=True)
