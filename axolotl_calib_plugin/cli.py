@@ -459,7 +459,7 @@ def _task_list(value: str) -> list[str]:
 
 #: One definition of every flag used by more than one command (and of the task / data-file / output flags):
 #: a flag means the same thing, with the same type and default, in every command that has it. A command may
-#: add its role after the meaning (``role=``) and make the flag required; tests/test_cli.py walks the parsers.
+#: add its role after the meaning (``role=``) and make the flag required; tests/unit/test_cli.py walks the parsers.
 _MCQ_FILES = "MCQ JSONL file(s), {question, choices, answer} per line"
 _TASK_NAMES = "comma-separated names of calib_* lm-eval tasks or groups (axolotl-calib tasks-path prints their folder)"
 SHARED_FLAGS: dict[str, dict] = {
@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",
              "conf-ECE / cw-ECE / accuracy of a model on held-out MCQ data (lm-eval task calib_jsonl) and our own, "
-             "documented regime heuristic (axolotl_calib_plugin/regime.py: not from the paper). Runs offline: "
+             "documented regime heuristic (axolotl_calib_plugin/eval/regime.py: not from the paper). Runs offline: "
              "the model, adapter and tokenizer must be local folders.\n\n"
              "  axolotl-calib diagnose --model DIR --data-files heldout.jsonl --train-data-files train.jsonl",
              deprecated={"--data": "--data-files", "--train-data": "--train-data-files"})

@@ -110,21 +110,13 @@ def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:
 
 # ---------------------------------------------------------------------- real training runs
 def _train_child(cfg_path: str, log_path: str, env: dict, cwd: str) -> None:
-    """What ``python -m axolotl.cli.train cfg_path`` runs (``fire.Fire(do_cli)``), in a forked process with
-    the caller's environment, working directory and stdout/stderr going to ``log_path``."""
+    """The demo launcher's child (``python -m axolotl.cli.train cfg_path``'s ``do_cli``, output to ``log_path``) in
+    the caller's working directory and exact environment, with torch's default thread count (a subprocess's)."""
+    from axolotl_calib_plugin.demo.launcher import _train_child as run
+
     os.chdir(cwd)
     os.environ.clear()
-    os.environ.update(env)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process ends with the run
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.argv = ["axolotl.cli.train", cfg_path]
-    from axolotl.cli.train import do_cli
-
-    do_cli(config=cfg_path)
+    run(cfg_path, log_path, {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(torch.get_num_threads())})
 
 
 def _forked_train(cfg_path: str, env: dict, cwd: str, timeout: float) -> tuple[int, str]:

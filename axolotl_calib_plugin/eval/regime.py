@@ -88,7 +88,7 @@ class Diagnosis:
                      f"(threshold {self.ts_threshold:.4f}; a calibrated model would show ~{self.noise:.4f} at this n)")
         if self.acc_star is not None:
             lines.append(f"oracle accuracy acc* = {self.acc_star:.4f}")
-        lines.append("Reasoning (heuristic of axolotl-calib, not from the paper; see axolotl_calib_plugin/regime.py):")
+        lines.append("Reasoning (heuristic of axolotl-calib, not from the paper; see axolotl_calib_plugin/eval/regime.py):")
         lines += [f"  - {r}" for r in self.reasons]
         lines.append(f"Verdict: {self.verdict} -> {self.advice} advised "
                      f"({'calib_mode: cft' if self.advice == 'CFT' else 'calib_mode: rcft'})")
