@@ -290,19 +290,12 @@ def test_out_of_range_answers_are_named_not_wrapped(tmp_path, tiny_tokenizer, ti
 
 @pytest.mark.slow
 def test_flagship_rcft_trains_on_the_papers_layout(tiny_model_dir, tmp_path):
-    """The one real run: `python -m axolotl.cli.train` on examples/llama_rcft.yml (model, dataset path and
+    """The one real run: Axolotl's train CLI (``run_train``) on examples/llama_rcft.yml (model, dataset path and
     CPU settings swapped; 2 optimizer steps): plugin, strategy, E-step and the LoRA adapter save."""
-    import os
-    import subprocess
-    import sys
-
-    from axolotl_calib_plugin.offline import OFFLINE_ENV
+    from helpers import run_train
 
     cfg = _on_local_data("llama_rcft.yml", tiny_model_dir, AUTHORS_DATA, tmp_path, max_steps=2, save_strategy="no",
                          logging_steps=1)
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(cfg)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, **OFFLINE_ENV))
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
+    log = run_train(yaml.safe_load(cfg.read_text()), tmp_path, name=cfg.name, timeout=900)  # the same file, rewritten
     assert "calib/ece_loss" in log
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
