@@ -35,7 +35,7 @@ def _tensorboard_scalars(root: str) -> dict[str, float]:
 def test_post_training_report_equals_direct_eval_of_saved_adapter_and_reaches_tensorboard(tmp_path, tiny_cfg,
                                                                                           mcq_rows):
     from axolotl_calib_plugin.eval.evaluation import make_hflm, run_tasks
-    from axolotl_calib_plugin.eval.report import summarize
+    from axolotl_calib_plugin.eval.samples import summarize
 
     train = mcq_rows(8, num_options=(4, 3), seed=3, name="train.jsonl")
     heldout = mcq_rows(12, num_options=(4, 5, 3), seed=4, name="heldout.jsonl")

@@ -131,7 +131,7 @@ def test_temperature_recovers_a_known_temperature_with_mixed_option_counts(tmp_p
     import numpy as np
 
     from axolotl_calib_plugin import metrics
-    from axolotl_calib_plugin.eval.report import read_samples, stack_items
+    from axolotl_calib_plugin.eval.samples import read_samples, stack_items
 
     rng = np.random.default_rng(0)
     logits, labels = [], []
