@@ -424,10 +424,10 @@ def test_axolotl_prepare_datasets_keeps_columns_and_drops_too_long_rows(tiny_cfg
 def test_rows_longer_than_sequence_len_are_counted_per_batch(make_strategy, caplog):
     strategy, _ = make_strategy("long.jsonl", sequence_len=64)
     rows = [ROWS[1], {**ROWS[1], "question": "long " * 80}, {**ROWS[1], "question": "longer " * 90}]
-    with caplog.at_level("WARNING", logger="axolotl_calib_plugin.mcq"):
+    with caplog.at_level("WARNING", logger="axolotl_calib_plugin.train.mcq"):
         out = strategy.tokenize_prompt(_as_batch(rows))
     longest = max(len(ids) for ids in out["input_ids"])
-    assert [r.getMessage() for r in caplog.records if r.name == "axolotl_calib_plugin.mcq"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "axolotl_calib_plugin.train.mcq"] == [
         f"long.jsonl: 2 of rows 0..2 are longer than sequence_len 64 tokens (longest {longest}) and will be dropped "
         "by Axolotl (excess_length_strategy: drop); raise sequence_len to keep them"]
 
