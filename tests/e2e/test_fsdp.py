@@ -223,7 +223,7 @@ def _fake_trainer(model, rows, tok, out_dir):
     logs = []
     return SimpleNamespace(model=model, model_wrapped=model, train_dataset=rows, processing_class=tok,
                            is_fsdp_enabled=True, control=SimpleNamespace(should_log=False), logs=logs,
-                           log=logs.append,
+                           log=logs.append, is_world_process_zero=lambda: int(os.environ.get("RANK", "0")) == 0,
                            args=SimpleNamespace(device=torch.device("cpu"), disable_tqdm=True, output_dir=str(out_dir)))
 
 
