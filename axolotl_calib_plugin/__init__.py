@@ -16,11 +16,11 @@ __all__ = ["CalibrationPlugin", "CalibrationArgs", "__version__"]
 
 def __getattr__(name):  # PEP 562: keep `import axolotl_calib_plugin` free of axolotl's import cost
     if name == "CalibrationPlugin":
-        from .plugin import CalibrationPlugin
+        from .train.plugin import CalibrationPlugin
 
         return CalibrationPlugin
     if name == "CalibrationArgs":
-        from .args import CalibrationArgs
+        from .train.args import CalibrationArgs
 
         return CalibrationArgs
     raise AttributeError(f"module 'axolotl_calib_plugin' has no attribute {name!r}")

@@ -31,17 +31,15 @@ def _offline_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def _tasks(value: str) -> list[str]:
-    return [t.strip() for t in value.split(",") if t.strip()]
-
-
 def _limit(value: str):
+    """argparse type of ``--limit``: the number in ``value`` (``2.0`` is 2) under the report key's rule."""
+    from .eval.evaluation import check_limit
+
     v = float(value)
-    if v >= 1 and v.is_integer():
-        return int(v)
-    if 0 < v < 1:
-        return v
-    raise argparse.ArgumentTypeError(f"--limit must be an integer >= 1 or a fraction in (0, 1), got {value}")
+    try:
+        return check_limit(int(v) if v.is_integer() else v, "--limit")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -114,7 +112,7 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:
             _samples_of(cp, f"--{flag}", path)
-    from .report import load_results
+    from .eval.samples import load_results
 
     runs = []
     for spec in getattr(a, "run", None) or []:
@@ -136,7 +134,7 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
 
 def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, str]:
     """``{task: samples file}`` of a samples file or folder; a usage error when there is none."""
-    from .report import find_samples
+    from .eval.samples import find_samples
 
     if not os.path.exists(path):
         cp.error(f"{flag} {path}: no such file or folder")
@@ -152,7 +150,7 @@ def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, 
 
 def _check_tasks(cp: argparse.ArgumentParser, a) -> None:
     """Every task name given exists in the task folder (read from its YAMLs: no lm-eval import)."""
-    from .evaluation import task_index, unknown_task_message
+    from .eval.evaluation import task_index, unknown_task_message
 
     given = {f: getattr(a, f, None) for f in ("tasks", "fit_tasks", "in_task", "out_task")}
     given = {f: v if isinstance(v, list) else [v] for f, v in given.items() if v}
@@ -210,9 +208,9 @@ def cmd_demo(a) -> int:
 def cmd_diagnose(a) -> int:
     from scipy.special import softmax
 
-    from .evaluation import evaluate_files, find_task_dir, make_hflm
-    from .regime import diagnose
-    from .temperature import pad_ragged_logits
+    from .eval.evaluation import evaluate_files, find_task_dir, make_hflm
+    from .eval.regime import diagnose
+    from .eval.temperature import pad_ragged_logits
 
     device, dtype = _device_dtype(a)
     lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
@@ -237,7 +235,7 @@ def cmd_diagnose(a) -> int:
 
 
 def cmd_preference(a) -> int:
-    from .evaluation import make_hflm
+    from .eval.evaluation import make_hflm
     from .preference import REPORT_MD, read_pairs, render_markdown, score_preferences, write_report
 
     if not (math.isfinite(a.beta) and a.beta > 0):
@@ -272,15 +270,15 @@ def cmd_make_tiny(a) -> int:
 
 
 def cmd_tasks_path(a) -> int:
-    from .evaluation import find_task_dir
+    from .eval.evaluation import find_task_dir
 
     print(find_task_dir())
     return 0
 
 
 def cmd_eval(a) -> int:
-    from .evaluation import make_hflm
-    from .report import evaluate_to_report, markdown_table
+    from .eval.evaluation import make_hflm
+    from .eval.report import evaluate_to_report, markdown_table
 
     tasks = a.tasks
     if a.data_files and "calib_jsonl" not in tasks:
@@ -314,8 +312,8 @@ def _trained_row_settings(a) -> dict:
     else --option-letters; a flag that contradicts what the model was trained with is refused, naming both."""
     import json
 
-    from .args import check_option_letters
-    from .report import SETTINGS_FILE, row_metadata
+    from .prompts import check_option_letters
+    from .eval.report import SETTINGS_FILE, row_metadata
 
     path = os.path.join(a.model, SETTINGS_FILE)
     flag = check_option_letters(a.option_letters, "--option-letters") if a.option_letters else None
@@ -344,7 +342,7 @@ def _trained_row_settings(a) -> dict:
 def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[str, list]:
     """Files or folders -> {samples file: items} (a folder contributes the newest file of each task; with
     ``tasks``, a folder's files of other tasks are left out and a named file of another task is an error)."""
-    from .report import read_samples, samples_task
+    from .eval.samples import read_samples, samples_task
 
     files = []
     for p in paths:
@@ -360,10 +358,11 @@ def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[s
 
 
 def cmd_temperature(a) -> int:
-    from .compare import metrics_of_items
-    from .plots import plot_comparison
-    from .report import samples_task, stack_items, write_report
-    from .temperature import in_domain_tasks, scale_samples
+    from .eval.compare import metrics_of_items
+    from .eval.plots import plot_comparison
+    from .eval.report import write_report
+    from .eval.samples import samples_task, stack_items
+    from .eval.temperature import in_domain_tasks, scale_samples
 
     fit_tasks = a.fit_tasks or in_domain_tasks()
     fit = _read_samples_args(a, "--fit", a.fit, fit_tasks)
@@ -425,7 +424,7 @@ def cmd_temperature(a) -> int:
 
 
 def cmd_table(a) -> int:
-    from .compare import build_table, plot_runs, render_markdown, write_json
+    from .eval.compare import build_table, plot_runs, render_markdown, write_json
 
     try:
         table = build_table(a.runs, a.in_task, a.out_task)
@@ -477,7 +476,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _task_list(value: str) -> list[str]:
-    tasks = _tasks(value)
+    from .eval.evaluation import as_list
+
+    tasks = as_list(value)
     if not tasks:
         raise argparse.ArgumentTypeError(f"needs comma-separated task names, got {value!r}")
     return tasks
@@ -485,7 +486,7 @@ def _task_list(value: str) -> list[str]:
 
 #: One definition of every flag used by more than one command (and of the task / data-file / output flags):
 #: a flag means the same thing, with the same type and default, in every command that has it. A command may
-#: add its role after the meaning (``role=``) and make the flag required; tests/test_cli.py walks the parsers.
+#: add its role after the meaning (``role=``) and make the flag required; tests/unit/test_cli.py walks the parsers.
 _MCQ_FILES = "MCQ JSONL file(s), {question, choices, answer} per line"
 _TASK_NAMES = "comma-separated names of calib_* lm-eval tasks or groups (axolotl-calib tasks-path prints their folder)"
 SHARED_FLAGS: dict[str, dict] = {
@@ -615,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",
              "conf-ECE / cw-ECE / accuracy of a model on held-out MCQ data (lm-eval task calib_jsonl) and our own, "
-             "documented regime heuristic (axolotl_calib_plugin/regime.py: not from the paper). Runs offline: "
+             "documented regime heuristic (axolotl_calib_plugin/eval/regime.py: not from the paper). Runs offline: "
              "the model, adapter and tokenizer must be local folders.\n\n"
              "  axolotl-calib diagnose --model DIR --data-files heldout.jsonl --train-data-files train.jsonl",
              deprecated={"--data": "--data-files", "--train-data": "--train-data-files"})
@@ -684,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the multi-seed study instead: a count N (seeds 0..N-1) or a comma list; every cell as "
                         "mean ± 95%% CI, paired differences, the λ curve (default: single seed)")
     d.add_argument("--world", choices=("topic", "sampled"), default="topic",
-                   help="topic: hard labels, question text with learnable structure; sampled: the earlier world "
+                   help="topic: hard labels, question text with learnable structure; sampled: a world "
                         "whose answers are sampled afresh from p* per row")
     d.add_argument("--study", choices=("main", "heldout"), default="main",
                    help="with --seeds: main (the paper's Table 2 claims; study.json) or heldout (the held-out M-step "

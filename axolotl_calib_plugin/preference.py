@@ -164,7 +164,7 @@ def read_pairs(paths: Sequence[str], chat: bool = False) -> list[PreferencePair]
 # ------------------------------------------------------------------------------------------- tokens
 def _continuation(tokenizer, prompt_ids: list[int], full_ids: list[int], chat: bool) -> list[int] | str:
     """The response tokens (``full_ids`` after ``prompt_ids``), or why there are none."""
-    from .mcq import _show
+    from .train.mcq import _show
 
     n = len(prompt_ids)
     if full_ids[:n] != prompt_ids:
@@ -189,7 +189,7 @@ def encode_pairs(tokenizer, pairs: Sequence[PreferencePair], chat: bool = False
     as given (as TRL's DPO does; put any separator in the data). Chat: the tokenizer's template, the prompt
     turns with the generation prompt, and the whole conversation (the response's end-of-turn tokens count).
     """
-    from .mcq import _encode_plain, _render_chat
+    from .train.mcq import _encode_plain, _render_chat
 
     if chat and not getattr(tokenizer, "chat_template", None):
         raise CalibDataError("--apply-chat-template: the tokenizer has no chat template (set chat_template in its "

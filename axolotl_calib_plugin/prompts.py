@@ -33,12 +33,21 @@ def format_mcq_prompt(question: str, choices: Sequence[str], letters: Sequence[s
     return "\n".join(lines)
 
 
-def answer_to_index(answer: Any, choices: Sequence[str], letters: Sequence[str] = DEFAULT_LETTERS) -> int:
-    """0-based index of ``answer`` (int index, digit string, letter or choice text; ``answer_format: auto``).
-
-    The rules, ambiguity included, are :func:`axolotl_calib_plugin.rows.read_answer`'s (kept here for
-    callers that only format prompts); raises ``CalibDataError`` (a ``ValueError``) on a bad answer.
-    """
-    from .rows import read_answer  # rows imports this module's letters
-
-    return read_answer(answer, [str(c) for c in choices], letters)
+def check_option_letters(value: Any, key: str = "calib_option_letters") -> list[str]:
+    """Option letters as a list (a string such as ``'ABCD'`` is split into characters, ``'A,B'`` at commas);
+    ``ValueError`` naming ``key`` unless they are >= 2 distinct non-blank strings without surrounding spaces.
+    The one rule for the training key and the lm-eval metadata ``option_letters``."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")] if "," in value else list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key} must be a list of strings, got {value!r}")
+    value = list(value)
+    if len(value) < 2:
+        raise ValueError(f"{key} needs at least 2 letters, got {value!r}")
+    bad = [v for v in value if not v.strip() or v != v.strip()]
+    if bad:
+        raise ValueError(f"{key} must be non-empty and carry no surrounding whitespace, got {bad!r}")
+    dup = sorted({v for v in value if value.count(v) > 1})
+    if dup:
+        raise ValueError(f"{key} has duplicates {dup}")
+    return value

@@ -405,6 +405,15 @@ def read_answer(answer: Any, choices: Sequence[str], letters: Sequence[str] = DE
     )
 
 
+def answer_to_index(answer: Any, choices: Sequence[str], letters: Sequence[str] = DEFAULT_LETTERS) -> int:
+    """0-based index of ``answer`` (int index, digit string, letter or choice text; ``answer_format: auto``).
+
+    :func:`read_answer` with its defaults, for callers holding plain choices; raises ``CalibDataError`` (a
+    ``ValueError``) on a bad answer.
+    """
+    return read_answer(answer, [str(c) for c in choices], letters)
+
+
 def require_field(row: Mapping[str, Any], field: str) -> Any:
     """``row[field]``; :class:`CalibDataError` if it is absent or null (one message for both: an Arrow
     column gives ``None`` for a key a JSONL line lacks)."""

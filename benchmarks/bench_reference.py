@@ -159,8 +159,9 @@ def reference_calibration_loss(probs, bin_acc, bin_count, n_bins: int = 10, skip
 
 # ----------------------------------------------------------------------------- (a) the loss term
 def loss_term_section(args, results) -> bool:
-    from axolotl_calib_plugin.em import EMState
-    from axolotl_calib_plugin.loss import ece_loss, option_logits, option_probs
+    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.head import option_logits
+    from axolotl_calib_plugin.train.loss import ece_loss, option_probs
 
     V, H, B, K = args.head_vocab, args.head_hidden, args.batch, 4
     alpha, lam = 0.5, 1.0
@@ -249,9 +250,9 @@ def loss_term_section(args, results) -> bool:
 def build_estep(args):
     import datasets
 
-    from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.estep import EStepData
-    from axolotl_calib_plugin.mcq import MCQStrategy, option_token_ids
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.estep import EStepData
+    from axolotl_calib_plugin.train.mcq import MCQStrategy, option_token_ids
     from axolotl_calib_plugin.testing import build_llama, build_tokenizer
 
     tok = build_tokenizer()
@@ -294,7 +295,7 @@ def reference_estep(model, data, option_ids, batch_size: int, max_length: int, p
 
 
 def estep_section(args, results) -> bool:
-    from axolotl_calib_plugin.estep import run_estep
+    from axolotl_calib_plugin.train.estep import run_estep
 
     t0 = time.perf_counter()
     tok, model, data, option_ids = build_estep(args)
@@ -343,8 +344,8 @@ def estep_section(args, results) -> bool:
 
 # ----------------------------------------------------------------------------- (c) faithfulness
 def quirks_section(args, results) -> bool:
-    from axolotl_calib_plugin.em import assign_bins, build_targets
-    from axolotl_calib_plugin.loss import ece_loss
+    from axolotl_calib_plugin.train.em import assign_bins, build_targets
+    from axolotl_calib_plugin.train.loss import ece_loss
 
     print("\n(c) Faithfulness: a hand-made batch of 6 samples (K=4) and a hand-made E-step of an over-confident model "
           "(q_m = bin accuracy, n_m = E-step count); ours with calib_nonmax_split=reference (the same tanh rule), "

@@ -70,14 +70,14 @@ def build(args) -> Setup:
     from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
     from axolotl.utils.dict import DictDefault
 
-    from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.estep import EStepData
-    from axolotl_calib_plugin.collator import CalibDataCollatorForSeq2Seq
-    from axolotl_calib_plugin.columns import CALIB_COLUMNS
-    from axolotl_calib_plugin.context import CalibrationContext
-    from axolotl_calib_plugin.mcq import MCQStrategy
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.estep import EStepData
+    from axolotl_calib_plugin.train.collator import CalibDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.columns import CALIB_COLUMNS
+    from axolotl_calib_plugin.train.context import CalibrationContext
+    from axolotl_calib_plugin.train.mcq import MCQStrategy
     from axolotl_calib_plugin.testing import build_llama, build_tokenizer
-    from axolotl_calib_plugin.trainer import AxolotlCalibTrainer
+    from axolotl_calib_plugin.train.trainer import AxolotlCalibTrainer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = build_tokenizer()
@@ -133,8 +133,8 @@ def build(args) -> Setup:
 
 def estep(s: Setup):
     """One EM refresh as ``EMRefreshCallback.refresh_now`` does it (minus logging)."""
-    from axolotl_calib_plugin.estep import run_estep
-    from axolotl_calib_plugin.em import EMState
+    from axolotl_calib_plugin.train.estep import run_estep
+    from axolotl_calib_plugin.train.em import EMState
 
     was_training = s.model.training
     s.model.eval()
@@ -153,8 +153,8 @@ def heldout_report(s: Setup, reps: int, epoch_times: list) -> dict:
     the M-step alone with training-row bins, held-out bins and temperature targets (held-out rows = a quarter of the
     training rows' count, their probabilities given), and the forward over the held-out rows that a refresh runs when
     no evaluation at the same step left them (with ``eval_strategy: epoch`` only the first refresh does)."""
-    from axolotl_calib_plugin.em import EMState
-    from axolotl_calib_plugin.estep import run_estep
+    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.estep import run_estep
 
     s.model.eval()
     with torch.no_grad():
@@ -169,7 +169,7 @@ def heldout_report(s: Setup, reps: int, epoch_times: list) -> dict:
         return lambda: EMState.from_estep(out["sample_ids"], out["probs"], out["labels"], out["num_options"],
                                           n_bins=s.settings.calib_bins, **kw)
 
-    from axolotl_calib_plugin.estep import EStepData
+    from axolotl_calib_plugin.train.estep import EStepData
 
     sub = EStepData(s.dataset.select(range(n_h)))
 
@@ -217,8 +217,8 @@ def online_report(s: Setup, reps: int, exact_epochs: list, exact_refreshes: list
     """(e) ``calib_estep: online``: its refresh (gather the record + M-step, no forward) vs the epoch whose
     training forwards filled the record, through the real callback; then the total training time of an
     online run (one exact E-step first, then E epochs with recording and E-1 online refreshes) vs plain SFT."""
-    from axolotl_calib_plugin.callbacks import EMRefreshCallback
-    from axolotl_calib_plugin.online import OnlineRecord
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.online import OnlineRecord
 
     calib = s.calib_trainer.calib
     calib.online = OnlineRecord()
@@ -358,7 +358,8 @@ def head_child(args) -> None:
 
     import torch.nn.functional as F
 
-    from axolotl_calib_plugin.loss import ece_loss, option_logits
+    from axolotl_calib_plugin.train.head import option_logits
+    from axolotl_calib_plugin.train.loss import ece_loss
 
     trainable, with_ece = args.child == "head-train-ece" or args.child == "head-train", args.child.endswith("-ece")
     V, H, P, N = args.head_vocab, args.head_hidden, args.batch, args.head_rows
@@ -508,7 +509,7 @@ def main(argv=None) -> int:
     te, tr_ = ab_timings(run_epoch, run_refresh, reps, warmup=0, sync_fn=lambda: sync(s))
     ratio_b = report_ratio("A: one training epoch", te, "B: one EM refresh (E-step + M-step)", tr_, 0.40,
                            unit="ms")
-    from axolotl_calib_plugin.estep import EStepData
+    from axolotl_calib_plugin.train.estep import EStepData
 
     t1 = time.perf_counter()
     EStepData(s.dataset)

@@ -93,15 +93,15 @@ class Step:
     """forward + backward + AdamW step, plain SFT or SFT + lambda * ECE (the trainer's computation)."""
 
     def __init__(self, model, em_state, lam: float = 1.0, online=None):
-        from axolotl_calib_plugin import loss
+        from axolotl_calib_plugin.train import head, loss
 
         self.model, self.em_state, self.lam, self.online = model, em_state, lam, online
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=next(model.parameters()).is_cuda)
-        self.loss = loss
+        self.loss, self.head = loss, head
         self.ids = torch.tensor(LETTER_IDS, device=next(model.parameters()).device)
         # as the trainer: the K head rows are taken inside the head's own forward (hooks), else from
         # hidden_states[-1] when the head is never called (a fused loss such as Liger FLCE)
-        loss.install_head_capture(model, LETTER_IDS)
+        head.install_head_capture(model, LETTER_IDS)
 
     def __call__(self, batch, with_ece: bool):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -111,9 +111,9 @@ class Step:
             sid = batch["calib_sample_id"]
             b, t = (sid >= 0).nonzero(as_tuple=True)
             k = batch["calib_num_options"][b, t]
-            logits = self.loss.captured_option_logits(self.model, b, t, LETTER_IDS, sid.shape)
+            logits = self.head.captured_option_logits(self.model, b, t, LETTER_IDS, sid.shape)
             if logits is None:
-                logits = self.loss.option_logits(self.model, out.hidden_states[-1][b, t], self.ids)
+                logits = self.head.option_logits(self.model, out.hidden_states[-1][b, t], self.ids)
             loss = loss + self.lam * self.loss.ece_loss(logits, self.em_state.lookup(sid[b, t]), k)
             if self.online is not None:
                 self.online.record(sid[b, t], self.loss.option_probs(logits.detach(), k))
@@ -125,7 +125,7 @@ class Step:
 def estep_data(batches):
     """The E-step's flat answer positions (estep.EStepData) of the synthetic rows (a list of dict rows: the
     ``datasets`` library is not needed)."""
-    from axolotl_calib_plugin.estep import EStepData
+    from axolotl_calib_plugin.train.estep import EStepData
 
     keys = ("input_ids", "calib_sample_id", "calib_answer_idx", "calib_num_options")
     rows = []
@@ -163,9 +163,9 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    from axolotl_calib_plugin.em import EMState
-    from axolotl_calib_plugin.estep import run_estep
-    from axolotl_calib_plugin.online import OnlineRecord
+    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.estep import run_estep
+    from axolotl_calib_plugin.train.online import OnlineRecord
 
     t_setup = time.perf_counter()
     model = build_model(args, device)

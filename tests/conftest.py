@@ -1,5 +1,7 @@
-"""Shared pytest fixtures (owner: P1; ask before adding so they stay general).
+"""Shared pytest fixtures (plain helpers and constants: ``helpers.py``; tests import them from there).
 
+* tests/unit: one module or concept at a time (a few, marked ``slow``, run lm_eval or pip);
+  tests/e2e: real ``axolotl train`` runs, all marked ``slow`` here by location;
 * offline environment: set before anything imports huggingface_hub / transformers (they read
   the variables at import time), and re-asserted per test;
 * ``tiny_model_dir`` / ``tiny_tokenizer``: a local tiny Llama built once per session;
@@ -18,26 +20,18 @@ import collections
 import copy
 import json
 import os
-import random
 import sys
 from pathlib import Path
 
 import pytest
 
 from axolotl_calib_plugin.offline import OFFLINE_ENV
+
 os.environ.update(OFFLINE_ENV)
 
-#: CPU-safe settings every tiny Axolotl config needs (bf16: auto means fp16 on CPU; fused kernels need a GPU).
-CPU_SETTINGS = {
-    "bf16": False,
-    "fp16": False,
-    "tf32": False,
-    "flash_attention": False,
-    "optimizer": "adamw_torch",
-    "dataset_num_proc": 1,
-    "save_safetensors": True,
-}
-PLUGIN = "axolotl_calib_plugin.CalibrationPlugin"
+from helpers import CPU_SETTINGS, PLUGIN, make_mcq_rows  # noqa: E402 - tests/ is on sys.path (this file is there)
+
+E2E = Path(__file__).resolve().parent / "e2e"
 
 
 @pytest.fixture(autouse=True)
@@ -80,35 +74,6 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-def load_task_utils(name: str = "calib_task_utils"):
-    """The calib task folder's ``utils.py`` as lm-eval loads it (by file path, not as a package module)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "calib" / "utils.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def make_mcq_rows(n: int = 8, num_options: int | tuple[int, ...] = 4, seed: int = 0,
-                  answer_as: str = "index") -> list[dict]:
-    """``n`` deterministic MCQ rows; ``num_options`` is K or a cycle of Ks; ``answer_as`` is
-    ``index`` (int), ``letter`` ("B") or ``text`` (the choice itself)."""
-    rng = random.Random(seed)
-    words = "red green blue cat dog heart lung cell atom light water energy".split()
-    ks = (num_options,) if isinstance(num_options, int) else tuple(num_options)
-    rows = []
-    for i in range(n):
-        k = ks[i % len(ks)]
-        choices = [f"{words[(i + j) % len(words)]} {j}" for j in range(k)]
-        gold = rng.randrange(k)
-        answer = {"index": gold, "letter": "ABCDEFGHIJ"[gold], "text": choices[gold]}[answer_as]
-        rows.append({"id": i, "question": f"Which is {words[i % len(words)]} number {i}?",
-                     "choices": choices, "answer": answer})
-    return rows
 
 
 @pytest.fixture
@@ -158,14 +123,6 @@ def tiny_cfg(tmp_path, tiny_model_dir, mcq_rows):
     return _make
 
 
-def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:
-    """The option-letter token ids a config resolves to (settings from ``cfg``, chat template too)."""
-    from axolotl_calib_plugin.args import CalibrationArgs
-    from axolotl_calib_plugin.mcq import option_token_ids
-
-    return option_token_ids(tokenizer, CalibrationArgs.from_cfg(cfg), num_options, cfg=cfg)
-
-
 @pytest.fixture
 def validate_cfg():
     """``validate_cfg(cfg) -> DictDefault``: register the listed plugins, then validate against
@@ -181,6 +138,13 @@ def validate_cfg():
         return validate_config(cfg)
 
     return _validate
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/e2e runs the real ``axolotl train``: marked ``slow`` by where it lives."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_unconfigure(config):

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import metrics
-from ..temperature import apply_temperature, fit_temperature
+from ..eval.temperature import apply_temperature, fit_temperature
 
 N_BINS = metrics.DEFAULT_N_BINS
 

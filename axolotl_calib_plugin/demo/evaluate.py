@@ -1,6 +1,6 @@
 """The demo's evaluation step: several local models x several MCQ files, one lm-eval process.
 
-Every evaluation is :func:`axolotl_calib_plugin.evaluation.evaluate_files` (lm-eval's own evaluator with
+Every evaluation is :func:`axolotl_calib_plugin.eval.evaluation.evaluate_files` (lm-eval's own evaluator with
 the project's ``calib_jsonl`` / ``calib_jsonl_ood`` tasks); the demo needs the per-question option
 log-likelihoods for the temperature-scaling fit, the preference-pair ratios and the reliability diagrams.
 
@@ -10,7 +10,7 @@ CLI (what the demo calls in a subprocess)::
         --set in=eval_in.jsonl --set out=eval_out.jsonl [--set ts_fit=ts.jsonl:aligned]
 
 A set ``NAME=PATH:MODEL1,MODEL2`` is only evaluated for the listed models. Writes
-``DIR/<model>__<set>.json`` (see :func:`axolotl_calib_plugin.evaluation.evaluate_files`).
+``DIR/<model>__<set>.json`` (see :func:`axolotl_calib_plugin.eval.evaluation.evaluate_files`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Sequence
 
-from ..evaluation import evaluate_files, find_task_dir, load_lm
+from ..eval.evaluation import evaluate_files, find_task_dir, load_lm
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -223,8 +223,8 @@ def train_logged(cfg_path: str, log_path: str, what: str) -> float:
 
 #: source files that cannot change a trained model or an evaluation dump: the CLI's text, plots, and the summaries
 #: that are recomputed from the dumps on every invocation (tables, statistics, the studies' reports)
-_RESULT_NEUTRAL = ("cli.py", "plots.py", "compare.py", os.path.join("demo", "report.py"),
-                   os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
+_RESULT_NEUTRAL = ("cli.py", os.path.join("eval", "plots.py"), os.path.join("eval", "compare.py"),
+                   os.path.join("demo", "report.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
                    os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"))
 
 
@@ -233,7 +233,7 @@ def code_files() -> list[str]:
     data, evaluation, the world, the tiny-model builders) and the lm-eval task folder (task YAMLs, utils.py),
     minus ``_RESULT_NEUTRAL``. Sorted, relative to the package's parent."""
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from ..evaluation import find_task_dir
+    from ..eval.evaluation import find_task_dir
 
     roots = [(pkg, (".py",)), (find_task_dir(), (".py", ".yaml", "_yaml"))]
     base = os.path.dirname(pkg)
@@ -312,7 +312,8 @@ def build_init_model(world, s: DemoSettings, path: str, seed: int) -> str:
 
 def _sft_jsonl(mcq_path: str, out_path: str) -> str:
     """MCQ rows -> ``{prompt, completion}`` for the plain-Axolotl SFT runs (same prompt as the mcq strategy)."""
-    from ..prompts import DEFAULT_LETTERS, answer_to_index, format_mcq_prompt
+    from ..prompts import DEFAULT_LETTERS, format_mcq_prompt
+    from ..rows import answer_to_index
 
     with open(out_path, "w", encoding="utf-8") as f:
         for r in read_jsonl(mcq_path):
@@ -441,7 +442,7 @@ def evaluate_all(p: _Paths, parallel: int) -> None:
 
 def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
     """Per-model scores (in/out-domain, preference pairs, regime) from the eval dumps; TS rows added."""
-    from ..regime import diagnose
+    from ..eval.regime import diagnose
 
     data = p.data
     eval_dir = os.path.join(p.out, "eval")
@@ -495,7 +496,7 @@ def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
         rows[f"{arm}.ts"] = {"in": analysis.scores(p_in, y_in).as_dict(), "out": analysis.scores(p_out, y_out).as_dict(),
                              "pairs": analysis.pair_stats(z_in, pairs, ps_in).as_dict(), "temperature": t}
         probs[f"{arm}.ts"] = {"in": {"probs": p_in, "labels": y_in}, "out": {"probs": p_out, "labels": y_out}}
-    # regime diagnosis (axolotl_calib_plugin.regime, our heuristic) of the start models: held-out in-domain
+    # regime diagnosis (axolotl_calib_plugin.eval.regime, our heuristic) of the start models: held-out in-domain
     # predictions, plus the predictions on the training set the fixes would train on
     for name in ("base",) + ARMS:
         if name in probs and "train" in probs[name]:

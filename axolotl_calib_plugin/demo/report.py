@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
-
+from ..eval.report import fmt_value as _fmt
 
 ARM_LABEL = {"aligned": "aligned (DPO)", "overfit": "over-fine-tuned (long SFT)"}
 FIX_LABEL = {"ts": "temp. scaling", "ls": "label smoothing"}
@@ -70,12 +69,6 @@ COLUMNS = (
     ("cw_ece", "in", "cw-ECE in"), ("cw_ece", "out", "cw-ECE out"),
     ("acc", "in", "acc in"), ("acc", "out", "acc out"),
 )
-
-
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.4f}"
 
 
 def table_rows(results: dict) -> list[list[str]]:
@@ -228,7 +221,7 @@ MAIN_FIXES = ("ts", "ls", "cft_lam0", "cft", "rcft", "cft_online")
 def plot_seed(probs: dict, out_dir: str, domain: str = "in") -> list[str]:
     """Reliability diagrams of one seed (:mod:`axolotl_calib_plugin.plots`): one figure per main model and,
     per arm, one comparison panel of the start model and its fixes; ``domain`` is the eval set drawn."""
-    from ..plots import plot_comparison, plot_reliability
+    from ..eval.plots import plot_comparison, plot_reliability
 
     paths = []
     keys = [k for k in ordered_keys(probs) if k in ("oracle", "base") + tuple(ARM_LABEL) or

@@ -16,14 +16,11 @@ import gc
 from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel
 
+from ..train.args import is_plugin_listed
+
 
 class DemoSupportArgs(BaseModel):
     demo_gc_freeze: bool | None = None
-
-
-def _listed(cfg) -> bool:
-    plugins = (cfg.get("plugins") if cfg is not None else None) or []
-    return any(str(p).endswith("DemoSupportPlugin") for p in plugins)
 
 
 class DemoSupportPlugin(BasePlugin):
@@ -33,6 +30,6 @@ class DemoSupportPlugin(BasePlugin):
         return "axolotl_calib_plugin.demo.support.DemoSupportArgs"
 
     def post_trainer_create(self, cfg, trainer):
-        if _listed(cfg) and cfg.get("demo_gc_freeze"):
+        if cfg is not None and is_plugin_listed(cfg.get("plugins"), "DemoSupportPlugin") and cfg.get("demo_gc_freeze"):
             gc.collect()
             gc.freeze()

@@ -30,8 +30,7 @@ import numpy as np
 from scipy.special import softmax
 
 from axolotl_calib_plugin import metrics as _metrics
-from axolotl_calib_plugin.args import check_option_letters
-from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, format_mcq_prompt, option_letters
+from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, check_option_letters, format_mcq_prompt, option_letters
 from axolotl_calib_plugin.rows import (
     ANSWER_FORMATS,
     CalibDataError,

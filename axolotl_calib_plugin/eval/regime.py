@@ -1,0 +1,199 @@
+"""Regime diagnosis: does a model look *calibratable* (use CFT) or *non-calibratable* (use RCFT)?
+
+What the paper says (Xiao et al., ICML 2025, Sec. 4 and its take-away messages):
+
+* calibratable regime: ECE can be driven to zero **without sacrificing accuracy**; non-calibratable
+  regime: a fundamental trade-off, a strictly positive lower bound on ECE once the model's accuracy
+  exceeds a critical accuracy (set by the target generative model);
+* "preference-aligned models lie in the calibratable regime -> CFT restores calibration without
+  sacrificing performance"; "overly fine-tuned models shift into the non-calibratable regime -> RCFT
+  navigates the ECE/performance trade-off".
+
+The paper gives **no operational test**. The rule below is **ours**, built on what the EM loop of
+(R)CFT actually sees. Its M-step sets each bin's target confidence to that bin's accuracy ON THE
+TRAINING SET (Algorithm 1). So:
+
+1. *Memorisation gap* (decisive when training-set predictions are given). If the model is more accurate
+   on the questions it would be fine-tuned on than on unseen ones -- beyond sampling noise (a
+   two-proportion z-test) and by more than ``gap_tol`` -- it has fitted those questions' golds: the
+   E-step's bin accuracies, hence the targets, are above what the model achieves on new questions, and
+   training-set calibration cannot reach held-out calibration without giving up the fit. In the paper's
+   terms its accuracy on the calibration data is above the critical accuracy: non-calibratable.
+2. *Oracle accuracy* (optional ``acc_star``, e.g. a known ceiling): held-out accuracy above
+   ``acc_star + acc_tol`` is above the critical accuracy (our reading of the bound: ECE >= acc - acc*).
+3. *Temperature test* (reported always; decisive only without training-set predictions): one
+   temperature, cross-fitted on two halves of the held-out set, brings conf-ECE below
+   ``max(abs_tol, rel_tol * ECE, noise_mult * noise)`` (noise = the conf-ECE a perfectly calibrated model
+   shows at this sample size). It shows that the miscalibration is a global over/under-confidence, which
+   accuracy-preserving training can remove. Passing it is evidence for "calibratable", never proof: any
+   model reaches conf-ECE 0 at unchanged accuracy by mapping every confidence to its overall accuracy, so
+   no held-out-only statistic can show a model is *non*-calibratable.
+
+Verdict: non-calibratable (RCFT advised) if 1 or 2 fires; otherwise calibratable (CFT advised) -- except
+that without training-set predictions a failed temperature test also gives non-calibratable. Every
+number and the reason is returned, so the CLI prints the reasoning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+from scipy.stats import norm
+
+from .. import metrics
+from .temperature import apply_temperature, fit_temperature, probs_to_logits
+
+N_BINS = metrics.DEFAULT_N_BINS
+
+
+@dataclass
+class Diagnosis:
+    conf_ece: float
+    cw_ece: float
+    acc: float
+    mean_conf: float
+    n: int
+    n_options: int
+    ts_temperature: float
+    ts_conf_ece: float
+    ts_threshold: float
+    noise: float
+    acc_star: Optional[float]
+    train_acc: Optional[float]
+    train_conf_ece: Optional[float]
+    train_n: Optional[int]
+    gap: Optional[float]
+    gap_z: Optional[float]
+    verdict: str  # "calibratable" | "non-calibratable"
+    advice: str  # "CFT" | "RCFT"
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self) -> str:
+        lines = [
+            f"held-out: n = {self.n} questions, K = {self.n_options} options",
+            f"conf-ECE {self.conf_ece:.4f}   cw-ECE {self.cw_ece:.4f}   acc {self.acc:.4f}   "
+            f"mean confidence {self.mean_conf:.4f} ({'over' if self.mean_conf > self.acc else 'under'}-confident by "
+            f"{abs(self.mean_conf - self.acc):.4f})",
+        ]
+        if self.train_acc is not None:
+            lines.append(f"training data: n = {self.train_n}, acc {self.train_acc:.4f}, conf-ECE {self.train_conf_ece:.4f}; "
+                         f"accuracy gap train - held-out {self.gap:+.4f} (z = {self.gap_z:.2f})")
+        lines.append(f"2-fold temperature test: T ~ {self.ts_temperature:.3f}, held-out conf-ECE {self.ts_conf_ece:.4f} "
+                     f"(threshold {self.ts_threshold:.4f}; a calibrated model would show ~{self.noise:.4f} at this n)")
+        if self.acc_star is not None:
+            lines.append(f"oracle accuracy acc* = {self.acc_star:.4f}")
+        lines.append("Reasoning (heuristic of axolotl-calib, not from the paper; see axolotl_calib_plugin/eval/regime.py):")
+        lines += [f"  - {r}" for r in self.reasons]
+        lines.append(f"Verdict: {self.verdict} -> {self.advice} advised "
+                     f"({'calib_mode: cft' if self.advice == 'CFT' else 'calib_mode: rcft'})")
+        return "\n".join(lines)
+
+
+def ece_noise(probs, labels, n_bins: int = N_BINS) -> float:
+    """Expected conf-ECE of a *perfectly calibrated* model with this confidence histogram and n:
+    sum_m (n_m/n) * sqrt(2 c_m (1 - c_m) / (pi n_m)) (mean absolute deviation of a binomial bin mean,
+    normal approximation). ECE differences below a couple of these are sampling noise."""
+    p, y = metrics.validate_probs_labels(probs, labels)
+    rb = metrics.reliability_bins(p, y, n_bins=n_bins, kind="conf")
+    c = np.nan_to_num(rb.mean_confidence, nan=0.5)
+    nm = np.maximum(rb.count, 1)
+    return float(np.sum(rb.weight * np.sqrt(2 * c * (1 - c) / (np.pi * nm))))
+
+
+def cross_fitted_ts_ece(probs, labels, n_bins: int = N_BINS, seed: int = 0) -> tuple[float, float]:
+    """2-fold cross-fitted temperature scaling: (geometric-mean T, conf-ECE of the held-out halves pooled)."""
+    p, y = metrics.validate_probs_labels(probs, labels)
+    p, y = p.numpy(), y.numpy()
+    n = len(y)
+    z = probs_to_logits(p)
+    if n < 4:
+        t = fit_temperature(z, y)
+        return t, metrics.conf_ece(apply_temperature(z, t), y, n_bins)
+    perm = np.random.default_rng(seed).permutation(n)
+    halves = (perm[: n // 2], perm[n // 2:])
+    scaled = np.empty_like(p)
+    temps = []
+    for fit_idx, ev_idx in (halves, halves[::-1]):
+        t = fit_temperature(z[fit_idx], y[fit_idx])
+        temps.append(t)
+        scaled[ev_idx] = apply_temperature(z[ev_idx], t)
+    return float(np.exp(np.mean(np.log(temps)))), metrics.conf_ece(scaled, y, n_bins)
+
+
+def accuracy_gap_z(acc_a: float, n_a: int, acc_b: float, n_b: int) -> float:
+    """Two-proportion z statistic of ``acc_a - acc_b`` (pooled standard error); 0 when both are 0 or 1."""
+    pooled = (acc_a * n_a + acc_b * n_b) / (n_a + n_b)
+    se = math.sqrt(max(pooled * (1 - pooled), 0.0) * (1 / n_a + 1 / n_b))
+    return 0.0 if se == 0 else (acc_a - acc_b) / se
+
+
+def diagnose(probs, labels, *, train_probs=None, train_labels=None, acc_star: float | None = None,
+             n_bins: int = N_BINS, abs_tol: float = 0.05, rel_tol: float = 0.5, noise_mult: float = 2.0,
+             gap_tol: float = 0.05, alpha: float = 0.01, acc_tol: float = 0.02) -> Diagnosis:
+    """Apply the rule of the module docstring.
+
+    ``probs`` (n, K) / ``labels``: the model's option probabilities and golds on HELD-OUT questions;
+    ``train_probs`` / ``train_labels`` (optional, recommended): the same on the data (R)CFT would train on.
+    """
+    p, y = metrics.validate_probs_labels(probs, labels)
+    m = metrics.calibration_metrics(p, y, n_bins)
+    ece, acc = m["conf_ece"], m["accuracy"]
+    mean_conf = float(p.max(dim=1).values.mean())
+    t, ts_ece = cross_fitted_ts_ece(p, y, n_bins)
+    noise = ece_noise(p, y, n_bins)
+    thr = max(abs_tol, rel_tol * ece, noise_mult * noise)
+    reasons: list[str] = []
+    ts_passes = ece <= thr or ts_ece <= thr
+    if ece <= thr:
+        reasons.append(f"held-out conf-ECE {ece:.4f} is already within the threshold {thr:.4f} (T = 1 suffices)")
+    elif ts_ece <= thr:
+        reasons.append(f"one temperature (T ~ {t:.2f}) brings held-out conf-ECE from {ece:.4f} to {ts_ece:.4f} <= {thr:.4f}: "
+                       "the miscalibration is a global over/under-confidence, removable without changing predictions")
+    else:
+        reasons.append(f"the best single temperature leaves held-out conf-ECE {ts_ece:.4f} > {thr:.4f}: the confidence "
+                       "ranking itself is off")
+    non_calibratable = False
+    train_acc = train_ece = gap = z = None
+    train_n = None
+    if train_probs is not None:
+        tp, ty = metrics.validate_probs_labels(train_probs, train_labels)
+        tm = metrics.calibration_metrics(tp, ty, n_bins)
+        train_acc, train_ece, train_n = tm["accuracy"], tm["conf_ece"], int(len(ty))
+        gap = train_acc - acc
+        z = accuracy_gap_z(train_acc, train_n, acc, int(len(y)))
+        z_crit = float(norm.ppf(1 - alpha))
+        if gap > gap_tol and z > z_crit:
+            non_calibratable = True
+            reasons.append(f"accuracy on the training data {train_acc:.4f} exceeds held-out accuracy {acc:.4f} by {gap:.4f} "
+                           f"(> {gap_tol}, z = {z:.1f} > {z_crit:.2f}): the model has fitted those questions, so the "
+                           "E-step's bin accuracies (the M-step's targets) overstate what it achieves on new questions")
+        else:
+            reasons.append(f"accuracy on the training data {train_acc:.4f} is not significantly above held-out accuracy "
+                           f"{acc:.4f} (gap {gap:+.4f}, z = {z:.1f}): the E-step's targets reflect held-out accuracy")
+    elif not ts_passes:
+        non_calibratable = True
+        reasons.append("no training-set predictions given (--train-data): the failed temperature test decides; "
+                       "pass the data you would fine-tune on for the decisive memorisation check")
+    else:
+        reasons.append("no training-set predictions given (--train-data): the verdict rests on the temperature test "
+                       "alone, which cannot rule out memorisation")
+    if acc_star is not None:
+        if acc > acc_star + acc_tol:
+            non_calibratable = True
+            reasons.append(f"accuracy {acc:.4f} exceeds the oracle's {acc_star:.4f} (+{acc_tol}): above the critical "
+                           "accuracy the paper's bound keeps ECE > 0 (our reading: ECE >= acc - acc*)")
+        else:
+            reasons.append(f"accuracy {acc:.4f} is not above the oracle's {acc_star:.4f} (+{acc_tol})")
+    reasons.append("paper's take-away: preference-aligned models are typically calibratable (CFT); over-fine-tuned "
+                   "models non-calibratable (RCFT)")
+    verdict = "non-calibratable" if non_calibratable else "calibratable"
+    return Diagnosis(conf_ece=ece, cw_ece=m["cw_ece"], acc=acc, mean_conf=mean_conf, n=int(len(y)),
+                     n_options=int(p.shape[1]), ts_temperature=t, ts_conf_ece=ts_ece, ts_threshold=thr, noise=noise,
+                     acc_star=acc_star, train_acc=train_acc, train_conf_ece=train_ece, train_n=train_n, gap=gap,
+                     gap_z=z, verdict=verdict, advice="RCFT" if non_calibratable else "CFT", reasons=reasons)

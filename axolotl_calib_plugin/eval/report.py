@@ -1,0 +1,135 @@
+"""Calibration report of one model: our lm-eval tasks -> ``calibration_report.{md,json}`` + reliability PNGs.
+
+Three producers write the same folder layout, so ``axolotl-calib table`` and ``axolotl-calib
+temperature`` read any of them (through :mod:`.samples`):
+
+* after training, when the config sets ``calib_eval_tasks``
+  (:class:`axolotl_calib_plugin.train.report_hook.PostTrainingReport`), into ``output_dir``;
+* ``axolotl-calib eval`` (any model folder or peft adapter), into ``--output-dir``;
+* ``axolotl-calib temperature --out``, the temperature-scaled probabilities.
+
+Layout: ``calibration_report.json`` / ``.md``, ``reliability_<task>.png`` and, under
+``calibration_eval/`` (eval and post-training), lm-eval's own ``results_<time>.json`` and
+``samples_<task>_<time>.jsonl`` (each question's option probabilities and log-likelihoods).
+
+The diagrams are drawn from the same per-question items as the numbers. The row metadata
+(:func:`row_metadata`) makes the tasks build rows as training did.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+from .samples import EVAL_SUBDIR, REPORT_JSON, REPORT_MD, items_from_samples, stack_items, summarize
+
+__all__ = ["ROW_METADATA", "SETTINGS_FILE", "evaluate_to_report", "fmt_value", "markdown_table", "row_metadata",
+           "training_settings", "write_report"]
+
+
+def fmt_value(v) -> str:
+    """A metric as the tables print it: 4 decimals, ``-`` for a missing or NaN value."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def markdown_table(tasks: Mapping[str, Mapping]) -> str:
+    lines = ["| task | n | acc | conf-ECE | cw-ECE |", "|---|---:|---:|---:|---:|"]
+    for name, t in tasks.items():
+        label = f"{name} (group: mean of its tasks)" if t.get("kind") == "group" else name
+        lines.append(f"| {label} | {t.get('n', '-')} | {fmt_value(t.get('acc'))} | {fmt_value(t.get('conf_ece'))} | "
+                     f"{fmt_value(t.get('cw_ece'))} |")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str, tasks: Mapping[str, Mapping], items: Mapping[str, Sequence[Mapping]], *,
+                 title: str, meta: Mapping | None = None, notes: Sequence[str] = (), plot_format: str = "png") -> dict:
+    """Write ``calibration_report.json`` / ``.md`` and one ``reliability_<task>.png`` per task with items.
+
+    ``tasks``: :func:`summarize` output; ``items``: per-question items by task (diagrams); ``meta``:
+    what was evaluated (model, data, settings), stored in the JSON and listed in the Markdown.
+    Returns the written paths.
+    """
+    from . import plots
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths: dict[str, Any] = {"plots": {}}
+    for task, its in items.items():
+        if not its:
+            continue
+        probs, labels, ks = stack_items(its)
+        name = f"reliability_{task}.{plot_format}"
+        plots.plot_reliability(probs, labels, os.path.join(out_dir, name), title=f"{title}: {task}", num_options=ks)
+        paths["plots"][task] = name
+    doc = {"title": title, "created": _dt.datetime.now().isoformat(timespec="seconds"), "n_bins": 10,
+           "meta": dict(meta or {}), "tasks": {k: dict(v) for k, v in tasks.items()}, "plots": paths["plots"]}
+    paths["json"] = os.path.join(out_dir, REPORT_JSON)
+    with open(paths["json"], "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+    md = [f"# Calibration report: {title}", ""]
+    md += [f"* {k}: `{v}`" for k, v in (meta or {}).items() if v not in (None, "", [], {})]
+    md += ["", markdown_table(tasks), "",
+           "conf-ECE: confidence (max option probability) vs accuracy; cw-ECE: every option's probability vs "
+           "its empirical frequency, averaged over the options; both over 10 equal-width bins, lower is better "
+           "(`axolotl_calib_plugin.metrics`). A group row averages its tasks' ECEs; the `*_pooled` tasks give "
+           "the ECE of the pooled predictions.", ""]
+    md += [f"* {n}" for n in notes]
+    if paths["plots"]:
+        md += ["", "## Reliability diagrams", ""]
+        md += [f"### {task}\n\n![{task}]({png})\n" for task, png in paths["plots"].items()]
+    paths["md"] = os.path.join(out_dir, REPORT_MD)
+    with open(paths["md"], "w", encoding="utf-8") as fh:
+        fh.write("\n".join(md) + "\n")
+    return paths
+
+
+def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, meta: Mapping | None = None,
+                       model_name: str = "model", plot_format: str = "png", **run_kw) -> tuple[dict, dict]:
+    """Run our tasks on a loaded lm-eval model and write the full report into ``out_dir``.
+
+    ``run_kw`` goes to :func:`axolotl_calib_plugin.eval.evaluation.run_tasks` (data, limit, chat template).
+    Returns ``(per-task summary, written paths)``.
+    """
+    from .evaluation import run_tasks
+
+    res = run_tasks(lm, tasks, output_dir=os.path.join(out_dir, EVAL_SUBDIR), model_name=model_name, **run_kw)
+    summary = summarize(res)
+    order: list[str] = []
+    for name in tasks:  # the requested order, each group followed by its tasks
+        order += [n for n in [name, *(res.get("group_subtasks") or {}).get(name, [])] if n in summary and n not in order]
+    summary = {n: summary[n] for n in order + [n for n in summary if n not in order]}
+    samples = res.get("samples") or {}
+    items = {task: items_from_samples(samples[task]) for task in summary if task in samples}
+    meta = {**dict(meta or {}), "tasks": list(tasks), "lm_eval_outputs": EVAL_SUBDIR,
+            **{k: v for k, v in run_kw.items() if k in ("data_dir", "data_files", "ood_data_files", "limit",
+                                                         "task_metadata") and v}}
+    paths = write_report(out_dir, summary, items, title=title, meta=meta, plot_format=plot_format)
+    return summary, paths
+
+
+# ----------------------------------------------------------------------------------- training's row settings
+#: training key -> lm-eval task metadata key (lm_eval_tasks/calib/utils.py), with the training default.
+ROW_METADATA = {"calib_option_letters": ("option_letters", None), "calib_answer_format": ("answer_format", "auto"),
+                "calib_field_question": ("question_field", "question"),
+                "calib_field_choices": ("choices_field", "choices"), "calib_field_answer": ("answer_field", "answer")}
+
+#: what ``axolotl-calib eval`` reads to score a model as it was trained (written by the training callback).
+SETTINGS_FILE = "calib_settings.json"
+
+
+def row_metadata(cfg: Mapping) -> dict:
+    """The lm-eval metadata that makes the tasks build rows as training did (letters, answer format, fields)."""
+    from ..prompts import DEFAULT_LETTERS, check_option_letters
+
+    out = {meta: cfg.get(key) if cfg.get(key) is not None else default for key, (meta, default) in ROW_METADATA.items()}
+    out["option_letters"] = check_option_letters(out["option_letters"] or list(DEFAULT_LETTERS))
+    return out
+
+
+def training_settings(settings) -> dict:
+    """The contents of :data:`SETTINGS_FILE`: row metadata plus the prompt format and system prompt."""
+    cfg = {k: getattr(settings, k, None) for k in ROW_METADATA}
+    return {**row_metadata(cfg), "prompt_format": settings.calib_prompt_format,
+            "system_prompt": settings.calib_system_prompt}

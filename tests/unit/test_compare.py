@@ -1,0 +1,97 @@
+"""``axolotl-calib table`` compares runs on the questions they share, with paired differences (hand-computed
+cases: two options, 10 equal-width bins)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from axolotl_calib_plugin.cli import main
+from axolotl_calib_plugin.eval.compare import build_table, render_markdown
+
+TASK = "calib_in_domain_pooled"
+OOD = "calib_arc_challenge"
+
+
+def _run(folder, tasks: dict, samples: bool = True, held_out: dict | None = None):
+    """A run folder: calibration_report.json with the tasks' metrics (as the report writes them) and, if
+    ``samples``, lm-eval samples files of the items. ``tasks``: {task: [(doc_id, probs, gold), ...]}."""
+    from axolotl_calib_plugin.eval.compare import metrics_of_items
+
+    folder.mkdir()
+    report = {}
+    for task, rows in tasks.items():
+        items = [{"doc_id": d, "probs": p, "gold": g, "logliks": []} for d, p, g in rows]
+        m = metrics_of_items(items)
+        report[task] = {"kind": "task", "acc": m["accuracy"], "conf_ece": m["conf_ece"], "cw_ece": m["cw_ece"],
+                        "n": len(items)}
+        if held_out and task in held_out:
+            report[task]["held_out"] = held_out[task]
+        if samples:
+            with open(folder / f"samples_{task}_2026-01-01T00-00-00.000001.jsonl", "w", encoding="utf-8") as fh:
+                for d, p, g in rows:
+                    fh.write(json.dumps({"doc_id": d, "conf_ece": {"probs": p, "gold": g, "logliks": []}}) + "\n")
+    (folder / "calibration_report.json").write_text(json.dumps({"tasks": report}))
+    return str(folder)
+
+
+# BASE scored 4 questions; TS (fitted on doc 0) the other 3. On docs 1-3, BASE: confidences 0.9 (wrong), 0.7,
+# 0.7 (right) -> conf-ECE 1/3*0.9 + 2/3*0.3 = 0.5, cw-ECE 0.5, acc 2/3; on all 4 (doc 0: 0.9, right) conf-ECE is
+# 2/4*|0.5-0.9| + 2/4*0.3 = 0.35. TS: 0.6 everywhere, 2 of 3 right -> conf-ECE = cw-ECE = |2/3 - 0.6| = 1/15.
+BASE = [(0, [0.9, 0.1], 0), (1, [0.9, 0.1], 1), (2, [0.7, 0.3], 0), (3, [0.7, 0.3], 0)]
+TS = [(1, [0.6, 0.4], 1), (2, [0.6, 0.4], 0), (3, [0.6, 0.4], 0)]
+
+
+def test_table_pairs_the_questions_runs_share(tmp_path):
+    base = _run(tmp_path / "base", {TASK: BASE})
+    ts = _run(tmp_path / "ts", {TASK: TS})
+    unpaired = _run(tmp_path / "lm_eval_only", {TASK: BASE}, samples=False)
+    table = build_table([("BASE", base), ("TS", ts), ("OTHER", unpaired)], TASK, OOD, n_boot=200)
+    b, t, o = table["rows"]
+    assert b["in"]["conf_ece"] == pytest.approx(0.5, abs=1e-12) and b["in"]["acc"] == pytest.approx(2 / 3)
+    assert b["in"]["cw_ece"] == pytest.approx(0.5, abs=1e-12)
+    assert (b["in"]["n"], b["in"]["n_own"]) == (3, 4)  # not the 0.35 of its own 4 questions
+    assert t["in"]["conf_ece"] == pytest.approx(1 / 15, abs=1e-12) and (t["in"]["n"], t["in"]["n_own"]) == (3, 3)
+    assert o["in"]["conf_ece"] == pytest.approx(0.35, abs=1e-12) and "n_own" not in o["in"]  # no samples: its own
+    assert table["shared"]["in"] == {"n": 3, "reference": "BASE", "own_n": {"BASE": 4, "TS": 3}}
+    d = t["paired"]["in"]
+    assert d["vs"] == "BASE" and d["n"] == 3
+    assert d["conf_ece"]["diff"] == pytest.approx(1 / 15 - 0.5, abs=1e-12)
+    assert d["cw_ece"]["diff"] == pytest.approx(1 / 15 - 0.5, abs=1e-12)
+    # both runs are right on the same questions, so every paired resample has the same accuracy
+    assert (d["acc"]["diff"], d["acc"]["lo"], d["acc"]["hi"]) == (0.0, 0.0, 0.0)
+    assert d["conf_ece"]["lo"] <= d["conf_ece"]["diff"] <= d["conf_ece"]["hi"] < 0.2
+    assert not b["paired"] and not o["paired"]
+
+    md = render_markdown(table)
+    assert "| BASE | 0.5000 | - | 0.5000 | - | 0.6667 | - |" in md
+    assert "| TS | -0.4333 [" in md and "compared on the 3 questions all runs scored (BASE 4, TS 3)" in md
+    assert "OTHER without lm-eval samples: own questions, not paired" in md
+
+
+def test_table_marks_in_sample_cells_and_refuses_to_pair_other_data(tmp_path, capsys):
+    base = _run(tmp_path / "base", {TASK: BASE, OOD: BASE})
+    ts = _run(tmp_path / "ts", {TASK: TS, OOD: TS}, held_out={TASK: False, OOD: True})
+    other = [(d, p, 1 - g) for d, p, g in BASE]  # same doc ids, other answers: other questions
+    diff = _run(tmp_path / "other_data", {TASK: other})
+    assert main(["table", "--run", f"BASE={base}", "--run", f"TS={ts}", "--output-dir", str(tmp_path / "cmp")]) == 0
+    md = capsys.readouterr().out
+    assert "| TS | 0.0667* | 0.0667 |" in md and "TS: calib_in_domain_pooled is IN-SAMPLE" in md
+    saved = json.loads((tmp_path / "cmp" / "calibration_table.json").read_text())
+    assert saved["shared"]["out"]["n"] == 3
+    assert (tmp_path / "cmp" / "calibration_table.md").read_text().strip() == md.split("\nJSON:")[0].strip()
+    table = build_table([("BASE", base), ("X", diff)], TASK, OOD, n_boot=10)
+    assert "calib_in_domain_pooled: the runs share no question (different data?)" in " ".join(table["notes"])
+    assert table["rows"][0]["in"]["conf_ece"] == pytest.approx(0.35, abs=1e-12) and not table["rows"][1]["paired"]
+
+
+def test_table_writes_its_diagrams_in_the_requested_format(tmp_path):
+    base = _run(tmp_path / "base", {TASK: BASE, OOD: BASE})
+    ts = _run(tmp_path / "ts", {TASK: TS, OOD: TS})
+    out = tmp_path / "cmp"
+    assert main(["table", "--run", f"BASE={base}", "--run", f"TS={ts}", "--output-dir", str(out),
+                 "--plot-format", "svg"]) == 0
+    svgs = sorted(p.name for p in out.glob("reliability_compare_*"))
+    assert svgs == [f"reliability_compare_{OOD}.svg", f"reliability_compare_{TASK}.svg"]
+    assert (out / svgs[0]).read_bytes().startswith(b"<?xml")

@@ -1,0 +1,339 @@
+"""AxolotlCalibTrainer.compute_loss / logging / eval and the E-step callback on a real tiny Llama
+(in process, no CLI): every number is checked against an independent direct computation."""
+
+import math
+import numpy as np
+import pytest
+import torch
+
+from helpers import PLUGIN, make_mcq_rows
+
+LETTERS = list("ABCDE")
+
+
+def _cfg(**kw):
+    from axolotl.utils.dict import DictDefault
+
+    cfg = {"plugins": [PLUGIN], "calib_option_letters": LETTERS, "calib_mode": "cft", "calib_bins": 4,
+           "calib_estep_batch_size": 3}
+    cfg.update(kw)
+    return DictDefault(cfg)
+
+
+def _tokenize(tok, cfg, rows):
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.mcq import MCQStrategy
+
+    settings = CalibrationArgs.from_cfg(cfg)
+    strat = MCQStrategy(tok, settings, train_on_inputs=settings.train_on_inputs)
+    return [strat.tokenize_row(r, i) for i, r in enumerate(rows)]
+
+
+def _trainer(tmp_path, tiny_model_dir, cfg, rows, *, mb=2, ga=1, seed=0):
+    import datasets
+    from axolotl.core.training_args import AxolotlTrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_calib_plugin.train.collator import CalibDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.trainer import AxolotlCalibTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ds = datasets.Dataset.from_list(_tokenize(tok, cfg, rows))
+    args = AxolotlTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=mb,
+                                    per_device_eval_batch_size=mb, gradient_accumulation_steps=ga, report_to=[],
+                                    use_cpu=True, learning_rate=1e-3, disable_tqdm=True, seed=seed,
+                                    dataloader_drop_last=False)
+    from axolotl_calib_plugin.train.context import CalibrationContext
+
+    coll = CalibDataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt")
+    tr = AxolotlCalibTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, data_collator=coll,
+                             eval_data_collator=coll, processing_class=tok)
+    tr.attach_calibration(CalibrationContext.from_cfg(cfg, tok, [ds]))
+    return tr, tok, ds
+
+
+def _direct_probs(model, ds, letters):
+    """Independent E-step: one sample at a time, FULL sequence, full logits at t*."""
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for row in ds:
+            sid = np.asarray(row["calib_sample_id"])
+            t = int(np.nonzero(sid >= 0)[0][0])
+            k = row["calib_num_options"][t]
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, t, letters[:k]]
+            p = torch.zeros(len(letters))
+            p[:k] = torch.softmax(logits.double(), -1).float()
+            out.append(p)
+    model.train()
+    return torch.stack(out)
+
+
+def _refresh(tr, cfg):
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+
+    cb = EMRefreshCallback(tr.calib, tr)
+    tr.model.train()
+    tr.state.epoch = 0.0
+    cb.refresh_now(tr.state, 0)
+    return cb
+
+
+@pytest.fixture
+def rows():
+    return make_mcq_rows(7, num_options=(4, 3, 5, 2), seed=3)
+
+
+def test_estep_matches_direct_per_sample_computation(tmp_path, tiny_model_dir, rows):
+    from axolotl_calib_plugin import metrics
+    from axolotl_calib_plugin.train.em import build_targets
+
+    cfg = _cfg()
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    assert tr.model_accepts_loss_kwargs is False
+    cb = _refresh(tr, cfg)
+    st = tr.calib.em_state
+    assert st.refresh_count == 1 and tr.model.training  # train mode restored
+    probs = _direct_probs(tr.model, ds, list(tr.calib.option_ids))
+    labels = torch.tensor([r["calib_answer_idx"][int(np.argmax(np.asarray(r["calib_sample_id"]) >= 0))] for r in ds])
+    rb = metrics.reliability_bins(probs, labels, 4)
+    assert st.bin_count.tolist() == rb.count.tolist()
+    np.testing.assert_allclose(st.bin_accuracy.numpy(), rb.accuracy, rtol=0, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(st.bin_confidence.numpy(), rb.mean_confidence, atol=1e-5, equal_nan=True)
+    q = torch.from_numpy(rb.accuracy)[metrics.bin_index(probs.max(1).values, 4)]
+    k = torch.tensor([r["calib_num_options"][int(np.argmax(np.asarray(r["calib_sample_id"]) >= 0))] for r in ds])
+    want = build_targets(probs.double(), q, num_options=k).float()
+    ids = torch.tensor([max(r["calib_sample_id"]) for r in ds])
+    torch.testing.assert_close(st.lookup(ids), want, atol=1e-5, rtol=1e-5)
+    summary = cb.history[-1]
+    assert summary["calib/train_conf_ece"] == pytest.approx(metrics.conf_ece(probs, labels, 4), abs=1e-5)
+    assert any("calib/train_conf_ece" in h for h in tr.state.log_history)
+
+
+def test_compute_loss_is_sft_plus_lambda_ece_from_one_forward(tmp_path, tiny_model_dir, rows):
+    cfg = _cfg(calib_lambda=2.5)
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    batch = next(iter(tr.get_train_dataloader()))
+    assert {"calib_sample_id", "calib_answer_idx", "calib_num_options"} <= set(batch)  # survived column removal
+    tr.model.train()
+    with pytest.raises(RuntimeError, match="no EM state"):
+        tr.compute_loss(tr.model, dict(batch))
+    _refresh(tr, cfg)
+    calls = []
+    hook = tr.model.register_forward_hook(lambda *a: calls.append(1))
+    loss = tr.compute_loss(tr.model, dict(batch))
+    hook.remove()
+    assert len(calls) == 1  # exactly one forward
+
+    inputs = {k: v for k, v in batch.items() if not k.startswith("calib_")}
+    out = tr.model(**inputs)
+    b, t = (batch["calib_sample_id"] >= 0).nonzero(as_tuple=True)
+    k = batch["calib_num_options"][b, t]
+    letters = list(tr.calib.option_ids)
+    full = out.logits[b, t][:, letters]
+    full = full.masked_fill(torch.arange(len(letters))[None] >= k[:, None], float("-inf"))
+    pi = torch.softmax(full, -1)
+    targets = tr.calib.em_state.lookup(batch["calib_sample_id"][b, t])
+    ece = ((targets - pi) ** 2).sum(-1).mean()
+    assert float(ece) > 0
+    torch.testing.assert_close(loss, out.loss + 2.5 * ece, rtol=1e-5, atol=1e-6)
+
+    tr.log({"loss": float(loss)})
+    last = tr.state.log_history[-1]
+    assert last["calib/sft_loss"] == pytest.approx(float(out.loss), rel=1e-4)
+    assert last["calib/ece_loss"] == pytest.approx(float(ece), rel=1e-4)
+
+
+def test_lambda_zero_is_plain_sft_and_answer_only_labels(tmp_path, tiny_model_dir, rows):
+    cfg = _cfg(calib_lambda=0.0)
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    batch = next(iter(tr.get_train_dataloader()))
+    loss = tr.compute_loss(tr.model, dict(batch))  # no EM state needed
+    inputs = {k: v for k, v in batch.items() if not k.startswith("calib_")}
+    torch.testing.assert_close(loss, tr.model(**inputs).loss)
+    # CFT: labels only after t* (the letter + EOS)
+    for row in ds:
+        t = int(np.argmax(np.asarray(row["calib_sample_id"]) >= 0))
+        assert all(x == -100 for x in row["labels"][: t + 1]) and row["labels"][t + 1] != -100
+
+
+def test_gradient_accumulation_matches_larger_micro_batch(tmp_path, tiny_model_dir):
+    """GA=2 x mb=2 and GA=1 x mb=4 give the same gradient (CFT rows all have 2 label tokens)."""
+    rows4 = make_mcq_rows(4, num_options=(4, 3, 5, 2), seed=5)
+    cfg = _cfg(calib_lambda=3.0)
+    grads = []
+    for mb, ga in ((4, 1), (2, 2)):
+        tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows4, mb=mb, ga=ga)
+        _refresh(tr, cfg)
+        coll = tr.data_collator
+        feats = [ds[i] for i in range(4)]
+        tr.model.zero_grad()
+        tr.current_gradient_accumulation_steps = ga
+        for chunk in range(ga):
+            batch = coll(feats[chunk * mb:(chunk + 1) * mb])
+            tr.training_step(tr.model, batch)
+        grads.append({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_eval_logs_held_out_calibration_of_the_whole_set_and_no_nan(tmp_path, tiny_model_dir, rows):
+    from axolotl_calib_plugin import metrics
+
+    cfg = _cfg()
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    batch = next(iter(tr.get_eval_dataloader()))
+    loss, logits, labels = tr.prediction_step(tr.model, dict(batch), prediction_loss_only=False)
+    assert not isinstance(logits, tuple) or len(logits) == 1  # hidden_states were not gathered
+    tr._calib_eval = []
+    for evaluated in range(2):  # before and after the first refresh: the same keys, never NaN
+        out = tr.evaluate()
+        log = tr.state.log_history[-1]
+        assert {"eval_calib/conf_ece", "eval_calib/cw_ece", "eval_calib/acc", "eval_calib/n"} <= set(log)
+        assert not any(isinstance(v, float) and math.isnan(v) for v in log.values()), log
+        assert "eval_calib/ece_loss" not in log
+        # one number over the whole eval set (7 rows, 4 batches), equal to a direct per-sample forward
+        probs = _direct_probs(tr.model, ds, list(tr.calib.option_ids))
+        labels = torch.tensor([r["calib_answer_idx"][int(np.argmax(np.asarray(r["calib_sample_id"]) >= 0))] for r in ds])
+        ks = [r["calib_num_options"][int(np.argmax(np.asarray(r["calib_sample_id"]) >= 0))] for r in ds]
+        want = metrics.calibration_metrics(probs.double(), labels, 10, num_options=ks)  # mixed K: per-class rows
+        assert out["eval_calib/n"] == len(ds) == 7
+        assert out["eval_calib/conf_ece"] == pytest.approx(want["conf_ece"], abs=1e-5)
+        assert out["eval_calib/cw_ece"] == pytest.approx(want["cw_ece"], abs=1e-5)
+        assert out["eval_calib/acc"] == pytest.approx(want["accuracy"], abs=1e-12)
+        _refresh(tr, cfg)
+    # the eval loss is the SFT loss alone (held-out rows have no EM target)
+    inputs = {k: v for k, v in batch.items() if not k.startswith("calib_")}
+    tr.model.eval()
+    with torch.no_grad():
+        sft = tr.model(**inputs).loss
+    torch.testing.assert_close(loss, sft)
+
+
+def test_estep_data_handles_packed_rows_and_sharding():
+    import datasets
+
+    from axolotl_calib_plugin.train.estep import EStepData, shard_entries
+
+    ds = datasets.Dataset.from_dict({
+        "input_ids": [[1, 2, 3, 4, 5, 6], [7, 8, 9]],
+        "calib_sample_id": [[-1, 11, -1, -1, 22, -1], [-1, -1, 33]],
+        "calib_answer_idx": [[-1, 1, -1, -1, 0, -1], [-1, -1, 2]],
+        "calib_num_options": [[0, 2, 0, 0, 3, 0], [0, 0, 4]],
+    }).select([1, 0])  # an index mapping, as after a shuffle
+    d = EStepData(ds)
+    assert d.sample_id.tolist() == [33, 11, 22] and d.pos.tolist() == [2, 1, 4]
+    ids, mask, last = d.prompts(np.array([1, 2, 0]), pad_id=0)
+    assert ids.tolist() == [[1, 2, 0, 0, 0], [1, 2, 3, 4, 5], [7, 8, 9, 0, 0]]
+    assert mask.sum(1).tolist() == [2, 5, 3] and last.tolist() == [1, 4, 2]
+    order = np.arange(5)
+    parts = [shard_entries(order, r, 2) for r in range(2)]
+    assert parts[0][0].tolist() == [0, 2, 4] and parts[1][0].tolist() == [1, 3, 3]
+    assert parts[1][1].tolist() == [True, True, False]
+
+
+def test_refresh_every_n_steps_in_a_real_training_loop(tmp_path, tiny_model_dir):
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+
+    cfg = _cfg(calib_refresh=2)
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, make_mcq_rows(6, num_options=(4, 3), seed=8))
+    cb = EMRefreshCallback(tr.calib, tr)
+    tr.add_callback(cb)
+    tr.args.num_train_epochs = 2
+    tr.args.save_strategy = "no"
+    tr.args.logging_steps = 1
+    tr.train()
+    # before step 1, then after optimizer steps 2 and 4 (not after the last step, 6)
+    assert [(h["calib/refresh"], h["global_step"]) for h in cb.history] == [(1, 0), (2, 2), (3, 4)]
+    # a refresh inside on_step_end must not swallow that step's loss log (no gaps in the loss curve)
+    assert [h["step"] for h in tr.state.log_history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert tr.calib.em_state.refresh_count == 3 and tr.calib.em_state.global_step == 4
+
+
+def test_estep_rejects_nan_logits_with_sample_ids(tmp_path, tiny_model_dir, rows):
+    cfg = _cfg()
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    with torch.no_grad():
+        tr.model.lm_head.weight[list(tr.calib.option_ids)[1]] = float("nan")
+    with pytest.raises(FloatingPointError, match="calib_sample_id"):
+        _refresh(tr, cfg)
+    assert tr.model.training  # train mode restored even on error
+
+
+def test_training_loss_rejects_nan_option_logits(tmp_path, tiny_model_dir, rows):
+    cfg = _cfg()
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    _refresh(tr, cfg)
+    batch = next(iter(tr.get_train_dataloader()))
+    with torch.no_grad():
+        tr.model.lm_head.weight[list(tr.calib.option_ids)[0]] = float("inf")
+    with pytest.raises(FloatingPointError, match="non-finite option logits"):
+        tr.compute_loss(tr.model, dict(batch))
+
+
+@pytest.mark.parametrize("refresh", ["epoch", 2])
+def test_online_estep_equals_exact_when_the_model_does_not_move(tmp_path, tiny_model_dir, refresh):
+    """lr = 0 and no dropout: the probabilities the training forwards record are the exact E-step's, so
+    every online refresh reproduces the first (exact) refresh's bins and targets, without a forward."""
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+
+    cfg = _cfg(calib_estep="online", calib_refresh=refresh)
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, make_mcq_rows(9, num_options=(4, 3, 5), seed=12))
+    assert tr.calib.online is not None
+    cb = EMRefreshCallback(tr.calib, tr)
+    tr.add_callback(cb)
+    states = []
+    orig = cb.refresh_now
+
+    def keep(state, epoch):
+        st = orig(state, epoch)
+        states.append(st)
+        return st
+
+    cb.refresh_now = keep
+    calls = []
+    hook = tr.model.register_forward_hook(lambda *a: calls.append(1))
+    tr.args.learning_rate = 0.0
+    tr.args.num_train_epochs = 2
+    tr.args.save_strategy = "no"
+    tr.train()
+    hook.remove()
+    modes = [h["calib/estep_online"] for h in cb.history]
+    assert modes[0] == 0 and len(modes) >= 2 and all(m == 1 for m in modes[1:])
+    n_train_steps = tr.state.global_step
+    # exact refresh: ceil(9 / 3) = 3 batched forwards; online refreshes: none; training: one forward per step
+    assert len(calls) == 3 + n_train_steps
+    first = states[0]
+    for st in states[1:]:
+        assert torch.equal(st.sample_ids, first.sample_ids) and torch.equal(st.bin_count, first.bin_count)
+        torch.testing.assert_close(st.targets, first.targets, atol=2e-6, rtol=0)
+        torch.testing.assert_close(st.bin_accuracy, first.bin_accuracy, equal_nan=True)
+
+
+def test_online_estep_keeps_targets_of_samples_not_seen_since_the_last_refresh(tmp_path, tiny_model_dir, rows):
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+
+    cfg = _cfg(calib_estep="online")
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    cb = EMRefreshCallback(tr.calib, tr)
+    tr.state.epoch = 0.0
+    first = cb.refresh_now(tr.state, 0)
+    # one training batch seen (2 of 7 samples), with the model moved: only those 2 targets may change
+    batch = next(iter(tr.get_train_dataloader()))
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tr.model.train()
+    tr.compute_loss(tr.model, dict(batch))
+    seen = batch["calib_sample_id"][batch["calib_sample_id"] >= 0]
+    second = cb.refresh_now(tr.state, 1)
+    assert cb.history[-1]["calib/estep_online"] == 1 and cb.history[-1]["calib/online_seen"] == 2
+    unseen = ~torch.isin(second.sample_ids, seen)
+    assert int(unseen.sum()) == 5
+    torch.testing.assert_close(second.targets[unseen], first.targets[unseen])
+    assert not torch.allclose(second.targets[~unseen], first.targets[~unseen], atol=1e-4)
+    # the M-step's bins use every sample's latest probability (5 from the first refresh, 2 recorded)
+    assert int(second.bin_count.sum()) == 7
