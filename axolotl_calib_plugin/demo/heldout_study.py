@@ -217,7 +217,8 @@ def plot_deltas(study: dict, path: str) -> str:
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(LAMBDAS)), [f"λ={lam:g}" for lam in LAMBDAS])
         ax.set_title(f"{mode.upper()} (over-fine-tuned arm)")
-        ax.set_ylabel("in-domain conf-ECE minus its λ=0 run\n(mean, 95% CI over seeds; < 0 = better)")
+        if mode == "cft":  # the panels share the y axis: one label
+            ax.set_ylabel("in-domain conf-ECE minus its λ=0 run\n(mean, 95% CI over seeds; < 0 = better)")
         ax.grid(alpha=0.3, axis="y")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False)
