@@ -248,14 +248,18 @@ def code_files() -> list[str]:
     return sorted(set(out))
 
 
-def _code_fingerprint() -> str:
-    """Hash of :func:`code_files` (names and contents): a run trained or scored by other code is never reused."""
-    base = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def fingerprint_files(base: str, files: list[str]) -> str:
+    """Hash of ``files`` (paths relative to ``base``): their names and contents."""
     h = hashlib.sha256()
-    for rel in code_files():
+    for rel in files:
         with open(os.path.join(base, rel), "rb") as f:
             h.update(rel.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()[:16]
+
+
+def _code_fingerprint() -> str:
+    """Hash of :func:`code_files`: a run trained or scored by other code is never reused."""
+    return fingerprint_files(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), code_files())
 
 
 def _config_hash(cfg: dict) -> str:
