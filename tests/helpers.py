@@ -226,3 +226,22 @@ def expected_targets(probs, q_logged, ks, n_bins, split="proportional"):
 
     q = q_logged[assign_bins(probs.max(1).values, n_bins)]
     return build_targets(probs, q, split, num_options=ks).float()
+
+
+def make_lora_adapter(model_dir: str, out) -> tuple:
+    """A random (non-zero) LoRA adapter on the tiny model, saved as an adapter folder and as the merged model:
+    ``(adapter_dir, merged_dir)`` under ``out``; the same seed gives the same adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    adapter, merged = Path(out) / "adapter", Path(out) / "merged"
+    peft_model.save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    peft_model.merge_and_unload().save_pretrained(merged)
+    tok.save_pretrained(merged)
+    return adapter, merged

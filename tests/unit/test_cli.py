@@ -163,22 +163,11 @@ def test_temperature_recovers_a_known_temperature_with_mixed_option_counts(tmp_p
 def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_rows, capsys):
     """``eval`` loads a peft adapter on its base (auto-detected) and reports what a direct lm-eval run of the
     merged model gives; ``temperature`` and ``table`` read its folder."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from helpers import make_lora_adapter
 
     from axolotl_calib_plugin.eval.evaluation import evaluate_files, find_task_dir, load_lm
 
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
-    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
-    peft_model.save_pretrained(adapter)
-    tok.save_pretrained(adapter)
-    peft_model.merge_and_unload().save_pretrained(merged)
-    tok.save_pretrained(merged)
+    adapter, merged = make_lora_adapter(tiny_model_dir, tmp_path)
 
     heldout = mcq_rows(12, num_options=(4, 3, 5), seed=6, name="heldout.jsonl")
     fixtures = os.path.join(find_task_dir(), "calib", "data")

@@ -198,20 +198,9 @@ def test_reference_model_gives_the_dpo_implicit_reward(tmp_path, tiny_model_dir,
 
 
 def test_a_lora_folder_scores_like_its_merged_model(tmp_path, tiny_model_dir):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from helpers import make_lora_adapter
 
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
-    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
-    peft_model.save_pretrained(adapter)
-    tok.save_pretrained(adapter)
-    peft_model.merge_and_unload().save_pretrained(merged)
-    tok.save_pretrained(merged)
+    adapter, merged = make_lora_adapter(tiny_model_dir, tmp_path)
     pairs = write_jsonl(tmp_path / "prefs.jsonl", ROWS)
     _, via_adapter, _ = run_preference(tmp_path, adapter, pairs, name="a")
     lp, _ = direct_scores(str(merged), ROWS, False)
