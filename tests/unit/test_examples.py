@@ -37,18 +37,23 @@ def test_expected_examples_exist():
             "mistral_7b_cft.yml", "tiny_cpu_cft.yml", "tiny_cpu_rcft.yml", "llama_cft_fsdp2.yml"} <= names
 
 
-@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
-def test_paper_examples_validate_with_gpu_capabilities(path, monkeypatch):
+def _validate_on_gpu_box(path: Path, monkeypatch) -> tuple[dict, object]:
+    """(raw YAML, validated cfg) of an example as on an A100 box with hub access (the report's data is there)."""
     import torch
     from axolotl.utils.config import prepare_plugins, validate_config
     from axolotl.utils.dict import DictDefault
 
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # a GPU box with hub access: the report's data is there
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     raw = _raw(path)
     cfg = DictDefault(raw)
     prepare_plugins(cfg)
-    out = validate_config(cfg, capabilities=A100, env_capabilities={"torch_version": torch.__version__.split("+")[0]})
+    return raw, validate_config(cfg, capabilities=A100, env_capabilities={"torch_version": torch.__version__.split("+")[0]})
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
+def test_paper_examples_validate_with_gpu_capabilities(path, monkeypatch):
+    raw, out = _validate_on_gpu_box(path, monkeypatch)
     mode = raw["calib_mode"]
     assert out.calib_sft_scope == {"cft": "answer", "rcft": "prompt_and_answer"}[mode]
     assert out.train_on_inputs is (mode == "rcft")
@@ -69,17 +74,8 @@ def test_paper_examples_validate_with_gpu_capabilities(path, monkeypatch):
 def test_reference_preset_validates_and_mirrors_the_authors_code(monkeypatch):
     """examples/llama_cft_reference.yml: the paper's run with the reference code's choices (the lambda
     equivalent of alpha * 1e-3 * L_cal / n_m, the tanh non-max split) and the post-training report."""
-    import torch
-    from axolotl.utils.config import prepare_plugins, validate_config
-    from axolotl.utils.dict import DictDefault
-
     (path,) = [p for p in REFERENCE if p.name == "llama_cft_reference.yml"]
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # a GPU box with hub access: the report's data is there
-        monkeypatch.delenv(var, raising=False)
-    raw = _raw(path)
-    cfg = DictDefault(raw)
-    prepare_plugins(cfg)
-    out = validate_config(cfg, capabilities=A100, env_capabilities={"torch_version": torch.__version__.split("+")[0]})
+    raw, out = _validate_on_gpu_box(path, monkeypatch)
     alpha, batch, n_m = 0.5, out.micro_batch_size, 300
     assert out.calib_lambda == pytest.approx(alpha * 1e-3 * batch / ((1 - alpha) * n_m), rel=0.06)
     assert out.calib_nonmax_split == "reference" and out.calib_ece_loss == "mse" and out.calib_prompt_format == "plain"
