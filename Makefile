@@ -21,7 +21,7 @@ STUDY_OUT ?= study_out
 STUDY_SEEDS ?= 5
 PYTEST_ARGS ?=
 
-.PHONY: install demo study study-heldout test bench bench-gpu clean
+.PHONY: install demo study study-heldout study-alignment test bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ study: $(STAMP)
 # bins and held-out temperature targets at lambda 0, 1, 10 (~40 min per seed per core on 2 CPU cores; resumable).
 study-heldout: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study heldout --output-dir $(STUDY_OUT) --summary-dir study
+
+study-alignment: $(STAMP)
+	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study alignment --output-dir $(STUDY_OUT) --summary-dir study
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -190,7 +190,7 @@ def cmd_demo(a) -> int:
             study = run_study(a.output_dir, a.seeds, settings, parallel=a.parallel, reuse=not a.fresh,
                               summary_dir=a.summary_dir, kind=a.study)
             summary = a.summary_dir or a.output_dir
-            md = "heldout.md" if a.study == "heldout" else "study.md"
+            md = "study.md" if a.study == "main" else f"{a.study}.md"
             print(open(os.path.join(summary, md), encoding="utf-8").read())
             errors = {k: v["errors"] for k, v in study["per_seed"].items() if v["errors"]}
             for seed, errs in errors.items():
@@ -687,9 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--world", choices=("topic", "sampled"), default="topic",
                    help="topic: hard labels, question text with learnable structure; sampled: a world "
                         "whose answers are sampled afresh from p* per row")
-    d.add_argument("--study", choices=("main", "heldout"), default="main",
-                   help="with --seeds: main (the paper's Table 2 claims; study.json) or heldout (the held-out M-step "
-                        "variants in the over-fine-tuned arm; heldout.json)")
+    d.add_argument("--study", choices=("main", "heldout", "alignment"), default="main",
+                   help="with --seeds: main (the paper's Table 2 claims; study.json), heldout (the held-out M-step "
+                        "variants in the over-fine-tuned arm; heldout.json) or alignment (the aligned arm with the "
+                        "preference domain: alignment kept, and held-out bins there; alignment.json)")
     d.add_argument("--summary-dir", default=None,
                    help="where the study writes study.json, study.md and lambda_curve.png (default: --output-dir)")
     d.add_argument("--parallel", type=_positive_int, default=2, help="training runs at a time (1 torch thread each)")

@@ -181,36 +181,44 @@ def _continuation(tokenizer, prompt_ids: list[int], full_ids: list[int], chat: b
     return full_ids[n:]
 
 
-def encode_pairs(tokenizer, pairs: Sequence[PreferencePair], chat: bool = False
-                 ) -> list[tuple[list[int], list[int], list[int]]]:
-    """``(prompt_ids, chosen_ids, rejected_ids)`` per pair: the tokens a response adds after its prompt.
+def _encode_responses(tokenizer, prompt, responses: Sequence[str], chat: bool, eos: bool = True
+                      ) -> tuple[list[int], list[list[int] | str]]:
+    """``(prompt_ids, [response tokens, or why there are none, per response])``.
 
-    Plain: the prompt with the tokenizer's special tokens (BOS) and prompt + response + EOS, the text joined
-    as given (as TRL's DPO does; put any separator in the data). Chat: the tokenizer's template, the prompt
-    turns with the generation prompt, and the whole conversation (the response's end-of-turn tokens count).
-    """
+    Plain: the prompt with the tokenizer's special tokens (BOS) and prompt + response (+ EOS), the text
+    joined as given (as TRL's DPO does; put any separator in the data). Chat: the tokenizer's template, the
+    prompt turns with the generation prompt, and the whole conversation (the end-of-turn tokens count)."""
     from .train.mcq import _encode_plain, _render_chat
 
+    if chat:
+        turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        prompt_ids = _render_chat(tokenizer, tokenizer.chat_template, turns, True, None)
+        fulls = [_render_chat(tokenizer, tokenizer.chat_template, turns + [{"role": "assistant", "content": y}],
+                              False, None) for y in responses]
+    else:
+        tail = [] if not eos or tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+        prompt_ids = _encode_plain(tokenizer, prompt)
+        fulls = [_encode_plain(tokenizer, prompt + y) + tail for y in responses]
+    return prompt_ids, [_continuation(tokenizer, prompt_ids, full, chat) for full in fulls]
+
+
+def _require_chat_template(tokenizer, chat: bool) -> None:
     if chat and not getattr(tokenizer, "chat_template", None):
         raise CalibDataError("--apply-chat-template: the tokenizer has no chat template (set chat_template in its "
                              "tokenizer_config.json)")
-    eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+
+
+def encode_pairs(tokenizer, pairs: Sequence[PreferencePair], chat: bool = False
+                 ) -> list[tuple[list[int], list[int], list[int]]]:
+    """``(prompt_ids, chosen_ids, rejected_ids)`` per pair: the tokens a response adds after its prompt
+    (plain: + EOS; see :func:`_encode_responses`)."""
+    _require_chat_template(tokenizer, chat)
     out, errors = [], []
     for pair in pairs:
-        if chat:
-            turns = pair.prompt if isinstance(pair.prompt, list) else [{"role": "user", "content": pair.prompt}]
-            prompt_ids = _render_chat(tokenizer, tokenizer.chat_template, turns, True, None)
-            fulls = [_render_chat(tokenizer, tokenizer.chat_template, turns + [{"role": "assistant", "content": y}],
-                                  False, None) for y in (pair.chosen, pair.rejected)]
-        else:
-            prompt_ids = _encode_plain(tokenizer, pair.prompt)
-            fulls = [_encode_plain(tokenizer, pair.prompt + y) + eos for y in (pair.chosen, pair.rejected)]
-        conts = []
-        for field, full in zip(("chosen", "rejected"), fulls):
-            cont = _continuation(tokenizer, prompt_ids, full, chat)
+        prompt_ids, conts = _encode_responses(tokenizer, pair.prompt, (pair.chosen, pair.rejected), chat)
+        for field, cont in zip(("chosen", "rejected"), conts):
             if isinstance(cont, str):
                 errors.append((pair.where, f"field {field!r}: {cont}"))
-            conts.append(cont)
         if not any(isinstance(c, str) for c in conts):
             if conts[0] == conts[1]:
                 errors.append((pair.where, "'chosen' and 'rejected' tokenize to the same response"))
@@ -219,20 +227,46 @@ def encode_pairs(tokenizer, pairs: Sequence[PreferencePair], chat: bool = False
     return out
 
 
-# ------------------------------------------------------------------------------------------- scoring
-def sequence_logprobs(lm, encoded: Sequence[tuple[list[int], list[int], list[int]]], desc: str = "") -> np.ndarray:
-    """(n, 2) summed log-probs of the chosen and rejected tokens under a loaded lm-eval ``HFLM``.
+def candidate_logprobs(lm, prompts: Sequence[Any], candidates: Sequence[Sequence[str]], chat: bool = False,
+                       eos: bool = False, where: str = "candidates") -> np.ndarray:
+    """(n, K) summed log-probs of every candidate response of every prompt under a loaded lm-eval ``HFLM``
+    (plain prompts: without EOS unless ``eos``, so single-token replies give the reply token's log-prob at
+    the reply position -- the same construction as MCQ confidence). A policy over the candidates is the
+    row-wise softmax. Candidates that do not tokenize apart from their prompt, or collide, are refused."""
+    _require_chat_template(lm.tokenizer, chat)
+    ks = {len(c) for c in candidates}
+    if len(prompts) != len(candidates) or len(ks) > 1:
+        raise ValueError(f"{len(prompts)} prompts need as many candidate lists of one length, got lengths {sorted(ks)}")
+    encoded, errors = [], []
+    for i, (prompt, cands) in enumerate(zip(prompts, candidates)):
+        prompt_ids, conts = _encode_responses(lm.tokenizer, prompt, cands, chat, eos)
+        bad = [f"candidate {j} {c!r}: {why}" for j, (c, why) in enumerate(zip(cands, conts)) if isinstance(why, str)]
+        if not bad and len({tuple(c) for c in conts}) < len(conts):
+            bad = ["two candidates tokenize to the same response"]
+        errors += [(f"{where} row {i + 1}", b) for b in bad]
+        encoded.append((prompt_ids, conts))
+    raise_row_errors(errors, where, " (tokenization)")
+    return _loglikelihoods(lm, [(f"{i}.{j}", prompt_ids, c) for i, (prompt_ids, conts) in enumerate(encoded)
+                                for j, c in enumerate(conts)]).reshape(len(encoded), -1)
 
-    lm-eval's own batched scorer (``_loglikelihood_tokens``: sorted by length, padded, progress bar), on our
-    token ids; the log-softmax runs in float32 even for a bf16 model (a sum over hundreds of tokens).
-    """
+
+# ------------------------------------------------------------------------------------------- scoring
+def _loglikelihoods(lm, requests: Sequence[tuple[str, list[int], list[int]]]) -> np.ndarray:
+    """Summed log-probs of ``(key, context_ids, continuation_ids)`` requests, in order: lm-eval's own batched
+    scorer (``_loglikelihood_tokens``: sorted by length, padded, progress bar) on our token ids; the
+    log-softmax runs in float32 even for a bf16 model (a sum over hundreds of tokens)."""
     import torch
 
     lm.softmax_dtype = torch.float32
-    requests = [((f"{desc}{i}", side), prompt, cont) for i, (prompt, c, r) in enumerate(encoded)
+    res = lm._loglikelihood_tokens([((key, ""), ctx, cont) for key, ctx, cont in requests])
+    return np.asarray([x[0] for x in res], dtype=np.float64)
+
+
+def sequence_logprobs(lm, encoded: Sequence[tuple[list[int], list[int], list[int]]], desc: str = "") -> np.ndarray:
+    """(n, 2) summed log-probs of the chosen and rejected tokens under a loaded lm-eval ``HFLM``."""
+    requests = [(f"{desc}{i} {side}", prompt, cont) for i, (prompt, c, r) in enumerate(encoded)
                 for side, cont in (("chosen", c), ("rejected", r))]
-    res = lm._loglikelihood_tokens(requests)
-    return np.asarray([x[0] for x in res], dtype=np.float64).reshape(-1, 2)
+    return _loglikelihoods(lm, requests).reshape(-1, 2)
 
 
 def _summaries(per_pair: Mapping[str, np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict:

@@ -90,6 +90,50 @@ def pair_stats(logliks: np.ndarray, pairs: list[dict], p_star: np.ndarray) -> Pa
     )
 
 
+def reward_stats(logliks: np.ndarray, rewards: np.ndarray, reference: np.ndarray | None = None) -> dict:
+    """Exact alignment metrics on the preference domain (known reward, so no judge and no sampling).
+
+    ``logliks`` (n, K): log pi(reply | prompt) of every candidate reply; the policy is their row-wise
+    softmax. ``rewards`` (n, K): r*. ``reference`` (n, K): another model's log-likelihoods (the DPO model).
+
+    * ``expected_reward``: mean over prompts of E_{y ~ pi}[r*(x, y)];
+    * ``best_reply``: mean probability of the highest-reward reply;
+    * ``pref_ratio`` / ``true_pref``: over every pair of replies of every prompt, the model's ratio
+      pi_m / (pi_m + pi_o) of the reply it prefers, and the true probability sigmoid(r*_m - r*_o) that it
+      wins (preference collapse when the ratio exceeds it); ``pair_rank_acc``: share of pairs ordered as r*;
+    * with ``reference``: ``win_rate`` P[r*(y) > r*(y_ref)] + 1/2 P[tie], y ~ pi, y_ref ~ the reference.
+    """
+    from scipy.special import expit, softmax
+
+    from ..preference import expected_reward, win_rate
+
+    z = np.asarray(logliks, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    if z.shape != r.shape or z.ndim != 2:
+        raise ValueError(f"log-likelihoods {z.shape} and rewards {r.shape} must both be (n_prompts, n_replies)")
+    pi = softmax(z, axis=1)
+    a, b = np.triu_indices(r.shape[1], k=1)
+    d_model, d_true = z[:, a] - z[:, b], r[:, a] - r[:, b]
+    prefers_a = d_model >= 0
+    out = {
+        "expected_reward": expected_reward(pi, r),
+        "best_reply": float(pi[np.arange(len(r)), r.argmax(axis=1)].mean()),
+        "pref_ratio": float(np.where(prefers_a, expit(d_model), expit(-d_model)).mean()),
+        "true_pref": float(np.where(prefers_a, expit(d_true), expit(-d_true)).mean()),
+        "pair_rank_acc": float(((d_model > 0) == (d_true > 0)).mean()),
+        "n": int(len(r)),
+    }
+    if reference is not None:
+        out["win_rate"] = win_rate(pi, softmax(np.asarray(reference, dtype=np.float64), axis=1), r)
+    return out
+
+
+def reward_bounds(rewards: np.ndarray) -> dict:
+    """Reference points of the expected reward: the uniform policy and the best reply every time."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return {"uniform": float(r.mean()), "best": float(r.max(axis=1).mean())}
+
+
 def temperature_scale(fit_logliks: np.ndarray, fit_labels: np.ndarray, *eval_logliks: np.ndarray):
     """Fit one T on the held-out set; return ``(T, [probs of each eval set], [scaled logliks])``."""
     t = fit_temperature(fit_logliks, fit_labels)

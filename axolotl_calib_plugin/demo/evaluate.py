@@ -7,10 +7,12 @@ log-likelihoods for the temperature-scaling fit, the preference-pair ratios and 
 CLI (what the demo calls in a subprocess)::
 
     python -m axolotl_calib_plugin.demo.evaluate --out DIR --model NAME=PATH [--model ...] \
-        --set in=eval_in.jsonl --set out=eval_out.jsonl [--set ts_fit=ts.jsonl:aligned]
+        --set in=eval_in.jsonl --set out=eval_out.jsonl [--set ts_fit=ts.jsonl:aligned] [--replies pref_eval.jsonl]
 
 A set ``NAME=PATH:MODEL1,MODEL2`` is only evaluated for the listed models. Writes
-``DIR/<model>__<set>.json`` (see :func:`axolotl_calib_plugin.eval.evaluation.evaluate_files`).
+``DIR/<model>__<set>.json`` (see :func:`axolotl_calib_plugin.eval.evaluation.evaluate_files`). ``--replies``:
+the preference domain's held-out prompts; writes ``DIR/<model>__replies.json`` with the (n, K) log-likelihoods
+of every candidate reply (:func:`axolotl_calib_plugin.preference.candidate_logprobs`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 from typing import Sequence
 
 from ..eval.evaluation import evaluate_files, find_task_dir, load_lm
+from ..preference import candidate_logprobs
+from ..rows import read_jsonl
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", action="append", required=True, help="NAME=PATH")
     ap.add_argument("--set", action="append", required=True, help="NAME=PATH[:MODEL,...]")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--replies", default=None, help="preference-domain prompts with candidate replies (JSONL)")
     ap.add_argument("--tasks", default=None, help="lm_eval_tasks directory (default: this checkout's)")
     a = ap.parse_args(argv)
     import torch
@@ -55,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     json.dump(r, f)
                 print(f"[eval] {mname:16s} {sname:7s} acc={r['metrics']['acc']:.4f} "
                       f"conf_ece={r['metrics']['conf_ece']:.4f} cw_ece={r['metrics']['cw_ece']:.4f}", flush=True)
+        if a.replies:
+            rows = read_jsonl(a.replies)
+            ll = candidate_logprobs(lm, [r["prompt"] for r in rows], [r["replies"] for r in rows], where=a.replies)
+            with open(os.path.join(a.out, f"{mname}__replies.json"), "w", encoding="utf-8") as f:
+                json.dump({"model": mname, "model_path": mpath, "file": os.path.abspath(a.replies),
+                           "logliks": ll.tolist()}, f)
         del lm
     return 0
 

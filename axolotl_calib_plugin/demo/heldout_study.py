@@ -33,6 +33,7 @@ PLAN = Plan(arms=ARMS, lambdas=(0.0,) + LAMBDAS, label_smoothing=False, online=F
             variants=("train", "heldout", "temp"), extra_runs=(("cft", "heldout_kl", 10.0),), fix_arms=("overfit",),
             heldout_eval=True)
 FIX_ARM = "overfit"
+ARM_TEXT = {"overfit": "over-fine-tuned arm", "aligned": "aligned (DPO) arm"}
 ACC_MARGIN = 0.01
 
 
@@ -65,7 +66,8 @@ def _bins_mean(per_seed: dict, arm: str, split: str) -> dict:
                 "conf": [None if c == 0 else float(a / c) for a, c in zip(conf, count)], "seeds": len(tables)}
 
 
-def summarize(per_seed: dict) -> dict:
+def summarize(per_seed: dict, fix_arm: str = FIX_ARM) -> dict:
+    """Pre-check per arm, every variant of ``fix_arm`` minus its lambda-0 run (Holm over the family), verdicts."""
     precheck = {}
     for arm in ARMS:
         train, held = _bins_mean(per_seed, arm, "train"), _bins_mean(per_seed, arm, "heldout")
@@ -80,12 +82,12 @@ def summarize(per_seed: dict) -> dict:
     for k in keys:
         cells[k] = {f"{m}_{d}": mean_ci([v for v in _vals(per_seed, k, d, m) if v is not None])
                     for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}
-    ts_key = f"{FIX_ARM}.ts"
+    ts_key = f"{fix_arm}.ts"
     for mode in ("cft", "rcft"):
-        base = calib_name(FIX_ARM, mode, 0.0)
+        base = calib_name(fix_arm, mode, 0.0)
         for variant in VARIANT_ORDER:
             for lam in LAMBDAS:
-                key = calib_name(FIX_ARM, mode, lam, variant=variant)
+                key = calib_name(fix_arm, mode, lam, variant=variant)
                 if key not in keys or base not in keys:
                     continue
                 c = {"key": key, "mode": mode, "variant": variant, "lambda": lam, "base": base,
@@ -113,7 +115,8 @@ def summarize(per_seed: dict) -> dict:
             "acc_kept": bool(a["lo"] > -ACC_MARGIN),
             "vs_ts": t, "no_worse_than_ts": None if t is None else bool(t["mean"] <= 0 or t["lo"] <= 0),
         }
-    return {"keys": keys, "cells": cells, "precheck": precheck, "comparisons": comps, "verdicts": verdicts,
+    return {"fix_arm": fix_arm, "keys": keys, "cells": cells, "precheck": precheck, "comparisons": comps,
+            "verdicts": verdicts,
             "family_size": sum(1 for c in comps if not math.isnan(c["vs_lam0"]["conf_ece_in"].get("p", float("nan"))))}
 
 
@@ -140,9 +143,11 @@ def _cost_text(study: dict) -> str:
     return text
 
 
-def render_markdown(study: dict) -> str:
+def render_markdown(study: dict, title: str = "# Does the ECE term earn its place? Held-out bin accuracies and "
+                                               "temperature targets") -> str:
     m, s = study["meta"], study["summary"]
-    lines = ["# Does the ECE term earn its place? Held-out bin accuracies and temperature targets", "",
+    arm_text = ARM_TEXT[s.get("fix_arm", FIX_ARM)]
+    lines = [title, "",
              f"{m['n_seeds']} seed(s) ({', '.join(map(str, m['seeds']))}), {m['settings']['world']} world, "
              f"{m['settings']['n_train']} training questions; held-out rows: the {m['settings']['n_ts']}-question "
              f"TS-fit split (also what temperature scaling is fitted on); {m['settings']['n_eval_in']} in-domain / "
@@ -165,7 +170,7 @@ def render_markdown(study: dict) -> str:
             lines.append(f"| {(b) / 10:.1f}–{(b + 1) / 10:.1f} | {tb['count'][b]} | {f(tb['acc'][b])} | {f(tb['conf'][b])} | "
                          f"{hb['count'][b]} | {f(hb['acc'][b])} | {f(hb['conf'][b])} |")
         lines.append("")
-    lines += ["## Each variant minus its λ=0 run (over-fine-tuned arm; paired over seeds, 95% CI)", "",
+    lines += [f"## Each variant minus its λ=0 run ({arm_text}; paired over seeds, 95% CI)", "",
               f"Holm-adjusted p over the {s['family_size']} in-domain conf-ECE comparisons of this table.", "",
               "| run | variant | λ | Δ conf-ECE in | Holm p | Δ conf-ECE out | Δ cw-ECE in | Δ acc in | vs TS: Δ conf-ECE in |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -216,7 +221,8 @@ def plot_deltas(study: dict, path: str) -> str:
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=colors[variant], label=VARIANT_LABEL[variant])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(LAMBDAS)), [f"λ={lam:g}" for lam in LAMBDAS])
-        ax.set_title(f"{mode.upper()} (over-fine-tuned arm)")
+        ax.set_xlim(-0.5, len(LAMBDAS) - 0.5)
+        ax.set_title(f"{mode.upper()} ({ARM_TEXT[study['summary'].get('fix_arm', FIX_ARM)]})")
         if mode == "cft":  # the panels share the y axis: one label
             ax.set_ylabel("in-domain conf-ECE minus its λ=0 run\n(mean, 95% CI over seeds; < 0 = better)")
         ax.grid(alpha=0.3, axis="y")

@@ -37,7 +37,7 @@ from scipy.special import softmax
 from ..offline import OFFLINE_ENV
 from ..rows import read_jsonl
 from . import analysis, configs, report
-from .world import generate, make_world
+from .world import generate, make_world, preference_domain_for
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,16 @@ class DemoSettings:
     fix_lr: float = 3e-4
     ls_factor: float = 0.1
     target_oracle_acc: float = 0.65
+    #: the preference domain (:class:`.world.PreferenceDomain`): prompts in the base SFT (uniform replies),
+    #: Bradley-Terry pairs added to DPO, held-out prompts for the exact alignment metrics (0: no domain)
+    n_pref_base: int = 1000
+    n_pref_dpo: int = 1000
+    n_pref_eval: int = 500
 
 
 FULL = DemoSettings()
 FAST = DemoSettings(n_base=600, n_train=400, n_dpo=400, n_ts=200, n_eval_in=300, n_eval_out=200, hidden=64,
-                    base_epochs=4, overfit_epochs=4, fix_epochs=1, fix_lr=1e-3)
+                    n_pref_base=200, n_pref_dpo=200, n_pref_eval=100, base_epochs=4, overfit_epochs=4, fix_epochs=1, fix_lr=1e-3)
 
 ARMS = ("aligned", "overfit")
 #: the lambda of the CFT / RCFT rows of the main table (both presets use 1.0).
@@ -225,7 +230,8 @@ def train_logged(cfg_path: str, log_path: str, what: str) -> float:
 #: that are recomputed from the dumps on every invocation (tables, statistics, the studies' reports)
 _RESULT_NEUTRAL = ("cli.py", os.path.join("eval", "plots.py"), os.path.join("eval", "compare.py"),
                    os.path.join("demo", "report.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
-                   os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"))
+                   os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"),
+                   os.path.join("demo", "alignment_study.py"))
 
 
 def code_files() -> list[str]:
@@ -298,12 +304,15 @@ def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[s
     return model_dir, dt, False
 
 
-def build_init_model(world, s: DemoSettings, path: str, seed: int) -> str:
-    """Tokenizer trained on the demo's text (every word and option one token) + a fresh tiny Llama."""
+def build_init_model(world, s: DemoSettings, path: str, seed: int, pref=None) -> str:
+    """Tokenizer trained on the demo's text (every word, option and reply one token) + a fresh tiny Llama."""
     from ..testing import build_llama, build_tokenizer
 
-    tok = build_tokenizer(world.corpus(), vocab_size=s.vocab_size)
-    for w in world.vocabulary():
+    corpus, vocabulary = world.corpus(), world.vocabulary()
+    if pref is not None:
+        corpus, vocabulary = corpus + pref.corpus(), vocabulary + pref.vocabulary()
+    tok = build_tokenizer(corpus, vocab_size=s.vocab_size)
+    for w in vocabulary:
         ids = tok(" " + w, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise RuntimeError(f"demo tokenizer splits {w!r} into {len(ids)} tokens (raise vocab_size)")
@@ -314,8 +323,9 @@ def build_init_model(world, s: DemoSettings, path: str, seed: int) -> str:
     return path
 
 
-def _sft_jsonl(mcq_path: str, out_path: str) -> str:
-    """MCQ rows -> ``{prompt, completion}`` for the plain-Axolotl SFT runs (same prompt as the mcq strategy)."""
+def _sft_jsonl(mcq_path: str, out_path: str, extra: str | None = None) -> str:
+    """MCQ rows -> ``{prompt, completion}`` for the plain-Axolotl SFT runs (same prompt as the mcq strategy);
+    ``extra``: ``{prompt, completion}`` rows appended as they are (the preference domain's base-SFT rows)."""
     from ..prompts import DEFAULT_LETTERS, format_mcq_prompt
     from ..rows import answer_to_index
 
@@ -324,6 +334,8 @@ def _sft_jsonl(mcq_path: str, out_path: str) -> str:
             k = answer_to_index(r["answer"], r["choices"])
             f.write(json.dumps({"prompt": format_mcq_prompt(r["question"], r["choices"]),
                                 "completion": " " + DEFAULT_LETTERS[k]}) + "\n")
+        for r in read_jsonl(extra) if extra else ():
+            f.write(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n")
     return out_path
 
 
@@ -425,8 +437,11 @@ def evaluate_all(p: _Paths, parallel: int) -> None:
     sets = ["--set", f"in={p.data.eval_in}", "--set", f"out={p.data.eval_out}"]
     if starts:
         sets += ["--set", f"ts_fit={p.data.ts_fit}:{starts}", "--set", f"train={p.data.train}:{starts}"]
+    if p.data.pref_eval:
+        sets += ["--replies", p.data.pref_eval]
     todo = [n for n in names if not all(os.path.exists(os.path.join(eval_dir, f"{n}__{d}.json")) for d in ("in", "out"))
-            or (n in starts.split(",") and not os.path.exists(os.path.join(eval_dir, f"{n}__train.json")))]
+            or (n in starts.split(",") and not os.path.exists(os.path.join(eval_dir, f"{n}__train.json")))
+            or (p.data.pref_eval and not os.path.exists(os.path.join(eval_dir, f"{n}__replies.json")))]
     if not todo:
         return
     chunks = [todo[i::max(1, parallel)] for i in range(max(1, parallel))]
@@ -500,6 +515,8 @@ def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
         rows[f"{arm}.ts"] = {"in": analysis.scores(p_in, y_in).as_dict(), "out": analysis.scores(p_out, y_out).as_dict(),
                              "pairs": analysis.pair_stats(z_in, pairs, ps_in).as_dict(), "temperature": t}
         probs[f"{arm}.ts"] = {"in": {"probs": p_in, "labels": y_in}, "out": {"probs": p_out, "labels": y_out}}
+    if data.pref_eval:
+        _reward_rows(rows, p, read_jsonl(data.pref_eval))
     # regime diagnosis (axolotl_calib_plugin.eval.regime, our heuristic) of the start models: held-out in-domain
     # predictions, plus the predictions on the training set the fixes would train on
     for name in ("base",) + ARMS:
@@ -508,6 +525,25 @@ def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
                          train_probs=probs[name]["train"]["probs"], train_labels=probs[name]["train"]["labels"])
             rows[name]["regime"] = d.as_dict()
     return rows, (probs if with_probs else {})
+
+
+def _reward_rows(rows: dict, p: _Paths, pref_rows: list[dict]) -> None:
+    """``rows[name]["reward"]``: the exact alignment metrics on the preference domain (win rate against the
+    DPO model when there is one); temperature scaling rescales only the MCQ letters, so a TS row keeps its
+    start model's policy (marked ``policy_unchanged``). ``rows["oracle"]["reward"]``: the reference points."""
+    rewards = np.array([r["reward"] for r in pref_rows], dtype=np.float64)
+    eval_dir = os.path.join(p.out, "eval")
+    logliks = {}
+    for name in p.models:
+        with open(os.path.join(eval_dir, f"{name}__replies.json"), encoding="utf-8") as f:
+            logliks[name] = np.asarray(json.load(f)["logliks"], dtype=np.float64)
+    ref = logliks.get("aligned")
+    for name, z in logliks.items():
+        rows[name]["reward"] = analysis.reward_stats(z, rewards, ref)
+    for arm in ARMS:
+        if f"{arm}.ts" in rows and arm in logliks:
+            rows[f"{arm}.ts"]["reward"] = dict(rows[arm]["reward"], policy_unchanged=True)
+    rows["oracle"]["reward"] = analysis.reward_bounds(rewards)
 
 
 def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan = DEMO_PLAN, parallel: int = 2,
@@ -522,15 +558,17 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
     world = make_world(s.world, seed, s.target_oracle_acc)
+    pref = preference_domain_for(world, seed) if (s.n_pref_base or s.n_pref_dpo or s.n_pref_eval) else None
     p = _Paths(out, heldout_eval=plan.heldout_eval)
-    p.data = generate(os.path.join(out, "data"), world, s.n_base, s.n_train, s.n_dpo, s.n_ts, s.n_eval_in, s.n_eval_out)
-    p.sft_base = _sft_jsonl(p.data.base_train, os.path.join(out, "data", "base_train_sft.jsonl"))
+    p.data = generate(os.path.join(out, "data"), world, s.n_base, s.n_train, s.n_dpo, s.n_ts, s.n_eval_in, s.n_eval_out,
+                      pref, s.n_pref_base, s.n_pref_dpo, s.n_pref_eval)
+    p.sft_base = _sft_jsonl(p.data.base_train, os.path.join(out, "data", "base_train_sft.jsonl"), p.data.pref_base)
     p.sft_train = _sft_jsonl(p.data.train, os.path.join(out, "data", "train_sft.jsonl"))
     _log(f"seed {seed}: {s.world} world (tau {world.tau:.3f}); {s.n_base} base / {s.n_train} train / {s.n_dpo} DPO / "
          f"{s.n_eval_in} in- + {s.n_eval_out} out-domain eval questions -> {os.path.join(out, 'data')}")
     init = os.path.join(out, "models", "init")
     if not (reuse and os.path.exists(os.path.join(init, "model.safetensors"))):
-        build_init_model(world, s, init, seed)
+        build_init_model(world, s, init, seed, pref)
     runs = plan_runs(plan)
     reused: set = set()
     train_all(runs, p, s, seed, parallel, reuse, timings, errors, reused)

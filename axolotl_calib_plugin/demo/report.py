@@ -148,6 +148,18 @@ def checks(rows: dict) -> list[dict]:
             why = (f"train acc {reg['train_acc']:.4f} vs held-out {reg['acc']:.4f}" if reg.get("train_acc") is not None
                    else reg["reasons"][0][:90])
             add(f"{arm}: diagnose says {want}", reg["verdict"] == want, f"{reg['verdict']} ({why})")
+    base_r, dpo_r = rows.get("base", {}).get("reward"), rows.get("aligned", {}).get("reward")
+    if base_r and dpo_r:
+        add("DPO raises the expected true reward on held-out preference prompts",
+            dpo_r["expected_reward"] > base_r["expected_reward"],
+            f"base {base_r['expected_reward']:.4f} -> aligned {dpo_r['expected_reward']:.4f}")
+        for fix in ("cft", "rcft"):
+            fr = rows.get(f"aligned.{fix}", {}).get("reward")
+            if fr:
+                keep = base_r["expected_reward"] + 0.9 * (dpo_r["expected_reward"] - base_r["expected_reward"])
+                add(f"aligned: {fix.upper()} keeps >= 90% of DPO's expected-reward gain", fr["expected_reward"] >= keep,
+                    f"{dpo_r['expected_reward']:.4f} -> {fr['expected_reward']:.4f} (win rate vs DPO "
+                    f"{fr['win_rate']:.3f})")
     if g("overfit", "in", "conf_ece") is not None and b is not None:
         add("over-fine-tuning raises in-domain conf-ECE", g("overfit", "in", "conf_ece") > b,
             f"base {b:.4f} -> overfit {g('overfit', 'in', 'conf_ece'):.4f}")
@@ -191,6 +203,7 @@ def markdown_report(results: dict) -> str:
     ]
     for c in results.get("checks", []):
         lines.append(f"* [{'x' if c['ok'] else ' '}] {c['name']}: {c['detail']}")
+    lines += reward_table(results["rows"])
     reg = [(k, results["rows"][k]["regime"]) for k in ordered_keys(results["rows"]) if "regime" in results["rows"][k]]
     if reg:
         lines += ["", "## Regime diagnosis (`axolotl-calib diagnose` with the training set, our heuristic)", ""]
@@ -201,6 +214,26 @@ def markdown_report(results: dict) -> str:
     if m.get("plots"):
         lines += ["", "Reliability diagrams: " + ", ".join(f"`{x}`" for x in m["plots"]) + ".", ""]
     return "\n".join(lines)
+
+
+def reward_table(rows: dict) -> list[str]:
+    """The preference domain's exact alignment metrics per model (empty without the domain)."""
+    keys = [k for k in ordered_keys(rows) if "expected_reward" in rows[k].get("reward", {})]
+    if not keys:
+        return []
+    bounds = rows.get("oracle", {}).get("reward", {})
+    out = ["", "## Alignment on held-out preference prompts (known reward r*, exact)", "",
+           f"Expected true reward E[r*] of the model's reply (uniform policy {bounds.get('uniform', float('nan')):.3f}, "
+           f"best reply every time {bounds.get('best', float('nan')):.3f}); win rate vs DPO = P[r*(y) > r*(y_DPO)] + "
+           "1/2 P[tie], replies drawn from each policy; pref ratio (true) as above, over every pair of replies. "
+           "Temperature scaling rescales only the MCQ letters: its policy here is its start model's.", "",
+           "| model | E[r*] | win rate vs DPO | P(best reply) | pref ratio (true) |", "|---|---:|---:|---:|---:|"]
+    for k in keys:
+        r = rows[k]["reward"]
+        win = f"{r['win_rate']:.3f}" if "win_rate" in r else "-"
+        out.append(f"| {row_label(k)} | {r['expected_reward']:.3f} | {win} | {r['best_reply']:.3f} | "
+                   f"{r['pref_ratio']:.3f} ({r['true_pref']:.3f}) |")
+    return out
 
 
 def write_outputs(results: dict, out_dir: str) -> dict:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from . import report
 from .pipeline import ARMS, DEFAULT_LAMBDA, FULL, DemoSettings, Plan, calib_name, run_seed
-from . import heldout_study
+from . import alignment_study, heldout_study
 from .stats import mean_ci, paired_difference, verdict
 
 #: the study's runs per seed: both arms; CFT and RCFT over the lambda sweep in the aligned arm (0 and 1
@@ -73,6 +73,8 @@ def _compact(rows: dict) -> dict:
             c["regime"] = {m: r["regime"][m] for m in ("verdict", "acc", "train_acc", "gap", "gap_z", "ts_conf_ece")}
         if "temperature" in r:
             c["temperature"] = r["temperature"]
+        if "reward" in r:
+            c["reward"] = r["reward"]
         out[key] = c
     return out
 
@@ -328,9 +330,11 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
               parallel: int = 2, reuse: bool = True, summary_dir: str | None = None, kind: str = "main") -> dict:
     """Run (or resume) every seed, then write ``study.json``, ``study.md`` and ``lambda_curve.png`` into
     ``summary_dir`` (default ``out``); ``kind="heldout"``: the held-out M-step study of
-    :mod:`.heldout_study` (its plan, ``heldout.json``, ``heldout.md``, ``heldout_deltas.png``)."""
-    if kind == "heldout" and plan is STUDY_PLAN:
-        plan = heldout_study.PLAN
+    :mod:`.heldout_study` (its plan, ``heldout.json``, ``heldout.md``, ``heldout_deltas.png``);
+    ``kind="alignment"``: the aligned arm with the preference domain, :mod:`.alignment_study`."""
+    studies = {"heldout": heldout_study, "alignment": alignment_study}
+    if kind in studies and plan is STUDY_PLAN:
+        plan = studies[kind].PLAN
     import platform
 
     t0 = time.time()
@@ -353,8 +357,8 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
                  "seed_wall_time_s": {k: v["wall_time_s"] for k, v in per_seed.items()}},
         "per_seed": per_seed,
     }
-    if kind == "heldout":
-        return heldout_study.write(study, summary_dir)
+    if kind in studies:
+        return studies[kind].write(study, summary_dir)
     study["summary"] = summarize(per_seed)
     with open(os.path.join(summary_dir, "study.json"), "w", encoding="utf-8") as f:
         json.dump(study, f, indent=1)

@@ -313,6 +313,125 @@ def make_world(kind: str, seed: int, target_oracle_acc: float = 0.65):
     raise ValueError(f"world must be one of {WORLDS}, got {kind!r}")
 
 
+# ------------------------------------------------------------------------------------------------ preference domain
+class PreferencePrompts(NamedTuple):
+    """``n`` prompts of the preference domain: texts and the true reward of every candidate reply (n, K)."""
+
+    texts: list[str]
+    rewards: np.ndarray
+
+
+@dataclass
+class PreferenceDomain:
+    """Prompts and candidate replies with a KNOWN true reward, apart from the MCQ data (the paper's Table 3 in
+    miniature: does DPO add alignment, and do the calibration fixes keep it?).
+
+    A prompt is ``"Say: w1 .. wL\nReply:"`` with ``L`` words from its own made-up vocabulary; the candidate
+    replies are ``K`` other made-up words (one token each), and the true reward is linear in the prompt's
+    words: r*(x, y) = scale * sum_i V[w_i, y] with Gaussian ``V``. The base model's SFT sees these prompts
+    with a reply drawn uniformly (so its policy is near uniform); DPO sees pairs whose winner is drawn by
+    Bradley-Terry on r*; the calibration fixes never see the domain. ``exclude``: words the MCQ world uses.
+    """
+
+    seed: int = 0
+    n_words: int = 12
+    prompt_len: int = 4
+    n_responses: int = 5
+    reward_scale: float = 1.0
+    exclude: tuple[str, ...] = ()
+    words: list[str] = field(init=False)
+    responses: list[str] = field(init=False)
+    weights: np.ndarray = field(init=False)  # (n_words, K)
+
+    def __post_init__(self):
+        rng = np.random.default_rng([self.seed, 31])
+        pool = [a + b for a in _SYLL for b in _SYLL if a != b and a + b not in set(self.exclude)]
+        need = self.n_words + self.n_responses
+        if need > len(pool):
+            raise ValueError(f"at most {len(pool)} made-up words for the preference domain, asked for {need}")
+        picked = [pool[i] for i in rng.choice(len(pool), size=need, replace=False)]
+        self.words, self.responses = picked[:self.n_words], picked[self.n_words:]
+        self.weights = self.reward_scale * rng.normal(size=(self.n_words, self.n_responses))
+
+    def prompt_text(self, word_ids: Iterable[int]) -> str:
+        return "Say: " + " ".join(self.words[int(i)] for i in word_ids) + "\nReply:"
+
+    def replies(self) -> list[str]:
+        """The candidate continuations (leading space: each is one token after ``Reply:``)."""
+        return [" " + r for r in self.responses]
+
+    def rewards(self, word_ids: np.ndarray) -> np.ndarray:
+        """r*(x, y) for word-id rows (n, L): shape (n, K)."""
+        return self.weights[np.asarray(word_ids, dtype=np.int64)].sum(axis=1)
+
+    def sample(self, n: int, rng: np.random.Generator, exclude: set[str] | None = None) -> PreferencePrompts:
+        """``n`` new prompts (uniform words), never repeating a text within the call or ``exclude`` (updated)."""
+        seen = exclude if exclude is not None else set()
+        if n + len(seen) > self.n_words ** self.prompt_len // 2:
+            raise ValueError(f"{n} more preference prompts do not fit {self.n_words}^{self.prompt_len} texts")
+        texts, rows = [], []
+        while len(texts) < n:
+            for wi in rng.integers(self.n_words, size=(2 * (n - len(texts)) + 8, self.prompt_len)):
+                text = self.prompt_text(wi)
+                if text in seen:
+                    continue
+                seen.add(text)
+                texts.append(text)
+                rows.append(wi)
+                if len(texts) == n:
+                    break
+        return PreferencePrompts(texts, self.rewards(np.asarray(rows, dtype=np.int64).reshape(n, self.prompt_len)))
+
+    def vocabulary(self) -> list[str]:
+        return list(self.words) + list(self.responses)
+
+    def corpus(self) -> list[str]:
+        rng = np.random.default_rng([self.seed, 32])
+        out = [self.prompt_text(w) + self.replies()[int(rng.integers(self.n_responses))]
+               for w in rng.integers(self.n_words, size=(100, self.prompt_len))]
+        for _ in range(20):
+            out.append(" ".join(self.words))
+            out.append("".join(self.replies()))
+        return out
+
+    def describe(self) -> dict:
+        return {"words": self.words, "responses": self.responses, "prompt_len": self.prompt_len,
+                "reward_scale": self.reward_scale, "weights": self.weights.round(6).tolist(),
+                "rule": "r*(x, y) = sum over the prompt's words w of V[w, y]; base SFT: uniform replies; DPO pairs: "
+                        "winner by Bradley-Terry on r*, P(a > b) = sigmoid(r*_a - r*_b)"}
+
+
+def preference_domain_for(world, seed: int) -> PreferenceDomain:
+    """The preference domain of a world: its own words, disjoint from every MCQ word and option."""
+    used = [w for w in world.vocabulary()]
+    return PreferenceDomain(seed=seed, exclude=tuple(used))
+
+
+def reply_rows(pref: PreferenceDomain, q: PreferencePrompts, rng: np.random.Generator) -> list[dict]:
+    """``{prompt, completion}`` rows with a reply drawn uniformly (the base model's SFT: no preference)."""
+    replies = pref.replies()
+    return [{"prompt": t, "completion": replies[int(rng.integers(len(replies)))]} for t in q.texts]
+
+
+def reward_pairs(pref: PreferenceDomain, q: PreferencePrompts, rng: np.random.Generator, prefix: str) -> list[dict]:
+    """One DPO pair per prompt: two distinct replies drawn uniformly, the winner by Bradley-Terry on r*."""
+    replies, rows = pref.replies(), []
+    for i, (text, r) in enumerate(zip(q.texts, q.rewards)):
+        a, b = rng.choice(len(replies), size=2, replace=False)
+        p_a = 1.0 / (1.0 + np.exp(r[b] - r[a]))
+        w, l_ = (a, b) if rng.random() < p_a else (b, a)
+        rows.append({"id": f"{prefix}-{i}", "prompt": text, "chosen": replies[w], "rejected": replies[l_],
+                     "chosen_idx": int(w), "rejected_idx": int(l_),
+                     "p_true": round(float(1.0 / (1.0 + np.exp(r[l_] - r[w]))), 6)})
+    return rows
+
+
+def reward_rows(pref: PreferenceDomain, q: PreferencePrompts, prefix: str) -> list[dict]:
+    """Held-out prompts with every candidate reply and its true reward (the exact alignment metrics)."""
+    return [{"id": f"{prefix}-{i}", "prompt": t, "replies": pref.replies(), "reward": [round(float(x), 6) for x in r]}
+            for i, (t, r) in enumerate(zip(q.texts, q.rewards))]
+
+
 # ------------------------------------------------------------------------------------------------ files
 def mcq_rows(world, q: Questions, prefix: str) -> list[dict]:
     """MCQ rows in the shared format (+ ``p_star`` for the oracle)."""
@@ -360,6 +479,8 @@ class DemoData:
     eval_out: str
     pairs_eval: str  # held-out preference pairs on the eval_in questions (same order)
     world: str  # world description (json)
+    pref_base: str | None = None  # preference domain: {prompt, completion} rows, uniform replies (base SFT)
+    pref_eval: str | None = None  # preference domain: held-out prompts, every reply and its true reward
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
@@ -369,9 +490,12 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 
 
 def generate(out_dir: str, world, n_base: int, n_train: int, n_dpo: int, n_ts: int, n_eval_in: int,
-             n_eval_out: int) -> DemoData:
+             n_eval_out: int, pref: PreferenceDomain | None = None, n_pref_base: int = 0, n_pref_dpo: int = 0,
+             n_pref_eval: int = 0) -> DemoData:
     """Write every data file of the demo into ``out_dir`` (deterministic in ``world.seed``); in the topic
-    world no question text appears twice across all files."""
+    world no question text appears twice across all files. With ``pref``: the preference domain's base-SFT
+    rows (``pref_base.jsonl``), its DPO pairs (appended to ``dpo.jsonl`` after the MCQ pairs) and its held-out
+    prompts (``pref_eval.jsonl``), from their own random stream (the MCQ files are the same with or without)."""
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng([world.seed, 2])
     seen: set[str] = set()
@@ -380,12 +504,22 @@ def generate(out_dir: str, world, n_base: int, n_train: int, n_dpo: int, n_ts: i
                      world=os.path.join(out_dir, "world.json"))
     write_jsonl(paths.base_train, mcq_rows(world, world.sample("in", n_base, rng, seen), "base"))
     write_jsonl(paths.train, mcq_rows(world, world.sample("in", n_train, rng, seen), "train"))
-    write_jsonl(paths.dpo, preference_pairs(world, world.sample("in", n_dpo, rng, seen), rng, "dpo"))
+    dpo_rows = preference_pairs(world, world.sample("in", n_dpo, rng, seen), rng, "dpo")
     write_jsonl(paths.ts_fit, mcq_rows(world, world.sample("in", n_ts, rng, seen), "tsfit"))
     q_in = world.sample("in", n_eval_in, rng, seen)
     write_jsonl(paths.eval_in, mcq_rows(world, q_in, "in"))
     write_jsonl(paths.pairs_eval, preference_pairs(world, q_in, rng, "pair"))
     write_jsonl(paths.eval_out, mcq_rows(world, world.sample("out", n_eval_out, rng, seen), "out"))
+    description = world.describe()
+    if pref is not None and (n_pref_base or n_pref_dpo or n_pref_eval):
+        prng, pseen = np.random.default_rng([world.seed, 3]), set()
+        paths.pref_base = os.path.join(out_dir, "pref_base.jsonl")
+        paths.pref_eval = os.path.join(out_dir, "pref_eval.jsonl")
+        write_jsonl(paths.pref_base, reply_rows(pref, pref.sample(n_pref_base, prng, pseen), prng))
+        dpo_rows += reward_pairs(pref, pref.sample(n_pref_dpo, prng, pseen), prng, "pdpo")
+        write_jsonl(paths.pref_eval, reward_rows(pref, pref.sample(n_pref_eval, prng, pseen), "pref"))
+        description["preference_domain"] = pref.describe()
+    write_jsonl(paths.dpo, dpo_rows)
     with open(paths.world, "w", encoding="utf-8") as f:
-        json.dump(world.describe(), f, indent=1)
+        json.dump(description, f, indent=1)
     return paths

@@ -1,0 +1,123 @@
+"""The alignment study: the aligned (DPO) arm with the preference domain -- Table 3 in miniature -- and the
+held-out M-step variants in that arm (one rerun serves both questions).
+
+Per seed (``axolotl-calib demo --seeds N --study alignment``): base SFT (MCQ + preference-domain prompts with
+uniform replies), DPO (MCQ pairs + Bradley-Terry pairs on the known reward r*), then from the DPO model:
+label smoothing, CFT and RCFT at lambda 0 (plain SFT through the plugin) and 1 (Algorithm 1), and CFT with
+held-out bin accuracies and with held-out temperature targets; temperature scaling post hoc.
+
+Reported, paired over seeds (95% t intervals):
+
+* calibration: each variant minus its lambda-0 run (as in :mod:`.heldout_study`, Holm over the family);
+* alignment, exact on held-out preference prompts (:func:`.analysis.reward_stats`): DPO minus base expected
+  reward (does DPO add alignment?), every fix's expected reward minus DPO's with a non-inferiority verdict
+  (the fix keeps at least ``1 - KEEP_MARGIN`` of DPO's gain over base), and its win rate against the DPO
+  model (0.5 = indistinguishable). Temperature scaling leaves the policy unchanged (its row is DPO's).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from . import heldout_study, report
+from .pipeline import Plan, calib_name
+from .stats import mean_ci, paired_difference
+
+ARM = "aligned"
+PLAN = Plan(arms=(ARM,), lambdas=(0.0, 1.0), label_smoothing=True, online=False, variants=("train",),
+            extra_runs=(("cft", "heldout", 1.0), ("cft", "temp", 1.0)), fix_arms=(ARM,), heldout_eval=True)
+#: a fix "keeps alignment" when its expected reward minus DPO's has a lower 95% bound above -KEEP_MARGIN x
+#: (DPO's mean gain over base): it keeps at least 90% of what DPO added
+KEEP_MARGIN = 0.10
+REWARD_METRICS = ("expected_reward", "win_rate", "best_reply", "pref_ratio", "true_pref", "pair_rank_acc")
+
+
+def _reward(per_seed: dict, key: str, metric: str) -> list:
+    return [s["rows"].get(key, {}).get("reward", {}).get(metric) for s in per_seed.values()]
+
+
+def fix_keys(keys) -> list[str]:
+    """The aligned arm's fixes in table order."""
+    return [k for k in report.ordered_keys(keys) if k.startswith(ARM + ".")]
+
+
+def summarize_alignment(per_seed: dict) -> dict:
+    keys = sorted({k for s in per_seed.values() for k in s["rows"]})
+    cells = {k: {m: mean_ci([v for v in _reward(per_seed, k, m) if v is not None]) for m in REWARD_METRICS}
+             for k in keys if any(_reward(per_seed, k, "expected_reward"))}
+    bounds = {b: mean_ci([s["rows"].get("oracle", {}).get("reward", {}).get(b) for s in per_seed.values()
+                          if s["rows"].get("oracle", {}).get("reward")]) for b in ("uniform", "best")}
+    gain = paired_difference(_reward(per_seed, ARM, "expected_reward"), _reward(per_seed, "base", "expected_reward"))
+    margin = KEEP_MARGIN * gain["mean"] if gain["n"] and gain["mean"] > 0 else float("nan")
+    fixes = {}
+    for k in fix_keys(keys):
+        d = paired_difference(_reward(per_seed, k, "expected_reward"), _reward(per_seed, ARM, "expected_reward"))
+        w = mean_ci([v for v in _reward(per_seed, k, "win_rate") if v is not None])
+        kept = None if math.isnan(margin) or d["n"] < 2 else bool(d["lo"] > -margin)
+        fixes[k] = {"vs_dpo": d, "win_rate": w, "kept": kept,
+                    "policy_unchanged": k.endswith(".ts")}
+    return {"cells": cells, "bounds": bounds, "dpo_gain": gain, "margin": margin, "fixes": fixes,
+            "dpo_adds_alignment": bool(gain["n"] >= 2 and gain["lo"] > 0)}
+
+
+def _ci(d) -> str:
+    return heldout_study._ci(d)
+
+
+def render_alignment(study: dict) -> list[str]:
+    a = study["summary"]["alignment"]
+    g = a["dpo_gain"]
+    lines = ["## Alignment kept? Exact metrics on held-out preference prompts (Table 3 in miniature)", "",
+             "The judge is the known reward r*, so expected reward and win rate are exact sums over the candidate "
+             "replies (no sampling, no judge model); the intervals are over seeds. Reference points: uniform "
+             f"policy {heldout_study._pm(a['bounds']['uniform'])}, best reply every time "
+             f"{heldout_study._pm(a['bounds']['best'])}.", "",
+             f"**DPO − base expected reward: {_ci(g)}** -> DPO "
+             f"{'adds' if a['dpo_adds_alignment'] else 'is not shown to add'} alignment "
+             f"(non-inferiority margin for the fixes: {KEEP_MARGIN:.0%} of that gain = "
+             f"{a['margin']:.3f} reward).", "",
+             "| model | E[r*] | Δ E[r*] vs DPO | kept (≥90% of DPO's gain) | win rate vs DPO | P(best reply) | "
+             "pref ratio (true) |", "|---|---:|---:|:---:|---:|---:|---:|"]
+    for k in report.ordered_keys(a["cells"]):
+        c = a["cells"][k]
+        f = a["fixes"].get(k)
+        kept = "-" if not f or f["kept"] is None else ("yes" if f["kept"] else "not shown")
+        if f and f["policy_unchanged"]:
+            kept = "= DPO (TS leaves the policy unchanged)"
+        lines.append(f"| {k} | {heldout_study._pm(c['expected_reward'])} | {_ci(f['vs_dpo']) if f else '-'} | {kept} | "
+                     f"{heldout_study._pm(c['win_rate'])} | {heldout_study._pm(c['best_reply'])} | "
+                     f"{c['pref_ratio']['mean']:.3f} ({c['true_pref']['mean']:.3f}) |")
+    lines += ["", "Win rate vs DPO: P[r*(y) > r*(y_DPO)] + ½ P[tie] with y from the model and y_DPO from the DPO "
+              "model, both drawn from their policies over the replies (0.5 = the same policy). pref ratio (true): "
+              "mean π(y_m)/(π(y_m)+π(y_o)) over every pair of replies, y_m the one the model prefers, and the true "
+              "probability σ(r*_m − r*_o) that it wins; ratio above true = preference collapse.", ""]
+    return lines
+
+
+def write(study: dict, summary_dir: str) -> dict:
+    """Summarise, then write alignment.json, alignment.md and alignment_deltas.png into ``summary_dir``."""
+    summary = heldout_study.summarize(study["per_seed"], fix_arm=ARM)
+    summary["alignment"] = summarize_alignment(study["per_seed"])
+    study["summary"] = summary
+    with open(os.path.join(summary_dir, "alignment.json"), "w", encoding="utf-8") as f:
+        json.dump(study, f, indent=1)
+    md = heldout_study.render_markdown(study, title="# The aligned arm: alignment kept, and the ECE term with "
+                                                    "held-out bins")
+    with open(os.path.join(summary_dir, "alignment.md"), "w", encoding="utf-8") as f:
+        f.write(md + "\n" + "\n".join(render_alignment(study)))
+    if summary["comparisons"]:
+        heldout_study.plot_deltas(study, os.path.join(summary_dir, "alignment_deltas.png"))
+    return study
+
+
+def table3_line(study: dict) -> str:
+    """One README line: DPO's gain and each of CFT / RCFT's expected reward and win rate vs DPO."""
+    a = study["summary"]["alignment"]
+    parts = [f"DPO − base E[r*] {_ci(a['dpo_gain'])}"]
+    for k in (calib_name(ARM, "cft", 1.0), calib_name(ARM, "rcft", 1.0)):
+        f = a["fixes"].get(k)
+        if f:
+            parts.append(f"{k}: Δ vs DPO {_ci(f['vs_dpo'])}, win rate {heldout_study._pm(f['win_rate'])}")
+    return "; ".join(parts)
