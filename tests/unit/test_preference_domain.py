@@ -162,3 +162,31 @@ def test_alignment_summary_gain_margin_and_verdicts():
     assert a["fixes"]["aligned.ts"]["policy_unchanged"]
     assert a["fixes"]["aligned.rcft"]["win_rate"]["mean"] == pytest.approx(0.31)
     assert a["bounds"]["best"]["mean"] == 2.0
+
+
+def test_alignment_study_writes_calibration_and_alignment_sections(tmp_path):
+    """write(): the held-out comparisons of the aligned arm (vs its lambda-0 run) and the alignment table, from
+    synthetic seeds whose differences are known: CFT with held-out bins 0.05 below its lambda-0 run on every
+    seed, DPO 1.0 above base in expected reward."""
+    per_seed = {}
+    for s in range(3):
+        rows = _seed_rows(0.2 + 0.01 * s, 1.2 + 0.02 * s, {"aligned.cft_lam0": (1.1, 0.45), "aligned.cft": (1.1, 0.45),
+                                                           "aligned.cft_heldout": (1.15 + 0.001 * s, 0.48),
+                                                           "aligned.ts": (1.2 + 0.02 * s, 0.5)})["rows"]
+        for k, ece in (("aligned.cft_lam0", 0.10), ("aligned.cft", 0.10 + 0.001 * s), ("aligned.cft_heldout", 0.05),
+                       ("aligned.ts", 0.06), ("aligned", 0.3), ("base", 0.03)):
+            rows[k].update({d: {"conf_ece": ece + 0.002 * s, "cw_ece": ece / 2, "acc": 0.6, "mean_conf": 0.7}
+                            for d in ("in", "out")})
+        per_seed[str(s)] = {"rows": rows, "timings_s": {"base": 10.0}}
+    study = {"meta": {"seeds": [0, 1, 2], "n_seeds": 3, "commit": "x", "machine": "test",
+                      "settings": {"world": "topic", "n_train": 30, "n_ts": 10, "n_eval_in": 20, "n_eval_out": 10}},
+             "per_seed": per_seed}
+    alignment_study.write(study, str(tmp_path))
+    md = (tmp_path / "alignment.md").read_text()
+    saved = json.loads((tmp_path / "alignment.json").read_text())
+    comp = {c["key"]: c for c in saved["summary"]["comparisons"]}
+    assert comp["aligned.cft_heldout"]["vs_lam0"]["conf_ece_in"]["mean"] == pytest.approx(-0.05)
+    assert saved["summary"]["fix_arm"] == "aligned" and saved["summary"]["alignment"]["dpo_adds_alignment"]
+    assert "aligned (DPO) arm" in md and "DPO − base expected reward: +1.010" in md
+    assert "= DPO (TS leaves the policy unchanged)" in md and (tmp_path / "alignment_deltas.png").exists()
+    assert alignment_study.table3_line(saved).startswith("DPO − base E[r*] +1.010")
