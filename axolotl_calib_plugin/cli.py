@@ -409,8 +409,11 @@ def cmd_temperature(a) -> int:
                 "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
         paths = write_report(a.output_dir, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta,
                              notes=notes, plot_format=a.plot_format)
+        # lm-eval's samples layout (its EvaluationTracker's file name and date stamp), so `table` can pair the
+        # questions. Written here: EvaluationTracker.save_results_samples wants lm-eval's own request fields
+        # (arguments, resps, target), which temperature-scaled probabilities do not have.
         stamp = datetime.now().isoformat().replace(":", "-")
-        for path, r in res["apply"].items():  # lm-eval's samples layout, so `table` can pair the questions
+        for path, r in res["apply"].items():
             task = samples_task(path)
             with open(os.path.join(a.output_dir, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
                 for it in r["items"]:

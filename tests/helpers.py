@@ -26,7 +26,7 @@ from axolotl_calib_plugin.offline import OFFLINE_ENV
 
 __all__ = ["OFFLINE_ENV", "CPU_SETTINGS", "PLUGIN", "LETTERS", "ROOT", "load_task_utils", "make_mcq_rows",
            "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs", "prepared_train_dataset",
-           "hand_estep", "check_refresh_against_hand", "expected_targets", "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN"]
+           "hand_estep", "refresh_records", "check_refresh_against_hand", "expected_targets", "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN"]
 
 #: the repository root
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,19 +205,28 @@ def hand_estep(model_dir, ds, cfg):
     return torch.stack(probs), torch.tensor(labels), torch.tensor(ids), torch.tensor(ks)
 
 
-def check_refresh_against_hand(log, probs, labels, n_bins):
-    """The logged bin statistics equal those of the hand E-step; returns q_m as logged."""
+def refresh_records(output_dir):
+    """The lines of ``output_dir/calib_refresh.jsonl`` (per refresh: the per-bin statistics), in order."""
+    with open(os.path.join(output_dir, "calib_refresh.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def check_refresh_against_hand(log, record, probs, labels, n_bins):
+    """The refresh's logged conf-ECE and its per-bin statistics (``record``, its calib_refresh.jsonl line) equal
+    those of the hand E-step; returns q_m as logged."""
     from axolotl_calib_plugin import metrics
 
+    assert record["refresh"] == log["calib/refresh"] and record["global_step"] == log["step"], (record, log)
     rb = metrics.reliability_bins(probs, labels, n_bins)
     q = np.full(n_bins, np.nan)
-    for m in range(n_bins):
-        assert log[f"calib/bin_count_{m}"] == rb.count[m], (m, log)
+    assert len(record["bins"]) == n_bins
+    for m, b in enumerate(record["bins"]):
+        assert b["count"] == rb.count[m], (m, record)
         if rb.count[m]:
-            assert log[f"calib/bin_acc_{m}"] == pytest.approx(rb.accuracy[m], abs=1e-5)
-            assert log[f"calib/bin_conf_{m}"] == pytest.approx(rb.mean_confidence[m], abs=1e-4)
-            q[m] = log[f"calib/bin_acc_{m}"]
-    assert log["calib/train_conf_ece"] == pytest.approx(metrics.conf_ece(probs, labels, n_bins), abs=1e-4)
+            assert b["acc"] == pytest.approx(rb.accuracy[m], abs=1e-5)
+            assert b["conf"] == pytest.approx(rb.mean_confidence[m], abs=1e-4)
+            q[m] = b["acc"]
+    assert log["calib/conf_ece"] == pytest.approx(metrics.conf_ece(probs, labels, n_bins), abs=1e-4)
     return torch.from_numpy(q)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import metrics
 
-__all__ = ["BinView", "bin_view", "plot_comparison", "plot_reliability", "save_figure"]
+__all__ = ["BinView", "bin_view", "plot_bins", "plot_comparison", "plot_reliability", "save_figure", "stats_view"]
 
 _ACC = "#3b75af"          # accuracy bars
 _GAP = "#d62728"          # gap between accuracy and confidence
@@ -251,6 +251,43 @@ def plot_reliability(probs, labels, path: str | None = None, *, title: str = "",
                 handles.append(h)
         fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), framealpha=0.92)
         fig.suptitle(f"{title}  ({n_bins} equal-width bins)" if title else f"Reliability ({n_bins} equal-width bins)")
+    if path:
+        save_figure(fig, path)
+    return fig
+
+
+def stats_view(count, accuracy, confidence) -> BinView:
+    """The confidence view of bin statistics already binned elsewhere (the EM refresh's per-bin ``count``,
+    ``accuracy`` and mean ``confidence``, NaN where empty); conf-ECE and accuracy are their count-weighted sums."""
+    count = np.asarray(count, dtype=np.int64)
+    acc = np.asarray(accuracy, dtype=np.float64)
+    conf = np.asarray(confidence, dtype=np.float64)
+    n = int(count.sum())
+    w = count / max(n, 1)
+    return BinView("conf", metrics.bin_edges(len(count)).numpy(), count, conf, acc, n,
+                   float((w * np.nan_to_num(np.abs(acc - conf))).sum()), float((w * np.nan_to_num(acc)).sum()))
+
+
+def plot_bins(views: Mapping[str, BinView], path: str | None = None, *, title: str = ""):
+    """Confidence reliability panels side by side, one per named view (e.g. the training rows and the held-out
+    rows of one EM refresh), counts underneath, one legend below. Saves when ``path`` is given; returns the figure."""
+    import matplotlib
+
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure((6.8 * len(views), 7.0))
+        gs = fig.add_gridspec(2, len(views), height_ratios=[3.3, 1.0])
+        seen, handles = set(), []
+        for i, (name, view) in enumerate(views.items()):
+            ax = fig.add_subplot(gs[0, i])
+            axc = fig.add_subplot(gs[1, i], sharex=ax)
+            for h in _draw_conf(ax, axc, view):
+                if h.get_label() not in seen:
+                    seen.add(h.get_label())
+                    handles.append(h)
+            ax.set_title(f"{name}: conf-ECE = {view.ece:.4f}, accuracy = {view.model_accuracy:.4f}, n = {view.n}")
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), framealpha=0.92)
+        if title:
+            fig.suptitle(title)
     if path:
         save_figure(fig, path)
     return fig

@@ -3,6 +3,14 @@ per-task metrics of ``results_*.json`` or a ``calibration_report.json`` (the lay
 
 The numbers are lm-eval's aggregates of our tasks (``acc``, ``conf_ece``, ``cw_ece``: the shared metrics
 core, 10 bins); the items carry each question's option probabilities and log-likelihoods.
+
+File names are taken apart with lm-eval's own helpers (``lm_eval.utils.get_file_task_name``,
+``get_file_datetime``, ``get_latest_filename``, ``get_results_filenames``), the ones its ``EvaluationTracker``
+uses on the files it wrote. What lm-eval 0.4.11 has no helper for stays here: telling a samples file from any
+other ``*.jsonl`` (its helpers slice at the first and last ``_`` of any name, so :data:`_SAMPLES_RE` checks the
+name first), reading a samples file (lm-eval only writes them; a reader here names the bad line), and turning a
+results dict into per-task numbers (its ``make_table`` prints a table, it returns no values). ``lm_eval.utils``
+is imported only once a file passed that check (:func:`_lm_eval_utils`).
 """
 
 from __future__ import annotations
@@ -27,7 +35,16 @@ EVAL_SUBDIR = "calibration_eval"
 
 METRICS = ("acc", "conf_ece", "cw_ece")
 
+#: what ``EvaluationTracker.save_results_samples`` names a file: ``samples_<task>_<datetime.isoformat() with - for :>``
 _SAMPLES_RE = re.compile(r"^samples_(?P<task>.+)_(?P<time>\d{4}-\d{2}-\d{2}T[0-9\-.]+)\.jsonl$")
+
+
+def _lm_eval_utils():
+    """``lm_eval.utils``, imported on first use: it costs ~0.6 s (requests, jinja2), which the CLI's path checks
+    must not pay before they fail (they run before anything heavy is imported)."""
+    import lm_eval.utils
+
+    return lm_eval.utils
 
 
 def stack_items(items: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,22 +91,25 @@ def read_samples(path: str) -> list[dict]:
 
 def samples_task(path: str) -> str:
     """Task name of an lm-eval samples file (``samples_<task>_<time>.jsonl``)."""
-    m = _SAMPLES_RE.match(os.path.basename(path))
-    if not m:
+    name = os.path.basename(path)
+    if not _SAMPLES_RE.match(name):
         raise ValueError(f"{path}: not an lm-eval samples file (expected samples_<task>_<time>.jsonl)")
-    return m.group("task")
+    return _lm_eval_utils().get_file_task_name(name)
 
 
 def find_samples(folder: str) -> dict[str, str]:
     """``{task: newest samples file}`` under ``folder`` (any depth), or the file itself."""
     if os.path.isfile(folder):
         return {samples_task(folder): folder}
-    found: dict[str, tuple[str, str]] = {}
-    for path in glob.glob(os.path.join(folder, "**", "samples_*.jsonl"), recursive=True):
-        m = _SAMPLES_RE.match(os.path.basename(path))
-        if m and (m.group("task") not in found or m.group("time") > found[m.group("task")][0]):
-            found[m.group("task")] = (m.group("time"), path)
-    return {task: path for task, (_, path) in sorted(found.items())}
+    paths = [p for p in glob.glob(os.path.join(folder, "**", "samples_*.jsonl"), recursive=True)
+             if _SAMPLES_RE.match(os.path.basename(p))]
+    if not paths:
+        return {}
+    lm = _lm_eval_utils()
+    by_task: dict[str, list[str]] = {}
+    for path in paths:
+        by_task.setdefault(lm.get_file_task_name(os.path.basename(path)), []).append(path)
+    return {task: lm.get_latest_filename(found) for task, found in sorted(by_task.items())}
 
 
 def summarize(res: Mapping) -> dict[str, dict]:
@@ -121,12 +141,12 @@ def load_results(path: str) -> dict[str, dict]:
     report = os.path.join(path, REPORT_JSON)
     if os.path.isfile(report):
         return load_results(report)
-    files = sorted(glob.glob(os.path.join(path, "**", "results_*.json"), recursive=True),
-                   key=lambda p: os.path.basename(p))
+    files = glob.glob(os.path.join(path, "**", "results_*.json"), recursive=True)
     if not files:
         raise FileNotFoundError(f"{path}: no {REPORT_JSON} and no lm-eval results_*.json below it "
                                 "(write one with axolotl-calib eval, calib_eval_tasks or lm_eval --output_path)")
+    lm = _lm_eval_utils()
     out: dict[str, dict] = {}
-    for f in files:
-        out.update(load_results(f))
+    for f in sorted(lm.get_results_filenames(files), key=lambda p: lm.get_file_datetime(os.path.basename(p))):
+        out.update(load_results(f))  # oldest first: the newest file wins a task
     return out

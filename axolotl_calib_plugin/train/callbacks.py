@@ -52,9 +52,10 @@ LOG = get_logger(__name__)
 class EMRefreshCallback(TrainerCallback):
     """Runs the E-step + M-step on schedule and keeps ``calib.em_state`` (the shared context) up to date.
 
-    Logs after each refresh (``trainer.log``): ``calib/train_conf_ece``, ``calib/train_acc``,
-    ``calib/refresh``, ``calib/n_samples`` and per bin m ``calib/bin_count_m``,
-    ``calib/bin_acc_m`` (q_m), ``calib/bin_conf_m`` (non-empty bins only).
+    Logs after each refresh (``trainer.log``, shown as ``train/calib/...``): ``calib/conf_ece``, ``calib/acc``,
+    ``calib/n`` (training rows), ``calib/refresh``, ``calib/estep_online``, ``calib/refresh_seconds`` (+ the
+    held-out ones, see :meth:`EMState.summary`); the per-bin numbers go to ``calib_refresh.jsonl`` and, when
+    TensorBoard / W&B is on, to one figure ``calib/bins`` per refresh.
     """
 
     def __init__(self, calib: CalibrationContext, trainer):
@@ -149,13 +150,34 @@ class EMRefreshCallback(TrainerCallback):
         self.history.append({**summary, "global_step": int(state.global_step), "epoch": epoch})
         LOG.info("calib EM refresh %d (%s E-step, epoch %d, step %d): train conf-ECE %.4f, acc %.4f",
                  em_state.refresh_count, "online" if online else "exact", epoch, state.global_step,
-                 summary["calib/train_conf_ece"], summary["calib/train_acc"])
+                 summary["calib/conf_ece"], summary["calib/acc"])
         # Trainer.log fires on_log, which clears control.should_log; a refresh inside on_step_end would
         # otherwise swallow that step's loss log (a gap in the loss curve), so keep the flag as it was.
         should_log = tr.control.should_log
         tr.log(dict(summary))
         tr.control.should_log = should_log
+        self._log_bins_figure(em_state)
         return em_state
+
+    def _log_bins_figure(self, em_state: EMState) -> None:
+        """One reliability figure of this refresh's bins (training rows, and held-out rows when read) to
+        TensorBoard / W&B as ``calib/bins`` (PNG in ``output_dir/calib_refresh/``); main process, only when
+        such a logger is on. Replaces a dozen scalars per bin."""
+        from ..eval.plots import plot_bins, stats_view
+        from .heldout import has_image_logger, log_figure
+
+        callbacks = getattr(getattr(self.trainer, "callback_handler", None), "callbacks", ())  # () in script use
+        out_dir = getattr(self.trainer.args, "output_dir", None)
+        if dist_info()[0] != 0 or not out_dir or not has_image_logger(callbacks):
+            return
+        views = {"training rows": stats_view(em_state.bin_count, em_state.bin_accuracy, em_state.bin_confidence)}
+        held = em_state.heldout_stats
+        if held is not None:
+            views["held-out rows"] = stats_view(held.count, held.accuracy, held.confidence)
+        step = em_state.global_step
+        path = os.path.join(out_dir, "calib_refresh", f"bins_refresh{em_state.refresh_count}.png")
+        fig = plot_bins(views, path, title=f"EM refresh {em_state.refresh_count} (step {step}): rows binned by the model's max probability")
+        log_figure(callbacks, "calib/bins", fig, path, step)
 
     # ---- schedule ------------------------------------------------------------------------------
     @staticmethod

@@ -448,31 +448,32 @@ class EMState:
         return rows
 
     def summary(self, prefix: str = "calib/") -> dict:
-        """JSON-safe scalars for ``trainer.log``: training-set conf-ECE and accuracy (from the bin
-        statistics), refresh counter, and per bin ``bin_acc_m`` / ``bin_conf_m`` / ``bin_count_m``
-        (empty bins report count 0 and omit acc/conf, since NaN is not JSON)."""
+        """JSON-safe scalars for ``trainer.log``: conf-ECE, accuracy and count of the training rows (from the bin
+        statistics), the refresh counter and, with held-out rows, the same three of them. Per-bin numbers are
+        not scalars (a dozen per bin clutter a dashboard): they are :meth:`bin_table` / one figure per refresh."""
         st = self.stats
         out = {
-            f"{prefix}train_conf_ece": round(st.conf_ece, 6),
-            f"{prefix}train_acc": round(st.mean_accuracy, 6),
+            f"{prefix}conf_ece": round(st.conf_ece, 6),
+            f"{prefix}acc": round(st.mean_accuracy, 6),
             f"{prefix}refresh": int(self.refresh_count),
-            f"{prefix}n_samples": int(self.bin_count.sum()),
+            f"{prefix}n": int(self.bin_count.sum()),
         }
-        if "heldout_bin_count" in self.extra:
-            held = BinStatistics(self.extra["heldout_bin_count"], self.extra["heldout_bin_accuracy"],
-                                 self.extra["heldout_bin_confidence"])
+        held = self.heldout_stats
+        if held is not None:
             out[f"{prefix}heldout_conf_ece"] = round(held.conf_ece, 6)
             out[f"{prefix}heldout_acc"] = round(held.mean_accuracy, 6)
             out[f"{prefix}heldout_n"] = int(held.count.sum())
         if "temperature" in self.extra:
             out[f"{prefix}heldout_temperature"] = round(float(self.extra["temperature"]), 6)
-        for m in range(self.n_bins):
-            out[f"{prefix}bin_count_{m}"] = int(self.bin_count[m])
-            acc, conf = float(self.bin_accuracy[m]), float(self.bin_confidence[m])
-            if not math.isnan(acc):
-                out[f"{prefix}bin_acc_{m}"] = round(acc, 6)
-                out[f"{prefix}bin_conf_{m}"] = round(conf, 6)
         return out
+
+    @property
+    def heldout_stats(self) -> Optional[BinStatistics]:
+        """The held-out rows' bin statistics of this refresh (None without held-out rows)."""
+        if "heldout_bin_count" not in self.extra:
+            return None
+        return BinStatistics(self.extra["heldout_bin_count"], self.extra["heldout_bin_accuracy"],
+                             self.extra["heldout_bin_confidence"])
 
 
 def _state_problem(d) -> Optional[str]:

@@ -71,13 +71,36 @@ def held_out_metrics(parts: list, width: int, device, dataset=None
     return values, p, y, k.numpy()
 
 
-def log_figure(callbacks, tag: str, fig, path: str, step: int) -> None:
-    """Send a matplotlib figure to the trainer's image-capable loggers: TensorBoard (``add_figure`` on the
-    ``TensorBoardCallback``'s writer) and W&B (``wandb.Image`` of the saved PNG, when a run is active)."""
+def _image_loggers(callbacks) -> list:
+    """The trainer's callbacks that can show an image now: TensorBoard with an open writer, W&B with a run."""
+    out = []
     for cb in callbacks:
         name = type(cb).__name__
         if name == "TensorBoardCallback" and getattr(cb, "tb_writer", None) is not None:
+            out.append(cb)
+        elif name == "WandbCallback" and getattr(cb, "_wandb", None) is not None and cb._wandb.run is not None:
+            out.append(cb)
+    return out
+
+
+def has_image_logger(callbacks) -> bool:
+    """True when :func:`log_figure` would send a figure anywhere (so a figure is worth drawing)."""
+    return bool(_image_loggers(callbacks))
+
+
+def log_figure(callbacks, key: str, fig, path: str, step: int) -> None:
+    """Send a matplotlib figure to the trainer's image-capable loggers: TensorBoard (``add_figure`` on the
+    ``TensorBoardCallback``'s writer) and W&B (``wandb.Image`` of the saved PNG, when a run is active).
+
+    ``key`` is named like a ``trainer.log`` key (``eval_calib/reliability``, ``calib/bins``); images bypass
+    HF's ``on_log``, so the tag is rewritten here with HF's own ``rewrite_logs`` (``eval/calib/reliability``,
+    ``train/calib/bins``) to sit next to the scalars of the same name."""
+    from transformers.integrations.integration_utils import rewrite_logs
+
+    tag = next(iter(rewrite_logs({key: None})))
+    for cb in _image_loggers(callbacks):
+        if type(cb).__name__ == "TensorBoardCallback":
             cb.tb_writer.add_figure(tag, fig, global_step=step, close=False)
             cb.tb_writer.flush()
-        elif name == "WandbCallback" and getattr(cb, "_wandb", None) is not None and cb._wandb.run is not None:
+        else:
             cb._wandb.log({tag: cb._wandb.Image(path)}, commit=False)

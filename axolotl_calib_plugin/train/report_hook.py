@@ -23,13 +23,14 @@ LOG_PREFIX = "test_calib"
 
 
 def log_payload(tasks: Mapping[str, Mapping]) -> dict[str, float]:
-    """``test_calib/<task>/<metric>`` -> value, for the trainer's loggers."""
+    """``test_calib/<task>/<metric>`` -> value, for the trainer's loggers; ``<task>`` drops the ``calib_`` every
+    task name starts with (``test/calib/arc_challenge/conf_ece``, not ``test/calib/calib_arc_challenge/...``)."""
     logs = {}
     for task, t in tasks.items():
         for m in (*METRICS, "n"):
             v = t.get(m)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                logs[f"{LOG_PREFIX}/{task}/{m}"] = float(v)
+                logs[f"{LOG_PREFIX}/{task.removeprefix('calib_')}/{m}"] = float(v)
     return logs
 
 

@@ -261,7 +261,7 @@ def worker(out_dir: str) -> None:
     EMRefreshCallback(resumed, _fake_trainer(model, rows, tok, out / "run")).on_train_begin(
         trainer.args, SimpleNamespace(global_step=3), control)
     resumed.em_state.save(out / f"restored_rank{rank}.pt")
-    report["estep_logged_samples"] = trainer.logs[0]["calib/n_samples"]
+    report["estep_logged_samples"] = trainer.logs[0]["calib/n"]
     (out / f"report_rank{rank}.json").write_text(json.dumps(report, indent=1))
     dist.barrier()
     dist.destroy_process_group()

@@ -76,4 +76,4 @@ def test_post_training_report_equals_direct_eval_of_saved_adapter_and_reaches_te
     assert any(k.startswith("train/loss") for k in scalars), sorted(scalars)
     for task in TASKS:
         for m in ("acc", "conf_ece", "cw_ece", "n"):
-            assert scalars[f"test/calib/{task}/{m}"] == pytest.approx(report["tasks"][task][m], rel=1e-6), (task, m)
+            assert scalars[f"test/calib/{task.removeprefix('calib_')}/{m}"] == pytest.approx(report["tasks"][task][m], rel=1e-6), (task, m)

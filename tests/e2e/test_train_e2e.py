@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from helpers import (LETTERS, check_refresh_against_hand, expected_targets, hand_estep, letter_ids, log_history,
-                     loss_logs, prepared_train_dataset, refresh_logs, run_train)
+                     loss_logs, prepared_train_dataset, refresh_logs, refresh_records, run_train)
 
 
 # ---------------------------------------------------------------------- tests
@@ -47,10 +47,13 @@ def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(tmp_path, tiny_cfg, t
               16: EMState.load(os.path.join(cfg.output_dir, "checkpoint-16"))}
     assert (states[4].refresh_count, states[16].refresh_count) == (1, 2)
     # refresh 1 ran on the base model, refresh 2 on the model of checkpoint-8 (saved just before it)
-    for log, model_dir, state in ((refreshes[0], tiny_model_dir, states[4]),
-                                  (refreshes[1], os.path.join(cfg.output_dir, "checkpoint-8"), states[16])):
+    records = refresh_records(cfg.output_dir)
+    assert len(records) == 2
+    for log, record, model_dir, state in ((refreshes[0], records[0], tiny_model_dir, states[4]),
+                                          (refreshes[1], records[1], os.path.join(cfg.output_dir, "checkpoint-8"),
+                                           states[16])):
         probs, labels, ids, ks = hand_estep(model_dir, ds, cfg)
-        q = check_refresh_against_hand(log, probs, labels, n_bins)
+        q = check_refresh_against_hand(log, record, probs, labels, n_bins)
         want = expected_targets(probs, q, ks, n_bins)
         torch.testing.assert_close(state.lookup(ids)[:, : want.shape[1]], want, atol=2e-4, rtol=1e-3)
     assert not torch.allclose(states[4].targets, states[16].targets, atol=1e-3)  # really recomputed
@@ -88,12 +91,12 @@ def test_rcft_run_with_sample_packing_and_lora_on_lm_head(tmp_path, tiny_cfg, ti
     assert losses and all(h["calib/ece_loss"] > 0 for h in losses)
     assert len(losses) < 8  # 8 samples, micro-batch 2, 2 epochs: fewer steps than unpacked, i.e. really packed
     refreshes = refresh_logs(history)
-    assert [(r["calib/n_samples"], r["calib/estep_online"]) for r in refreshes] == [(8, 0), (8, 1)]
+    assert [(r["calib/n"], r["calib/estep_online"]) for r in refreshes] == [(8, 0), (8, 1)]
     assert refreshes[1]["calib/online_seen"] == 8
     ds = prepared_train_dataset(cfg.dataset_prepared_path)
     assert "position_ids" in ds.column_names  # the packing path prepared this dataset
     probs, labels, _, _ = hand_estep(tiny_model_dir, ds, cfg)
-    check_refresh_against_hand(refreshes[0], probs, labels, n_bins)
+    check_refresh_against_hand(refreshes[0], refresh_records(cfg.output_dir)[0], probs, labels, n_bins)
     first, second = EMState.load(dump / "refresh1_rank0.pt"), EMState.load(dump / "refresh2_rank0.pt")
     assert torch.equal(first.bin_count, second.bin_count)
     torch.testing.assert_close(second.targets, first.targets, rtol=0, atol=2e-6)
@@ -219,4 +222,9 @@ def test_eval_split_logs_held_out_calibration_to_tensorboard(tmp_path, tiny_cfg,
     assert {"eval/calib/conf_ece", "eval/calib/cw_ece", "eval/calib/acc"} <= set(scalars), scalars
     tb = {e.step: e.value for e in acc.Scalars("eval/calib/conf_ece")}
     assert tb[3] == pytest.approx(at3["eval_calib/conf_ece"], abs=1e-6)
-    assert "eval_calib/reliability" in acc.Tags()["images"]
+    # one naming scheme: the image sits next to its scalars (eval/calib/...); each EM refresh's bins are one
+    # figure (train/calib/bins), not a dozen scalars per bin; nothing repeats "train" or "calib"
+    assert {"eval/calib/reliability", "train/calib/bins"} <= set(acc.Tags()["images"]), acc.Tags()["images"]
+    assert len(acc.Images("train/calib/bins")) == len(refresh_logs(history)) >= 1
+    assert {"train/calib/conf_ece", "train/calib/acc", "train/calib/n", "train/calib/sft_loss"} <= set(scalars)
+    assert not [t for t in scalars if "bin_" in t or "train/calib/train" in t or "calib/calib" in t], scalars

@@ -95,3 +95,34 @@ def test_table_writes_its_diagrams_in_the_requested_format(tmp_path):
     svgs = sorted(p.name for p in out.glob("reliability_compare_*"))
     assert svgs == [f"reliability_compare_{OOD}.svg", f"reliability_compare_{TASK}.svg"]
     assert (out / svgs[0]).read_bytes().startswith(b"<?xml")
+
+
+def test_lm_eval_files_are_found_by_lm_eval_names(tmp_path):
+    """Samples and results files as lm-eval's EvaluationTracker names them (``<model>/samples_<task>_<time>.jsonl``,
+    ``results_<time>.json``; folder names with ``_``): per task the newest samples file; results merged oldest
+    first so the newest file wins a task; other ``*.jsonl`` files are not samples files."""
+    from axolotl_calib_plugin.eval.samples import find_samples, load_results, samples_task
+
+    model = tmp_path / "my_model__dir"
+    model.mkdir()
+    old, new = "2025-01-02T03-04-05.000001", "2025-01-02T10-00-00.5"
+    for task, stamp in (("calib_jsonl", old), ("calib_jsonl", new), ("calib_arc_challenge", old)):
+        (model / f"samples_{task}_{stamp}.jsonl").write_text("")
+    (model / "samples_notes.jsonl").write_text("")  # no time stamp: not lm-eval's
+    assert find_samples(str(tmp_path)) == {"calib_arc_challenge": str(model / f"samples_calib_arc_challenge_{old}.jsonl"),
+                                           "calib_jsonl": str(model / f"samples_calib_jsonl_{new}.jsonl")}
+    assert samples_task(str(model / f"samples_calib_jsonl_{new}.jsonl")) == "calib_jsonl"
+    with pytest.raises(ValueError, match="samples_notes.jsonl: not an lm-eval samples file"):
+        samples_task(str(model / "samples_notes.jsonl"))
+    assert find_samples(str(tmp_path / "none")) == {}
+
+    def results(acc_a, acc_b=None):
+        res = {"results": {"calib_jsonl": {"acc,none": acc_a}}, "n-samples": {"calib_jsonl": {"effective": 4}}}
+        if acc_b is not None:
+            res["results"]["calib_sciq"] = {"acc,none": acc_b}
+        return json.dumps(res)
+
+    (model / f"results_{new}.json").write_text(results(0.75))
+    (model / f"results_{old}.json").write_text(results(0.25, 0.5))
+    got = load_results(str(tmp_path))
+    assert (got["calib_jsonl"]["acc"], got["calib_jsonl"]["n"], got["calib_sciq"]["acc"]) == (0.75, 4, 0.5)

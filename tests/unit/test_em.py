@@ -157,11 +157,15 @@ def test_em_state_roundtrip_lookup_and_summary(tmp_path):
     partial, found = back.lookup(torch.tensor([4, 9]), strict=False)
     assert found.tolist() == [False, True] and float(partial[0].abs().sum()) == 0.0
     s = back.summary()
-    json.dumps(s, allow_nan=False)  # JSON-safe: empty bin 0 has no acc/conf keys
-    assert s["calib/bin_count_0"] == 0 and "calib/bin_acc_0" not in s
-    assert s["calib/bin_acc_3"] == pytest.approx(2 / 3, abs=1e-6)
-    assert s["calib/train_conf_ece"] == pytest.approx(0.3, abs=1e-6)
-    assert s["calib/train_acc"] == pytest.approx(0.6)
+    json.dumps(s, allow_nan=False)
+    assert set(s) == {"calib/conf_ece", "calib/acc", "calib/refresh", "calib/n"}  # no per-bin scalars
+    assert s["calib/conf_ece"] == pytest.approx(0.3, abs=1e-6)
+    assert s["calib/acc"] == pytest.approx(0.6)
+    assert (s["calib/refresh"], s["calib/n"]) == (2, 5)
+    bins = back.bin_table()
+    json.dumps(bins, allow_nan=False)  # JSON-safe: empty bin 0 has acc/conf None
+    assert bins[0]["count"] == 0 and bins[0]["acc"] is None and bins[0]["conf"] is None
+    assert bins[3]["acc"] == pytest.approx(2 / 3, abs=1e-6)
 
 
 def _saved_state(tmp_path):

@@ -121,3 +121,17 @@ def test_comparison_labels_each_model_with_its_ece_and_keeps_identical_runs_visi
     assert len(lines) == 2 and lines[0].get_linestyle() != lines[1].get_linestyle()
     np.testing.assert_allclose(lines[0].get_xydata(), lines[1].get_xydata())
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_stats_view_and_bins_figure_hand_case():
+    """Bins computed elsewhere (an EM refresh): conf-ECE sum_m n_m/n |acc_m - conf_m| and accuracy by hand,
+    one panel per view, the numbers in the panel titles."""
+    v = plots.stats_view([0, 2, 1, 0], [np.nan, 0.5, 1.0, np.nan], [np.nan, 0.625, 0.875, np.nan])
+    assert v.n == 3 and v.edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert v.ece == pytest.approx((2 * 0.125 + 1 * 0.125) / 3, abs=1e-15)
+    assert v.model_accuracy == pytest.approx(2 / 3, abs=1e-15)
+    held = plots.stats_view([1, 0, 0, 1], [0.0, np.nan, np.nan, 1.0], [0.125, np.nan, np.nan, 0.875])
+    fig = plots.plot_bins({"training rows": v, "held-out rows": held}, title="refresh 1")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["training rows: conf-ECE = 0.1250, accuracy = 0.6667, n = 3",
+                      "held-out rows: conf-ECE = 0.1250, accuracy = 0.5000, n = 2"]

@@ -69,3 +69,40 @@ def test_lm_eval_plugin_route_with_our_tasks_fails_at_validation(tiny_cfg, valid
     ok = validate_cfg(tiny_cfg(plugins=["axolotl_calib_plugin.CalibrationPlugin", "axolotl.integrations.lm_eval.LMEvalPlugin"],
                                lm_eval_tasks=["hellaswag"]))
     assert ok.lm_eval_tasks == ["hellaswag"]
+
+
+def test_trainer_log_names_of_the_report():
+    """test_calib/<task without calib_>/<metric>: HF shows test/calib/arc_challenge/conf_ece, never calib/calib_...;
+    a metric that is NaN (no rows for it) is not sent."""
+    from axolotl_calib_plugin.train.report_hook import log_payload
+
+    got = log_payload({"calib_arc_challenge": {"acc": 0.5, "conf_ece": 0.125, "cw_ece": float("nan"), "n": 24},
+                       "calib_jsonl": {"acc": 1.0, "conf_ece": 0.0, "cw_ece": 0.25, "n": 12}})
+    assert got == {"test_calib/arc_challenge/acc": 0.5, "test_calib/arc_challenge/conf_ece": 0.125,
+                   "test_calib/arc_challenge/n": 24.0, "test_calib/jsonl/acc": 1.0, "test_calib/jsonl/conf_ece": 0.0,
+                   "test_calib/jsonl/cw_ece": 0.25, "test_calib/jsonl/n": 12.0}
+
+
+def test_figures_are_tagged_like_the_scalars_hf_shows():
+    """Images bypass HF's on_log: log_figure names them as HF's rewrite_logs names the scalars (eval_calib/x ->
+    eval/calib/x, calib/x -> train/calib/x), and sends nothing without an image logger."""
+    from axolotl_calib_plugin.train.heldout import has_image_logger, log_figure
+
+    class TensorBoardCallback:  # the name is what log_figure recognises, as with HF's callback
+        def __init__(self):
+            self.tags = []
+            self.tb_writer = self
+
+        def add_figure(self, tag, fig, global_step, close):
+            self.tags.append((tag, global_step))
+
+        def flush(self):
+            pass
+
+    tb = TensorBoardCallback()
+    log_figure([object(), tb], "eval_calib/reliability", "fig", "unused.png", 3)
+    log_figure([tb], "calib/bins", "fig", "unused.png", 4)
+    assert tb.tags == [("eval/calib/reliability", 3), ("train/calib/bins", 4)]
+    assert has_image_logger([tb]) and not has_image_logger([object()])
+    tb.tb_writer = None  # HF closed its writer at the end of training
+    assert not has_image_logger([tb])

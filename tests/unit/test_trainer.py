@@ -108,8 +108,8 @@ def test_estep_matches_direct_per_sample_computation(tmp_path, tiny_model_dir, r
     ids = torch.tensor([max(r["calib_sample_id"]) for r in ds])
     torch.testing.assert_close(st.lookup(ids), want, atol=1e-5, rtol=1e-5)
     summary = cb.history[-1]
-    assert summary["calib/train_conf_ece"] == pytest.approx(metrics.conf_ece(probs, labels, 4), abs=1e-5)
-    assert any("calib/train_conf_ece" in h for h in tr.state.log_history)
+    assert summary["calib/conf_ece"] == pytest.approx(metrics.conf_ece(probs, labels, 4), abs=1e-5)
+    assert any("calib/conf_ece" in h for h in tr.state.log_history)
 
 
 def test_compute_loss_is_sft_plus_lambda_ece_from_one_forward(tmp_path, tiny_model_dir, rows):
