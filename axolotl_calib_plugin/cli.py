@@ -86,13 +86,18 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     """Usage errors (with the command's own usage) for unknown task names and missing files and folders, before
     any model is loaded: cheap checks only (the task folder's YAMLs, the file system). A local path that does
     not exist would otherwise reach the hub client as a malformed repo id."""
+    from .eval.evaluation import adapter_base_problem, looks_local
+
     offline = a.cmd in OFFLINE_COMMANDS
     for flag in ("model", "base_model", "tokenizer", "reference"):
         value = getattr(a, flag, None)
+        if value and os.path.exists(value) and flag in ("model", "reference") and not getattr(a, "base_model", None):
+            problem = adapter_base_problem(value)
+            if problem:
+                cp.error(f"--{flag} {problem}")
         if not value or os.path.exists(value):
             continue
-        looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1
-        if offline or looks_local:
+        if offline or looks_local(value):
             what = "tokenizer folder" if flag == "tokenizer" else "model or adapter folder"
             why = (f"this command runs offline, so it needs a local {what}" if offline
                    else "no such folder (a hub id is 'name' or 'owner/name')")

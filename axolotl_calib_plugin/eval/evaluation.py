@@ -199,6 +199,29 @@ def _has_tokenizer(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
+def looks_local(name: str) -> bool:
+    """A path, not a hub id (``name`` or ``owner/name``): starts with ``.``, ``/`` or ``~``, or has two ``/``."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def adapter_base_problem(model: str) -> str | None:
+    """Why the base model named in an adapter folder's ``adapter_config.json`` cannot load from here (a local
+    path that does not exist: Axolotl writes the config's ``base_model`` as given, relative to where training
+    ran), or None."""
+    if not (os.path.isdir(model) and is_adapter_dir(model)):
+        return None
+    try:
+        with open(os.path.join(model, "adapter_config.json"), encoding="utf-8") as fh:
+            base = json.load(fh).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        return f"{model}/adapter_config.json cannot be read ({e}); pass the base model explicitly (--base-model)"
+    if isinstance(base, str) and base and looks_local(base) and not os.path.isdir(os.path.expanduser(base)):
+        return (f"{model}/adapter_config.json: its base model {base!r} is a local path that does not exist from here "
+                f"({os.getcwd()}); a relative path is relative to where training ran: run from there, or pass the base "
+                "model explicitly (--base-model PATH)")
+    return None
+
+
 def make_hflm(model: str, *, base_model: str | None = None, tokenizer: str | None = None, device: str | None = None,
               dtype: str = "auto", batch_size: int = 8, trust_remote_code: bool = False):
     """lm-eval's ``HFLM`` for a model folder (or hub id), or for a peft adapter folder on its base model.
@@ -219,6 +242,9 @@ def make_hflm(model: str, *, base_model: str | None = None, tokenizer: str | Non
             base = base_model or json.load(fh).get("base_model_name_or_path")
         if not base:
             raise ValueError(f"{model}/adapter_config.json names no base_model_name_or_path; pass the base model explicitly")
+        problem = None if base_model else adapter_base_problem(model)
+        if problem:
+            raise ValueError(problem)
         pretrained, kw["peft"] = base, model
         tokenizer = tokenizer or (model if _has_tokenizer(model) else base)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

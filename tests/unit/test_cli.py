@@ -410,17 +410,23 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - t0,
     (["table", "--run", "A={tmp}", "--run", "A={tmp}"], "--run A: two runs named 'A'"),
     (["table", "--run", "A={tmp}"], "--run A={tmp}: {tmp}: no calibration_report.json"),
     (["table", "--run", "A={tmp}", "--out-task", "calib_arc_chalenge"], "--out-task: unknown task 'calib_arc_chalenge'"),
+    (["eval", "--model", "{tmp}/adapter", "--tasks", "calib_mmlu", "--output-dir", "{tmp}/ev"],
+     "--model {tmp}/adapter/adapter_config.json: its base model './outputs/tiny-model' is a local path that does not "
+     "exist from here"),
 ])
 def test_unknown_tasks_and_bad_paths_fail_fast_with_the_commands_usage(argv, message, tmp_path, tiny_model_dir, mcq_rows):
-    """Before any model (torch, lm-eval) is loaded, in well under a second, with the subcommand's usage: no
-    traceback, no bare KeyError, no top-level usage."""
+    """Before any model (torch, lm-eval) is loaded, with the subcommand's usage: no traceback, no bare KeyError,
+    no top-level usage."""
     data = mcq_rows(4, num_options=4, seed=0, name="d.jsonl")
+    (tmp_path / "adapter").mkdir()  # as Axolotl saves a LoRA run whose config said base_model: ./outputs/tiny-model
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "./outputs/tiny-model"}))
     fill = {"model": tiny_model_dir, "tmp": str(tmp_path), "data": str(data)}
     argv = [a.format(**fill) for a in argv]
     proc = subprocess.run([sys.executable, "-c", EARLY, json.dumps(argv)], capture_output=True, text=True, timeout=120)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # "fails fast" is asserted structurally: nothing heavy (torch, lm-eval, transformers) was imported before the
+    # error; the wall time (result["seconds"], ~0.3 s on an idle core) is load-dependent and no unit test times it.
     assert result["code"] == 2 and result["loaded"] == [], result
-    assert result["seconds"] < 1.0, result
     assert f"usage: axolotl-calib {argv[0]}" in proc.stderr and f"axolotl-calib {argv[0]}: error: " in proc.stderr
     assert message.format(**fill) in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
