@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import shutil
 import statistics
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed 1-epoch runs of each variant before round 1")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default); see "
                     "benchmarks/README.md for why 1 on a shared small CPU box")
+    ap.add_argument("--out", help="also write the times, ratios and per-run refresh counts here as JSON")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("BENCH_WORKDIR", "/tmp/axolotl_calib_bench"),
                                                       "e2e"))
     args = ap.parse_args(argv)
@@ -234,6 +236,11 @@ def main(argv=None) -> int:
                   f" beside it: {', '.join(parts)}")
         else:
             print(f"   {e} epoch(s): {', '.join(parts)} (online not run: no verdict)")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump({"settings": vars(args), "device": str(b.device),
+                       "runs": [{"variant": v, "epochs": e, "seconds": ts, "ratio_to_sft": ratios[(v, e)],
+                                 **b.stats.get((v, e), {})} for (v, e), ts in b.times.items()]}, fh, indent=1)
     print(f" total {time.perf_counter() - t0:.0f} s; load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
