@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
         print(f"{args.study}: no run {missing[0][1]!r} for seed {missing[0][0]} (needs the study's online arm: "
               "plan.online)", file=sys.stderr)
         return 1
-    print(f"online − exact E-step, CFT λ=1 (aligned arm), {len(seeds)} seeds ({', '.join(seeds)}), {args.study}")
+    print(f"online − exact E-step, CFT λ=1 (aligned arm), {len(seeds)} seeds ({', '.join(seeds)}), {os.path.relpath(args.study)}")
     print(f"   {'metric':<14} {'mean [95% CI]':>28}  {'sd':>7}  {'p':>5}  margin  inside  "
           f"seeds for {args.power:.0%} (Δ=0 / Δ=mean)   per seed")
     for split in ("in", "out"):
