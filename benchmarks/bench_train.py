@@ -107,8 +107,11 @@ def build(args) -> Setup:
     calib_trainer.attach_calibration(CalibrationContext.from_cfg(cfg, tok, [dataset]))
     plain_trainer = AxolotlTrainer(model=model, args=targs, train_dataset=plain_dataset, data_collator=plain_coll,
                                    processing_class=tok)
+    from transformers.trainer_callback import PrinterCallback
+
     for tr in (calib_trainer, plain_trainer):
         tr.current_gradient_accumulation_steps = 1  # normally set by the training loop
+        tr.remove_callback(PrinterCallback)  # the refreshes' log dicts would interleave with the tables
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def batches(ds, coll):
