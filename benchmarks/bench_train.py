@@ -107,8 +107,11 @@ def build(args) -> Setup:
     calib_trainer.attach_calibration(CalibrationContext.from_cfg(cfg, tok, [dataset]))
     plain_trainer = AxolotlTrainer(model=model, args=targs, train_dataset=plain_dataset, data_collator=plain_coll,
                                    processing_class=tok)
+    from transformers.trainer_callback import PrinterCallback
+
     for tr in (calib_trainer, plain_trainer):
         tr.current_gradient_accumulation_steps = 1  # normally set by the training loop
+        tr.remove_callback(PrinterCallback)  # the refreshes' log dicts would interleave with the tables
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def batches(ds, coll):
@@ -200,6 +203,62 @@ def heldout_report(s: Setup, reps: int, epoch_times: list) -> dict:
     return ratios
 
 
+def estep_floor_report(s: Setup, reps: int) -> float:
+    """(b') Is the exact E-step at its floor? The same prompts (cut at t*, length-sorted, batched as run_estep does),
+    pre-built, through a bare ``inference_mode`` forward with ``logits_to_keep=1`` and nothing else, timed in the same
+    rounds as the E-step and a training epoch. The first refresh of every run is an exact E-step; issue 25 asks it to
+    cost <= 0.05 of an epoch (verdict printed here)."""
+    import numpy as np
+
+    from axolotl_calib_plugin.train.estep import run_estep
+
+    d, bs = s.estep_data, s.settings.calib_estep_batch_size
+    order = np.argsort(d.pos, kind="stable")
+    prompts = [tuple(t.to(s.device) if torch.is_tensor(t) else t for t in d.prompts(order[i:i + bs], int(s.tok.pad_token_id)))
+               for i in range(0, len(order), bs)]
+
+    def bare():
+        s.model.eval()
+        with torch.inference_mode():
+            for ids, mask, _ in prompts:
+                s.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+        s.model.train()
+
+    def exact():
+        s.model.eval()
+        run_estep(s.model, d, list(s.calib_trainer.calib.option_ids), batch_size=bs, device=s.device,
+                  pad_id=int(s.tok.pad_token_id), show_progress=False)
+        s.model.train()
+
+    def epoch():
+        for b in s.calib_batches:
+            step(s, s.calib_trainer, b)
+
+    fns = {"epoch": epoch, "estep": exact, "bare": bare}
+    times = {k: [] for k in fns}
+    bare(); exact()  # noqa: E702  (warm-up)
+    for r in range(reps):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            sync(s)
+            times[k].append(time.perf_counter() - t0)
+    med = statistics.median
+    e_over_epoch = med(a / b for a, b in zip(times["estep"], times["epoch"]))
+    bare_over_epoch = med(a / b for a, b in zip(times["bare"], times["epoch"]))
+    e_over_bare = med(a / b for a, b in zip(times["estep"], times["bare"]))
+    print(f"\n(b') The exact E-step against its floor: the same {len(d)} prompts, pre-built and batched alike "
+          f"({len(prompts)} batches), through a bare inference_mode forward (logits_to_keep=1, nothing else); "
+          f"{reps} rounds of epoch / E-step / bare forward (order alternating)")
+    print(f"   medians: epoch {med(times['epoch']) * 1e3:.0f} ms, run_estep {med(times['estep']) * 1e3:.0f} ms, "
+          f"bare forward {med(times['bare']) * 1e3:.0f} ms")
+    print(f"   run_estep / bare forward {e_over_bare:.3f}x (the E-step's own overhead: batching, gather, softmax); "
+          f"bare forward / epoch {bare_over_epoch:.3f}x (the floor of any exact E-step on this model and data)")
+    print(f"   first E-step of a run (exact) / epoch: {e_over_epoch:.3f}x   target <= 0.05x (issue 25): "
+          f"{'PASS' if e_over_epoch <= 0.05 else 'FAIL'}")
+    return e_over_epoch
+
+
 def step(s: Setup, trainer, batch) -> None:
     """forward + backward (the trainer's own training_step) + optimizer step."""
     trainer.training_step(s.model, batch)
@@ -263,13 +322,13 @@ def online_report(s: Setup, reps: int, exact_epochs: list, exact_refreshes: list
     r_exact = med(x / e for x, e in zip(exact_refreshes, exact_epochs)) * q
     print(f"   per plain SFT epoch (medians of within-round ratios): online epoch {q:.3f}x, online refresh "
           f"{r_online:.4f}x, exact E-step {r_exact:.3f}x (from (b))")
-    print("   total training time vs plain SFT: online = (one exact E-step + E online epochs + (E-1) online refreshes) "
+    print("   total training time vs plain SFT, COMPUTED from the parts: online = (one exact E-step + E online epochs + (E-1) online refreshes) "
           "/ E plain epochs; exact = E x (exact E-step + epoch) / E plain epochs")
     totals = {}
     for e in (2, 5, 10):
         totals[e] = (r_exact + e * q + (e - 1) * r_online) / e
-        print(f"   {e:2d} epochs: online {totals[e]:.3f}x plain SFT (target <= 1.05: "
-              f"{'PASS' if totals[e] <= 1.05 else 'FAIL'}); exact E-step every epoch {r_exact + q:.3f}x")
+        print(f"   {e:2d} epochs: online {totals[e]:.3f}x plain SFT (computed; the measured totals and their "
+              f"verdicts are bench_e2e.py's); exact E-step every epoch {r_exact + q:.3f}x")
     return ratio, totals
 
 
@@ -515,6 +574,7 @@ def main(argv=None) -> int:
     EStepData(s.dataset)
     print(f"   (not included above: EStepData(train_dataset), built once per run and cached: "
           f"{(time.perf_counter() - t1) * 1e3:.1f} ms)")
+    ratio_first = estep_floor_report(s, reps)
 
     # (e) the online E-step ---------------------------------------------------------------------------
     ratio_online, totals = online_report(s, reps, te, tr_)
@@ -528,8 +588,9 @@ def main(argv=None) -> int:
         head_report(args)
 
     print(f"\n summary: step ratio {ratio_a:.3f}x (target <= 1.05), exact E-step/epoch {ratio_b:.3f}x (target <= 0.40), "
-          f"online E-step/epoch {ratio_online:.4f}x (target <= 0.02), total training time online vs plain SFT "
-          + ", ".join(f"{e} epochs {r:.3f}x" for e, r in totals.items()) + " (target <= 1.05)")
+          f"first (exact) E-step/epoch {ratio_first:.3f}x (target <= 0.05), online E-step/epoch {ratio_online:.4f}x "
+          "(target <= 0.02), total training time online vs plain SFT computed from the parts "
+          + ", ".join(f"{e} epochs {r:.3f}x" for e, r in totals.items()) + " (measured: bench_e2e.py)")
     return 0
 
 
