@@ -214,10 +214,11 @@ def cmd_reproduce(a) -> int:
     eval_flags += ["--device", a.device] if a.device else []
     eval_flags += ["--dtype", a.dtype] if a.dtype else []
     try:
-        summary = reproduce(a.model, a.data, a.output_dir, methods=a.methods, base_config=a.base_config,
-                            eval_data=a.eval_data, seeds=a.seeds, data_split=a.data_split,
-                            ts_fit_fraction=a.ts_fit_fraction, eval_flags=eval_flags, plot_format=a.plot_format,
-                            dry_run=a.dry_run, reuse=not a.fresh)
+        summary = reproduce(a.model, a.output_dir, train_data_files=a.train_data_files or (),
+                            train_dataset=a.train_dataset, train_split=a.train_split, methods=a.methods,
+                            base_config=a.base_config, in_task=a.in_task, out_task=a.out_task, data_files=a.data_files,
+                            ood_data_files=a.ood_data_files, seeds=a.seeds, ts_fit_fraction=a.ts_fit_fraction,
+                            eval_flags=eval_flags, plot_format=a.plot_format, dry_run=a.dry_run, reuse=not a.fresh)
     except ReproduceError as e:
         a.usage_error(str(e))
     except StepFailed as e:
@@ -539,6 +540,10 @@ SHARED_FLAGS: dict[str, dict] = {
     "--fit-tasks": dict(type=_task_list, default=None, metavar="TASK[,TASK...]",
                         help=_TASK_NAMES),
     "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
+    "--in-task": dict(default="calib_in_domain_pooled", metavar="TASK",
+                      help="name of the calib_* task of the in-domain columns"),
+    "--out-task": dict(default="calib_arc_challenge", metavar="TASK",
+                       help="name of the calib_* task of the out-of-domain columns"),
     "--seeds": dict(type=_seeds, default=None, metavar="N|S,S,...",
                     help="a count N (seeds 0..N-1) or a comma-separated list of distinct seeds"),
     "--fresh": dict(action="store_true", help="retrain everything (default: reuse a finished run whose config and "
@@ -640,10 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
                    help="a row: its name and folder (repeat, in row order; the first is the reference of the "
                         "paired differences)")
-    c.add_argument("--in-task", default="calib_in_domain_pooled", metavar="TASK",
-                   help="name of the calib_* task of the in-domain columns")
-    c.add_argument("--out-task", default="calib_arc_challenge", metavar="TASK",
-                   help="name of the calib_* task of the out-of-domain columns")
+    _add(c, "--in-task")
+    _add(c, "--out-task")
     _add(c, "--output-dir", "calibration_table.{json,md} and one comparison reliability diagram per column task "
          "(default: print only)")
     _add(c, "--plot-format")
@@ -714,18 +717,20 @@ def build_parser() -> argparse.ArgumentParser:
              "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config and the code are "
              "unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
              "  axolotl-calib reproduce --model allenai/Llama-3.1-Tulu-3-8B-DPO \\\n"
-             "      --data aaronwzl/mcqa_calibration_dataset --data-split calibration_train --output-dir repro\n"
-             "  axolotl-calib reproduce --model ./my-dpo --data train.jsonl --eval-data in.jsonl out.jsonl \\\n"
-             "      --base-config my_axolotl.yml --output-dir repro")
+             "      --train-dataset aaronwzl/mcqa_calibration_dataset --train-split calibration_train --output-dir repro\n"
+             "  axolotl-calib reproduce --model ./my-dpo --train-data-files train.jsonl --data-files in.jsonl \\\n"
+             "      --ood-data-files out.jsonl --base-config my_axolotl.yml --output-dir repro")
     _add(q, "--model", "the DPO model every method starts from (full weights: merge a LoRA adapter first)",
          required=True)
-    q.add_argument("--data", required=True, metavar="FILE_OR_ID",
-                   help="calibration training set: a local MCQ file ({question, choices, answer} per row; every row "
-                        "is checked before any training) or a hub dataset id (with --data-split)")
-    q.add_argument("--data-split", default=None, help="split of a hub --data (default: train)")
-    q.add_argument("--eval-data", nargs=2, default=None, metavar=("IN", "OUT"),
-                   help="in- and out-of-domain evaluation sets: each a local MCQ file or a calib_* task name "
-                        "(default: calib_in_domain_pooled calib_arc_challenge, the paper's columns)")
+    _add(q, "--train-data-files", "the calibration training set (every row is checked before any training)")
+    q.add_argument("--train-dataset", default=None, metavar="HUB_ID",
+                   help="the calibration training set from the hub instead, e.g. aaronwzl/mcqa_calibration_dataset "
+                        "(default: none)")
+    q.add_argument("--train-split", default="train", help="split of --train-dataset (the authors': calibration_train)")
+    _add(q, "--data-files", "the in-domain column, scored as the calib_jsonl task (default: --in-task)")
+    _add(q, "--ood-data-files", "the out-of-domain column, scored as the calib_jsonl_ood task (default: --out-task)")
+    _add(q, "--in-task")
+    _add(q, "--out-task")
     q.add_argument("--methods", type=_methods, default=["ts", "ls", "cft", "rcft"], metavar="M[,M...]",
                    help="rows besides DPO: ts (temperature scaling), ls (label smoothing), cft, rcft")
     q.add_argument("--base-config", default=None, metavar="YAML",

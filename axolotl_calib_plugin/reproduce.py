@@ -140,28 +140,26 @@ class EvalSpec:
     flags: tuple[str, ...] = ()
 
 
-def eval_spec(values: Optional[Sequence[str]], cfg: Mapping) -> EvalSpec:
-    """``--eval-data IN OUT``: each a local MCQ file (scored as ``calib_jsonl`` / ``calib_jsonl_ood``, every row
-    checked now) or a calib_* task name; none: the paper's pair (:data:`DEFAULT_EVAL`)."""
-    from .eval.evaluation import task_index, unknown_task_message
-
-    values = list(values or DEFAULT_EVAL)
-    if len(values) != 2:
-        raise ReproduceError(f"--eval-data takes two values, the in-domain and the out-of-domain set (a file or a "
-                             f"calib_* task each), got {len(values)}")
+def eval_spec(in_task: Optional[str], out_task: Optional[str], data_files: Optional[Sequence[str]],
+              ood_data_files: Optional[Sequence[str]], cfg: Mapping) -> EvalSpec:
+    """The table's columns: ``--data-files`` / ``--ood-data-files`` (local MCQ files, every row checked now) are
+    scored as ``calib_jsonl`` / ``calib_jsonl_ood``; else the tasks ``--in-task`` / ``--out-task`` (default: the
+    paper's pair, :data:`DEFAULT_EVAL`)."""
     tasks, flags = [], []
-    for value, (file_task, flag) in zip(values, FILE_TASKS):
-        if os.path.isfile(value):
-            validate_data(value, cfg)
+    for files, task, (file_task, flag), default in zip((data_files, ood_data_files), (in_task, out_task), FILE_TASKS,
+                                                       DEFAULT_EVAL):
+        if files:
+            if task not in (None, default, file_task):
+                raise ReproduceError(f"{flag} is scored as the {file_task} task, but the column's task is {task}: drop "
+                                     f"one of them")
+            for path in files:
+                validate_data(path, cfg)
             tasks.append(file_task)
-            flags += [flag, os.path.abspath(value)]
+            flags += [flag, *(os.path.abspath(f) for f in files)]
         else:
-            msg = unknown_task_message([value], task_index())
-            if msg:
-                raise ReproduceError(f"--eval-data {value}: not a file, and {msg}")
-            tasks.append(value)
+            tasks.append(task or default)
     if tasks[0] == tasks[1]:
-        raise ReproduceError(f"--eval-data: the in- and out-of-domain sets are the same task {tasks[0]}")
+        raise ReproduceError(f"the in- and out-of-domain columns are the same task {tasks[0]}")
     return EvalSpec(tasks[0], tasks[1], tuple(flags))
 
 
@@ -201,13 +199,13 @@ def plan(methods: Sequence[str], seeds: Optional[Sequence[int]]) -> list[Run]:
     return [Run(f"{m}_seed{s}", m, s) for s in seeds for m in trained]
 
 
-def run_config(run: Run, base: Mapping, model: str, data: Mapping, out: str) -> dict:
+def run_config(run: Run, base: Mapping, model: str, data: Sequence[Mapping], out: str) -> dict:
     """The base config plus the calibration lines, the method's lines and this run's model, data and folders."""
     cfg = {k: v for k, v in base.items() if k not in _METHOD_KEYS}
     plugins = [p for p in (base.get("plugins") or []) if p != PLUGIN]
     cfg.update({
         "base_model": model,
-        "datasets": [dict(data)],
+        "datasets": [dict(d) for d in data],
         "output_dir": os.path.join(out, "models", run.name),
         "dataset_prepared_path": os.path.join(out, "prepared", run.name),
         "plugins": plugins + [PLUGIN],
@@ -219,14 +217,14 @@ def run_config(run: Run, base: Mapping, model: str, data: Mapping, out: str) -> 
     return cfg
 
 
-def dataset_entry(data: str, split: Optional[str]) -> dict:
-    """``datasets:`` entry of the calibration set: a local file, or a hub dataset id with its split."""
-    if os.path.isfile(data):
-        return {"path": os.path.abspath(data), "type": "axolotl_calib_plugin.mcq"}
-    return {"path": data, "split": split or "train", "type": "axolotl_calib_plugin.mcq"}
+def dataset_entries(files: Sequence[str], dataset: Optional[str], split: Optional[str]) -> list[dict]:
+    """``datasets:`` of the calibration set: the local files, or a hub dataset id with its split."""
+    if dataset:
+        return [{"path": dataset, "split": split or "train", "type": "axolotl_calib_plugin.mcq"}]
+    return [{"path": os.path.abspath(f), "type": "axolotl_calib_plugin.mcq"} for f in files]
 
 
-def build_configs(runs: Sequence[Run], base: Mapping, model: str, data: Mapping, out: str) -> dict[str, dict]:
+def build_configs(runs: Sequence[Run], base: Mapping, model: str, data: Sequence[Mapping], out: str) -> dict[str, dict]:
     return {r.name: run_config(r, base, model, data, out) for r in runs}
 
 
@@ -303,8 +301,20 @@ def run_cli(argv: list[str], log_path: Optional[str] = None) -> None:
 
 
 # ----------------------------------------------------------------------------------- the command
+def train_env() -> dict:
+    """This process's environment; with the hub off, also telemetry off (:data:`OFFLINE_ENV`): Axolotl's telemetry
+    client retrying a blocked network can keep a finished training process from exiting."""
+    from .offline import OFFLINE_ENV
+
+    env = dict(os.environ)
+    if hub_offline():
+        for k, v in OFFLINE_ENV.items():
+            env.setdefault(k, v)
+    return env
+
+
 def _launch(cfg_path: str, log_path: str, what: str) -> float:
-    return orchestrate.run_logged(train_command(cfg_path), log_path, what, dict(os.environ))
+    return orchestrate.run_logged(train_command(cfg_path), log_path, what, train_env())
 
 
 def _eval_key(argv: Sequence[str], model_dir: str) -> str:
@@ -339,27 +349,31 @@ def _evaluate(jobs: Sequence[tuple[str, str, list[str]]], out: str, reuse: bool,
     return done
 
 
-def reproduce(model: str, data: str, out: str, *, methods: Sequence[str] = METHODS, base_config: Optional[str] = None,
-              eval_data: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
-              data_split: Optional[str] = None, ts_fit_fraction: float = 0.1, eval_flags: Sequence[str] = (),
-              plot_format: str = "png", dry_run: bool = False, reuse: bool = True) -> dict:
+def reproduce(model: str, out: str, *, train_data_files: Sequence[str] = (), train_dataset: Optional[str] = None,
+              train_split: Optional[str] = None, methods: Sequence[str] = METHODS, base_config: Optional[str] = None,
+              in_task: Optional[str] = None, out_task: Optional[str] = None, data_files: Optional[Sequence[str]] = None,
+              ood_data_files: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
+              ts_fit_fraction: float = 0.1, eval_flags: Sequence[str] = (), plot_format: str = "png",
+              dry_run: bool = False, reuse: bool = True) -> dict:
     """Run (or, with ``dry_run``, only write and print) the whole reproduction into ``out``; returns the summary
-    also written to ``<out>/reproduce.json``. Every argument is checked before anything trains."""
+    also written to ``<out>/reproduce.json``. Every argument and every local data row is checked before anything
+    trains. The calibration set: ``train_data_files`` (local MCQ files) or ``train_dataset`` (a hub id)."""
     t_start = time.time()
     out = os.path.abspath(out)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ReproduceError(f"--methods {','.join(methods)}: choose from {','.join(METHODS)}")
+    if bool(train_data_files) == bool(train_dataset):
+        raise ReproduceError("give the calibration set as --train-data-files FILE... or --train-dataset HUB_ID "
+                             "(one of them)")
     base = load_base_config(base_config)
-    n_rows = None
-    if os.path.isfile(data):
-        n_rows = validate_data(data, base)
-    elif os.path.exists(data) or data.startswith((".", "/", "~")):
-        raise ReproduceError(f"--data {data}: not a file (a local MCQ file, or a hub dataset id with --data-split)")
-    spec = eval_spec(eval_data, base)
+    n_rows = sum(validate_data(f, base) for f in train_data_files) if train_data_files else None
+    data = list(train_data_files) if train_data_files else train_dataset
+    spec = eval_spec(in_task, out_task, data_files, ood_data_files, base)
     base_model = check_model(model) if not dry_run else (os.path.abspath(model) if os.path.isdir(model) else model)
     runs = plan(methods, seeds)
-    configs = build_configs(runs, base, base_model, dataset_entry(data, data_split), out)
+    configs = build_configs(runs, base, base_model, dataset_entries(train_data_files, train_dataset, train_split),
+                            out)
     ts_seeds = list(seeds) if seeds else [int(base.get("seed", 0) or 0)]
     multi = bool(seeds) and len(seeds) > 1
 
@@ -402,7 +416,7 @@ def reproduce(model: str, data: str, out: str, *, methods: Sequence[str] = METHO
         print("\n".join(commands))
         return summary
 
-    _log(f"{len(runs)} training run(s) from {base_model} on {data}" + (f" ({n_rows} rows)" if n_rows else "")
+    _log(f"{len(runs)} training run(s) from {base_model} on {', '.join(data) if train_data_files else data}" + (f" ({n_rows} rows)" if n_rows else "")
          + f"; columns {spec.in_task} / {spec.out_task} -> {out}")
     eval_reused: set = set()
 
