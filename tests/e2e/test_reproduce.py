@@ -53,19 +53,19 @@ def world(tmp_path_factory):
     files["base"] = str(d / "base.yml")
     with open(files["base"], "w", encoding="utf-8") as fh:
         yaml.safe_dump(BASE, fh)
-    files["out"] = str(d / "out")
+    files["dir"] = str(d / "run")
     return files
 
 
 def _argv(w):
     return ["reproduce", "--model", w["model"], "--train-data-files", w["train"], "--data-files", w["in"],
             "--ood-data-files", w["out"], "--base-config", w["base"], "--ts-fit-fraction", "0.3", "--device", "cpu",
-            "--output-dir", w["out"]]
+            "--output-dir", w["dir"]]
 
 
 def test_reproduce_end_to_end_then_resumed(world, monkeypatch, capsys):
     monkeypatch.setattr(reproduce, "_launch", _forked_launch)
-    out = world["out"]
+    out = world["dir"]
     assert main(_argv(world)) == 0
     first = json.load(open(os.path.join(out, "reproduce.json"), encoding="utf-8"))
     assert first["errors"] == {} and first["reused_runs"] == [] and first["reused_evals"] == []
