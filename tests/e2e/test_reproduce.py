@@ -29,6 +29,7 @@ BASE = {"bf16": False, "fp16": False, "tf32": False, "flash_attention": False, "
 def _forked_launch(cfg_path: str, log_path: str, what: str) -> float:
     t0 = time.time()
     code, out = _forked_train(cfg_path, dict(os.environ), os.path.dirname(cfg_path), 600)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as fh:
         fh.write(out)
     return orchestrate.check_exit(code, t0, log_path, what)
