@@ -7,6 +7,7 @@
     diagnose     conf-ECE / cw-ECE / acc of a model on an MCQ file and the calibratable-regime verdict
     preference   does the model still prefer the chosen responses of a held-out preference file (DPO check)
     make-tiny    a local tiny Llama + tokenizer (no hub) for trying configs on a CPU
+    reproduce    a DPO model + an MCQ calibration set -> TS / LS / CFT / RCFT trained, evaluated, Table 2
     demo         the offline reproduction (world with known truth -> SFT -> DPO -> fixes -> lm-eval)
 
 Product commands import product modules only; ``demo`` is the one that imports the demo package.
@@ -208,6 +209,37 @@ def cmd_demo(a) -> int:
         return 1
     print_summary(results, os.path.abspath(a.output_dir))
     return 1 if results["meta"]["errors"] else 0
+
+
+def cmd_reproduce(a) -> int:
+    from .orchestrate import StepFailed
+    from .reproduce import ReproduceError, reproduce
+
+    eval_flags = ["--batch-size", str(a.batch_size), "--plot-format", a.plot_format]
+    eval_flags += ["--device", a.device] if a.device else []
+    eval_flags += ["--dtype", a.dtype] if a.dtype else []
+    try:
+        summary = reproduce(a.model, a.output_dir, train_data_files=a.train_data_files or (),
+                            train_dataset=a.train_dataset, train_split=a.train_split, methods=a.methods,
+                            base_config=a.base_config, in_task=a.in_task, out_task=a.out_task, data_files=a.data_files,
+                            ood_data_files=a.ood_data_files, seeds=a.seeds, ts_fit_fraction=a.ts_fit_fraction,
+                            eval_flags=eval_flags, plot_format=a.plot_format, dry_run=a.dry_run, reuse=not a.fresh)
+    except ReproduceError as e:
+        a.usage_error(str(e))
+    except StepFailed as e:
+        print(f"reproduce failed: {e}", file=sys.stderr)
+        return 1
+    return 1 if summary.get("errors") else 0
+
+
+def _methods(value: str) -> list[str]:
+    from .reproduce import METHODS
+
+    names = [m.strip().lower() for m in value.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(METHODS)}, got {value!r}")
+    return names
 
 
 def cmd_diagnose(a) -> int:
@@ -516,6 +548,14 @@ SHARED_FLAGS: dict[str, dict] = {
     "--fit-tasks": dict(type=_task_list, default=None, metavar="TASK[,TASK...]",
                         help=_TASK_NAMES),
     "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
+    "--in-task": dict(default="calib_in_domain_pooled", metavar="TASK",
+                      help="name of the calib_* task of the in-domain columns"),
+    "--out-task": dict(default="calib_arc_challenge", metavar="TASK",
+                       help="name of the calib_* task of the out-of-domain columns"),
+    "--seeds": dict(type=_seeds, default=None, metavar="N|S,S,...",
+                    help="a count N (seeds 0..N-1) or a comma-separated list of distinct seeds"),
+    "--fresh": dict(action="store_true", help="retrain everything (default: reuse a finished run whose config and "
+                                              "code are unchanged)"),
     "--seed": dict(type=int, default=0, help="random seed (the same seed gives the same result)"),
     "--plot-format": dict(default="png", choices=("png", "pdf", "svg"), help="file format of the reliability diagrams"),
     "--apply-chat-template": dict(action="store_true", help="score through the tokenizer's chat template (models "
@@ -613,10 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER",
                    help="a row: its name and folder (repeat, in row order; the first is the reference of the "
                         "paired differences)")
-    c.add_argument("--in-task", default="calib_in_domain_pooled", metavar="TASK",
-                   help="name of the calib_* task of the in-domain columns")
-    c.add_argument("--out-task", default="calib_arc_challenge", metavar="TASK",
-                   help="name of the calib_* task of the out-of-domain columns")
+    _add(c, "--in-task")
+    _add(c, "--out-task")
     _add(c, "--output-dir", "calibration_table.{json,md} and one comparison reliability diagram per column task "
          "(default: print only)")
     _add(c, "--plot-format")
@@ -679,6 +717,50 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", type=int, default=2, help="number of layers")
     m.set_defaults(func=cmd_make_tiny)
 
+    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / CFT / RCFT -> Table 2",
+             "The paper's Table 2 for your model in one command: one Axolotl config per method (your --base-config "
+             "plus only the calibration lines), a real axolotl train per method, axolotl-calib eval of every model on "
+             "the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
+             "in-domain questions, and the axolotl-calib table of all of them (DIR/table/), with reliability diagrams "
+             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config and the code are "
+             "unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
+             "  axolotl-calib reproduce --model allenai/Llama-3.1-Tulu-3-8B-DPO \\\n"
+             "      --train-dataset aaronwzl/mcqa_calibration_dataset --train-split calibration_train --output-dir repro\n"
+             "  axolotl-calib reproduce --model ./my-dpo --train-data-files train.jsonl --data-files in.jsonl \\\n"
+             "      --ood-data-files out.jsonl --base-config my_axolotl.yml --output-dir repro")
+    _add(q, "--model", "the DPO model every method starts from (full weights: merge a LoRA adapter first)",
+         required=True)
+    _add(q, "--train-data-files", "the calibration training set (every row is checked before any training)")
+    q.add_argument("--train-dataset", default=None, metavar="HUB_ID",
+                   help="the calibration training set from the hub instead, e.g. aaronwzl/mcqa_calibration_dataset "
+                        "(default: none)")
+    q.add_argument("--train-split", default="train", help="split of --train-dataset (the authors': calibration_train)")
+    _add(q, "--data-files", "the in-domain column, scored as the calib_jsonl task (default: --in-task)")
+    _add(q, "--ood-data-files", "the out-of-domain column, scored as the calib_jsonl_ood task (default: --out-task)")
+    _add(q, "--in-task")
+    _add(q, "--out-task")
+    q.add_argument("--methods", type=_methods, default=["ts", "ls", "cft", "rcft"], metavar="M[,M...]",
+                   help="rows besides DPO: ts (temperature scaling), ls (label smoothing), cft, rcft")
+    q.add_argument("--base-config", default=None, metavar="YAML",
+                   help="your Axolotl config (model size, LoRA / full, precision, batch...); reproduce sets base_model, "
+                        "datasets, output_dir, dataset_prepared_path, the plugin and the calib_* lines of each "
+                        "method (default: the paper's LoRA settings, docs/REPRODUCE.md)")
+    _add(q, "--seeds", "every method trained per seed, one table per seed and mean ± sd (default: one run with the "
+         "base config's seed)")
+    q.add_argument("--ts-fit-fraction", type=_fraction, default=0.1,
+                   help="fraction of the DPO model's in-domain questions temperature scaling is fitted on (the "
+                        "table scores the rest)")
+    _add(q, "--output-dir", "configs/, models/, logs/, eval/, table/, commands.sh and reproduce.json (a rerun "
+         "resumes there)", required=True)
+    q.add_argument("--dry-run", action="store_true",
+                   help="write the configs and commands.sh and print them; train and evaluate nothing")
+    _add(q, "--fresh", "evaluations too")
+    _add(q, "--device")
+    _add(q, "--dtype")
+    _add(q, "--batch-size")
+    _add(q, "--plot-format")
+    q.set_defaults(func=cmd_reproduce)
+
     d = _sub(sub, "demo", "offline end-to-end reproduction (see README); --seeds N: the multi-seed study",
              "Offline miniature of the paper's Table 2 on a world with known truth, through the real axolotl train "
              "and lm_eval: base SFT -> DPO (the aligned arm), then temperature scaling, label smoothing, CFT and RCFT "
@@ -689,9 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(d, "--output-dir", "every run, evaluation and the summary (reused by a rerun)", required=True)
     d.add_argument("--fast", action="store_true", help="small data, few steps, lambda 1 only (the test suite's variant)")
     _add(d, "--seed", "of the world and of every run (single-seed demo)")
-    d.add_argument("--seeds", type=_seeds, default=None,
-                   help="run the multi-seed study instead: a count N (seeds 0..N-1) or a comma list; every cell as "
-                        "mean ± 95%% CI, paired differences, the λ curve (default: single seed)")
+    _add(d, "--seeds", "run the multi-seed study instead; every cell as mean ± 95%% CI, paired differences, the λ "
+         "curve (default: single seed)")
     d.add_argument("--world", choices=("topic", "sampled"), default="topic",
                    help="topic: hard labels, question text with learnable structure; sampled: a world "
                         "whose answers are sampled afresh from p* per row")
@@ -702,8 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--summary-dir", default=None,
                    help="where the study writes study.json, study.md and lambda_curve.png (default: --output-dir)")
     d.add_argument("--parallel", type=_positive_int, default=2, help="training runs at a time (1 torch thread each)")
-    d.add_argument("--fresh", action="store_true",
-                   help="retrain everything (default: reuse a finished run whose config and code are unchanged)")
+    _add(d, "--fresh")
     d.set_defaults(func=cmd_demo)
     return ap
 

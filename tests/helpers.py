@@ -26,7 +26,8 @@ from axolotl_calib_plugin.offline import OFFLINE_ENV
 
 __all__ = ["OFFLINE_ENV", "CPU_SETTINGS", "PLUGIN", "LETTERS", "ROOT", "load_task_utils", "make_mcq_rows",
            "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs", "prepared_train_dataset",
-           "hand_estep", "refresh_records", "check_refresh_against_hand", "expected_targets", "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN"]
+           "hand_estep", "refresh_records", "check_refresh_against_hand", "expected_targets", "CPU_DEVICE_MAP_FIX",
+           "TRAIN_MAIN", "A100", "validate_on_gpu_box"]
 
 #: the repository root
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,3 +255,22 @@ def make_lora_adapter(model_dir: str, out) -> tuple:
     peft_model.merge_and_unload().save_pretrained(merged)
     tok.save_pretrained(merged)
     return adapter, merged
+
+
+#: capabilities of an A100 box, as Axolotl's validate_config reads them
+A100 = {"bf16": True, "fp8": False, "tf32": True, "n_gpu": 1, "compute_capability": "sm_80"}
+
+
+def validate_on_gpu_box(path, monkeypatch) -> tuple[dict, object]:
+    """(raw YAML, validated cfg) of an example as on an A100 box with hub access (the report's data is there)."""
+    import torch
+    from axolotl.utils.config import prepare_plugins, validate_config
+    from axolotl.utils.dict import DictDefault
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    cfg = DictDefault(raw)
+    prepare_plugins(cfg)
+    return raw, validate_config(cfg, capabilities=A100, env_capabilities={"torch_version": torch.__version__.split("+")[0]})

@@ -20,11 +20,8 @@ PNGs, the data (``data/``), the configs, the models (``models/``) and per-questi
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +31,9 @@ from typing import Optional
 import numpy as np
 from scipy.special import softmax
 
+from .. import orchestrate
 from ..offline import OFFLINE_ENV
+from ..orchestrate import StepFailed  # noqa: F401 - the demo's error type (cli, study)
 from ..rows import read_jsonl
 from . import analysis, configs, report
 from .world import generate, make_world, preference_domain_for
@@ -169,10 +168,6 @@ def plan_runs(plan: Plan) -> list[Run]:
     return runs
 
 
-class StepFailed(RuntimeError):
-    pass
-
-
 def _env() -> dict:
     env = dict(os.environ)
     env.update(OFFLINE_ENV)
@@ -189,25 +184,9 @@ def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _check_exit(rc: int, t0: float, log_path: str, what: str) -> float:
-    """Seconds since ``t0``; :class:`StepFailed` with the last lines of ``log_path`` when ``rc`` is not 0."""
-    dt = time.time() - t0
-    if rc != 0:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            tail = "".join(f.readlines()[-25:])
-        raise StepFailed(f"{what} failed (exit {rc}, {dt:.0f} s); last lines of {log_path}:\n{tail}")
-    return dt
-
-
 def run_logged(cmd: list[str], log_path: str, what: str) -> float:
     """Run ``cmd`` with the offline env, output to ``log_path``; raise :class:`StepFailed` with the log tail."""
-    t0 = time.time()
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
-    return _check_exit(rc, t0, log_path, what)
+    return orchestrate.run_logged(cmd, log_path, what, _env())
 
 
 def train_logged(cfg_path: str, log_path: str, what: str) -> float:
@@ -223,85 +202,24 @@ def train_logged(cfg_path: str, log_path: str, what: str) -> float:
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# axolotl.cli.train.do_cli({cfg_path!r}) in a process forked from a preloaded server "
                   "(what `python -m axolotl.cli.train` runs)\n")
-    return _check_exit(train_in_forked_process(cfg_path, log_path, _env()), t0, log_path, what)
+    return orchestrate.check_exit(train_in_forked_process(cfg_path, log_path, _env()), t0, log_path, what)
 
 
-#: source files that cannot change a trained model or an evaluation dump: the CLI's text, plots, and the summaries
-#: that are recomputed from the dumps on every invocation (tables, statistics, the studies' reports)
-_RESULT_NEUTRAL = ("cli.py", os.path.join("eval", "plots.py"), os.path.join("eval", "compare.py"),
-                   os.path.join("demo", "report.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
-                   os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"),
-                   os.path.join("demo", "alignment_study.py"))
+# the reuse rule lives in the shared orchestration (the demo and ``axolotl-calib reproduce`` reuse a run alike)
+code_files, fingerprint_files = orchestrate.code_files, orchestrate.fingerprint_files
+_code_fingerprint, _config_hash = orchestrate.code_fingerprint, orchestrate.config_hash
+DONE_FILE = orchestrate.DONE_FILE
 
 
-def code_files() -> list[str]:
-    """Every file whose change can change a demo result: the package's Python sources at any depth (training,
-    data, evaluation, the world, the tiny-model builders) and the lm-eval task folder (task YAMLs, utils.py),
-    minus ``_RESULT_NEUTRAL``. Sorted, relative to the package's parent."""
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from ..eval.evaluation import find_task_dir
-
-    roots = [(pkg, (".py",)), (find_task_dir(), (".py", ".yaml", "_yaml"))]
-    base = os.path.dirname(pkg)
-    out = []
-    for root, exts in roots:
-        for d, dirs, files in os.walk(root):
-            dirs[:] = sorted(x for x in dirs if x != "__pycache__")
-            for name in files:
-                path = os.path.join(d, name)
-                if name.endswith(exts) and os.path.relpath(path, pkg) not in _RESULT_NEUTRAL:
-                    out.append(os.path.relpath(path, base))
-    return sorted(set(out))
-
-
-def fingerprint_files(base: str, files: list[str]) -> str:
-    """Hash of ``files`` (paths relative to ``base``): their names and contents."""
-    h = hashlib.sha256()
-    for rel in files:
-        with open(os.path.join(base, rel), "rb") as f:
-            h.update(rel.encode() + b"\0" + f.read() + b"\0")
-    return h.hexdigest()[:16]
-
-
-def _code_fingerprint() -> str:
-    """Hash of :func:`code_files`: a run trained or scored by other code is never reused."""
-    return fingerprint_files(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), code_files())
-
-
-def _config_hash(cfg: dict) -> str:
-    """The config and the code that trains it (reusing a model needs both unchanged)."""
-    blob = json.dumps(cfg, sort_keys=True, default=str) + _code_fingerprint()
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-DONE_FILE = "demo_run_done.json"
+def _stale_evals(out: str, name: str) -> list[str]:
+    return [os.path.join(out, "eval", f"{glob.escape(name)}__*.json")]  # evaluations of the old model
 
 
 def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[str, float, bool]:
     """Train ``cfg`` unless a finished model of the SAME config exists (``reuse``); returns (dir, seconds of its
     training -- the original run's when reused --, reused)."""
-    cfg_path = configs.write_config(cfg, os.path.join(out, "configs", f"{name}.yml"))
-    model_dir = cfg["output_dir"]
-    done = os.path.join(model_dir, DONE_FILE)
-    digest = _config_hash(cfg)
-    if reuse and os.path.exists(done):
-        with open(done, encoding="utf-8") as f:
-            mark = json.load(f)
-        if mark.get("config_hash") == digest and os.path.exists(os.path.join(model_dir, "model.safetensors")):
-            _log(f"{name}: reusing {model_dir}")
-            return model_dir, float(mark.get("seconds", 0.0)), True
-    shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.rmtree(cfg["dataset_prepared_path"], ignore_errors=True)  # the prepared cache ignores plugin settings
-    for stale in glob.glob(os.path.join(out, "eval", f"{glob.escape(name)}__*.json")):  # evaluations of the old model
-        os.remove(stale)
-    _log(f"{name}: axolotl train {cfg_path}")
-    dt = train_logged(cfg_path, os.path.join(out, "logs", f"{name}.log"), f"axolotl train ({name})")
-    if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
-        raise StepFailed(f"axolotl train ({name}) wrote no model.safetensors to {model_dir}")
-    with open(done, "w", encoding="utf-8") as f:
-        json.dump({"config_hash": digest, "seconds": round(dt, 1)}, f)
-    _log(f"{name}: done in {dt:.0f} s")
-    return model_dir, dt, False
+    return orchestrate.axolotl_train(cfg, name, out, train_logged, configs.write_config, reuse,
+                                     _stale_evals(out, name), log=_log)
 
 
 def build_init_model(world, s: DemoSettings, path: str, seed: int, pref=None) -> str:
@@ -388,44 +306,15 @@ def _run_config(run: Run, p: _Paths, s: DemoSettings, seed: int) -> dict:
 def train_all(runs: list[Run], p: _Paths, s: DemoSettings, seed: int, parallel: int, reuse: bool,
               timings: dict, errors: dict, reused: set | None = None) -> None:
     """Train ``runs``, up to ``parallel`` at a time (1 thread each), each as soon as its start model exists."""
-    from concurrent.futures import FIRST_COMPLETED, wait
+    orchestrate.train_all(runs, lambda run: _run_config(run, p, s, seed), p.out, train_logged, configs.write_config,
+                          parallel, reuse, _outcome(p, timings, errors, reused), lambda name: _stale_evals(p.out, name),
+                          _log)
 
-    pending = list(runs)
-    finished: set[str] = set()
 
-    def one(run: Run):
-        try:
-            path, dt, was_reused = axolotl_train(_run_config(run, p, s, seed), run.name, p.out, reuse)
-            if was_reused and reused is not None:
-                reused.add(run.name)
-            return path, dt, None
-        except StepFailed as e:
-            return None, 0.0, str(e)
-
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        running: dict = {}
-        while pending or running:
-            for r in [r for r in pending if r.start != "init" and r.start in errors]:
-                errors[r.name] = f"not trained: its start model {r.start} failed"
-                pending.remove(r)
-            for r in [r for r in pending if r.start == "init" or r.start in finished]:
-                pending.remove(r)
-                running[pool.submit(one, r)] = r
-            if not running:
-                if pending:
-                    raise StepFailed(f"runs {[r.name for r in pending]} wait for start models that never finish")
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                run = running.pop(fut)
-                path, dt, err = fut.result()
-                timings[run.name] = round(dt, 1)
-                if err is None:
-                    p.models[run.name] = path
-                    finished.add(run.name)
-                else:
-                    errors[run.name] = err
-                    _log(f"{run.name}: FAILED\n{err}")
+def _outcome(p: _Paths, timings: dict, errors: dict, reused: set | None) -> orchestrate.Outcome:
+    """The shared orchestration's record, written straight into the demo's own dicts."""
+    return orchestrate.Outcome(models=p.models, timings=timings, errors=errors,
+                               reused=reused if reused is not None else set())
 
 
 def evaluate_all(p: _Paths, parallel: int) -> None:
@@ -571,12 +460,10 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
         build_init_model(world, s, init, seed, pref)
     runs = plan_runs(plan)
     reused: set = set()
-    train_all(runs, p, s, seed, parallel, reuse, timings, errors, reused)
-    if "base" not in p.models:
-        raise StepFailed(errors.get("base", "base model missing"))
-    t0 = time.time()
-    evaluate_all(p, parallel)
-    timings["lm_eval"] = round(time.time() - t0, 1)
+    orchestrate.execute(runs, lambda run: _run_config(run, p, s, seed), out, launch=train_logged,
+                        write_config=configs.write_config, evaluate=lambda _: evaluate_all(p, parallel),
+                        parallel=parallel, reuse=reuse, stale=lambda name: _stale_evals(out, name), required=("base",),
+                        eval_timing="lm_eval", log=_log, outcome=_outcome(p, timings, errors, reused))
     rows, probs = analyse(p, world, with_probs=plots)
     results = {
         "meta": {"seed": seed, "settings": asdict(s), "plan": asdict(plan), "world": world.describe()["kind"],

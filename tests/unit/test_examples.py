@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import A100, validate_on_gpu_box
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONFIGS = sorted(EXAMPLES.glob("*.yml"))
@@ -23,7 +24,6 @@ TINY = [p for p in CONFIGS if p.name.startswith("tiny_cpu_")]
 #: presets mirroring the authors' reference code (their lambda-equivalent, non-max split): tested on their own
 REFERENCE = [p for p in CONFIGS if p.name.endswith("_reference.yml")]
 PAPER = [p for p in CONFIGS if p not in TINY and p not in REFERENCE]
-A100 = {"bf16": True, "fp8": False, "tf32": True, "n_gpu": 1, "compute_capability": "sm_80"}
 
 
 def _raw(path: Path) -> dict:
@@ -37,23 +37,9 @@ def test_expected_examples_exist():
             "mistral_7b_cft.yml", "tiny_cpu_cft.yml", "tiny_cpu_rcft.yml", "llama_cft_fsdp2.yml"} <= names
 
 
-def _validate_on_gpu_box(path: Path, monkeypatch) -> tuple[dict, object]:
-    """(raw YAML, validated cfg) of an example as on an A100 box with hub access (the report's data is there)."""
-    import torch
-    from axolotl.utils.config import prepare_plugins, validate_config
-    from axolotl.utils.dict import DictDefault
-
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    raw = _raw(path)
-    cfg = DictDefault(raw)
-    prepare_plugins(cfg)
-    return raw, validate_config(cfg, capabilities=A100, env_capabilities={"torch_version": torch.__version__.split("+")[0]})
-
-
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
 def test_paper_examples_validate_with_gpu_capabilities(path, monkeypatch):
-    raw, out = _validate_on_gpu_box(path, monkeypatch)
+    raw, out = validate_on_gpu_box(path, monkeypatch)
     mode = raw["calib_mode"]
     assert out.calib_sft_scope == {"cft": "answer", "rcft": "prompt_and_answer"}[mode]
     assert out.train_on_inputs is (mode == "rcft")
@@ -75,7 +61,7 @@ def test_reference_preset_validates_and_mirrors_the_authors_code(monkeypatch):
     """examples/llama_cft_reference.yml: the paper's run with the reference code's choices (the lambda
     equivalent of alpha * 1e-3 * L_cal / n_m, the tanh non-max split) and the post-training report."""
     (path,) = [p for p in REFERENCE if p.name == "llama_cft_reference.yml"]
-    raw, out = _validate_on_gpu_box(path, monkeypatch)
+    raw, out = validate_on_gpu_box(path, monkeypatch)
     alpha, batch, n_m = 0.5, out.micro_batch_size, 300
     assert out.calib_lambda == pytest.approx(alpha * 1e-3 * batch / ((1 - alpha) * n_m), rel=0.06)
     assert out.calib_nonmax_split == "reference" and out.calib_ece_loss == "mse" and out.calib_prompt_format == "plain"
