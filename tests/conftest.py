@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from axolotl_calib_plugin.offline import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)
 
-from helpers import CPU_SETTINGS, PLUGIN, make_mcq_rows  # noqa: E402 - tests/ is on sys.path (this file is there)
+from helpers import tiny_config, write_mcq_rows  # noqa: E402 - tests/ is on sys.path (this file is there)
 
 E2E = Path(__file__).resolve().parent / "e2e"
 
@@ -82,43 +81,18 @@ def mcq_rows(tmp_path):
     file (``rows`` given: written as-is, for bad-input tests)."""
 
     def _write(n: int = 8, rows: list[dict] | None = None, name: str = "mcq.jsonl", **kw) -> Path:
-        rows = rows if rows is not None else make_mcq_rows(n, **kw)
-        path = tmp_path / name
-        with open(path, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        return path
+        return write_mcq_rows(tmp_path / name, n, rows, **kw)
 
     return _write
 
 
 @pytest.fixture
-def tiny_cfg(tmp_path, tiny_model_dir, mcq_rows):
-    """Factory: ``tiny_cfg(**overrides) -> DictDefault`` of a CPU config for the tiny model that
-    lists the plugin and trains on a fresh ``mcq_rows()`` file (``datasets=`` overrides it)."""
+def tiny_cfg(tmp_path, tiny_model_dir):
+    """Factory: ``tiny_cfg(**overrides) -> DictDefault``: ``helpers.tiny_config`` in this test's ``tmp_path``
+    (a CPU config for the tiny model that lists the plugin and trains on a fresh 8-row file unless ``datasets=``)."""
 
     def _make(**overrides):
-        from axolotl.utils.dict import DictDefault
-
-        if "datasets" not in overrides:
-            overrides["datasets"] = [{"path": str(mcq_rows(name="tiny_cfg_train.jsonl")),
-                                      "type": "axolotl_calib_plugin.mcq"}]
-        cfg = {
-            "base_model": tiny_model_dir,
-            "plugins": [PLUGIN],
-            "calib_option_letters": list("ABCDE"),  # the test data has at most 5 choices
-            "sequence_len": 256,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "num_epochs": 1,
-            "learning_rate": 1e-3,
-            "val_set_size": 0,
-            "output_dir": str(tmp_path / "out"),
-            "dataset_prepared_path": str(tmp_path / "prepared"),
-            **CPU_SETTINGS,
-        }
-        cfg.update(overrides)
-        return DictDefault(cfg)
+        return tiny_config(tiny_model_dir, tmp_path, **overrides)
 
     return _make
 
