@@ -27,10 +27,19 @@ import pytest
 from axolotl_calib_plugin.offline import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)
+# `make test` runs pytest-xdist workers (one per core): each worker, and the runs it starts, gets its share of
+# the cores, set before torch is imported; more threads than cores spin-wait and slow tiny-model steps down.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from helpers import tiny_config, write_mcq_rows  # noqa: E402 - tests/ is on sys.path (this file is there)
 
-E2E = Path(__file__).resolve().parent / "e2e"
+TESTS = Path(__file__).resolve().parent
+E2E = TESTS / "e2e"
+#: The files that take longest (CPU time on 2 cores, slowest first). `make test` hands whole files to its xdist
+#: workers (``--dist loadfile``) in collection order, so these start first and the short files fill in behind
+#: them; a file not listed keeps its place after them. Only the order changes, never what runs.
+SLOWEST_FIRST = ()
 
 
 @pytest.fixture(autouse=True)
@@ -115,10 +124,18 @@ def validate_cfg():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything under tests/e2e runs the real ``axolotl train``: marked ``slow`` by where it lives."""
+    """Everything under tests/e2e runs the real ``axolotl train``: marked ``slow`` by where it lives. The files of
+    ``SLOWEST_FIRST`` move to the front (a stable sort: each file's tests stay together and in order)."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     for item in items:
         if E2E in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: rank.get(_relative(item), len(rank)))
+
+
+def _relative(item) -> str:
+    path = Path(str(item.fspath)).resolve()
+    return path.relative_to(TESTS).as_posix() if TESTS in path.parents else str(path)
 
 
 def pytest_unconfigure(config):
