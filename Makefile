@@ -20,6 +20,9 @@ DEMO_OUT ?= demo_out
 STUDY_OUT ?= study_out
 STUDY_SEEDS ?= 5
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test`: one per CPU this process may use (nproc; xdist's own `auto` counts only
+# physical cores, 1 on a 2-vCPU runner)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install demo study study-heldout test bench bench-gpu clean
 
@@ -46,9 +49,10 @@ study: $(STAMP)
 study-heldout: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study heldout --output-dir $(STUDY_OUT) --summary-dir study
 
-# One pytest-xdist worker per core; whole files per worker, because a file's tests share its trained runs.
+# Whole files per worker (a file's tests share its trained runs), in collection order (tests/conftest.py puts the
+# slowest files first).
 test: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

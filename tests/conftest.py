@@ -29,8 +29,9 @@ from axolotl_calib_plugin.offline import OFFLINE_ENV
 os.environ.update(OFFLINE_ENV)
 # `make test` runs pytest-xdist workers (one per core): each worker, and the runs it starts, gets its share of
 # the cores, set before torch is imported; more threads than cores spin-wait and slow tiny-model steps down.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
 
 from helpers import tiny_config, write_mcq_rows  # noqa: E402 - tests/ is on sys.path (this file is there)
 
@@ -40,8 +41,8 @@ E2E = TESTS / "e2e"
 #: workers (``--dist loadfile``) in collection order, so these start first and the short files fill in behind
 #: them; a file not listed keeps its place after them. Only the order changes, never what runs.
 SLOWEST_FIRST = ("e2e/test_demo.py", "e2e/test_distributed.py", "e2e/test_train_e2e.py", "e2e/test_heldout_study.py",
-                 "e2e/test_resume.py", "unit/test_cli.py", "unit/test_lm_eval_tasks.py", "e2e/test_heldout_targets_e2e.py",
-                 "unit/test_examples.py", "e2e/test_fsdp.py", "unit/test_packaging.py")
+                 "e2e/test_resume.py", "unit/test_cli.py", "unit/test_lm_eval_tasks.py",
+                 "e2e/test_heldout_targets_e2e.py", "unit/test_examples.py", "e2e/test_fsdp.py", "unit/test_packaging.py")
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,8 @@ import yaml
 from axolotl_calib_plugin.offline import OFFLINE_ENV
 
 __all__ = ["OFFLINE_ENV", "CPU_SETTINGS", "PLUGIN", "LETTERS", "ROOT", "load_task_utils", "make_mcq_rows",
-           "write_mcq_rows", "tiny_config", "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs", "prepared_train_dataset",
+           "write_mcq_rows", "tiny_config", "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs",
+           "prepared_train_dataset",
            "hand_estep", "check_refresh_against_hand", "expected_targets", "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN"]
 
 #: the repository root

@@ -27,8 +27,8 @@ N_TRAIN, N_EVAL = 16, 5
 
 @pytest.fixture(scope="module")
 def cft_run(tmp_path_factory, tiny_model_dir):
-    """CFT (training-row bins), lambda 2, 5 bins, 2 epochs over 16 training rows (8 steps each; checkpoints every 4), plus a 5-row
-    eval split evaluated every 4 steps with TensorBoard and reliability plots: ``(config, CLI output)``."""
+    """CFT (training-row bins), lambda 2, 5 bins, 2 epochs over 16 training rows (8 steps each; checkpoints every
+    4), plus a 5-row eval split evaluated every 4 steps with TensorBoard and reliability plots: ``(config, output)``."""
     from helpers import tiny_config, write_mcq_rows
 
     root = tmp_path_factory.mktemp("cft_run")
