@@ -20,6 +20,9 @@ DEMO_OUT ?= demo_out
 STUDY_OUT ?= study_out
 STUDY_SEEDS ?= 5
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test`: one per CPU this process may use (nproc; xdist's own `auto` counts only
+# physical cores, 1 on a 2-vCPU runner)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install demo study study-heldout study-alignment test bench bench-gpu clean
 
@@ -46,11 +49,16 @@ study: $(STAMP)
 study-heldout: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study heldout --output-dir $(STUDY_OUT) --summary-dir study
 
+<<<<<<< HEAD
 study-alignment: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study alignment --output-dir $(STUDY_OUT) --summary-dir study
 
+=======
+# Whole files per worker (a file's tests share its trained runs), in collection order (tests/conftest.py puts the
+# slowest files first).
+>>>>>>> suite24
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 import os
 import sys
 from pathlib import Path
@@ -28,10 +27,23 @@ import pytest
 from axolotl_calib_plugin.offline import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)
+# `make test` runs pytest-xdist workers (one per core): each worker, and the runs it starts, gets its share of
+# the cores, set before torch is imported; more threads than cores spin-wait and slow tiny-model steps down.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
 
-from helpers import CPU_SETTINGS, PLUGIN, make_mcq_rows  # noqa: E402 - tests/ is on sys.path (this file is there)
+from helpers import tiny_config, write_mcq_rows  # noqa: E402 - tests/ is on sys.path (this file is there)
 
-E2E = Path(__file__).resolve().parent / "e2e"
+TESTS = Path(__file__).resolve().parent
+E2E = TESTS / "e2e"
+#: The files that take longest (CPU time on 2 cores, slowest first). `make test` hands whole files to its xdist
+#: workers (``--dist loadfile``) in collection order, so these start first and the short files fill in behind
+#: them; a file not listed keeps its place after them. Only the order changes, never what runs.
+SLOWEST_FIRST = ("e2e/test_demo.py", "e2e/test_distributed.py", "e2e/test_train_e2e.py", "e2e/test_heldout_study.py",
+                 "e2e/test_resume.py", "unit/test_cli.py", "unit/test_lm_eval_tasks.py",
+                 "e2e/test_heldout_targets_e2e.py", "unit/test_examples.py", "e2e/test_fsdp.py",
+                 "unit/test_packaging.py")
 
 
 @pytest.fixture(autouse=True)
@@ -82,43 +94,18 @@ def mcq_rows(tmp_path):
     file (``rows`` given: written as-is, for bad-input tests)."""
 
     def _write(n: int = 8, rows: list[dict] | None = None, name: str = "mcq.jsonl", **kw) -> Path:
-        rows = rows if rows is not None else make_mcq_rows(n, **kw)
-        path = tmp_path / name
-        with open(path, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        return path
+        return write_mcq_rows(tmp_path / name, n, rows, **kw)
 
     return _write
 
 
 @pytest.fixture
-def tiny_cfg(tmp_path, tiny_model_dir, mcq_rows):
-    """Factory: ``tiny_cfg(**overrides) -> DictDefault`` of a CPU config for the tiny model that
-    lists the plugin and trains on a fresh ``mcq_rows()`` file (``datasets=`` overrides it)."""
+def tiny_cfg(tmp_path, tiny_model_dir):
+    """Factory: ``tiny_cfg(**overrides) -> DictDefault``: ``helpers.tiny_config`` in this test's ``tmp_path``
+    (a CPU config for the tiny model that lists the plugin and trains on a fresh 8-row file unless ``datasets=``)."""
 
     def _make(**overrides):
-        from axolotl.utils.dict import DictDefault
-
-        if "datasets" not in overrides:
-            overrides["datasets"] = [{"path": str(mcq_rows(name="tiny_cfg_train.jsonl")),
-                                      "type": "axolotl_calib_plugin.mcq"}]
-        cfg = {
-            "base_model": tiny_model_dir,
-            "plugins": [PLUGIN],
-            "calib_option_letters": list("ABCDE"),  # the test data has at most 5 choices
-            "sequence_len": 256,
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "num_epochs": 1,
-            "learning_rate": 1e-3,
-            "val_set_size": 0,
-            "output_dir": str(tmp_path / "out"),
-            "dataset_prepared_path": str(tmp_path / "prepared"),
-            **CPU_SETTINGS,
-        }
-        cfg.update(overrides)
-        return DictDefault(cfg)
+        return tiny_config(tiny_model_dir, tmp_path, **overrides)
 
     return _make
 
@@ -141,10 +128,18 @@ def validate_cfg():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything under tests/e2e runs the real ``axolotl train``: marked ``slow`` by where it lives."""
+    """Everything under tests/e2e runs the real ``axolotl train``: marked ``slow`` by where it lives. The files of
+    ``SLOWEST_FIRST`` move to the front (a stable sort: each file's tests stay together and in order)."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     for item in items:
         if E2E in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: rank.get(_relative(item), len(rank)))
+
+
+def _relative(item) -> str:
+    path = Path(str(item.fspath)).resolve()
+    return path.relative_to(TESTS).as_posix() if TESTS in path.parents else str(path)
 
 
 def pytest_unconfigure(config):

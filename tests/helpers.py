@@ -25,9 +25,9 @@ import yaml
 from axolotl_calib_plugin.offline import OFFLINE_ENV
 
 __all__ = ["OFFLINE_ENV", "CPU_SETTINGS", "PLUGIN", "LETTERS", "ROOT", "load_task_utils", "make_mcq_rows",
-           "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs", "prepared_train_dataset",
-           "hand_estep", "refresh_records", "check_refresh_against_hand", "expected_targets", "CPU_DEVICE_MAP_FIX",
-           "TRAIN_MAIN", "A100", "validate_on_gpu_box"]
+           "write_mcq_rows", "tiny_config", "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs",
+           "prepared_train_dataset", "hand_estep", "refresh_records", "check_refresh_against_hand", "expected_targets",
+           "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN", "A100", "validate_on_gpu_box"]
 
 #: the repository root
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,44 @@ def make_mcq_rows(n: int = 8, num_options: int | tuple[int, ...] = 4, seed: int 
         rows.append({"id": i, "question": f"Which is {words[i % len(words)]} number {i}?",
                      "choices": choices, "answer": answer})
     return rows
+
+
+def write_mcq_rows(path, n: int = 8, rows: list[dict] | None = None, **kw) -> Path:
+    """Write ``rows`` (default: ``make_mcq_rows(n, **kw)``) to the JSONL file ``path``; returns it."""
+    rows = rows if rows is not None else make_mcq_rows(n, **kw)
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def tiny_config(model_dir: str, workdir, **overrides):
+    """A CPU Axolotl config (``DictDefault``) for the tiny model that lists the plugin, with output and
+    prepared-data dirs under ``workdir`` (fresh: Axolotl's dataset cache ignores plugin keys and file
+    contents); without ``datasets=`` it trains on a new ``workdir/tiny_cfg_train.jsonl`` of 8 rows."""
+    from axolotl.utils.dict import DictDefault
+
+    workdir = Path(workdir)
+    if "datasets" not in overrides:
+        overrides["datasets"] = [{"path": str(write_mcq_rows(workdir / "tiny_cfg_train.jsonl")),
+                                  "type": "axolotl_calib_plugin.mcq"}]
+    cfg = {
+        "base_model": model_dir,
+        "plugins": [PLUGIN],
+        "calib_option_letters": list("ABCDE"),  # the test data has at most 5 choices
+        "sequence_len": 256,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": 1,
+        "learning_rate": 1e-3,
+        "val_set_size": 0,
+        "output_dir": str(workdir / "out"),
+        "dataset_prepared_path": str(workdir / "prepared"),
+        **CPU_SETTINGS,
+    }
+    cfg.update(overrides)
+    return DictDefault(cfg)
 
 
 def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:

@@ -1,31 +1,77 @@
-"""Checkpoint resume through the real CLI: the EM state comes back from ``calib_state.pt`` and the
-resumed run's targets and loss curve equal those of an uninterrupted run with the same seed."""
+"""Checkpoint resume and run-to-run determinism through the real CLI.
+
+One pair of uninterrupted LoRA CFT runs with the same seed and config is trained once for this module: the
+twins must be bit-identical (logs, bins, targets), and the first is "killed" at checkpoint-9 and resumed: the EM
+state comes back from ``calib_state.pt`` and the resumed run's targets and loss curve equal the uninterrupted run's.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from helpers import log_history, loss_logs, refresh_logs, run_train
+from helpers import log_history, loss_logs, refresh_logs, run_train, tiny_config, write_mcq_rows
+
+#: log keys that measure time, not the computation
+TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "calib/refresh_seconds",
+               "tokens/train_per_sec_per_gpu"}
 
 
-def test_resume_mid_epoch_restores_em_state_and_matches_uninterrupted_run(tmp_path, tiny_cfg, mcq_rows):
+def _comparable(history):
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+@pytest.fixture(scope="module")
+def twin_runs(tmp_path_factory, tiny_model_dir):
+    """Two uninterrupted LoRA CFT runs, same seed and data (6 steps per epoch, 2 epochs: refreshes at steps 0
+    and 6, checkpoints 3, 6, 9, 12): ``full`` (the run the resume tests interrupt) and ``again`` (its twin)."""
+    root = tmp_path_factory.mktemp("twin_runs")
+    data = write_mcq_rows(root / "data.jsonl", 12, num_options=(4, 3, 2), seed=4)
+    common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                  calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="steps", save_steps=3, seed=7,
+                  adapter="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_linear=True,
+                  lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False)  # Triton kernels: GPU only
+    runs = {}
+    for name in ("full", "again"):
+        (root / name).mkdir()
+        runs[name] = tiny_config(tiny_model_dir, root / name, **common, output_dir=str(root / name / "out"),
+                                 dataset_prepared_path=str(root / name / "prep"))
+        run_train(runs[name], root / name)
+    return SimpleNamespace(data=data, common=common, **runs)
+
+
+def test_same_seed_gives_identical_logs_bins_and_targets_with_lora(twin_runs):
+    """torch seeds its generator randomly per process and Axolotl seeds only after the adapter exists: the
+    plugin seeds before the model loads, so two LoRA runs with one seed are identical (logs, bins and targets)."""
     from axolotl_calib_plugin.train.em import EMState
 
-    data = mcq_rows(12, num_options=(4, 3, 2), seed=4)
-    common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
-                  calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="steps", save_steps=3, seed=7)
-    # 1) uninterrupted: 6 steps per epoch, refreshes at steps 0 and 6, checkpoints 3, 6, 9, 12
-    full = tiny_cfg(**common, output_dir=str(tmp_path / "full"), dataset_prepared_path=str(tmp_path / "prep_full"))
-    (tmp_path / "a").mkdir()
-    run_train(full, tmp_path / "a")
+    ha, hb = log_history(twin_runs.full.output_dir), log_history(twin_runs.again.output_dir)
+    a = EMState.load(os.path.join(twin_runs.full.output_dir, "calib_state.pt"))
+    c = EMState.load(os.path.join(twin_runs.again.output_dir, "calib_state.pt"))
+    assert len(loss_logs(ha)) == 12 and len(refresh_logs(ha)) == 2
+    assert _comparable(ha) == _comparable(hb)  # every loss, grad norm and refresh statistic, bit for bit
+    assert torch.equal(a.sample_ids, c.sample_ids) and torch.equal(a.targets, c.targets)
+    assert torch.equal(a.bin_count, c.bin_count)
+    assert torch.equal(torch.nan_to_num(a.bin_accuracy, nan=-1), torch.nan_to_num(c.bin_accuracy, nan=-1))
+    timing = {"calib/refresh_seconds"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in refresh_logs(hb)] == \
+        [{k: v for k, v in h.items() if k not in timing} for h in refresh_logs(ha)]
+    assert [{k: h[k] for k in ("step", "loss", "calib/sft_loss", "calib/ece_loss")} for h in loss_logs(hb)] == \
+        [{k: h[k] for k in ("step", "loss", "calib/sft_loss", "calib/ece_loss")} for h in loss_logs(ha)]
+
+
+def test_resume_mid_epoch_restores_em_state_and_matches_uninterrupted_run(tmp_path, tiny_cfg, twin_runs):
+    from axolotl_calib_plugin.train.em import EMState
+
+    full, common = twin_runs.full, twin_runs.common
     full_hist = log_history(full.output_dir)
     assert [r["step"] for r in refresh_logs(full_hist)] == [0, 6]
 
-    # 2) "killed" after checkpoint-9 (mid epoch 1): a fresh output dir holding only that checkpoint
+    # "killed" after checkpoint-9 (mid epoch 1): a fresh output dir holding only that checkpoint
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(os.path.join(full.output_dir, "checkpoint-9"), resumed_dir / "checkpoint-9")
@@ -52,23 +98,7 @@ def test_resume_mid_epoch_restores_em_state_and_matches_uninterrupted_run(tmp_pa
     for step in (10, 11, 12):
         for key in ("loss", "calib/sft_loss", "calib/ece_loss"):
             assert rl[step][key] == pytest.approx(fl[step][key], rel=1e-3, abs=1e-5), (step, key)
-
-    # Determinism: a second uninterrupted run with the same seed and data gives bit-identical
-    # targets, bin statistics and loss curve.
-    again = tiny_cfg(**common, output_dir=str(tmp_path / "again"), dataset_prepared_path=str(tmp_path / "prep_again"))
-    (tmp_path / "c").mkdir()
-    run_train(again, tmp_path / "c")
-    c = EMState.load(os.path.join(again.output_dir, "calib_state.pt"))
-    assert torch.equal(a.sample_ids, c.sample_ids) and torch.equal(a.targets, c.targets)
-    assert torch.equal(a.bin_count, c.bin_count)
-    assert torch.equal(torch.nan_to_num(a.bin_accuracy, nan=-1), torch.nan_to_num(c.bin_accuracy, nan=-1))
-    again_hist = log_history(again.output_dir)
-    _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, data)
-    timing = {"calib/refresh_seconds"}
-    assert [{k: v for k, v in h.items() if k not in timing} for h in refresh_logs(again_hist)] == \
-        [{k: v for k, v in h.items() if k not in timing} for h in refresh_logs(full_hist)]
-    assert [{k: h[k] for k in ("step", "loss", "calib/sft_loss", "calib/ece_loss")} for h in loss_logs(again_hist)] == \
-        [{k: h[k] for k in ("step", "loss", "calib/sft_loss", "calib/ece_loss")} for h in loss_logs(full_hist)]
+    _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, twin_runs.data)
 
 
 def _check_edited_data_is_refused(tmp_path, tiny_cfg, full, common, data):

@@ -21,17 +21,33 @@ from helpers import (LETTERS, check_refresh_against_hand, expected_targets, hand
                      loss_logs, prepared_train_dataset, refresh_logs, refresh_records, run_train)
 
 
+# ---------------------------------------------------------------------- one CFT run, two tests read it
+N_TRAIN, N_EVAL = 16, 5
+
+
+@pytest.fixture(scope="module")
+def cft_run(tmp_path_factory, tiny_model_dir):
+    """CFT (training-row bins), lambda 2, 5 bins, 2 epochs over 16 training rows (8 steps each; checkpoints every
+    4), plus a 5-row eval split evaluated every 4 steps with TensorBoard and reliability plots: ``(config, output)``."""
+    from helpers import tiny_config, write_mcq_rows
+
+    root = tmp_path_factory.mktemp("cft_run")
+    data = write_mcq_rows(root / "mcq.jsonl", N_TRAIN + N_EVAL, num_options=(4, 3, 5, 2), seed=1)
+    cfg = tiny_config(tiny_model_dir, root, datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}],
+                      calib_mode="cft", calib_bins=5, calib_lambda=2.0, num_epochs=2, logging_steps=1,
+                      calib_bin_accuracy="train",  # Algorithm 1's bins (auto would read the eval split)
+                      save_strategy="steps", save_steps=4, seed=42, calib_estep_batch_size=4,
+                      val_set_size=N_EVAL, eval_strategy="steps", eval_steps=4, use_tensorboard=True,
+                      calib_eval_plots=True)
+    return cfg, run_train(cfg, root)
+
+
 # ---------------------------------------------------------------------- tests
-def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(tmp_path, tiny_cfg, tiny_model_dir, mcq_rows):
+def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(cft_run, tiny_model_dir):
     from axolotl_calib_plugin.train.em import EMState
 
     n_bins = 5
-    cfg = tiny_cfg(
-        datasets=[{"path": str(mcq_rows(16, num_options=(4, 3, 5, 2), seed=1)), "type": "axolotl_calib_plugin.mcq"}],
-        calib_mode="cft", calib_bins=n_bins, calib_lambda=2.0, num_epochs=2, logging_steps=1,
-        save_strategy="steps", save_steps=4, seed=42, calib_estep_batch_size=4,
-    )
-    out = run_train(cfg, tmp_path)
+    cfg, out = cft_run
     assert "calib E-step" in out  # the progress bar
     history = log_history(cfg.output_dir)
     losses = loss_logs(history)
@@ -42,11 +58,14 @@ def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(tmp_path, tiny_cfg, t
 
     refreshes = refresh_logs(history)
     assert [(r["calib/refresh"], r["step"]) for r in refreshes] == [(1, 0), (2, 8)]  # each epoch, not once
-    ds = prepared_train_dataset(cfg.dataset_prepared_path)
+    ds = prepared_train_dataset(cfg.dataset_prepared_path)  # training rows first, then the eval split
+    assert len(ds) == N_TRAIN + N_EVAL
+    train_rows = ds.select(range(N_TRAIN))
     states = {4: EMState.load(os.path.join(cfg.output_dir, "checkpoint-4")),
               16: EMState.load(os.path.join(cfg.output_dir, "checkpoint-16"))}
     assert (states[4].refresh_count, states[16].refresh_count) == (1, 2)
     # refresh 1 ran on the base model, refresh 2 on the model of checkpoint-8 (saved just before it)
+<<<<<<< HEAD
     records = refresh_records(cfg.output_dir)
     assert len(records) == 2
     for log, record, model_dir, state in ((refreshes[0], records[0], tiny_model_dir, states[4]),
@@ -54,6 +73,13 @@ def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(tmp_path, tiny_cfg, t
                                            states[16])):
         probs, labels, ids, ks = hand_estep(model_dir, ds, cfg)
         q = check_refresh_against_hand(log, record, probs, labels, n_bins)
+=======
+    for log, model_dir, state in ((refreshes[0], tiny_model_dir, states[4]),
+                                  (refreshes[1], os.path.join(cfg.output_dir, "checkpoint-8"), states[16])):
+        probs, labels, ids, ks = hand_estep(model_dir, train_rows, cfg)
+        assert len(ids) == int(state.bin_count.sum()) == N_TRAIN  # the E-step never reads the eval split
+        q = check_refresh_against_hand(log, probs, labels, n_bins)
+>>>>>>> suite24
         want = expected_targets(probs, q, ks, n_bins)
         torch.testing.assert_close(state.lookup(ids)[:, : want.shape[1]], want, atol=2e-4, rtol=1e-3)
     assert not torch.allclose(states[4].targets, states[16].targets, atol=1e-3)  # really recomputed
@@ -152,39 +178,7 @@ def test_cft_calibrates_overconfident_model_better_than_sft(tmp_path, tiny_cfg, 
     assert results["cft"] < results["sft"], results  # ... better than plain SFT with the same settings
 
 
-#: log keys that measure time, not the computation
-TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "calib/refresh_seconds",
-               "tokens/train_per_sec_per_gpu"}
-
-
-def _comparable(history):
-    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
-
-
-def test_same_seed_gives_identical_logs_and_targets_with_lora(tmp_path, tiny_cfg, mcq_rows):
-    """torch seeds its generator randomly per process and Axolotl seeds only after the adapter exists: the
-    plugin seeds before the model loads, so two LoRA runs with one seed are identical (logs and targets)."""
-    from axolotl_calib_plugin.train.em import EMState
-
-    data = mcq_rows(12, num_options=(4, 3, 2), seed=9)
-    runs = []
-    for name in ("a", "b"):
-        d = tmp_path / name
-        d.mkdir()
-        cfg = tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
-                       calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="epoch", seed=42,
-                       adapter="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_linear=True,
-                       lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False,  # Triton kernels: GPU only
-                       output_dir=str(d / "out"), dataset_prepared_path=str(d / "prep"))
-        run_train(cfg, d)
-        runs.append((log_history(cfg.output_dir), EMState.load(os.path.join(cfg.output_dir, "calib_state.pt"))))
-    (ha, sa), (hb, sb) = runs
-    assert len(loss_logs(ha)) == 12 and len(refresh_logs(ha)) == 2
-    assert _comparable(ha) == _comparable(hb)  # every loss, grad norm and refresh statistic, bit for bit
-    assert torch.equal(sa.targets, sb.targets) and torch.equal(sa.sample_ids, sb.sample_ids)
-
-
-def test_eval_split_logs_held_out_calibration_to_tensorboard(tmp_path, tiny_cfg, mcq_rows):
+def test_eval_split_logs_held_out_calibration_to_tensorboard(cft_run):
     """With val_set_size, every evaluation logs eval_calib/conf_ece, cw_ece, acc and n over the WHOLE eval
     split (equal to a direct forward of the checkpoint over those rows), never NaN; TensorBoard gets the
     scalars and, with calib_eval_plots, the reliability diagram as an image (read back from the event file)."""
@@ -192,28 +186,23 @@ def test_eval_split_logs_held_out_calibration_to_tensorboard(tmp_path, tiny_cfg,
 
     from axolotl_calib_plugin import metrics
 
-    cfg = tiny_cfg(datasets=[{"path": str(mcq_rows(16, num_options=(4, 3, 5), seed=13)),
-                              "type": "axolotl_calib_plugin.mcq"}],
-                   calib_mode="cft", num_epochs=1, logging_steps=1, val_set_size=5, eval_strategy="steps",
-                   eval_steps=3, save_strategy="steps", save_steps=3, seed=1, use_tensorboard=True,
-                   calib_eval_plots=True)
-    run_train(cfg, tmp_path)
+    cfg, _ = cft_run
     history = log_history(cfg.output_dir)
     evals = [h for h in history if "eval_loss" in h]
-    assert {3, 6} <= {h["step"] for h in evals}
+    assert {4, 8, 12, 16} <= {h["step"] for h in evals}
     keys = {"eval_calib/conf_ece", "eval_calib/cw_ece", "eval_calib/acc", "eval_calib/n"}
-    assert all(keys <= set(h) for h in evals) and all(h["eval_calib/n"] == 5 for h in evals)
+    assert all(keys <= set(h) for h in evals) and all(h["eval_calib/n"] == N_EVAL for h in evals)
     assert not any(isinstance(v, float) and v != v for h in evals for v in h.values())  # no NaN
-    # direct: the checkpoint of step 3 over the eval split (Axolotl's split: the last 5 prepared rows)
+    # direct: the checkpoint of step 4 over the eval split (Axolotl's split: the last 5 prepared rows)
     ds = prepared_train_dataset(cfg.dataset_prepared_path)
-    eval_rows = ds.select(range(len(ds) - 5, len(ds)))
-    probs, labels, _, ks = hand_estep(os.path.join(cfg.output_dir, "checkpoint-3"), eval_rows, cfg)
+    eval_rows = ds.select(range(len(ds) - N_EVAL, len(ds)))
+    probs, labels, _, ks = hand_estep(os.path.join(cfg.output_dir, "checkpoint-4"), eval_rows, cfg)
     want = metrics.calibration_metrics(probs, labels, 10, num_options=ks)
-    at3 = next(h for h in evals if h["step"] == 3)
-    assert at3["eval_calib/conf_ece"] == pytest.approx(want["conf_ece"], abs=1e-5)
-    assert at3["eval_calib/cw_ece"] == pytest.approx(want["cw_ece"], abs=1e-5)
-    assert at3["eval_calib/acc"] == pytest.approx(want["accuracy"], abs=1e-12)
-    assert os.path.exists(os.path.join(cfg.output_dir, "calibration_eval", "reliability_eval_step3.png"))
+    at4 = next(h for h in evals if h["step"] == 4)
+    assert at4["eval_calib/conf_ece"] == pytest.approx(want["conf_ece"], abs=1e-5)
+    assert at4["eval_calib/cw_ece"] == pytest.approx(want["cw_ece"], abs=1e-5)
+    assert at4["eval_calib/acc"] == pytest.approx(want["accuracy"], abs=1e-12)
+    assert os.path.exists(os.path.join(cfg.output_dir, "calibration_eval", "reliability_eval_step4.png"))
     events = glob.glob(os.path.join(cfg.output_dir, "**", "events.out.tfevents*"), recursive=True)
     assert events
     acc = EventAccumulator(os.path.dirname(events[0]), size_guidance={"images": 0, "scalars": 0})
@@ -221,6 +210,7 @@ def test_eval_split_logs_held_out_calibration_to_tensorboard(tmp_path, tiny_cfg,
     scalars = acc.Tags()["scalars"]
     assert {"eval/calib/conf_ece", "eval/calib/cw_ece", "eval/calib/acc"} <= set(scalars), scalars
     tb = {e.step: e.value for e in acc.Scalars("eval/calib/conf_ece")}
+<<<<<<< HEAD
     assert tb[3] == pytest.approx(at3["eval_calib/conf_ece"], abs=1e-6)
     # one naming scheme: the image sits next to its scalars (eval/calib/...); each EM refresh's bins are one
     # figure (train/calib/bins), not a dozen scalars per bin; nothing repeats "train" or "calib"
@@ -228,3 +218,7 @@ def test_eval_split_logs_held_out_calibration_to_tensorboard(tmp_path, tiny_cfg,
     assert len(acc.Images("train/calib/bins")) == len(refresh_logs(history)) >= 1
     assert {"train/calib/conf_ece", "train/calib/acc", "train/calib/n", "train/calib/sft_loss"} <= set(scalars)
     assert not [t for t in scalars if "bin_" in t or "train/calib/train" in t or "calib/calib" in t], scalars
+=======
+    assert tb[4] == pytest.approx(at4["eval_calib/conf_ece"], abs=1e-6)
+    assert "eval_calib/reliability" in acc.Tags()["images"]
+>>>>>>> suite24

@@ -34,7 +34,9 @@ def test_entry_point_declared():
 
 
 @pytest.mark.slow
-def test_make_tiny_and_diagnose(tmp_path, mcq_rows):
+def test_make_tiny_and_diagnose(tmp_path, mcq_rows, capsys):
+    """One real ``python -m axolotl_calib_plugin.cli diagnose`` process; the text verdict and the LoRA folder go
+    through the same ``main`` in this process (no second and third import of lm-eval)."""
     data = str(mcq_rows(60, num_options=(4, 3, 5), seed=1, name="eval_in.jsonl"))
     assert main(["make-tiny", "--output-dir", str(tmp_path / "m"), "--data-files", data]) == 0
     proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(tmp_path / "m"),
@@ -43,9 +45,10 @@ def test_make_tiny_and_diagnose(tmp_path, mcq_rows):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n"] == 60 and out["advice"] in ("CFT", "RCFT")
     assert abs(out["conf_ece"] - out["lm_eval"]["conf_ece"]) < 1e-6
-    proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(tmp_path / "m"),
-                           "--data-files", data], capture_output=True, text=True, timeout=600)
-    assert "Verdict:" in proc.stdout and "not from the paper" in proc.stdout
+    capsys.readouterr()
+    assert main(["diagnose", "--model", str(tmp_path / "m"), "--data-files", data]) == 0
+    text = capsys.readouterr().out
+    assert "Verdict:" in text and "not from the paper" in text
 
     # a LoRA output folder (adapter_config.json, no model.safetensors) is loaded on its base model, and the
     # training data feeds the decisive memorisation check
@@ -61,10 +64,9 @@ def test_make_tiny_and_diagnose(tmp_path, mcq_rows):
     AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
     assert not (adapter / "model.safetensors").exists()
     train = str(mcq_rows(40, num_options=4, seed=2, name="train.jsonl"))
-    proc = subprocess.run([sys.executable, "-m", "axolotl_calib_plugin.cli", "diagnose", "--model", str(adapter),
-                           "--data-files", data, "--train-data-files", train, "--json"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lora = json.loads(proc.stdout.strip().splitlines()[-1])
+    capsys.readouterr()
+    assert main(["diagnose", "--model", str(adapter), "--data-files", data, "--train-data-files", train, "--json"]) == 0
+    lora = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert lora["train_n"] == 40 and lora["gap"] is not None
     assert abs(lora["conf_ece"] - out["conf_ece"]) < 1e-6  # a zero-initialised adapter: the base model's numbers
 
