@@ -43,8 +43,8 @@ def fix_keys(keys) -> list[str]:
     return [k for k in report.ordered_keys(keys) if k.startswith(ARM + ".")]
 
 
-def summarize_alignment(per_seed: dict) -> dict:
-    keys = sorted({k for s in per_seed.values() for k in s["rows"]})
+def summarize_alignment(per_seed: dict, skip: tuple = ()) -> dict:
+    keys = sorted({k for s in per_seed.values() for k in s["rows"]} - set(skip))
     cells = {k: {m: mean_ci([v for v in _reward(per_seed, k, m) if v is not None]) for m in REWARD_METRICS}
              for k in keys if any(_reward(per_seed, k, "expected_reward"))}
     bounds = {b: mean_ci([s["rows"].get("oracle", {}).get("reward", {}).get(b) for s in per_seed.values()
@@ -96,15 +96,40 @@ def render_alignment(study: dict) -> list[str]:
     return lines
 
 
+def as_run(per_seed: dict) -> tuple[dict, tuple]:
+    """Variants by what the runs did (``bin_accuracy`` read from their configs): a run named for training-row
+    bins that read held-out rows (the plugin's ``auto`` default with an eval split; the first run of this study,
+    1ea0247, wrote no explicit key) is relabelled ``heldout_auto``, and a held-out run it then duplicates is
+    skipped. Returns ``(variant_of, skip)`` for :func:`.heldout_study.summarize`."""
+    variant_of, skip = {}, []
+    for mode in ("cft", "rcft"):
+        key = calib_name(ARM, mode, 1.0)
+        used = {s.get("bin_accuracy", {}).get(key) for s in per_seed.values()} - {None}
+        if used == {"heldout"}:
+            variant_of[key] = "heldout_auto"
+            dup = calib_name(ARM, mode, 1.0, variant="heldout")
+            if any(dup in s["rows"] for s in per_seed.values()):
+                skip.append(dup)
+    return variant_of, tuple(skip)
+
+
 def write(study: dict, summary_dir: str) -> dict:
     """Summarise, then write alignment.json, alignment.md and alignment_deltas.png into ``summary_dir``."""
-    summary = heldout_study.summarize(study["per_seed"], fix_arm=ARM)
-    summary["alignment"] = summarize_alignment(study["per_seed"])
+    variant_of, skip = as_run(study["per_seed"])
+    summary = heldout_study.summarize(study["per_seed"], fix_arm=ARM, variant_of=variant_of, skip=skip)
+    summary["relabelled"], summary["skipped_duplicates"] = variant_of, list(skip)
+    summary["alignment"] = summarize_alignment(study["per_seed"], skip)
     study["summary"] = summary
     with open(os.path.join(summary_dir, "alignment.json"), "w", encoding="utf-8") as f:
         json.dump(study, f, indent=1)
     md = heldout_study.render_markdown(study, title="# The aligned arm: alignment kept, and the ECE term with "
                                                     "held-out bins")
+    if variant_of:
+        md += ("\n**Which bins each run read.** " + ", ".join(f"`{k}`" for k in variant_of) + " wrote no "
+               "`calib_bin_accuracy` and had an eval split, so the plugin's default (`auto`) read held-out rows: they "
+               "are labelled by what they did" + (", and " + ", ".join(f"`{k}`" for k in skip) + " (the same run with "
+               "the key explicit; identical numbers) is left out" if skip else "") + ". Training-row bins (Algorithm 1) "
+               "in this arm: the main study (`study.md`, CFT − λ=0).\n")
     with open(os.path.join(summary_dir, "alignment.md"), "w", encoding="utf-8") as f:
         f.write(md + "\n" + "\n".join(render_alignment(study)))
     if summary["comparisons"]:

@@ -103,8 +103,10 @@ def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins:
         cfg["test_datasets"] = [{"path": os.path.abspath(heldout), "type": "axolotl_calib_plugin.mcq", "split": "train"}]
         cfg["eval_strategy"] = "epoch"
         cfg["per_device_eval_batch_size"] = 64
-    for key, value, default in (("calib_bin_accuracy", bin_accuracy, "train"), ("calib_targets", targets, "bin"),
-                                ("calib_ece_loss", ece_loss, "mse")):
+    # the bin-accuracy source is always written: the plugin's default (auto) reads held-out rows whenever the
+    # config has an eval split, which would silently turn a training-row (Algorithm 1) run into a held-out one
+    cfg["calib_bin_accuracy"] = bin_accuracy
+    for key, value, default in (("calib_targets", targets, "bin"), ("calib_ece_loss", ece_loss, "mse")):
         if value != default:
             cfg[key] = value
     # train_on_inputs is set by the plugin from calib_mode (cft: false, rcft: true).

@@ -26,9 +26,10 @@ from .pipeline import ARMS, Plan, calib_name
 from .stats import mean_ci, paired_difference
 
 LAMBDAS = (1.0, 10.0)
-VARIANT_ORDER = ("train", "heldout", "heldout_kl", "temp")
-VARIANT_LABEL = {"train": "training-row bins (Alg. 1)", "heldout": "held-out bins", "heldout_kl": "held-out bins, KL",
-                 "temp": "held-out temperature targets, KL"}
+VARIANT_ORDER = ("train", "heldout", "heldout_auto", "heldout_kl", "temp")
+VARIANT_LABEL = {"train": "training-row bins (Alg. 1)", "heldout": "held-out bins",
+                 "heldout_auto": "held-out bins (default auto: the config has an eval split)",
+                 "heldout_kl": "held-out bins, KL", "temp": "held-out temperature targets, KL"}
 PLAN = Plan(arms=ARMS, lambdas=(0.0,) + LAMBDAS, label_smoothing=False, online=False, sweep_overfit=True,
             variants=("train", "heldout", "temp"), extra_runs=(("cft", "heldout_kl", 10.0),), fix_arms=("overfit",),
             heldout_eval=True)
@@ -66,8 +67,10 @@ def _bins_mean(per_seed: dict, arm: str, split: str) -> dict:
                 "conf": [None if c == 0 else float(a / c) for a, c in zip(conf, count)], "seeds": len(tables)}
 
 
-def summarize(per_seed: dict, fix_arm: str = FIX_ARM) -> dict:
-    """Pre-check per arm, every variant of ``fix_arm`` minus its lambda-0 run (Holm over the family), verdicts."""
+def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = None, skip: tuple = ()) -> dict:
+    """Pre-check per arm, every variant of ``fix_arm`` minus its lambda-0 run (Holm over the family), verdicts.
+    ``variant_of``: run key -> the variant it actually ran (from its config), overriding its name; ``skip``: run keys
+    left out (e.g. a duplicate of another run)."""
     precheck = {}
     for arm in ARMS:
         train, held = _bins_mean(per_seed, arm, "train"), _bins_mean(per_seed, arm, "heldout")
@@ -88,9 +91,9 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM) -> dict:
         for variant in VARIANT_ORDER:
             for lam in LAMBDAS:
                 key = calib_name(fix_arm, mode, lam, variant=variant)
-                if key not in keys or base not in keys:
+                if key not in keys or base not in keys or key in skip:
                     continue
-                c = {"key": key, "mode": mode, "variant": variant, "lambda": lam, "base": base,
+                c = {"key": key, "mode": mode, "variant": (variant_of or {}).get(key, variant), "lambda": lam, "base": base,
                      "vs_lam0": {f"{m}_{d}": paired_difference(_vals(per_seed, key, d, m), _vals(per_seed, base, d, m))
                                  for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}}
                 if ts_key in keys:
@@ -208,13 +211,13 @@ def plot_deltas(study: dict, path: str) -> str:
 
     comps = study["summary"]["comparisons"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colors = dict(zip(VARIANT_ORDER, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728")))
+    colors = dict(zip(VARIANT_ORDER, ("#7f7f7f", "#1f77b4", "#17becf", "#2ca02c", "#d62728")))
     for ax, mode in zip(axes, ("cft", "rcft")):
         for j, variant in enumerate(VARIANT_ORDER):
             pts = [c for c in comps if c["mode"] == mode and c["variant"] == variant]
             if not pts:
                 continue
-            x = [LAMBDAS.index(c["lambda"]) + (j - 1.5) * 0.15 for c in pts]
+            x = [LAMBDAS.index(c["lambda"]) + (j - 2) * 0.12 for c in pts]
             d = [c["vs_lam0"]["conf_ece_in"] for c in pts]
             y = [v["mean"] for v in d]
             err = [0 if math.isnan(v["half"]) else v["half"] for v in d]
@@ -227,8 +230,8 @@ def plot_deltas(study: dict, path: str) -> str:
             ax.set_ylabel("in-domain conf-ECE minus its λ=0 run\n(mean, 95% CI over seeds; < 0 = better)")
         ax.grid(alpha=0.3, axis="y")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

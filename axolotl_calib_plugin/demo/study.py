@@ -311,6 +311,27 @@ def plot_lambda_curve(study: dict, path: str) -> str:
     return path
 
 
+def bin_accuracy_as_run(config_dir: str) -> dict:
+    """Run name -> where its M-step read bin accuracies (``train`` / ``heldout``), from the Axolotl config it
+    trained with: an unset ``calib_bin_accuracy`` is the plugin's ``auto`` (held-out rows when the config has
+    an eval split; the default since 54e6ca1), so the summary labels a run by what it did, not by its name."""
+    import glob
+
+    import yaml
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(config_dir, "*.yml"))):
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f) or {}
+        if "calib_mode" not in cfg:
+            continue
+        value = cfg.get("calib_bin_accuracy", "auto")
+        if value == "auto":
+            value = "heldout" if (cfg.get("test_datasets") or float(cfg.get("val_set_size") or 0) > 0) else "train"
+        out[os.path.basename(path)[:-4]] = value
+    return out
+
+
 def _commit() -> str:
     """The git commit of the code that ran (``+changes`` when the tree differs from it), or "unknown"."""
     import subprocess
@@ -348,6 +369,8 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
         per_seed[str(seed)] = {"rows": _compact(res["rows"]), "errors": res["meta"]["errors"],
                                "timings_s": res["meta"]["timings_s"], "wall_time_s": res["meta"]["wall_time_s"],
                                "reused_runs": res["meta"].get("reused_runs", [])}
+        if kind == "alignment":  # trained by code whose default is auto (the held-out study's code predates it)
+            per_seed[str(seed)]["bin_accuracy"] = bin_accuracy_as_run(os.path.join(out, "runs", f"seed{seed}", "configs"))
     study = {
         "meta": {"seeds": list(seeds), "n_seeds": len(seeds), "settings": asdict(settings), "plan": asdict(plan),
                  "lambda_key": {str(lam): calib_name("aligned", "cft", lam) for lam in plan.lambdas},

@@ -146,3 +146,27 @@ def test_resumed_study_states_the_wall_time_of_seeds_run_from_scratch():
                     "a seed run from scratch took 21-23 min (2 of 3 seeds).")
     fresh = _wall_time_text({"meta": meta, "per_seed": {"1": per_seed["1"]}})
     assert fresh == "Wall time 10 min on 2 CPU cores; a seed run from scratch took 21-21 min (1 of 1 seeds)."
+
+
+@pytest.mark.parametrize("plan_name", ["heldout", "alignment"])
+def test_every_calib_run_names_its_bin_accuracy_source_explicitly(tmp_path, plan_name):
+    """With an eval split, the plugin's default (auto) reads held-out rows: a run meant to use training-row bins
+    (Algorithm 1) must say so in its config, else it silently becomes a held-out run (the alignment study's first
+    run at 1ea0247 had aligned.cft == aligned.cft_heldout for exactly this reason)."""
+    from axolotl_calib_plugin.demo import alignment_study, heldout_study, pipeline
+    from axolotl_calib_plugin.demo.world import TopicWorld, generate
+
+    plan = {"heldout": heldout_study.PLAN, "alignment": alignment_study.PLAN}[plan_name]
+    p = pipeline._Paths(str(tmp_path), heldout_eval=plan.heldout_eval)
+    p.data = generate(str(tmp_path / "data"), TopicWorld(seed=7), 20, 20, 10, 10, 10, 10)
+    p.sft_base = p.sft_train = str(tmp_path / "sft.jsonl")
+    seen = {}
+    for r in pipeline.plan_runs(plan):
+        p.models.setdefault(r.start, str(tmp_path / "models" / r.start))
+        cfg = pipeline._run_config(r, p, pipeline.FAST, seed=7)
+        if r.kind == "calib" and r.lam:
+            assert "test_datasets" in cfg, r.name
+            assert cfg["calib_bin_accuracy"] == pipeline.VARIANTS[r.variant][0], r.name
+            seen[r.name] = cfg["calib_bin_accuracy"]
+    assert seen[f"{'overfit' if plan_name == 'heldout' else 'aligned'}.cft"] == "train"
+    assert "heldout" in seen.values()

@@ -190,3 +190,25 @@ def test_alignment_study_writes_calibration_and_alignment_sections(tmp_path):
     assert "aligned (DPO) arm" in md and "DPO − base expected reward: +1.010" in md
     assert "= DPO (TS leaves the policy unchanged)" in md and (tmp_path / "alignment_deltas.png").exists()
     assert alignment_study.table3_line(saved).startswith("DPO − base E[r*] +1.010")
+
+
+def test_runs_are_labelled_by_the_bins_their_config_read(tmp_path):
+    """A CFT run without calib_bin_accuracy but with an eval split read held-out rows (auto): relabelled, and the
+    explicit held-out run it duplicates skipped; with the key explicit nothing changes."""
+    import yaml
+
+    from axolotl_calib_plugin.demo.study import bin_accuracy_as_run
+
+    cfgs = {"aligned.cft": {"calib_mode": "cft", "test_datasets": [{"path": "h.jsonl"}]},
+            "aligned.cft_heldout": {"calib_mode": "cft", "calib_bin_accuracy": "heldout"},
+            "aligned.rcft": {"calib_mode": "rcft", "calib_bin_accuracy": "train", "val_set_size": 0.1},
+            "aligned.cft_lam0": {"calib_mode": "cft"}, "base": {"datasets": []}}
+    for name, cfg in cfgs.items():
+        (tmp_path / f"{name}.yml").write_text(yaml.safe_dump(cfg))
+    used = bin_accuracy_as_run(str(tmp_path))
+    assert used == {"aligned.cft": "heldout", "aligned.cft_heldout": "heldout", "aligned.rcft": "train",
+                    "aligned.cft_lam0": "train"}
+    per_seed = {"0": {"bin_accuracy": used, "rows": {"aligned.cft_heldout": {}}}}
+    assert alignment_study.as_run(per_seed) == ({"aligned.cft": "heldout_auto"}, ("aligned.cft_heldout",))
+    used["aligned.cft"] = "train"
+    assert alignment_study.as_run(per_seed) == ({}, ())
