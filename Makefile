@@ -49,14 +49,11 @@ study: $(STAMP)
 study-heldout: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study heldout --output-dir $(STUDY_OUT) --summary-dir study
 
-<<<<<<< HEAD
 study-alignment: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study alignment --output-dir $(STUDY_OUT) --summary-dir study
 
-=======
 # Whole files per worker (a file's tests share its trained runs), in collection order (tests/conftest.py puts the
 # slowest files first).
->>>>>>> suite24
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 

@@ -65,21 +65,14 @@ def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(cft_run, tiny_model_d
               16: EMState.load(os.path.join(cfg.output_dir, "checkpoint-16"))}
     assert (states[4].refresh_count, states[16].refresh_count) == (1, 2)
     # refresh 1 ran on the base model, refresh 2 on the model of checkpoint-8 (saved just before it)
-<<<<<<< HEAD
     records = refresh_records(cfg.output_dir)
     assert len(records) == 2
     for log, record, model_dir, state in ((refreshes[0], records[0], tiny_model_dir, states[4]),
                                           (refreshes[1], records[1], os.path.join(cfg.output_dir, "checkpoint-8"),
                                            states[16])):
-        probs, labels, ids, ks = hand_estep(model_dir, ds, cfg)
-        q = check_refresh_against_hand(log, record, probs, labels, n_bins)
-=======
-    for log, model_dir, state in ((refreshes[0], tiny_model_dir, states[4]),
-                                  (refreshes[1], os.path.join(cfg.output_dir, "checkpoint-8"), states[16])):
         probs, labels, ids, ks = hand_estep(model_dir, train_rows, cfg)
         assert len(ids) == int(state.bin_count.sum()) == N_TRAIN  # the E-step never reads the eval split
-        q = check_refresh_against_hand(log, probs, labels, n_bins)
->>>>>>> suite24
+        q = check_refresh_against_hand(log, record, probs, labels, n_bins)
         want = expected_targets(probs, q, ks, n_bins)
         torch.testing.assert_close(state.lookup(ids)[:, : want.shape[1]], want, atol=2e-4, rtol=1e-3)
     assert not torch.allclose(states[4].targets, states[16].targets, atol=1e-3)  # really recomputed
@@ -210,15 +203,10 @@ def test_eval_split_logs_held_out_calibration_to_tensorboard(cft_run):
     scalars = acc.Tags()["scalars"]
     assert {"eval/calib/conf_ece", "eval/calib/cw_ece", "eval/calib/acc"} <= set(scalars), scalars
     tb = {e.step: e.value for e in acc.Scalars("eval/calib/conf_ece")}
-<<<<<<< HEAD
-    assert tb[3] == pytest.approx(at3["eval_calib/conf_ece"], abs=1e-6)
+    assert tb[4] == pytest.approx(at4["eval_calib/conf_ece"], abs=1e-6)
     # one naming scheme: the image sits next to its scalars (eval/calib/...); each EM refresh's bins are one
     # figure (train/calib/bins), not a dozen scalars per bin; nothing repeats "train" or "calib"
     assert {"eval/calib/reliability", "train/calib/bins"} <= set(acc.Tags()["images"]), acc.Tags()["images"]
     assert len(acc.Images("train/calib/bins")) == len(refresh_logs(history)) >= 1
     assert {"train/calib/conf_ece", "train/calib/acc", "train/calib/n", "train/calib/sft_loss"} <= set(scalars)
     assert not [t for t in scalars if "bin_" in t or "train/calib/train" in t or "calib/calib" in t], scalars
-=======
-    assert tb[4] == pytest.approx(at4["eval_calib/conf_ece"], abs=1e-6)
-    assert "eval_calib/reliability" in acc.Tags()["images"]
->>>>>>> suite24

@@ -354,9 +354,11 @@ def test_every_flag_means_the_same_in_every_command():
     assert not {"--out", "--data", "--plots", "--json-file"} & set(flags)  # old spellings are not flags any more
     _, commands = _subparsers()
     loaders = {cmd for cmd, _ in flags["--model"]}
-    assert loaders == {"eval", "diagnose", "preference"}
-    for flag in ("--device", "--dtype", "--batch-size", "--base-model", "--tokenizer"):
+    assert loaders == {"eval", "diagnose", "preference", "reproduce"}
+    for flag in ("--device", "--dtype", "--batch-size"):
         assert {cmd for cmd, _ in flags[flag]} == loaders, flag
+    for flag in ("--base-model", "--tokenizer"):  # reproduce trains from a full model (an adapter is refused)
+        assert {cmd for cmd, _ in flags[flag]} == loaders - {"reproduce"}, flag
     assert SHARED_FLAGS["--batch-size"]["default"] == 8 and SHARED_FLAGS["--device"]["default"] is None
     for name, sub in commands.items():
         assert not sub.allow_abbrev, name  # `table --out X` must not silently mean --out-task
