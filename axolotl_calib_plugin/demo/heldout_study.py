@@ -210,6 +210,7 @@ def plot_deltas(study: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     comps = study["summary"]["comparisons"]
+    lams = [lam for lam in LAMBDAS if any(c["lambda"] == lam for c in comps)]  # only the lambdas that ran
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colors = dict(zip(VARIANT_ORDER, ("#7f7f7f", "#1f77b4", "#17becf", "#2ca02c", "#d62728")))
     for ax, mode in zip(axes, ("cft", "rcft")):
@@ -217,14 +218,14 @@ def plot_deltas(study: dict, path: str) -> str:
             pts = [c for c in comps if c["mode"] == mode and c["variant"] == variant]
             if not pts:
                 continue
-            x = [LAMBDAS.index(c["lambda"]) + (j - 2) * 0.12 for c in pts]
+            x = [lams.index(c["lambda"]) + (j - 2) * 0.12 for c in pts]
             d = [c["vs_lam0"]["conf_ece_in"] for c in pts]
             y = [v["mean"] for v in d]
             err = [0 if math.isnan(v["half"]) else v["half"] for v in d]
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=colors[variant], label=VARIANT_LABEL[variant])
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(range(len(LAMBDAS)), [f"λ={lam:g}" for lam in LAMBDAS])
-        ax.set_xlim(-0.5, len(LAMBDAS) - 0.5)
+        ax.set_xticks(range(len(lams)), [f"λ={lam:g}" for lam in lams])
+        ax.set_xlim(-0.5, len(lams) - 0.5)
         ax.set_title(f"{mode.upper()} ({ARM_TEXT[study['summary'].get('fix_arm', FIX_ARM)]})")
         if mode == "cft":  # the panels share the y axis: one label
             ax.set_ylabel("in-domain conf-ECE minus its λ=0 run\n(mean, 95% CI over seeds; < 0 = better)")
