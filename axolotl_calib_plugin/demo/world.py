@@ -47,6 +47,24 @@ def _made_up_words(rng: np.random.Generator, n: int) -> list[str]:
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
 
 
+def _unique_texts(n: int, draw, text_of, seen: set[str]) -> tuple[list[str], list]:
+    """``n`` drawn items whose texts are new (not in ``seen``, which is updated, nor repeated): ``draw(k)`` gives
+    ``k`` candidates, batches are drawn until ``n`` are kept; returns ``(texts, items)`` in draw order."""
+    texts: list[str] = []
+    items: list = []
+    while len(texts) < n:
+        for item in draw(2 * (n - len(texts)) + 8):
+            text = text_of(item)
+            if text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            items.append(item)
+            if len(texts) == n:
+                break
+    return texts, items
+
+
 def _fit_temperature_to_accuracy(logits_fn, target: float) -> float:
     """Bisection on log tau so that E[max softmax(logits / tau)] = target (it falls as tau grows)."""
     lo, hi = np.log(0.05), np.log(50.0)
@@ -178,21 +196,10 @@ class TopicWorld:
         if domain not in self._priors:
             raise ValueError(f"domain must be 'in' or 'out', got {domain!r}")
         seen = exclude if exclude is not None else set()
-        texts: list[str] = []
-        rows: list[np.ndarray] = []
-        topics: list[int] = []
-        while len(texts) < n:
-            t, w = self._draw(rng, domain, 2 * (n - len(texts)) + 8)
-            for ti, wi in zip(t, w):
-                text = self.question_text(wi)
-                if text in seen:
-                    continue
-                seen.add(text)
-                texts.append(text)
-                rows.append(wi)
-                topics.append(int(ti))
-                if len(texts) == n:
-                    break
+        texts, drawn = _unique_texts(n, lambda k: zip(*self._draw(rng, domain, k)), lambda d: self.question_text(d[1]),
+                                     seen)
+        rows = [wi for _, wi in drawn]
+        topics = [int(ti) for ti, _ in drawn]
         word_ids = np.asarray(rows, dtype=np.int64).reshape(n, self.question_len)
         p = self.oracle_probs(domain, word_ids)
         ans_p = self.answer_probs()[np.asarray(topics, dtype=np.int64)]
@@ -369,17 +376,8 @@ class PreferenceDomain:
         seen = exclude if exclude is not None else set()
         if n + len(seen) > self.n_words ** self.prompt_len // 2:
             raise ValueError(f"{n} more preference prompts do not fit {self.n_words}^{self.prompt_len} texts")
-        texts, rows = [], []
-        while len(texts) < n:
-            for wi in rng.integers(self.n_words, size=(2 * (n - len(texts)) + 8, self.prompt_len)):
-                text = self.prompt_text(wi)
-                if text in seen:
-                    continue
-                seen.add(text)
-                texts.append(text)
-                rows.append(wi)
-                if len(texts) == n:
-                    break
+        texts, rows = _unique_texts(n, lambda k: rng.integers(self.n_words, size=(k, self.prompt_len)), self.prompt_text,
+                                    seen)
         return PreferencePrompts(texts, self.rewards(np.asarray(rows, dtype=np.int64).reshape(n, self.prompt_len)))
 
     def vocabulary(self) -> list[str]:
