@@ -25,6 +25,7 @@ import os
 import time
 from typing import Optional
 
+import numpy as np
 import torch
 
 from axolotl.utils.logging import get_logger
@@ -35,13 +36,15 @@ from ..eval.report import SETTINGS_FILE, training_settings
 from .context import CalibrationContext
 from .distributed import dist_info
 from .em import STATE_FILE, EMState
-from .estep import EStepData, eval_split_data, trainer_estep_probs
+from .estep import EStepData, eval_split_data, first_estep_entries, trainer_estep_probs
 from .head import install_head_capture
 from .online import TABLE_IDS
 from .resume_check import check_same_data, record
 
 #: one JSON line per refresh (per-bin training vs held-out statistics), in output_dir
 REFRESH_LOG = "calib_refresh.jsonl"
+#: below this many prompts measured by a subsampled first E-step, its bin accuracies are too noisy to trust: warn
+FEW_MEASURED = 100
 #: set to a directory to make every rank save each refresh's EMState there (tests / debugging)
 DEBUG_DUMP_ENV = "AXOLOTL_CALIB_DEBUG_DUMP_DIR"
 
@@ -80,6 +83,25 @@ class EMRefreshCallback(TrainerCallback):
         return trainer_estep_probs(self.trainer, data if data is not None else self._estep_data(), self.calib.option_ids,
                                    self.settings.calib_estep_batch_size, desc=desc)
 
+    def _measured_probs(self, prev: Optional[EMState], state) -> torch.Tensor:
+        """The exact E-step, or, for the first refresh of a run with ``calib_first_estep_fraction`` < 1, the exact
+        E-step over that fraction of the prompts and NaN rows for the rest (their epoch-0 targets are live)."""
+        fraction = self.settings.first_estep_fraction
+        data = self._estep_data()
+        if prev is not None or fraction >= 1.0 or int(state.global_step) > 0:
+            return self._exact_probs()
+        entries = first_estep_entries(data.sample_id, fraction, int(getattr(self.trainer.args, "seed", 0) or 0))
+        if len(entries) == len(data):
+            return self._exact_probs()
+        n_prompts = int(np.unique(data.sample_id[entries]).size)
+        if n_prompts < FEW_MEASURED:
+            LOG.warning("calib first E-step: calib_first_estep_fraction %s measures only %d prompts, so each bin's "
+                        "accuracy in epoch 0 rests on a handful of them; raise calib_first_estep_fraction (1 measures "
+                        "all %d)", fraction, n_prompts, int(np.unique(data.sample_id).size))
+        probs = torch.full((len(data), len(self.calib.option_ids)), float("nan"))
+        probs[torch.from_numpy(entries)] = self._exact_probs(data.subset(entries), desc="calib first E-step (subset)")
+        return probs
+
     def _heldout_rows(self, state) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(probs, labels, num_options) of the eval split under the current model, for the held-out M-step: the
         latest evaluation's when it ran at this very step (no extra forward), else one E-step forward over it."""
@@ -117,7 +139,7 @@ class EMRefreshCallback(TrainerCallback):
             probs, seen = self.calib.online.table_probs(prev.extra, torch.from_numpy(data.sample_id), tr.args.device,
                                                         len(self.calib.option_ids))
         else:
-            probs = self._exact_probs()
+            probs = self._measured_probs(prev, state)
         heldout = self._heldout_rows(state)
         em_state = EMState.from_estep(
             torch.from_numpy(data.sample_id), probs, torch.from_numpy(data.answer_idx),
@@ -147,6 +169,8 @@ class EMRefreshCallback(TrainerCallback):
         summary["calib/refresh_seconds"] = round(time.perf_counter() - t0, 4)
         if seen is not None:
             summary["calib/online_seen"] = int(seen.numel())
+        if em_state.has_live:
+            summary["calib/live_targets"] = int(torch.isnan(em_state.targets).all(dim=1).sum())
         self.history.append({**summary, "global_step": int(state.global_step), "epoch": epoch})
         LOG.info("calib EM refresh %d (%s E-step, epoch %d, step %d): train conf-ECE %.4f, acc %.4f",
                  em_state.refresh_count, "online" if online else "exact", epoch, state.global_step,

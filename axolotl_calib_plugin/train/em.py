@@ -50,6 +50,8 @@ TARGET_KINDS = ("bin", "temperature")
 #: how far below a row's smallest log-probability the padded options of a short row go before a temperature fit
 _PAD_GAP = 1e4
 STATE_FILE = "calib_state.pt"
+#: ``EMState.extra`` key: the M-step rule of the refresh (split, target kind), which :meth:`EMState.fill_live` reuses
+RULE_EXTRA = "target_rule"
 _STATE_VERSION = 2
 #: versions :meth:`EMState.load` reads (1 = before the ``extra`` section existed)
 _READABLE_VERSIONS = (1, 2)
@@ -257,9 +259,13 @@ def em_step(
 ):
     """One full E + M step over the training set.
 
-    Returns the bin statistics (over every row), and the sorted unique ``sample_ids`` with their
+    Returns the bin statistics (over every measured row), and the sorted unique ``sample_ids`` with their
     (float32) targets. Rows sharing an id are the same prompt, hence have the same probabilities
     and bin, hence the same target: the first row of each id is kept.
+
+    A row of ``probs`` that is all NaN was not measured (a first E-step over a subset of the prompts,
+    ``calib_first_estep_fraction``): it adds nothing to the statistics and its target row is NaN, which
+    :meth:`EMState.fill_live` replaces in the training step by the same rule applied to the live probabilities.
 
     ``heldout`` = (probs, labels, num_options) of rows the model does not train on, needed by
     ``bin_accuracy="heldout"`` (q_m from :func:`heldout_bin_accuracy`) and ``targets_kind="temperature"``
@@ -274,6 +280,13 @@ def em_step(
         raise ValueError("the E-step saw no MCQ samples (no calib_sample_id >= 0 in the training set)")
     if bool((sample_ids < 0).any()):
         raise ValueError("sample ids must be non-negative")
+    measured = ~torch.isnan(probs).all(dim=1)
+    if not bool(measured.any()):
+        raise ValueError("the E-step measured no training sample (every probability row is NaN)")
+    all_measured = bool(measured.all())
+    full_probs = probs
+    if not all_measured:
+        probs, labels, num_options = probs[measured], labels[measured], num_options[measured]
     stats = bin_statistics(probs, labels, n_bins)
     info: dict = {}
     if targets_kind not in TARGET_KINDS:
@@ -301,6 +314,13 @@ def em_step(
         bins = assign_bins(probs.max(dim=1).values, n_bins)
         q = q_bins[bins]  # every sample's bin holds the sample, so its q is finite
         targets = build_targets(probs.to(torch.float64), q, split=split, num_options=num_options).to(torch.float32)
+    if not all_measured:
+        measured_targets = targets
+        targets = torch.full(full_probs.shape, float("nan"), dtype=torch.float32)
+        targets[measured] = measured_targets
+        # a prompt measured in any of its rows keeps that row's target (rows sharing an id are the same prompt)
+        sample_ids = torch.cat([sample_ids[measured], sample_ids[~measured]])
+        targets = torch.cat([targets[measured], targets[~measured]])
     uniq, inverse = torch.unique(sample_ids, sorted=True, return_inverse=True)
     first = torch.full((uniq.numel(),), sample_ids.numel(), dtype=torch.int64)
     first = first.scatter_reduce(0, inverse, torch.arange(sample_ids.numel()), reduce="amin")
@@ -341,6 +361,7 @@ class EMState:
         stats, ids, targets, info = em_step(sample_ids, probs, labels, num_options, n_bins, split, heldout=heldout,
                                             bin_accuracy=bin_accuracy, targets_kind=targets_kind, prior=prior,
                                             return_info=True)
+        info[RULE_EXTRA] = {"split": split, "targets": targets_kind}
         return cls(sample_ids=ids, targets=targets, bin_count=stats.count, bin_accuracy=stats.accuracy,
                    bin_confidence=stats.confidence, refresh_count=int(refresh_count),
                    epoch_refreshed=int(epoch_refreshed), global_step=int(global_step), extra=info)
@@ -352,6 +373,36 @@ class EMState:
     @property
     def stats(self) -> BinStatistics:
         return BinStatistics(self.bin_count, self.bin_accuracy, self.bin_confidence)
+
+    @property
+    def has_live(self) -> bool:
+        """True when some prompts have no measured target yet (NaN rows): the loss must call :meth:`fill_live`."""
+        cached = self._device_cache.get("has_live")
+        if cached is None:
+            cached = self._device_cache["has_live"] = bool(torch.isnan(self.targets).any())
+        return cached
+
+    def fill_live(self, targets: torch.Tensor, probs: torch.Tensor, num_options: torch.Tensor) -> torch.Tensor:
+        """``targets`` (P, Kmax) with every NaN row (a prompt the first E-step did not measure) replaced by this
+        refresh's M-step rule applied to ``probs``, the live (detached) option probabilities of those prompts:
+        bin targets take q of the bin of the live confidence (``build_targets``, same split), temperature targets
+        softmax(log pi / T). A live confidence in a bin no measured prompt reached has no q: its target is its own
+        probabilities (no ECE gradient). Rows without NaN are returned as they are."""
+        live = torch.isnan(targets).any(dim=1, keepdim=True)
+        p = probs.detach().to(torch.float32)
+        if p.shape[1] < targets.shape[1]:
+            p = torch.nn.functional.pad(p, (0, targets.shape[1] - p.shape[1]))
+        p = p[:, : targets.shape[1]]
+        rule = self.extra.get(RULE_EXTRA) or {}
+        if rule.get("targets") == "temperature":
+            rule_targets = temperature_targets(p, float(self.extra["temperature"]), num_options).to(torch.float32)
+        else:
+            q_bins = self.extra.get("bin_target", self.bin_accuracy).to(device=p.device, dtype=torch.float32)
+            conf = p.max(dim=1).values
+            q = q_bins[assign_bins(conf.cpu(), self.n_bins).to(p.device)]  # the metrics core bins on the host
+            q = torch.where(torch.isnan(q), conf, q)  # an unmeasured bin: the target keeps the prompt's confidence
+            rule_targets = build_targets(p, q, split=rule.get("split", "proportional"), num_options=num_options)
+        return torch.where(live, rule_targets.to(targets.dtype), targets)
 
     def lookup(self, sample_ids: torch.Tensor, *, strict: bool = True):
         """Targets (P, Kmax) of ``sample_ids`` (P,), on their device, via ``searchsorted``.
@@ -496,8 +547,12 @@ def _state_problem(d) -> Optional[str]:
         return "sample_ids are not sorted and unique"
     if targets.ndim != 2 or targets.shape[0] != ids.shape[0]:
         return f"targets have shape {tuple(targets.shape)} for {ids.shape[0]} sample ids"
-    if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()) or bool((targets > 1).any()):
+    unmeasured = torch.isnan(targets).all(dim=1)  # prompts a subsampled first E-step left to live targets
+    rest = targets[~unmeasured]
+    if not bool(torch.isfinite(rest).all()) or bool((rest < 0).any()) or bool((rest > 1).any()):
         return "targets contain values outside [0, 1] or NaN"
+    if bool(unmeasured.any()) and "bin_target" not in (d.get("extra") or {}):
+        return "targets of unmeasured prompts are NaN but the state holds no bin accuracies to target them with"
     m = d["bin_count"].numel()
     if d["bin_accuracy"].numel() != m or d["bin_confidence"].numel() != m or m < 2:
         return "the bin statistics have inconsistent lengths"

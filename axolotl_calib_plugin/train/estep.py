@@ -27,7 +27,7 @@ import torch
 from .distributed import all_gather_cat, dist_info
 from .loss import option_probs
 
-__all__ = ["EStepData", "eval_split_data", "max_num_options", "run_estep", "shard_entries", "trainer_estep_probs"]
+__all__ = ["EStepData", "eval_split_data", "first_estep_entries", "max_num_options", "run_estep", "shard_entries", "trainer_estep_probs"]
 
 
 # ---------------------------------------------------------------------- data extraction
@@ -53,6 +53,14 @@ class EStepData:
 
     def __len__(self) -> int:
         return int(self.row.shape[0])
+
+    def subset(self, entries: np.ndarray) -> "EStepData":
+        """The answer positions ``entries`` only, in that order (the token arrays are shared, not copied)."""
+        out = object.__new__(EStepData)
+        out.token_values, out.row_offsets, out.n_rows = self.token_values, self.row_offsets, self.n_rows
+        for name in ("row", "pos", "sample_id", "answer_idx", "num_options"):
+            setattr(out, name, getattr(self, name)[entries])
+        return out
 
     def prompts(self, entries: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Right-padded ``input_ids`` / ``attention_mask`` of the prompts (tokens 0..t*) of
@@ -101,6 +109,17 @@ def _flat_columns(dataset):
     offsets = np.concatenate([[0], np.cumsum(lens)])
     flat = [np.concatenate([np.asarray(r[c], dtype=np.int64).reshape(-1) for r in rows]) for c in cols]
     return flat[0], offsets, flat[1], flat[2], flat[3]
+
+
+def first_estep_entries(sample_id: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted answer positions of a random ``ceil(fraction * U)`` of the U distinct prompts (every position of a
+    chosen prompt), the same on every rank for the same ``seed``: what a subsampled first E-step measures."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"calib_first_estep_fraction must lie in (0, 1], got {fraction!r}")
+    uniq = np.unique(sample_id)
+    size = min(len(uniq), max(1, math.ceil(fraction * len(uniq))))
+    chosen = np.random.default_rng(int(seed)).choice(uniq, size=size, replace=False)
+    return np.nonzero(np.isin(sample_id, chosen))[0].astype(np.int64)
 
 
 # ---------------------------------------------------------------------- sharding

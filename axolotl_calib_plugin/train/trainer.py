@@ -32,7 +32,7 @@ from .context import CalibrationContext
 from .distributed import dist_info
 from .heldout import held_out_metrics
 from .head import captured_option_logits, option_logits
-from .loss import ece_loss, option_probs
+from .loss import check_finite, ece_loss, option_probs
 
 LOG = get_logger(__name__)
 
@@ -177,7 +177,12 @@ class AxolotlCalibTrainer(AxolotlTrainer):
             k = num_options[b_idx, t_idx]
             logits = self._answer_option_logits(model, outputs, b_idx, t_idx, sample_id.shape)
             if use_ece:
-                ece = ece_loss(logits, calib.em_state.lookup(ids), k, kind=calib.settings.calib_ece_loss)
+                em_state = calib.em_state
+                targets = em_state.lookup(ids)
+                if em_state.has_live:  # epoch 0 after a subsampled first E-step: unmeasured prompts target live
+                    check_finite(logits)
+                    targets = em_state.fill_live(targets, option_probs(logits.detach(), k), k)
+                ece = ece_loss(logits, targets, k, kind=calib.settings.calib_ece_loss)
                 loss = sft_loss + calib.lam * ece
             if record or held_out:
                 probs = option_probs(logits.detach(), k)

@@ -38,7 +38,7 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     held = mcq_rows(5, num_options=(4, 3, 5, 2), seed=16, name="held.jsonl")  # held-out bin accuracies, odd too
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
                   calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="epoch", seed=3,
-                  calib_estep_batch_size=2, calib_estep="online", learning_rate=0.0,
+                  calib_estep_batch_size=2, calib_estep="online", calib_first_estep_fraction=1.0, learning_rate=0.0,
                   calib_bin_accuracy="heldout", calib_heldout_prior=1.0, eval_strategy="epoch",
                   test_datasets=[{"path": str(held), "type": "axolotl_calib_plugin.mcq", "split": "train"}])
     single = tiny_cfg(**{**common, "num_epochs": 1}, output_dir=str(tmp_path / "single"),

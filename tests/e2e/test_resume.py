@@ -144,7 +144,8 @@ def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg
     data = mcq_rows(12, num_options=(4, 3, 2), seed=5)
     held = mcq_rows(6, num_options=(4, 3, 2), seed=15, name="held.jsonl")
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
-                  calib_estep="online", calib_bins=5, num_epochs=3, logging_steps=1, save_strategy="steps",
+                  calib_estep="online", calib_first_estep_fraction=1.0, calib_bins=5, num_epochs=3, logging_steps=1,
+                  save_strategy="steps",
                   save_steps=3, seed=7, calib_bin_accuracy="heldout", calib_heldout_prior=1.0, eval_strategy="epoch",
                   test_datasets=[{"path": str(held), "type": "axolotl_calib_plugin.mcq", "split": "train"}])
     full = tiny_cfg(**common, output_dir=str(tmp_path / "full"), dataset_prepared_path=str(tmp_path / "p1"))

@@ -97,7 +97,8 @@ def test_rcft_run_with_sample_packing_and_lora_on_lm_head(tmp_path, tiny_cfg, ti
     cfg = tiny_cfg(
         datasets=[{"path": str(mcq_rows(8, num_options=(4, 2), seed=2)), "type": "axolotl_calib_plugin.mcq"}],
         calib_mode="rcft", calib_bins=n_bins, num_epochs=2, logging_steps=1, save_strategy="epoch", seed=42,
-        sample_packing=True, pad_to_sequence_len=True, calib_estep="online", learning_rate=0.0,
+        sample_packing=True, pad_to_sequence_len=True, calib_estep="online", calib_first_estep_fraction=1.0,
+        learning_rate=0.0,
         attn_implementation="sdpa",
         adapter="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj", "lm_head"],
     )

@@ -280,7 +280,7 @@ def test_online_estep_equals_exact_when_the_model_does_not_move(tmp_path, tiny_m
     every online refresh reproduces the first (exact) refresh's bins and targets, without a forward."""
     from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
-    cfg = _cfg(calib_estep="online", calib_refresh=refresh)
+    cfg = _cfg(calib_estep="online", calib_first_estep_fraction=1.0, calib_refresh=refresh)
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, make_mcq_rows(9, num_options=(4, 3, 5), seed=12))
     assert tr.calib.online is not None
     cb = EMRefreshCallback(tr.calib, tr)
@@ -316,7 +316,7 @@ def test_online_estep_equals_exact_when_the_model_does_not_move(tmp_path, tiny_m
 def test_online_estep_keeps_targets_of_samples_not_seen_since_the_last_refresh(tmp_path, tiny_model_dir, rows):
     from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
-    cfg = _cfg(calib_estep="online")
+    cfg = _cfg(calib_estep="online", calib_first_estep_fraction=1.0)
     tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
     cb = EMRefreshCallback(tr.calib, tr)
     tr.state.epoch = 0.0
@@ -337,3 +337,71 @@ def test_online_estep_keeps_targets_of_samples_not_seen_since_the_last_refresh(t
     assert not torch.allclose(second.targets[~unseen], first.targets[~unseen], atol=1e-4)
     # the M-step's bins use every sample's latest probability (5 from the first refresh, 2 recorded)
     assert int(second.bin_count.sum()) == 7
+
+
+def test_online_run_measures_a_fraction_first_and_trains_unmeasured_prompts_on_live_targets(tmp_path, tiny_model_dir):
+    """lr = 0: the live probabilities are the exact E-step's, so (1) the first refresh measures ceil(f U) prompts
+    with that many forwards, (2) every epoch-0 ECE term equals the term with the rule applied to exact probabilities
+    (checked by hand on every epoch-0 batch), (3) the second (online) refresh measures every prompt and equals a full exact one."""
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.em import EMState, assign_bins, build_targets
+    from axolotl_calib_plugin.train.loss import ece_loss
+
+    rows = make_mcq_rows(9, num_options=(4, 3, 5), seed=12)
+    cfg = _cfg(calib_estep="online", calib_first_estep_fraction=0.34)
+    tr, tok, ds = _trainer(tmp_path, tiny_model_dir, cfg, rows)
+    cb = EMRefreshCallback(tr.calib, tr)
+    tr.add_callback(cb)
+    states = []
+    orig = cb.refresh_now
+    cb.refresh_now = lambda state, epoch: states.append(orig(state, epoch)) or states[-1]
+    calls = []
+    hook = tr.model.register_forward_hook(lambda *a: calls.append(1))
+    tr.args.learning_rate = 0.0
+    tr.args.num_train_epochs = 2
+    tr.args.save_strategy = "no"
+    # the first refresh by hand, before training
+    letters = list(tr.calib.option_ids)
+    exact = _direct_probs(tr.model, ds, letters)
+    tr.state.epoch = 0.0
+    first = cb.refresh_now(tr.state, 0)
+    cb.history.clear(), states.clear()
+    assert int(first.bin_count.sum()) == math.ceil(0.34 * 9) == 4
+    live_rows = torch.isnan(first.targets).all(dim=1)
+    assert int(live_rows.sum()) == 5
+    ds_ids = [int(np.asarray(r["calib_sample_id"])[np.asarray(r["calib_sample_id"]) >= 0][0]) for r in ds]
+    tr.model.train()
+    n_live = 0
+    for batch in tr.get_train_dataloader():  # every epoch-0 batch: the trainer's ECE term with live targets
+        sid = batch["calib_sample_id"]
+        b_idx, t_idx = (sid >= 0).nonzero(as_tuple=True)
+        ids, k = sid[b_idx, t_idx], batch["calib_num_options"][b_idx, t_idx]
+        with torch.no_grad():
+            _, outputs = tr.compute_loss(tr.model, dict(batch), return_outputs=True)
+            logits = outputs.logits[b_idx, t_idx][:, letters]
+        p = exact[[ds_ids.index(int(i)) for i in ids]]
+        q = first.extra["bin_target"].float()[assign_bins(p.max(1).values, 4)]
+        q = torch.where(torch.isnan(q), p.max(1).values, q)
+        is_live = torch.isnan(first.lookup(ids)).any(1, keepdim=True)
+        n_live += int(is_live.sum())
+        want = torch.where(is_live, build_targets(p, q, num_options=k), first.lookup(ids))
+        torch.testing.assert_close(tr._calib_parts[-1][1], ece_loss(logits, want, k, kind=tr.calib.settings.calib_ece_loss),
+                                   atol=1e-5, rtol=1e-4)
+    assert n_live == 5
+    tr._calib_parts.clear()
+    tr.calib.online.clear()
+    tr.calib.em_state = None
+    calls.clear()
+    tr.train()
+    hook.remove()
+    assert [h["calib/estep_online"] for h in cb.history] == [0, 1]
+    assert cb.history[0]["calib/n"] == 4 and cb.history[0]["calib/live_targets"] == 5
+    assert "calib/live_targets" not in cb.history[1] and cb.history[1]["calib/n"] == 9
+    # first E-step: ceil(4 prompts / batch 3) = 2 forwards, not ceil(9 / 3) = 3; then one forward per training step
+    assert len(calls) == 2 + tr.state.global_step
+    golds = [r["calib_answer_idx"][int(np.nonzero(np.asarray(r["calib_sample_id"]) >= 0)[0][0])] for r in ds]
+    full = EMState.from_estep(torch.tensor(ds_ids), exact, torch.tensor(golds), torch.tensor([len(r["choices"]) for r in rows]),
+                              n_bins=4)
+    second = states[-1]
+    assert torch.equal(second.bin_count, full.bin_count)
+    torch.testing.assert_close(second.targets, full.targets, atol=2e-6, rtol=0)

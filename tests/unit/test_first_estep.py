@@ -1,0 +1,139 @@
+"""The subsampled first E-step (``calib_first_estep_fraction`` < 1): which prompts it measures, the M-step on the
+measured rows only, the live targets of the others in epoch 0 (hand-computed) and the state file. A real in-process
+training run of the path is in test_trainer.py (``test_online_run_measures_a_fraction_first...``)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_mcq_rows
+
+
+# ----------------------------------------------------------------------------- which prompts are measured
+def test_first_estep_entries_picks_whole_prompts_deterministically():
+    from axolotl_calib_plugin.train.estep import first_estep_entries
+
+    sid = np.array([5, 3, 5, 9, 1, 3, 7, 8, 2, 0, 4, 6])  # 10 distinct prompts, 5 and 3 twice (packed duplicates)
+    a = first_estep_entries(sid, 0.25, seed=1)
+    assert np.array_equal(a, first_estep_entries(sid, 0.25, seed=1))  # every rank picks the same
+    chosen = set(sid[a].tolist())
+    assert len(chosen) == math.ceil(0.25 * 10) == 3
+    assert set(a.tolist()) == {i for i, s in enumerate(sid) if s in chosen}  # every row of a chosen prompt
+    assert np.all(np.diff(a) > 0)
+    picks = {tuple(sorted(set(sid[first_estep_entries(sid, 0.25, seed=s)].tolist()))) for s in range(20)}
+    assert len(picks) > 5  # the seed decides
+    assert len(first_estep_entries(sid, 1e-9, seed=0)) >= 1  # at least one prompt
+    assert np.array_equal(first_estep_entries(sid, 1.0, seed=0), np.arange(12))
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="calib_first_estep_fraction"):
+            first_estep_entries(sid, bad, seed=0)
+
+
+def test_fraction_default_follows_the_estep_and_bad_values_are_refused():
+    from pydantic import ValidationError
+
+    from axolotl_calib_plugin.train.args import ONLINE_FIRST_ESTEP_FRACTION, CalibrationArgs
+
+    assert CalibrationArgs.from_cfg({"calib_mode": "cft"}).first_estep_fraction == 1.0
+    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_estep": "online"}).first_estep_fraction \
+        == ONLINE_FIRST_ESTEP_FRACTION == 0.1
+    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_estep": "online",
+                                     "calib_first_estep_fraction": 1}).first_estep_fraction == 1.0
+    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": 0.3}).first_estep_fraction == 0.3
+    for bad in (0, -0.5, 1.01, float("nan"), "all"):
+        with pytest.raises(ValidationError, match="calib_first_estep_fraction"):
+            CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": bad})
+
+
+# ----------------------------------------------------------------------------- the M-step on measured rows
+def _nan_rows(probs, measured):
+    p = probs.clone()
+    p[~measured] = float("nan")
+    return p
+
+
+def test_em_step_uses_measured_rows_only_and_leaves_nan_targets():
+    from axolotl_calib_plugin.train.em import EMState
+
+    probs = torch.tensor([[0.95, 0.05, 0.0], [0.7, 0.2, 0.1], [0.1, 0.85, 0.05], [0.6, 0.4, 0.0], [0.5, 0.3, 0.2]])
+    labels = torch.tensor([0, 1, 1, 1, 0])
+    k = torch.tensor([2, 3, 3, 2, 3])
+    ids = torch.tensor([10, 11, 12, 13, 11])  # id 11 twice: its second row measured, its first not
+    measured = torch.tensor([True, False, True, False, True])
+    st = EMState.from_estep(ids, _nan_rows(probs, measured), labels, k, n_bins=4)
+    # bins of the measured rows: 0.95 -> bin 3 (hit), 0.85 -> bin 3 (hit), 0.5 -> bin 1 (hit)
+    assert st.bin_count.tolist() == [0, 1, 0, 2]
+    assert st.bin_accuracy[3].item() == 1.0 and st.bin_accuracy[1].item() == 1.0
+    assert st.sample_ids.tolist() == [10, 11, 12, 13]
+    assert torch.isnan(st.targets[3]).all()  # 13 unmeasured: live in epoch 0
+    assert torch.isfinite(st.targets[:3]).all()  # 11 takes its measured row's target
+    torch.testing.assert_close(st.targets[1], torch.tensor([1.0, 0.0, 0.0]))  # argmax 0 gets q=1 (bin 1)
+    assert st.has_live and st.summary()["calib/n"] == 3
+    with pytest.raises(ValueError, match="measured no training sample"):
+        EMState.from_estep(ids, torch.full((5, 3), float("nan")), labels, k, n_bins=4)
+
+
+def test_fill_live_applies_the_bin_rule_to_live_probabilities_by_hand():
+    from axolotl_calib_plugin.train.em import EMState
+
+    probs = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.8, 0.1, 0.1, 0.0], [0.3, 0.3, 0.4, 0.0], [0.65, 0.35, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 1])
+    k = torch.tensor([2, 3, 3, 2])
+    # measured: rows 0, 1, 2 -> bin 3 (0.9: hit, 0.8: miss => q=0.5), bin 1 (0.4: hit => q=1); bin 2 empty
+    st = EMState.from_estep(torch.arange(4), _nan_rows(probs, torch.tensor([1, 1, 1, 0]).bool()), labels, k, n_bins=4)
+    assert st.bin_count.tolist() == [0, 1, 0, 2]
+    live_probs = torch.tensor([[0.2, 0.8, 0.0, 0.0],   # bin 3: q=0.5 -> [0.5, 0.5]
+                               [0.1, 0.3, 0.6, 0.0],   # bin 2: no measured prompt -> its own probabilities
+                               [0.45, 0.35, 0.2, 0.0],  # bin 1: q=1 -> [1, 0, 0]
+                               [0.7, 0.2, 0.1, 0.0]])  # a measured row: its fixed target is kept
+    fixed = st.lookup(torch.tensor([3, 3, 3, 0]))
+    assert torch.isnan(fixed[:3]).all()
+    out = st.fill_live(fixed, live_probs, torch.tensor([2, 3, 3, 3]))
+    expected = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.1, 0.3, 0.6, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(out[:3], expected)
+    torch.testing.assert_close(out[3], st.targets[0])
+
+
+def test_fill_live_proportional_split_and_temperature_rule():
+    from axolotl_calib_plugin.train.em import EMState, temperature_targets
+
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.5, 0.25, 0.25]])
+    labels = torch.tensor([0, 1, 0])
+    k = torch.tensor([3, 3, 3])
+    st = EMState.from_estep(torch.arange(3), _nan_rows(probs, torch.tensor([1, 0, 1]).bool()), labels, k, n_bins=2)
+    # bin 1 (0.5, 1]: rows 0 (hit) and 2 (0.5 is in bin 0: (0, 0.5]) -> bin 1 has row 0 only, q = 1; bin 0: row 2, q=1
+    live = torch.tensor([[0.2, 0.6, 0.2]])
+    out = st.fill_live(torch.full((1, 3), float("nan")), live, torch.tensor([3]))
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0]]))
+    st.extra["bin_target"] = torch.tensor([0.5, 0.7], dtype=torch.float64)  # proportional: 0.3 split 1:1
+    out = st.fill_live(torch.full((1, 3), float("nan")), live, torch.tensor([3]))
+    torch.testing.assert_close(out, torch.tensor([[0.15, 0.7, 0.15]]))
+    st.extra["target_rule"] = {"split": "proportional", "targets": "temperature"}
+    st.extra["temperature"] = torch.tensor(2.0, dtype=torch.float64)
+    out = st.fill_live(torch.full((1, 3), float("nan")), live, torch.tensor([3]))
+    torch.testing.assert_close(out, temperature_targets(live, 2.0, torch.tensor([3])).float())
+
+
+def test_state_with_live_rows_round_trips_and_a_partial_nan_row_is_refused(tmp_path):
+    from axolotl_calib_plugin.train.em import CalibStateError, EMState
+
+    probs = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6]])
+    st = EMState.from_estep(torch.arange(3), _nan_rows(probs, torch.tensor([1, 0, 1]).bool()), torch.tensor([0, 0, 1]),
+                            torch.tensor([2, 2, 2]), n_bins=5)
+    st.save(tmp_path / "s.pt")
+    back = EMState.load(tmp_path / "s.pt")
+    assert back.has_live and torch.equal(back.targets.isnan(), st.targets.isnan())
+    assert back.extra["target_rule"] == {"split": "proportional", "targets": "bin"}
+    d = st.to_dict()
+    d["targets"] = d["targets"].clone()
+    d["targets"][0, 1] = float("nan")  # half a row: corruption, not an unmeasured prompt
+    torch.save(d, tmp_path / "bad.pt")
+    with pytest.raises(CalibStateError, match="outside"):
+        EMState.load(tmp_path / "bad.pt")
+    d = st.to_dict()
+    del d["extra"]["bin_target"]
+    torch.save(d, tmp_path / "norule.pt")
+    with pytest.raises(CalibStateError, match="no bin accuracies"):
+        EMState.load(tmp_path / "norule.pt")
