@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 # physical cores, 1 on a 2-vCPU runner)
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo study study-heldout study-alignment test bench bench-gpu clean
+.PHONY: install demo study study-heldout study-alignment study-online test bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -51,6 +51,8 @@ study-heldout: $(STAMP)
 
 study-alignment: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study alignment --output-dir $(STUDY_OUT) --summary-dir study
+study-online: $(STAMP)
+	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study online --output-dir $(STUDY_OUT) --summary-dir study
 
 # Whole files per worker (a file's tests share its trained runs), in collection order (tests/conftest.py puts the
 # slowest files first).

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from . import report
 from .pipeline import ARMS, DEFAULT_LAMBDA, FULL, DemoSettings, Plan, calib_name, run_seed
-from . import alignment_study, heldout_study
+from . import alignment_study, heldout_study, online_study
 from .stats import mean_ci, paired_difference, verdict
 
 #: the study's runs per seed: both arms; CFT and RCFT over the lambda sweep in the aligned arm (0 and 1
@@ -352,8 +352,9 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
     """Run (or resume) every seed, then write ``study.json``, ``study.md`` and ``lambda_curve.png`` into
     ``summary_dir`` (default ``out``); ``kind="heldout"``: the held-out M-step study of
     :mod:`.heldout_study` (its plan, ``heldout.json``, ``heldout.md``, ``heldout_deltas.png``);
-    ``kind="alignment"``: the aligned arm with the preference domain, :mod:`.alignment_study`."""
-    studies = {"heldout": heldout_study, "alignment": alignment_study}
+    ``kind="alignment"``: the aligned arm with the preference domain, :mod:`.alignment_study`; ``kind="online"``: the
+    online E-step against the exact one, :mod:`.online_study`."""
+    studies = {"heldout": heldout_study, "alignment": alignment_study, "online": online_study}
     if kind in studies and plan is STUDY_PLAN:
         plan = studies[kind].PLAN
     import platform
