@@ -6,7 +6,8 @@ trainer classes and callback the plugin installs (``CalibrationPlugin.add_callba
 
 * ``sft``:     the stock ``AxolotlTrainer`` on the same rows without the calib_* columns (no plugin);
 * ``exact``:   ``calib_estep: exact`` (Algorithm 1: an E-step forward over every training prompt each epoch);
-* ``online``:  ``calib_estep: online`` (the first refresh exact, later ones reuse the training forwards);
+* ``online``:  ``calib_estep: online`` at its defaults (the first E-step over 10 % of the prompts, live targets for
+  the others in epoch 0; later refreshes reuse the training forwards);
 * ``heldout``: online + ``calib_bin_accuracy: heldout`` on held-out rows (a quarter of the training rows' count)
   with no evaluation in the run, so each refresh also runs a forward over the held-out rows (the worst case:
   with ``eval_strategy: epoch`` a refresh reuses the evaluation's forwards).

@@ -39,8 +39,10 @@ def seeds_needed(mu: float, sd: float, margin: float, power: float = 0.8, reps: 
         return 2 if abs(mu) <= margin else None
     rng = np.random.default_rng(seed)
     for n in range(2, max_n + 1):
-        x = rng.normal(mu, sd, size=(reps, n))
-        m, s = x.mean(axis=1), x.std(axis=1, ddof=1)
+        # a study's mean and sd of n normal differences, drawn from their exact distributions (independent:
+        # mean ~ N(mu, sd^2/n), s^2 ~ sd^2 chi2(n-1)/(n-1)) instead of n draws each
+        m = rng.normal(mu, sd / math.sqrt(n), size=reps)
+        s = sd * np.sqrt(rng.chisquare(n - 1, size=reps) / (n - 1))
         half = stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)
         if np.mean((m - half >= -margin) & (m + half <= margin)) >= power:
             return n

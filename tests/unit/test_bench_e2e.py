@@ -79,7 +79,7 @@ def test_online_vs_exact_seeds_needed_grows_with_the_spread_and_names_a_missing_
     path = tmp_path / "study.json"
     path.write_text(json.dumps({"per_seed": {"0": {"rows": {"aligned.cft": {}}}}}))
     assert mod.main(["--study", str(path)]) == 1
-    assert "no run 'aligned.cft_online' for seed 0" in capsys.readouterr().err
+    assert "seed 0 has no run 'aligned.cft_online'" in capsys.readouterr().err
 
 
 @pytest.fixture(autouse=True)
