@@ -206,11 +206,13 @@ def heldout_report(s: Setup, reps: int, epoch_times: list) -> dict:
 def estep_floor_report(s: Setup, reps: int) -> float:
     """(b') Is the exact E-step at its floor? The same prompts (cut at t*, length-sorted, batched as run_estep does),
     pre-built, through a bare ``inference_mode`` forward with ``logits_to_keep=1`` and nothing else, timed in the same
-    rounds as the E-step and a training epoch. The first refresh of every run is an exact E-step; issue 25 asks it to
-    cost <= 0.05 of an epoch (verdict printed here)."""
+    rounds as the E-step and a training epoch. Also timed there: the first E-step of an online run at its defaults,
+    ``run_estep`` over ``calib_first_estep_fraction`` = 0.1 of the prompts; issue 25 asks the first E-step to cost
+    <= 0.05 of an epoch (verdict printed here). Returns (first E-step at the online default, exact E-step) / epoch."""
     import numpy as np
 
-    from axolotl_calib_plugin.train.estep import run_estep
+    from axolotl_calib_plugin.train.args import ONLINE_FIRST_ESTEP_FRACTION
+    from axolotl_calib_plugin.train.estep import first_estep_entries, run_estep
 
     d, bs = s.estep_data, s.settings.calib_estep_batch_size
     order = np.argsort(d.pos, kind="stable")
@@ -230,11 +232,19 @@ def estep_floor_report(s: Setup, reps: int) -> float:
                   pad_id=int(s.tok.pad_token_id), show_progress=False)
         s.model.train()
 
+    sub = d.subset(first_estep_entries(d.sample_id, ONLINE_FIRST_ESTEP_FRACTION, seed=0))
+
+    def first():
+        s.model.eval()
+        run_estep(s.model, sub, list(s.calib_trainer.calib.option_ids), batch_size=bs, device=s.device,
+                  pad_id=int(s.tok.pad_token_id), show_progress=False)
+        s.model.train()
+
     def epoch():
         for b in s.calib_batches:
             step(s, s.calib_trainer, b)
 
-    fns = {"epoch": epoch, "estep": exact, "bare": bare}
+    fns = {"epoch": epoch, "estep": exact, "bare": bare, "first": first}
     times = {k: [] for k in fns}
     bare(); exact()  # noqa: E702  (warm-up)
     for r in range(reps):
@@ -247,6 +257,7 @@ def estep_floor_report(s: Setup, reps: int) -> float:
     e_over_epoch = med(a / b for a, b in zip(times["estep"], times["epoch"]))
     bare_over_epoch = med(a / b for a, b in zip(times["bare"], times["epoch"]))
     e_over_bare = med(a / b for a, b in zip(times["estep"], times["bare"]))
+    first_over_epoch = med(a / b for a, b in zip(times["first"], times["epoch"]))
     print(f"\n(b') The exact E-step against its floor: the same {len(d)} prompts, pre-built and batched alike "
           f"({len(prompts)} batches), through a bare inference_mode forward (logits_to_keep=1, nothing else); "
           f"{reps} rounds of epoch / E-step / bare forward (order alternating)")
@@ -254,9 +265,12 @@ def estep_floor_report(s: Setup, reps: int) -> float:
           f"bare forward {med(times['bare']) * 1e3:.0f} ms")
     print(f"   run_estep / bare forward {e_over_bare:.3f}x (the E-step's own overhead: batching, gather, softmax); "
           f"bare forward / epoch {bare_over_epoch:.3f}x (the floor of any exact E-step on this model and data)")
-    print(f"   first E-step of a run (exact) / epoch: {e_over_epoch:.3f}x   target <= 0.05x (issue 25): "
-          f"{'PASS' if e_over_epoch <= 0.05 else 'FAIL'}")
-    return e_over_epoch
+    print(f"   exact E-step (every refresh of calib_estep: exact; the first with calib_first_estep_fraction: 1) / epoch: "
+          f"{e_over_epoch:.3f}x (reported)")
+    print(f"   first E-step of an online run (calib_first_estep_fraction {ONLINE_FIRST_ESTEP_FRACTION}: {len(sub)} of "
+          f"{len(d)} prompts) / epoch: {first_over_epoch:.3f}x   target <= 0.05x (issue 25): "
+          f"{'PASS' if first_over_epoch <= 0.05 else 'FAIL'}")
+    return first_over_epoch, e_over_epoch
 
 
 def step(s: Setup, trainer, batch) -> None:
@@ -272,10 +286,12 @@ def sync(s: Setup) -> None:
 
 
 # ----------------------------------------------------------------------------- online E-step
-def online_report(s: Setup, reps: int, exact_epochs: list, exact_refreshes: list) -> tuple[float, dict]:
+def online_report(s: Setup, reps: int, exact_epochs: list, exact_refreshes: list, first_per_epoch: float
+                  ) -> tuple[float, dict]:
     """(e) ``calib_estep: online``: its refresh (gather the record + M-step, no forward) vs the epoch whose
     training forwards filled the record, through the real callback; then the total training time of an
-    online run (one exact E-step first, then E epochs with recording and E-1 online refreshes) vs plain SFT."""
+    online run (its first E-step over a tenth of the prompts, ``first_per_epoch`` of a calibration epoch from (b'),
+    then E epochs with recording and E-1 online refreshes) vs plain SFT."""
     from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
     from axolotl_calib_plugin.train.online import OnlineRecord
 
@@ -320,13 +336,14 @@ def online_report(s: Setup, reps: int, exact_epochs: list, exact_refreshes: list
     q = med(e / p for e, p in zip(t_epoch, t_plain))
     r_online = med(x / p for x, p in zip(t_refresh, t_plain))
     r_exact = med(x / e for x, e in zip(exact_refreshes, exact_epochs)) * q
+    r_first = first_per_epoch * q
     print(f"   per plain SFT epoch (medians of within-round ratios): online epoch {q:.3f}x, online refresh "
-          f"{r_online:.4f}x, exact E-step {r_exact:.3f}x (from (b))")
-    print("   total training time vs plain SFT, COMPUTED from the parts: online = (one exact E-step + E online epochs + (E-1) online refreshes) "
-          "/ E plain epochs; exact = E x (exact E-step + epoch) / E plain epochs")
+          f"{r_online:.4f}x, exact E-step {r_exact:.3f}x (from (b)), online first E-step {r_first:.3f}x (from (b'))")
+    print("   total training time vs plain SFT, COMPUTED from the parts: online = (its first E-step + E online epochs + "
+          "(E-1) online refreshes) / E plain epochs; exact = E x (exact E-step + epoch) / E plain epochs")
     totals = {}
-    for e in (2, 5, 10):
-        totals[e] = (r_exact + e * q + (e - 1) * r_online) / e
+    for e in (1, 2, 5, 10):
+        totals[e] = (r_first + e * q + (e - 1) * r_online) / e
         print(f"   {e:2d} epochs: online {totals[e]:.3f}x plain SFT (computed; the measured totals and their "
               f"verdicts are bench_e2e.py's); exact E-step every epoch {r_exact + q:.3f}x")
     return ratio, totals
@@ -574,10 +591,10 @@ def main(argv=None) -> int:
     EStepData(s.dataset)
     print(f"   (not included above: EStepData(train_dataset), built once per run and cached: "
           f"{(time.perf_counter() - t1) * 1e3:.1f} ms)")
-    ratio_first = estep_floor_report(s, reps)
+    ratio_first, ratio_exact_first = estep_floor_report(s, reps)
 
     # (e) the online E-step ---------------------------------------------------------------------------
-    ratio_online, totals = online_report(s, reps, te, tr_)
+    ratio_online, totals = online_report(s, reps, te, tr_, ratio_first)
     # (f) the held-out M-step variants ------------------------------------------------------------------
     heldout_report(s, reps, te)
 
@@ -588,7 +605,8 @@ def main(argv=None) -> int:
         head_report(args)
 
     print(f"\n summary: step ratio {ratio_a:.3f}x (target <= 1.05), exact E-step/epoch {ratio_b:.3f}x (target <= 0.40), "
-          f"first (exact) E-step/epoch {ratio_first:.3f}x (target <= 0.05), online E-step/epoch {ratio_online:.4f}x "
+          f"first E-step of an online run/epoch {ratio_first:.3f}x (target <= 0.05; exact {ratio_exact_first:.3f}x), "
+          f"online E-step/epoch {ratio_online:.4f}x "
           "(target <= 0.02), total training time online vs plain SFT computed from the parts "
           + ", ".join(f"{e} epochs {r:.3f}x" for e, r in totals.items()) + " (measured: bench_e2e.py)")
     return 0

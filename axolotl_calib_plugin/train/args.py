@@ -273,6 +273,14 @@ class CalibrationArgs(BaseModel):
             return value
         raise ValueError(f"calib_refresh must be 'epoch' or a positive integer number of optimizer steps, got {value!r}")
 
+    @field_validator("calib_first_estep_fraction", mode="before")
+    @classmethod
+    def _check_fraction(cls, value):
+        if isinstance(value, bool):  # YAML `true` would read as 1.0: say what the key wants instead
+            raise ValueError(f"calib_first_estep_fraction is a number in (0, 1] (the share of prompts the first E-step "
+                             f"measures; 1 = all), got {value!r}")
+        return value
+
     @field_validator("calib_option_letters", mode="before")
     @classmethod
     def _check_letters(cls, value):

@@ -42,7 +42,9 @@ def test_fraction_default_follows_the_estep_and_bad_values_are_refused():
     assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_estep": "online",
                                      "calib_first_estep_fraction": 1}).first_estep_fraction == 1.0
     assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": 0.3}).first_estep_fraction == 0.3
-    for bad in (0, -0.5, 1.01, float("nan"), "all"):
+    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": "0.25"}).first_estep_fraction \
+        == 0.25  # a YAML number written as text, as for every numeric key
+    for bad in (0, -0.5, 1.01, float("nan"), "all", True, "10%"):
         with pytest.raises(ValidationError, match="calib_first_estep_fraction"):
             CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": bad})
 
