@@ -34,7 +34,7 @@ class StepFailed(RuntimeError):
 _RESULT_NEUTRAL = ("cli.py", os.path.join("eval", "plots.py"), os.path.join("eval", "compare.py"),
                    os.path.join("demo", "report.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
                    os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"),
-                   os.path.join("demo", "alignment_study.py"))
+                   os.path.join("demo", "alignment_study.py"), os.path.join("demo", "online_study.py"))
 _PKG = os.path.dirname(os.path.abspath(__file__))
 
 

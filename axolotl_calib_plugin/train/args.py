@@ -180,11 +180,12 @@ class CalibrationArgs(BaseModel):
         allow_inf_nan=False,
         json_schema_extra={
             "description": "Fraction of the training prompts the first E-step (before step 1) runs its forward over. 1: "
-            "every prompt (Algorithm 1). Below 1: a random subset (seeded by `seed`) measures each bin's accuracy (and "
-            "the held-out fit); every other prompt's epoch-0 target comes from its live option probabilities in its "
-            "training step, binned and targeted by the same M-step rule; the next refresh measures every prompt. Unset: "
-            "1 with calib_estep: exact, 0.1 with calib_estep: online (the first E-step then costs ~0.03 of an epoch "
-            "instead of ~0.3)."
+            "every prompt (Algorithm 1). Below 1: a random subset (seeded by `seed`) gets fixed targets; every other "
+            "prompt's epoch-0 target comes from its live option probabilities at its training step, binned by its live "
+            "confidence, with each bin's accuracy from running statistics of the training forwards (started from the "
+            "measured subset); the next refresh measures every prompt. Needs calib_bin_accuracy: train and "
+            "calib_targets: bin. Unset: 0.1 with calib_estep: online and those two, else 1 (a first E-step then costs "
+            "~0.03 of an epoch instead of ~0.3)."
         },
     )
     calib_eval_plots: bool = Field(
@@ -308,6 +309,7 @@ class CalibrationArgs(BaseModel):
         _expand_presets(data)
         _check_incompatible(data)
         _resolve_bin_accuracy(data)
+        _check_first_estep(data)
         _check_heldout_source(data)
         _check_eval_report(data)
         _check_local_data_files(data)
@@ -329,13 +331,6 @@ class CalibrationArgs(BaseModel):
         data.pop("train_on_inputs", None)
         _resolve_bin_accuracy(data, split_source=cfg)
         return cls(**data)
-
-    @property
-    def first_estep_fraction(self) -> float:
-        """``calib_first_estep_fraction`` resolved: unset means 1 (exact) or, with ``calib_estep: online``, 0.1."""
-        if self.calib_first_estep_fraction is not None:
-            return float(self.calib_first_estep_fraction)
-        return ONLINE_FIRST_ESTEP_FRACTION if self.calib_estep == "online" else 1.0
 
     @property
     def train_on_inputs(self) -> bool:
@@ -530,6 +525,22 @@ def _resolve_bin_accuracy(data: dict, split_source: Mapping | None = None) -> No
         return
     has_val, calib_tests, _ = _eval_split(split_source if split_source is not None else data)
     data["calib_bin_accuracy"] = "heldout" if (has_val or calib_tests) else "train"
+
+
+def _check_first_estep(data: dict) -> None:
+    """A subsampled first E-step gives live targets from training-row statistics: refuse it with held-out targets."""
+    fraction = data.get("calib_first_estep_fraction")
+    if fraction is None or isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction >= 1:
+        return
+    wants = [f"{k}: {data.get(k)}" for k, plain in (("calib_bin_accuracy", "train"), ("calib_targets", "bin"))
+             if data.get(k) not in (None, plain)]
+    if wants:
+        raise ValueError(
+            f"calib_first_estep_fraction: {fraction} gives the prompts the first E-step leaves out live targets from the "
+            f"training forwards' own bin statistics, which {' and '.join(wants)} replace by held-out ones: remove "
+            "calib_first_estep_fraction (held-out variants measure every prompt first) or set calib_bin_accuracy: train "
+            "and calib_targets: bin."
+        )
 
 
 def _check_heldout_source(data: dict) -> None:

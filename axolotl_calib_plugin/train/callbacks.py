@@ -86,7 +86,7 @@ class EMRefreshCallback(TrainerCallback):
     def _measured_probs(self, prev: Optional[EMState], state) -> torch.Tensor:
         """The exact E-step, or, for the first refresh of a run with ``calib_first_estep_fraction`` < 1, the exact
         E-step over that fraction of the prompts and NaN rows for the rest (their epoch-0 targets are live)."""
-        fraction = self.settings.first_estep_fraction
+        fraction = self.calib.first_estep_fraction(getattr(self.trainer, "eval_dataset", None))
         data = self._estep_data()
         if prev is not None or fraction >= 1.0 or int(state.global_step) > 0:
             return self._exact_probs()

@@ -73,6 +73,20 @@ class CalibrationContext:
         """True when the M-step reads held-out rows (held-out bin accuracies or temperature targets)."""
         return self.bin_accuracy(eval_dataset) == "heldout" or self.settings.calib_targets == "temperature"
 
+    def first_estep_fraction(self, eval_dataset=None) -> float:
+        """``calib_first_estep_fraction`` as the first refresh uses it. Unset: 0.1 for an online run whose targets come
+        from training-row bins (live targets need their running statistics), else 1 (every prompt measured)."""
+        from .args import ONLINE_FIRST_ESTEP_FRACTION
+
+        value = self.settings.calib_first_estep_fraction
+        plain = self.bin_accuracy(eval_dataset) == "train" and self.settings.calib_targets == "bin"
+        if value is None:
+            return ONLINE_FIRST_ESTEP_FRACTION if (self.settings.calib_estep == "online" and plain) else 1.0
+        if value < 1.0 and not plain:
+            raise ValueError(f"calib_first_estep_fraction: {value} needs calib_bin_accuracy: train and calib_targets: bin "
+                             "(held-out variants measure every prompt first); remove it or use training-row bins")
+        return float(value)
+
     def __post_init__(self):
         if self.online is None and self.settings.calib_estep == "online":
             self.online = OnlineRecord()

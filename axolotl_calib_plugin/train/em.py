@@ -52,6 +52,8 @@ _PAD_GAP = 1e4
 STATE_FILE = "calib_state.pt"
 #: ``EMState.extra`` key: the M-step rule of the refresh (split, target kind), which :meth:`EMState.fill_live` reuses
 RULE_EXTRA = "target_rule"
+#: ``EMState.extra`` keys of the live targets' running per-bin statistics and how many positions they span
+LIVE_COUNT, LIVE_HITS, LIVE_WINDOW = "live_bin_count", "live_bin_hits", "live_window"
 _STATE_VERSION = 2
 #: versions :meth:`EMState.load` reads (1 = before the ``extra`` section existed)
 _READABLE_VERSIONS = (1, 2)
@@ -362,6 +364,13 @@ class EMState:
                                             bin_accuracy=bin_accuracy, targets_kind=targets_kind, prior=prior,
                                             return_info=True)
         info[RULE_EXTRA] = {"split": split, "targets": targets_kind}
+        if bool(torch.isnan(targets).any()):  # some prompts unmeasured: their live targets start from these statistics
+            if targets_kind != "bin" or bin_accuracy != "train":
+                raise ValueError("live targets (calib_first_estep_fraction < 1) need calib_bin_accuracy: train and "
+                                 f"calib_targets: bin, got {bin_accuracy} / {targets_kind}")
+            info[LIVE_COUNT] = stats.count.to(torch.float64)
+            info[LIVE_HITS] = stats.count.to(torch.float64) * torch.nan_to_num(stats.accuracy, nan=0.0)
+            info[LIVE_WINDOW] = torch.tensor(float(stats.count.sum()), dtype=torch.float64)
         return cls(sample_ids=ids, targets=targets, bin_count=stats.count, bin_accuracy=stats.accuracy,
                    bin_confidence=stats.confidence, refresh_count=int(refresh_count),
                    epoch_refreshed=int(epoch_refreshed), global_step=int(global_step), extra=info)
@@ -382,26 +391,36 @@ class EMState:
             cached = self._device_cache["has_live"] = bool(torch.isnan(self.targets).any())
         return cached
 
-    def fill_live(self, targets: torch.Tensor, probs: torch.Tensor, num_options: torch.Tensor) -> torch.Tensor:
-        """``targets`` (P, Kmax) with every NaN row (a prompt the first E-step did not measure) replaced by this
-        refresh's M-step rule applied to ``probs``, the live (detached) option probabilities of those prompts:
-        bin targets take q of the bin of the live confidence (``build_targets``, same split), temperature targets
-        softmax(log pi / T). A live confidence in a bin no measured prompt reached has no q: its target is its own
-        probabilities (no ECE gradient). Rows without NaN are returned as they are."""
+    def fill_live(self, targets: torch.Tensor, probs: torch.Tensor, num_options: torch.Tensor,
+                  labels: torch.Tensor) -> torch.Tensor:
+        """``targets`` (P, Kmax) with every NaN row (a prompt the first E-step did not measure) replaced by the bin
+        rule applied to ``probs``, the live (detached) option probabilities of the batch: its argmax gets q of the
+        bin of its live confidence, the rest split as the refresh's ``split`` (``build_targets``); a bin with no
+        statistics yet gives the prompt its own probabilities (no ECE gradient). Rows without NaN stay as they are.
+
+        q comes from running statistics of the model as it trains, not from the first E-step's model: q measured
+        under the starting model and applied to the confidence of a model already partly calibrated over-corrects
+        (we measured under-confidence, mean confidence ~0.03 below accuracy). They start as the measured prompts'
+        per-bin counts and hits; then every call adds this batch's (bin, hit) pairs, ``labels`` the gold option of
+        each row, and forgets in proportion, so the statistics span about as many answer positions as the first
+        E-step measured. Kept in ``extra`` (saved with checkpoints); one host transfer of P values per step."""
         live = torch.isnan(targets).any(dim=1, keepdim=True)
         p = probs.detach().to(torch.float32)
         if p.shape[1] < targets.shape[1]:
             p = torch.nn.functional.pad(p, (0, targets.shape[1] - p.shape[1]))
         p = p[:, : targets.shape[1]]
+        conf, top = p.max(dim=1)
+        bins = assign_bins(conf.cpu(), self.n_bins)  # the metrics core bins on the host
+        count, hits = self.extra[LIVE_COUNT], self.extra[LIVE_HITS]
+        q_bins = torch.where(count > 0, hits / count.clamp(min=1e-300), torch.full_like(count, float("nan")))
+        q = q_bins[bins].to(device=p.device, dtype=torch.float32)
+        q = torch.where(torch.isnan(q), conf, q)
         rule = self.extra.get(RULE_EXTRA) or {}
-        if rule.get("targets") == "temperature":
-            rule_targets = temperature_targets(p, float(self.extra["temperature"]), num_options).to(torch.float32)
-        else:
-            q_bins = self.extra.get("bin_target", self.bin_accuracy).to(device=p.device, dtype=torch.float32)
-            conf = p.max(dim=1).values
-            q = q_bins[assign_bins(conf.cpu(), self.n_bins).to(p.device)]  # the metrics core bins on the host
-            q = torch.where(torch.isnan(q), conf, q)  # an unmeasured bin: the target keeps the prompt's confidence
-            rule_targets = build_targets(p, q, split=rule.get("split", "proportional"), num_options=num_options)
+        rule_targets = build_targets(p, q, split=rule.get("split", "proportional"), num_options=num_options)
+        hit = (top.cpu() == labels.detach().cpu().to(torch.int64)).to(torch.float64)
+        keep = max(0.0, 1.0 - bins.numel() / max(float(self.extra[LIVE_WINDOW]), 1.0))
+        self.extra[LIVE_COUNT] = count * keep + torch.bincount(bins, minlength=self.n_bins).to(torch.float64)
+        self.extra[LIVE_HITS] = hits * keep + torch.bincount(bins, weights=hit, minlength=self.n_bins)
         return torch.where(live, rule_targets.to(targets.dtype), targets)
 
     def lookup(self, sample_ids: torch.Tensor, *, strict: bool = True):
@@ -551,8 +570,8 @@ def _state_problem(d) -> Optional[str]:
     rest = targets[~unmeasured]
     if not bool(torch.isfinite(rest).all()) or bool((rest < 0).any()) or bool((rest > 1).any()):
         return "targets contain values outside [0, 1] or NaN"
-    if bool(unmeasured.any()) and "bin_target" not in (d.get("extra") or {}):
-        return "targets of unmeasured prompts are NaN but the state holds no bin accuracies to target them with"
+    if bool(unmeasured.any()) and not all(k in (d.get("extra") or {}) for k in (LIVE_COUNT, LIVE_HITS, LIVE_WINDOW)):
+        return "targets of unmeasured prompts are NaN but the state holds no running bin statistics to target them with"
     m = d["bin_count"].numel()
     if d["bin_accuracy"].numel() != m or d["bin_confidence"].numel() != m or m < 2:
         return "the bin statistics have inconsistent lengths"

@@ -181,7 +181,7 @@ class AxolotlCalibTrainer(AxolotlTrainer):
                 targets = em_state.lookup(ids)
                 if em_state.has_live:  # epoch 0 after a subsampled first E-step: unmeasured prompts target live
                     check_finite(logits)
-                    targets = em_state.fill_live(targets, option_probs(logits.detach(), k), k)
+                    targets = em_state.fill_live(targets, option_probs(logits.detach(), k), k, answer_idx[b_idx, t_idx])
                 ece = ece_loss(logits, targets, k, kind=calib.settings.calib_ece_loss)
                 loss = sft_loss + calib.lam * ece
             if record or held_out:

@@ -31,22 +31,41 @@ def test_first_estep_entries_picks_whole_prompts_deterministically():
             first_estep_entries(sid, bad, seed=0)
 
 
-def test_fraction_default_follows_the_estep_and_bad_values_are_refused():
+def _context(**cfg):
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.context import CalibrationContext
+
+    return CalibrationContext(settings=CalibrationArgs.from_cfg({"calib_mode": "cft", **cfg}), option_ids=(1, 2))
+
+
+def test_fraction_default_follows_the_estep_and_the_targets_and_bad_values_are_refused():
     from pydantic import ValidationError
 
-    from axolotl_calib_plugin.train.args import ONLINE_FIRST_ESTEP_FRACTION, CalibrationArgs
+    from axolotl_calib_plugin.train.args import ONLINE_FIRST_ESTEP_FRACTION
 
-    assert CalibrationArgs.from_cfg({"calib_mode": "cft"}).first_estep_fraction == 1.0
-    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_estep": "online"}).first_estep_fraction \
-        == ONLINE_FIRST_ESTEP_FRACTION == 0.1
-    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_estep": "online",
-                                     "calib_first_estep_fraction": 1}).first_estep_fraction == 1.0
-    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": 0.3}).first_estep_fraction == 0.3
-    assert CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": "0.25"}).first_estep_fraction \
-        == 0.25  # a YAML number written as text, as for every numeric key
+    assert _context().first_estep_fraction() == 1.0
+    assert _context(calib_estep="online").first_estep_fraction() == ONLINE_FIRST_ESTEP_FRACTION == 0.1
+    # held-out variants: live targets would need held-out statistics, so every prompt is measured first
+    assert _context(calib_estep="online", calib_bin_accuracy="heldout").first_estep_fraction() == 1.0
+    assert _context(calib_estep="online", calib_targets="temperature").first_estep_fraction() == 1.0
+    assert _context(calib_estep="online", calib_first_estep_fraction=1).first_estep_fraction() == 1.0
+    assert _context(calib_first_estep_fraction=0.3).first_estep_fraction() == 0.3
+    assert _context(calib_first_estep_fraction="0.25").first_estep_fraction() == 0.25  # a YAML number as text
+    with pytest.raises(ValueError, match="needs calib_bin_accuracy: train and calib_targets: bin"):
+        _context(calib_first_estep_fraction=0.3, calib_bin_accuracy="heldout").first_estep_fraction()
     for bad in (0, -0.5, 1.01, float("nan"), "all", True, "10%"):
         with pytest.raises(ValidationError, match="calib_first_estep_fraction"):
-            CalibrationArgs.from_cfg({"calib_mode": "cft", "calib_first_estep_fraction": bad})
+            _context(calib_first_estep_fraction=bad)
+
+
+def test_config_with_a_fraction_and_heldout_targets_is_refused_naming_both(validate_cfg, tiny_cfg, mcq_rows):
+    data = mcq_rows(6)
+    with pytest.raises(Exception, match=r"calib_first_estep_fraction: 0.2 .*calib_targets: temperature"):
+        validate_cfg(tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                              calib_first_estep_fraction=0.2, calib_targets="temperature", val_set_size=0.2))
+    ok = validate_cfg(tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                               calib_first_estep_fraction=0.2, calib_estep="online"))
+    assert ok["calib_first_estep_fraction"] == 0.2
 
 
 # ----------------------------------------------------------------------------- the M-step on measured rows
@@ -77,45 +96,57 @@ def test_em_step_uses_measured_rows_only_and_leaves_nan_targets():
         EMState.from_estep(ids, torch.full((5, 3), float("nan")), labels, k, n_bins=4)
 
 
-def test_fill_live_applies_the_bin_rule_to_live_probabilities_by_hand():
+def test_fill_live_takes_q_from_running_statistics_and_updates_them_by_hand():
     from axolotl_calib_plugin.train.em import EMState
 
     probs = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.8, 0.1, 0.1, 0.0], [0.3, 0.3, 0.4, 0.0], [0.65, 0.35, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 2, 1])
     k = torch.tensor([2, 3, 3, 2])
-    # measured: rows 0, 1, 2 -> bin 3 (0.9: hit, 0.8: miss => q=0.5), bin 1 (0.4: hit => q=1); bin 2 empty
+    # measured: rows 0, 1, 2 -> bin 3 (0.9 hit, 0.8 miss: q 0.5), bin 1 (0.4 hit: q 1); bins 0 and 2 empty
     st = EMState.from_estep(torch.arange(4), _nan_rows(probs, torch.tensor([1, 1, 1, 0]).bool()), labels, k, n_bins=4)
-    assert st.bin_count.tolist() == [0, 1, 0, 2]
-    live_probs = torch.tensor([[0.2, 0.8, 0.0, 0.0],   # bin 3: q=0.5 -> [0.5, 0.5]
-                               [0.1, 0.3, 0.6, 0.0],   # bin 2: no measured prompt -> its own probabilities
-                               [0.45, 0.35, 0.2, 0.0],  # bin 1: q=1 -> [1, 0, 0]
-                               [0.7, 0.2, 0.1, 0.0]])  # a measured row: its fixed target is kept
+    assert st.extra["live_bin_count"].tolist() == [0, 1, 0, 2] and st.extra["live_bin_hits"].tolist() == [0, 1, 0, 1]
+    assert float(st.extra["live_window"]) == 3.0
+    live_probs = torch.tensor([[0.2, 0.8, 0.0, 0.0],   # bin 3: q = 1/2 -> [0.5, 0.5]; gold 1: a hit
+                               [0.1, 0.3, 0.6, 0.0],   # bin 2: no statistics -> its own probabilities; gold 0: miss
+                               [0.45, 0.35, 0.2, 0.0],  # bin 1: q = 1 -> [1, 0, 0]; gold 0: hit
+                               [0.7, 0.2, 0.1, 0.0]])  # a measured prompt (fixed target kept); bin 2, gold 2: miss
     fixed = st.lookup(torch.tensor([3, 3, 3, 0]))
-    assert torch.isnan(fixed[:3]).all()
-    out = st.fill_live(fixed, live_probs, torch.tensor([2, 3, 3, 3]))
-    expected = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.1, 0.3, 0.6, 0.0], [1.0, 0.0, 0.0, 0.0]])
-    torch.testing.assert_close(out[:3], expected)
+    out = st.fill_live(fixed, live_probs, torch.tensor([2, 3, 3, 3]), torch.tensor([1, 0, 0, 2]))
+    torch.testing.assert_close(out[:3], torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.1, 0.3, 0.6, 0.0], [1.0, 0.0, 0.0, 0.0]]))
     torch.testing.assert_close(out[3], st.targets[0])
+    # 4 positions against a window of 3: the old statistics are forgotten (keep = max(0, 1 - 4/3) = 0)
+    assert st.extra["live_bin_count"].tolist() == [0, 1, 2, 1] and st.extra["live_bin_hits"].tolist() == [0, 1, 0, 1]
+    # the next call reads them: bin 2 now has q = 0/2, bin 3 q = 1
+    out = st.fill_live(torch.full((2, 4), float("nan")), torch.tensor([[0.6, 0.4, 0, 0], [0.05, 0.95, 0, 0]]),
+                       torch.tensor([2, 2]), torch.tensor([0, 1]))
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]), atol=1e-6, rtol=0)
 
 
-def test_fill_live_proportional_split_and_temperature_rule():
-    from axolotl_calib_plugin.train.em import EMState, temperature_targets
+def test_fill_live_forgets_in_proportion_to_the_window():
+    from axolotl_calib_plugin.train.em import EMState
 
-    probs = torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.5, 0.25, 0.25]])
-    labels = torch.tensor([0, 1, 0])
-    k = torch.tensor([3, 3, 3])
-    st = EMState.from_estep(torch.arange(3), _nan_rows(probs, torch.tensor([1, 0, 1]).bool()), labels, k, n_bins=2)
-    # bin 1 (0.5, 1]: rows 0 (hit) and 2 (0.5 is in bin 0: (0, 0.5]) -> bin 1 has row 0 only, q = 1; bin 0: row 2, q=1
-    live = torch.tensor([[0.2, 0.6, 0.2]])
-    out = st.fill_live(torch.full((1, 3), float("nan")), live, torch.tensor([3]))
-    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0]]))
-    st.extra["bin_target"] = torch.tensor([0.5, 0.7], dtype=torch.float64)  # proportional: 0.3 split 1:1
-    out = st.fill_live(torch.full((1, 3), float("nan")), live, torch.tensor([3]))
-    torch.testing.assert_close(out, torch.tensor([[0.15, 0.7, 0.15]]))
-    st.extra["target_rule"] = {"split": "proportional", "targets": "temperature"}
-    st.extra["temperature"] = torch.tensor(2.0, dtype=torch.float64)
-    out = st.fill_live(torch.full((1, 3), float("nan")), live, torch.tensor([3]))
-    torch.testing.assert_close(out, temperature_targets(live, 2.0, torch.tensor([3])).float())
+    probs = torch.tensor([[0.9, 0.1]] * 8 + [[0.6, 0.4]] * 2)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 0, 1])
+    st = EMState.from_estep(torch.arange(10), _nan_rows(probs, torch.tensor([1] * 8 + [0] * 2).bool()), labels,
+                            torch.full((10,), 2), n_bins=2)
+    assert st.extra["live_bin_count"].tolist() == [0, 8] and st.extra["live_bin_hits"].tolist() == [0, 6]
+    out = st.fill_live(torch.full((2, 2), float("nan")), torch.tensor([[0.95, 0.05], [0.7, 0.3]]), torch.tensor([2, 2]),
+                       torch.tensor([1, 1]))
+    torch.testing.assert_close(out, torch.tensor([[0.75, 0.25], [0.75, 0.25]]))  # q of bin 1 = 6/8
+    keep = 1 - 2 / 8
+    torch.testing.assert_close(st.extra["live_bin_count"], torch.tensor([0.0, 8 * keep + 2], dtype=torch.float64))
+    torch.testing.assert_close(st.extra["live_bin_hits"], torch.tensor([0.0, 6 * keep + 0], dtype=torch.float64))
+
+
+def test_live_targets_are_refused_with_heldout_or_temperature_targets():
+    from axolotl_calib_plugin.train.em import EMState
+
+    probs = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6]])
+    held = (probs, torch.tensor([0, 1, 1]), torch.tensor([2, 2, 2]))
+    for kw in ({"bin_accuracy": "heldout"}, {"targets_kind": "temperature"}):
+        with pytest.raises(ValueError, match="live targets"):
+            EMState.from_estep(torch.arange(3), _nan_rows(probs, torch.tensor([1, 0, 1]).bool()), torch.tensor([0, 0, 1]),
+                               torch.tensor([2, 2, 2]), n_bins=5, heldout=held, **kw)
 
 
 def test_state_with_live_rows_round_trips_and_a_partial_nan_row_is_refused(tmp_path):
@@ -128,6 +159,7 @@ def test_state_with_live_rows_round_trips_and_a_partial_nan_row_is_refused(tmp_p
     back = EMState.load(tmp_path / "s.pt")
     assert back.has_live and torch.equal(back.targets.isnan(), st.targets.isnan())
     assert back.extra["target_rule"] == {"split": "proportional", "targets": "bin"}
+    assert torch.equal(back.extra["live_bin_count"], st.extra["live_bin_count"])
     d = st.to_dict()
     d["targets"] = d["targets"].clone()
     d["targets"][0, 1] = float("nan")  # half a row: corruption, not an unmeasured prompt
@@ -135,7 +167,7 @@ def test_state_with_live_rows_round_trips_and_a_partial_nan_row_is_refused(tmp_p
     with pytest.raises(CalibStateError, match="outside"):
         EMState.load(tmp_path / "bad.pt")
     d = st.to_dict()
-    del d["extra"]["bin_target"]
+    del d["extra"]["live_bin_hits"]
     torch.save(d, tmp_path / "norule.pt")
-    with pytest.raises(CalibStateError, match="no bin accuracies"):
+    with pytest.raises(CalibStateError, match="no running bin statistics"):
         EMState.load(tmp_path / "norule.pt")

@@ -341,8 +341,8 @@ def test_online_estep_keeps_targets_of_samples_not_seen_since_the_last_refresh(t
 
 def test_online_run_measures_a_fraction_first_and_trains_unmeasured_prompts_on_live_targets(tmp_path, tiny_model_dir):
     """lr = 0: the live probabilities are the exact E-step's, so (1) the first refresh measures ceil(f U) prompts
-    with that many forwards, (2) every epoch-0 ECE term equals the term with the rule applied to exact probabilities
-    (checked by hand on every epoch-0 batch), (3) the second (online) refresh measures every prompt and equals a full exact one."""
+    with that many forwards, (2) every epoch-0 ECE term equals the term with the bin rule applied to the exact
+    probabilities, q from running statistics kept by hand (every epoch-0 batch), (3) the second (online) refresh measures every prompt and equals a full exact one."""
     from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
     from axolotl_calib_plugin.train.em import EMState, assign_bins, build_targets
     from axolotl_calib_plugin.train.loss import ece_loss
@@ -372,16 +372,26 @@ def test_online_run_measures_a_fraction_first_and_trains_unmeasured_prompts_on_l
     ds_ids = [int(np.asarray(r["calib_sample_id"])[np.asarray(r["calib_sample_id"]) >= 0][0]) for r in ds]
     tr.model.train()
     n_live = 0
+    # the running per-bin statistics, by hand: start = the measured prompts' counts and hits; after each batch
+    # forget in proportion (window = 4 measured positions) and add the batch's (bin, hit) pairs
+    count = first.bin_count.double().numpy().copy()
+    hits = (first.bin_count.double() * first.bin_accuracy.nan_to_num(0.0)).numpy()
     for batch in tr.get_train_dataloader():  # every epoch-0 batch: the trainer's ECE term with live targets
         sid = batch["calib_sample_id"]
         b_idx, t_idx = (sid >= 0).nonzero(as_tuple=True)
         ids, k = sid[b_idx, t_idx], batch["calib_num_options"][b_idx, t_idx]
+        gold = batch["calib_answer_idx"][b_idx, t_idx]
         with torch.no_grad():
             _, outputs = tr.compute_loss(tr.model, dict(batch), return_outputs=True)
             logits = outputs.logits[b_idx, t_idx][:, letters]
         p = exact[[ds_ids.index(int(i)) for i in ids]]
-        q = first.extra["bin_target"].float()[assign_bins(p.max(1).values, 4)]
-        q = torch.where(torch.isnan(q), p.max(1).values, q)
+        b = assign_bins(p.max(1).values, 4).numpy()
+        q = torch.tensor([hits[m] / count[m] if count[m] > 0 else float(p[j].max()) for j, m in enumerate(b)])
+        keep = max(0.0, 1 - len(b) / 4)
+        count, hits = count * keep, hits * keep
+        for j, m in enumerate(b):
+            count[m] += 1
+            hits[m] += float(int(p[j].argmax()) == int(gold[j]))
         is_live = torch.isnan(first.lookup(ids)).any(1, keepdim=True)
         n_live += int(is_live.sum())
         want = torch.where(is_live, build_targets(p, q, num_options=k), first.lookup(ids))
