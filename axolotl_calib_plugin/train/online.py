@@ -9,8 +9,9 @@ What differs from the exact E-step (the paper's Algorithm 1 evaluates pi_l on ev
 epoch l): the probabilities come from the model as it was when each sample's batch was trained (it moved
 during the epoch), in train mode (dropout on, if the model has any), and samples not seen since the last
 refresh keep their previous target. The first refresh, before any training step, has no record to read: it runs
-a forward over ``calib_first_estep_fraction`` of the prompts (10 % by default here; the others get live targets in
-epoch 0, see :meth:`~axolotl_calib_plugin.train.em.EMState.fill_live`), so no refresh of an online run pays a full pass.
+a forward over ``calib_first_estep_fraction`` of the prompts (10 % by default with training-row bins; the others get
+live targets in epoch 0, see :meth:`~axolotl_calib_plugin.train.em.EMState.fill_live`), so such an online run never
+pays a full pass.
 
 Nothing here syncs the host per step: :meth:`record` appends device tensors; :meth:`collect` moves them
 once per refresh.
