@@ -151,16 +151,8 @@ def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:
 def _train_child(cfg_path: str, log_path: str, env: dict, cwd: str) -> None:
     """The demo launcher's child (``python -m axolotl.cli.train cfg_path``'s ``do_cli``, output to ``log_path``) in
     the caller's working directory and exact environment, with torch's default thread count (a subprocess's)."""
-    import multiprocessing
-
     from axolotl_calib_plugin.demo.launcher import _train_child as run
 
-    # A process started by a fork server makes "forkserver" its default start method (multiprocessing forces a
-    # child's default to the method that started it), so every DataLoader worker of the run (one per train epoch
-    # and per evaluation: dataloader_num_workers 1) would come from a fresh server and re-import Axolotl to
-    # unpickle the dataset (~10-25 s each). Back to the interpreter's own default, i.e. what a fresh
-    # `python -m axolotl.cli.train` process has (fork on Linux before Python 3.14).
-    multiprocessing.set_start_method(None, force=True)
     os.chdir(cwd)
     os.environ.clear()
     run(cfg_path, log_path, {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(torch.get_num_threads())})
