@@ -40,11 +40,11 @@ E2E = TESTS / "e2e"
 #: The files that take longest (CPU time on 2 cores, slowest first). `make test` hands whole files to its xdist
 #: workers (``--dist loadfile``) in collection order, so these start first and the short files fill in behind
 #: them; a file not listed keeps its place after them. Only the order changes, never what runs.
-SLOWEST_FIRST = ("e2e/test_demo.py", "e2e/test_distributed.py", "e2e/test_reproduce_e2e.py", "e2e/test_train_e2e.py",
-                 "e2e/test_heldout_study.py",
-                 "e2e/test_resume.py", "unit/test_cli.py", "unit/test_lm_eval_tasks.py",
-                 "e2e/test_heldout_targets_e2e.py", "unit/test_examples.py", "e2e/test_fsdp.py",
-                 "unit/test_packaging.py")
+SLOWEST_FIRST = ("e2e/test_demo.py", "e2e/test_heldout_study.py", "e2e/test_distributed.py", "e2e/test_train_e2e.py",
+                 "e2e/test_resume.py", "e2e/test_reproduce_e2e.py", "unit/test_cli.py", "unit/test_bench_e2e.py",
+                 "unit/test_lm_eval_tasks.py", "unit/test_examples.py", "unit/test_packaging.py",
+                 "e2e/test_heldout_targets_e2e.py", "unit/test_collator.py", "e2e/test_fsdp.py",
+                 "e2e/test_report_e2e.py")
 
 
 @pytest.fixture(autouse=True)

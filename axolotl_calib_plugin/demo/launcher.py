@@ -29,6 +29,10 @@ def _context():
 
 
 def _train_child(cfg_path: str, log_path: str, env: dict) -> None:
+    # multiprocessing makes a fork-server child's default start method "forkserver": every DataLoader worker of
+    # the run (one per epoch and per evaluation) would then come from a new server and re-import Axolotl to
+    # unpickle the dataset (~10-25 s each). Back to the interpreter's default, as in `python -m axolotl.cli.train`.
+    mp.set_start_method(None, force=True)
     os.environ.update(env)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
