@@ -226,27 +226,21 @@ def estep_floor_report(s: Setup, reps: int) -> float:
                 s.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
         s.model.train()
 
-    def exact():
+    def estep(data):
         s.model.eval()
-        run_estep(s.model, d, list(s.calib_trainer.calib.option_ids), batch_size=bs, device=s.device,
+        run_estep(s.model, data, list(s.calib_trainer.calib.option_ids), batch_size=bs, device=s.device,
                   pad_id=int(s.tok.pad_token_id), show_progress=False)
         s.model.train()
 
     sub = d.subset(first_estep_entries(d.sample_id, ONLINE_FIRST_ESTEP_FRACTION, seed=0))
 
-    def first():
-        s.model.eval()
-        run_estep(s.model, sub, list(s.calib_trainer.calib.option_ids), batch_size=bs, device=s.device,
-                  pad_id=int(s.tok.pad_token_id), show_progress=False)
-        s.model.train()
-
     def epoch():
         for b in s.calib_batches:
             step(s, s.calib_trainer, b)
 
-    fns = {"epoch": epoch, "estep": exact, "bare": bare, "first": first}
+    fns = {"epoch": epoch, "estep": lambda: estep(d), "bare": bare, "first": lambda: estep(sub)}
     times = {k: [] for k in fns}
-    bare(); exact()  # noqa: E702  (warm-up)
+    bare(); estep(d)  # noqa: E702  (warm-up)
     for r in range(reps):
         for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             t0 = time.perf_counter()

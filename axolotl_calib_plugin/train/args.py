@@ -532,8 +532,7 @@ def _check_first_estep(data: dict) -> None:
     fraction = data.get("calib_first_estep_fraction")
     if fraction is None or isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction >= 1:
         return
-    wants = [f"{k}: {data.get(k)}" for k, plain in (("calib_bin_accuracy", "train"), ("calib_targets", "bin"))
-             if data.get(k) not in (None, plain)]
+    wants = _heldout_settings(data)
     if wants:
         raise ValueError(
             f"calib_first_estep_fraction: {fraction} gives the prompts the first E-step leaves out live targets from the "
@@ -543,10 +542,16 @@ def _check_first_estep(data: dict) -> None:
         )
 
 
+def _heldout_settings(data: dict) -> list[str]:
+    """``"key: value"`` of each setting in ``data`` that makes the M-step read held-out rows (calib_bin_accuracy not
+    train, calib_targets not bin); empty when the targets come from training rows only."""
+    return [f"{k}: {data.get(k)}" for k, plain in (("calib_bin_accuracy", "train"), ("calib_targets", "bin"))
+            if data.get(k) not in (None, plain)]
+
+
 def _check_heldout_source(data: dict) -> None:
     """calib_bin_accuracy: heldout and calib_targets: temperature read the eval split: refuse a config without one."""
-    wants = [f"{k}: {data.get(k)}" for k, plain in (("calib_bin_accuracy", "train"), ("calib_targets", "bin"))
-             if data.get(k) not in (None, plain)]
+    wants = _heldout_settings(data)
     if not wants:
         return
     has_val, calib_tests, test_sets = _eval_split(data)

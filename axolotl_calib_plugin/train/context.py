@@ -79,7 +79,7 @@ class CalibrationContext:
         from .args import ONLINE_FIRST_ESTEP_FRACTION
 
         value = self.settings.calib_first_estep_fraction
-        plain = self.bin_accuracy(eval_dataset) == "train" and self.settings.calib_targets == "bin"
+        plain = not self.needs_heldout(eval_dataset)
         if value is None:
             return ONLINE_FIRST_ESTEP_FRACTION if (self.settings.calib_estep == "online" and plain) else 1.0
         if value < 1.0 and not plain:

@@ -286,7 +286,6 @@ def em_step(
     if not bool(measured.any()):
         raise ValueError("the E-step measured no training sample (every probability row is NaN)")
     all_measured = bool(measured.all())
-    full_probs = probs
     if not all_measured:
         probs, labels, num_options = probs[measured], labels[measured], num_options[measured]
     stats = bin_statistics(probs, labels, n_bins)
@@ -317,12 +316,11 @@ def em_step(
         q = q_bins[bins]  # every sample's bin holds the sample, so its q is finite
         targets = build_targets(probs.to(torch.float64), q, split=split, num_options=num_options).to(torch.float32)
     if not all_measured:
-        measured_targets = targets
-        targets = torch.full(full_probs.shape, float("nan"), dtype=torch.float32)
-        targets[measured] = measured_targets
-        # a prompt measured in any of its rows keeps that row's target (rows sharing an id are the same prompt)
+        # unmeasured rows after the measured ones, so a prompt measured in any of its rows keeps that row's target
+        # below (the first row of each id wins; rows sharing an id are the same prompt)
+        unmeasured = torch.full((int((~measured).sum()), targets.shape[1]), float("nan"), dtype=torch.float32)
         sample_ids = torch.cat([sample_ids[measured], sample_ids[~measured]])
-        targets = torch.cat([targets[measured], targets[~measured]])
+        targets = torch.cat([targets, unmeasured])
     uniq, inverse = torch.unique(sample_ids, sorted=True, return_inverse=True)
     first = torch.full((uniq.numel(),), sample_ids.numel(), dtype=torch.int64)
     first = first.scatter_reduce(0, inverse, torch.arange(sample_ids.numel()), reduce="amin")
