@@ -15,17 +15,22 @@ trainer classes and callback the plugin installs (``CalibrationPlugin.add_callba
 Each variant trains 1, 2 and 5 epochs on the same tiny Llama (hidden 256, 4 layers, 64 MCQ rows of ~120
 tokens, batch 8 as in bench_train.py), every run from the same initial weights. Timed: ``trainer.train()``
 (dataloader, optimizer, every step, every refresh, the end-of-training state file); not timed: building the
-model (once per variant), copying the initial weights in and building the trainer.
+model (once per variant), copying the initial weights in, building the trainer, and collecting the garbage the
+previous runs left (``gc.collect()`` before the clock starts; the collection ``Trainer.train()`` itself starts with is
+timed).
 
-Protocol: ``--repeats`` rounds; in a round, for each epoch count, the variants run back to back in an order
-that rotates from round to round, so a slow spell of the shared machine hits every variant alike. A variant's
-ratio to plain SFT is the median over rounds of its time / the SFT time of the same round and epoch count. Both
+Protocol: ``--repeats`` rounds; in a round, for each epoch count, blocks in which the variants run back to back in
+an order that rotates from block to block, so a slow spell of the machine hits every variant alike. With
+``--balance`` (default) an epoch count e gets ceil(max epochs / e) blocks per round (1, 2, 5 epochs: 5, 3, 1): every
+epoch count gets about the same timed seconds, and the short runs, whose ratios scatter most (identical 2.4 s runs
+back to back: sd 0.06-0.10 s), the most pairs. A variant's ratio to plain SFT is the median of its time / the SFT
+time of the same block; the geometric mean with a 95 % t interval is printed beside it. Both
 clocks are printed; the verdict uses the CPU time of this process on CPU (1 torch thread, in-process data loading:
 other jobs' time slices inflate wall time, not the work done) and wall time on a GPU.
 Target (issue 25): online / SFT <= 1.05 at 1, 2 and 5 epochs (PASS/FAIL; run_all exits 2 on a FAIL);
 exact and held-out are reported beside it.
 
-Usage: python benchmarks/bench_e2e.py [--repeats 3] [--epochs 1 2 5] [--variants sft exact online heldout]
+Usage: python benchmarks/bench_e2e.py [--repeats 3] [--epochs 1 2 5] [--no-balance] [--variants sft exact online heldout]
        [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--threads 1]
 """
 
@@ -33,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
+import math
 import os
 import shutil
 import statistics
@@ -59,8 +66,15 @@ VARIANT_CFG = {
 
 
 class Bench:
-    """The data (tokenized once), one model per variant (so no variant's hooks touch another's forwards) and
-    the initial weights every run starts from."""
+    """The data (tokenized once), ONE model every run of every variant trains (its initial weights copied back
+    in first) and those initial weights.
+
+    One model, not a copy per variant: separate copies of the same weights differ in step time by up to 2.5 %,
+    from memory placement alone (measured: identical forward+backward steps on three deep copies, median of 20
+    interleaved rounds, 0.985-1.026x the first copy, a different order in each process), a bias as large as the
+    effect measured here. The plugin takes its head hooks off at the end of training
+    (``remove_head_capture`` in ``EMRefreshCallback.on_train_end``), so an SFT run after a calibration run
+    trains a hook-free model; :meth:`run` checks it."""
 
     def __init__(self, args):
         import datasets
@@ -89,8 +103,7 @@ class Bench:
         first = build_llama(self.tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                             max_position_embeddings=1024)
         self.init = copy.deepcopy(first.state_dict())
-        self.models = {v: (first if i == 0 else copy.deepcopy(first)).to(self.device)
-                       for i, v in enumerate(args.variants)}
+        self.model = first.to(self.device)
         self.n_params = sum(p.numel() for p in first.parameters())
         #: (variant, epochs) -> per round: wall seconds and CPU seconds of this process
         self.times: dict[tuple[str, int], list[float]] = {}
@@ -107,8 +120,12 @@ class Bench:
         from axolotl_calib_plugin.train.trainer import AxolotlCalibTrainer
 
         a = self.args
-        model = self.models[variant]
+        model = self.model
         model.load_state_dict(self.init)
+        head = model.get_output_embeddings()
+        if head._forward_pre_hooks or model._forward_pre_hooks:
+            raise RuntimeError("the benchmark model still has forward hooks from an earlier run: the runs would not "
+                               "train the same model")
         targs = AxolotlTrainingArguments(
             output_dir=out_dir, per_device_train_batch_size=a.batch, per_device_eval_batch_size=a.batch,
             num_train_epochs=epochs, learning_rate=1e-4, lr_scheduler_type="linear", seed=0, report_to=[],
@@ -135,6 +152,11 @@ class Bench:
 
         for quiet in (PrinterCallback, ProgressCallback):  # no per-step log lines in the benchmark's output
             tr.remove_callback(quiet)
+        # Collect the previous runs' cyclic garbage (trainers, optimizers) now, untimed: Trainer.train() starts with
+        # accelerate's free_memory() -> gc.collect(), which would otherwise charge it to whichever variant runs next
+        # (measured: 0.4-0.5 s of a 2.4 s run, and variant-dependent). A real run pays one such collection of
+        # its own, timed here too.
+        gc.collect()
         sync(self.device)
         c0, t0 = time.process_time(), time.perf_counter()
         tr.train()
@@ -159,6 +181,27 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def blocks_per_round(epochs, balance: bool) -> dict[int, int]:
+    """How often each epoch count's block (every variant once) runs in a round: with ``balance``, ceil(max / e), so
+    every epoch count gets about the same timed seconds and the short runs, whose ratios scatter most, the most
+    pairs (1, 2, 5 epochs: 5, 3, 1 blocks)."""
+    top = max(epochs)
+    return {e: (math.ceil(top / e) if balance else 1) for e in epochs}
+
+
+def ratio_interval(ratios) -> tuple[float, float, float]:
+    """Geometric mean of paired ratios and its 95 % t interval (on the log ratios), for the reader next to the
+    median verdict."""
+    from scipy import stats
+
+    logs = [math.log(x) for x in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
 def rotated(items, r: int) -> list:
     k = r % len(items)
     return list(items[k:]) + list(items[:k])
@@ -175,6 +218,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--words", type=int, default=75, help="question length in words (~120 tokens per row at 75)")
+    ap.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                    help="repeat each epoch count's block ceil(max epochs / e) times per round (default), so the short "
+                    "runs get as many timed seconds as the long ones")
     ap.add_argument("--warmup", type=int, default=1, help="untimed 1-epoch runs of each variant before round 1")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default); see "
                     "benchmarks/README.md for why 1 on a shared small CPU box")
@@ -201,7 +247,8 @@ def main(argv=None) -> int:
           f"{transformers.__version__}; model hidden {args.hidden}, {args.layers} layers, {b.n_params / 1e6:.1f}M "
           f"params; {args.rows} training rows, batch {args.batch} ({steps} steps per epoch), {len(b.heldout)} held-out "
           f"rows (heldout variant); setup {time.perf_counter() - t0:.1f}s")
-    print(f"{args.repeats} rounds x epochs {args.epochs} x variants {args.variants}, variant order rotating per round; "
+    print(f"{args.repeats} rounds x epochs {args.epochs} (blocks per round {blocks_per_round(args.epochs, args.balance)})"
+          f" x variants {args.variants}, variant order rotating per block; "
           f"{args.warmup} untimed 1-epoch warm-up run(s) per variant; load average at start "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for _ in range(args.warmup):
@@ -210,10 +257,12 @@ def main(argv=None) -> int:
     b.times.clear()
     b.cpu.clear()
     t_rounds = time.perf_counter()
+    blocks = blocks_per_round(args.epochs, args.balance)
     for r in range(args.repeats):
         for e in args.epochs:
-            for v in rotated(args.variants, r + e):
-                b.run(v, e)
+            for j in range(blocks[e]):
+                for v in rotated(args.variants, r + e + j):
+                    b.run(v, e)
         print(f"   round {r + 1}/{args.repeats} done ({time.perf_counter() - t_rounds:.0f} s); load average "
               f"{os.getloadavg()[0]:.2f}", flush=True)
 
@@ -223,12 +272,13 @@ def main(argv=None) -> int:
     # On a GPU the CPU time means nothing (the host waits in cuda syncs): wall time there.
     clock = "wall" if b.device.type == "cuda" else "cpu"
     series = {"wall": b.times, "cpu": b.cpu}
-    ratios = {c: {k: med(t / s for t, s in zip(ts, series[c][("sft", k[1])])) for k, ts in series[c].items()}
-              for c in series}
-    print(f"\n time of trainer.train(): median over rounds (every round in parentheses), and the ratio to plain SFT = "
-          f"median over rounds of the within-round ratio; verdicts on {clock} time")
+    pairs = {c: {k: [t / s for t, s in zip(ts, series[c][("sft", k[1])])] for k, ts in series[c].items()}
+             for c in series}
+    ratios = {c: {k: med(p) for k, p in pairs[c].items()} for c in pairs}
+    print(f"\n time of trainer.train(): median over blocks (every block in parentheses), and the ratio to plain SFT = "
+          f"median over blocks of the within-block ratio; verdicts on {clock} time")
     print(f"   {'variant':<8} {'epochs':>6} {'CPU s':>8} {'ratio':>7} {'wall s':>8} {'ratio':>7}  {'refreshes (online)':>18} "
-          f"{'refresh s':>9} {'1st refresh s':>13}   CPU s of each round / wall s of each round")
+          f"{'refresh s':>9} {'1st refresh s':>13}   CPU s of each block / wall s of each block")
     for e in args.epochs:
         for v in args.variants:
             st = b.stats.get((v, e), {})
@@ -240,13 +290,16 @@ def main(argv=None) -> int:
                   f"({', '.join(f'{t:.1f}' for t in b.cpu[(v, e)])} / {', '.join(f'{t:.1f}' for t in b.times[(v, e)])})")
     print("   (refresh s / 1st refresh s: wall seconds inside the EM refreshes of the last round's run, from the callback)")
     ratio = ratios[clock]
-    print(f"\n verdicts ({clock} time; target: online / SFT <= {TARGET:.2f} at every epoch count)")
+    print(f"\n verdicts ({clock} time, median of the paired ratios; target: online / SFT <= {TARGET:.2f} at every "
+          "epoch count); n pairs, geometric mean [95% t interval]")
     for e in args.epochs:
         parts = [f"{v} {ratio[(v, e)]:.3f}x" for v in args.variants if v not in ("sft", "online")]
         if "online" in args.variants:
             verdict = "PASS" if ratio[("online", e)] <= TARGET else "FAIL"
-            print(f"   {e} epoch(s): online / SFT {ratio[('online', e)]:.3f}x (target <= {TARGET:.2f}x: {verdict});"
-                  f" beside it: {', '.join(parts)}")
+            p = pairs[clock][("online", e)]
+            gm, lo, hi = ratio_interval(p)
+            print(f"   {e} epoch(s): online / SFT {ratio[('online', e)]:.3f}x (target <= {TARGET:.2f}x: {verdict}; "
+                  f"n {len(p)}, {gm:.3f}x [{lo:.3f}, {hi:.3f}]); beside it: {', '.join(parts)}")
         else:
             print(f"   {e} epoch(s): {', '.join(parts)} (online not run: no verdict)")
     if args.out:

@@ -34,10 +34,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..eval.report import SETTINGS_FILE, training_settings
 from .context import CalibrationContext
-from .distributed import dist_info
+from .distributed import all_reduce_sum, dist_info
 from .em import STATE_FILE, EMState
 from .estep import EStepData, eval_split_data, first_estep_entries, trainer_estep_probs
-from .head import install_head_capture
+from .head import install_head_capture, remove_head_capture
 from .online import TABLE_IDS
 from .resume_check import check_same_data, record
 
@@ -227,6 +227,9 @@ class EMRefreshCallback(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        cur = self.calib.em_state
+        if cur is not None and cur.has_live and dist_info()[1] > 1:  # every rank, every step: a collective
+            cur.sync_live(lambda t: all_reduce_sum(t, args.device))
         if self.refresh != "epoch" and state.global_step % int(self.refresh) == 0 \
                 and state.global_step < state.max_steps:
             self.refresh_now(state, self._epoch_index(state))
@@ -250,6 +253,7 @@ class EMRefreshCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        remove_head_capture(self.trainer.model)  # installed at on_train_begin; an evaluation re-installs them
         em_state = self.calib.em_state
         if em_state is not None and state.is_world_process_zero and os.path.isdir(args.output_dir):
             em_state.save(os.path.join(args.output_dir, STATE_FILE))

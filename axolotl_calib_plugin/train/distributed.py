@@ -26,6 +26,17 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def all_reduce_sum(t: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """``t`` summed over the ranks (a copy; ``t`` itself untouched). ``device`` is where the collective runs (the
+    accelerator for NCCL); the result comes back on ``t``'s device."""
+    _, world = dist_info()
+    if world == 1:
+        return t.clone()
+    out = t.to(device if device is not None else t.device, copy=True)
+    torch.distributed.all_reduce(out)
+    return out.to(t.device)
+
+
 def all_gather_rows(t: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """Concatenate ``t`` (n_r, ...) over the ranks when each rank holds a different number of rows.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 
@@ -351,6 +351,10 @@ class EMState:
     #: tensors other components keep with the state (the online E-step's record), saved alongside
     extra: dict = field(default_factory=dict, compare=False)
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    #: data-parallel runs: the live statistics at the last :meth:`sync_live` and this rank's (bin counts, bin hits,
+    #: positions) added since, a (2M + 1,) float64 vector
+    _live_synced: Optional[tuple] = field(default=None, repr=False, compare=False)
+    _live_pending: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_estep(cls, sample_ids, probs, labels, num_options, n_bins: int, split: str = "proportional",
@@ -416,10 +420,35 @@ class EMState:
         rule = self.extra.get(RULE_EXTRA) or {}
         rule_targets = build_targets(p, q, split=rule.get("split", "proportional"), num_options=num_options)
         hit = (top.cpu() == labels.detach().cpu().to(torch.int64)).to(torch.float64)
-        keep = max(0.0, 1.0 - bins.numel() / max(float(self.extra[LIVE_WINDOW]), 1.0))
-        self.extra[LIVE_COUNT] = count * keep + torch.bincount(bins, minlength=self.n_bins).to(torch.float64)
-        self.extra[LIVE_HITS] = hits * keep + torch.bincount(bins, weights=hit, minlength=self.n_bins)
+        add = torch.cat([torch.bincount(bins, minlength=self.n_bins).to(torch.float64),
+                         torch.bincount(bins, weights=hit, minlength=self.n_bins),
+                         torch.tensor([float(bins.numel())], dtype=torch.float64)])
+        if self._live_synced is None:
+            self._live_synced = (count, hits)
+        self._live_pending = add if self._live_pending is None else self._live_pending + add
+        self._update_live(count, hits, add)
         return torch.where(live, rule_targets.to(targets.dtype), targets)
+
+    def _update_live(self, count: torch.Tensor, hits: torch.Tensor, add: torch.Tensor) -> None:
+        """Forget in proportion to the positions added (``add[-1]``), then add their per-bin counts and hits."""
+        m = self.n_bins
+        keep = max(0.0, 1.0 - float(add[-1]) / max(float(self.extra[LIVE_WINDOW]), 1.0))
+        self.extra[LIVE_COUNT] = count * keep + add[:m]
+        self.extra[LIVE_HITS] = hits * keep + add[m:2 * m]
+
+    def sync_live(self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Data parallel: make the live statistics every rank's, the same on all ranks. Called on every rank after
+        every optimizer step while :attr:`has_live` (a collective): the statistics at the previous sync are updated
+        once with the (bin counts, hits, positions) that ALL ranks added since, summed by ``sum_over_ranks``, so
+        the window turns over per position of the whole batch as in one process, and the next step's live targets
+        agree across ranks. A rank that saw no answer position adds zeros."""
+        synced = self._live_synced or (self.extra[LIVE_COUNT], self.extra[LIVE_HITS])
+        pending = self._live_pending
+        if pending is None:
+            pending = torch.zeros(2 * self.n_bins + 1, dtype=torch.float64)
+        total = sum_over_ranks(pending).to("cpu", torch.float64)
+        self._live_synced = self._live_pending = None
+        self._update_live(synced[0], synced[1], total)
 
     def lookup(self, sample_ids: torch.Tensor, *, strict: bool = True):
         """Targets (P, Kmax) of ``sample_ids`` (P,), on their device, via ``searchsorted``.
@@ -460,7 +489,9 @@ class EMState:
             "refresh_count": int(self.refresh_count),
             "epoch_refreshed": int(self.epoch_refreshed),
             "global_step": int(self.global_step),
-            "extra": {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.extra.items()},
+            # copies: the live statistics keep changing after a checkpoint's dict is taken
+            "extra": {k: (v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v)
+                      for k, v in self.extra.items()},
         }
 
     def save(self, path: str | os.PathLike) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "install_head_capture",
     "option_logits",
     "postprocess_logits",
+    "remove_head_capture",
 ]
 
 
@@ -373,6 +374,23 @@ def install_head_capture(model: torch.nn.Module, option_ids: Sequence[int]) -> H
     else:
         cap.option_ids = tuple(int(i) for i in option_ids)
     return cap
+
+
+def remove_head_capture(model: torch.nn.Module) -> bool:
+    """Take the hooks of :func:`install_head_capture` off ``model``'s output head (True if there were any).
+
+    Called at the end of training: later forwards in the same process (generation, another trainer on the same
+    model) then pay nothing and keep no reference to the head's last input."""
+    try:
+        head, _ = _head_and_config(model)
+    except AttributeError:
+        return False
+    cap = _CAPTURES.pop(head, None)
+    if cap is None:
+        return False
+    cap.remove()
+    cap.record = None
+    return True
 
 
 def captured_option_logits(model: torch.nn.Module, b_idx: torch.Tensor, t_idx: torch.Tensor,

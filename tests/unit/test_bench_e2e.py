@@ -36,7 +36,8 @@ def test_bench_e2e_runs_every_variant_with_the_plugins_refresh_schedule(tmp_path
     assert set(runs) == {(v, e) for v in ("sft", "exact", "online", "heldout") for e in (1, 2)}
     for (variant, epochs), r in runs.items():
         assert r["steps"] == 2 * epochs  # 8 rows / batch 4, every epoch
-        assert r["ratio_to_sft"] > 0 and len(r["seconds"]) == 1
+        # balanced: 1-epoch runs get ceil(2 / 1) = 2 blocks per round, 2-epoch runs 1, paired within their block
+        assert r["ratio_to_sft"] > 0 and len(r["seconds"]) == len(r["cpu_seconds"]) == {1: 2, 2: 1}[epochs]
         if variant == "sft":
             assert r["ratio_to_sft"] == 1.0 and "refreshes" not in r
         else:  # one refresh per epoch; the first is exact, the online variants' later ones read the record
@@ -44,6 +45,16 @@ def test_bench_e2e_runs_every_variant_with_the_plugins_refresh_schedule(tmp_path
             assert r["online"] == (0 if variant == "exact" else epochs - 1)
     text = capsys.readouterr().out
     assert "1 epoch(s): online / SFT" in text and "2 epoch(s): online / SFT" in text and "target <= 1.05x" in text
+    assert "n 2, " in text and "n 1, " in text
+
+
+def test_bench_e2e_blocks_per_round_and_the_ratio_interval():
+    mod = _load("bench_e2e")
+    assert mod.blocks_per_round([1, 2, 5], True) == {1: 5, 2: 3, 5: 1}
+    assert mod.blocks_per_round([1, 2, 5], False) == {1: 1, 2: 1, 5: 1}
+    gm, lo, hi = mod.ratio_interval([1.0, 1.1, 1.21])
+    assert gm == pytest.approx(1.1) and lo < 1.0 < 1.21 < hi  # t(0.975, 2) = 4.303 on log-sd 0.0953
+    assert hi == pytest.approx(1.1 * 2.718281828 ** (4.302653 * 0.0953102 / 3 ** 0.5), rel=1e-4)
 
 
 def _study(tmp_path, online_minus_exact: dict) -> Path:

@@ -138,6 +138,67 @@ def test_fill_live_forgets_in_proportion_to_the_window():
     torch.testing.assert_close(st.extra["live_bin_hits"], torch.tensor([0.0, 6 * keep + 0], dtype=torch.float64))
 
 
+_SYNC_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+from axolotl_calib_plugin.train.distributed import all_reduce_sum, dist_info
+from axolotl_calib_plugin.train.em import EMState
+dist.init_process_group("gloo")
+rank, world = dist_info()
+g = torch.Generator().manual_seed(0)
+probs = torch.softmax(3 * torch.randn(12, 3, generator=g), 1)
+labels, k = torch.randint(0, 3, (12,), generator=g), torch.full((12,), 3)
+measured = torch.arange(12) < 5
+st = EMState.from_estep(torch.arange(12), torch.where(measured[:, None], probs, float("nan")), labels, k, n_bins=4)
+steps = [[torch.arange(0, 3), torch.arange(3, 7)], [torch.arange(7, 9), torch.arange(0)]]  # rank 1 empty in step 2
+out = []
+for step in steps:
+    rows = step[rank]
+    if len(rows):
+        p = torch.softmax(2 * torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(int(rows[0]))), 1)
+        out.append(st.fill_live(st.lookup(rows + 0), p, k[rows], labels[rows]))
+    st.sync_live(lambda t: all_reduce_sum(t))
+torch.save({"count": st.extra["live_bin_count"], "hits": st.extra["live_bin_hits"], "out": out}, sys.argv[1] + f"/rank{rank}.pt")
+"""
+
+
+def test_sync_live_makes_the_statistics_every_ranks_as_in_one_process(tmp_path):
+    """2 real gloo processes (torchrun) feed different answer positions to the same live state and sync after each
+    step (rank 1 sees none in step 2 and still takes part): both end with identical statistics, equal to ONE process
+    fed each step's positions of both ranks as one batch."""
+    import subprocess
+    import sys
+
+    from axolotl_calib_plugin.train.em import EMState
+
+    script = tmp_path / "sync.py"
+    script.write_text(_SYNC_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["count"], r1["count"]) and torch.equal(r0["hits"], r1["hits"])
+    # one process, each step's positions of both ranks as one batch
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(12, 3, generator=g), 1)
+    labels, k = torch.randint(0, 3, (12,), generator=g), torch.full((12,), 3)
+    measured = torch.arange(12) < 5
+    one = EMState.from_estep(torch.arange(12), torch.where(measured[:, None], probs, float("nan")), labels, k, n_bins=4)
+    live = lambda rows: torch.softmax(2 * torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(int(rows[0]))), 1)
+    for parts in ([torch.arange(0, 3), torch.arange(3, 7)], [torch.arange(7, 9)]):
+        rows = torch.cat(parts)
+        one.fill_live(one.lookup(rows), torch.cat([live(p) for p in parts]), k[rows], labels[rows])
+    torch.testing.assert_close(r0["count"], one.extra["live_bin_count"], rtol=0, atol=1e-12)
+    torch.testing.assert_close(r0["hits"], one.extra["live_bin_hits"], rtol=0, atol=1e-12)
+    assert not torch.equal(one.extra["live_bin_count"], one.bin_count.double())  # the statistics moved
+    # step 2's targets on rank 0 read the statistics synced after step 1 (both ranks' positions)
+    two = EMState.from_estep(torch.arange(12), torch.where(measured[:, None], probs, float("nan")), labels, k, n_bins=4)
+    rows = torch.arange(0, 7)
+    two.fill_live(two.lookup(rows), torch.cat([live(torch.arange(0, 3)), live(torch.arange(3, 7))]), k[rows], labels[rows])
+    rows = torch.arange(7, 9)
+    torch.testing.assert_close(r0["out"][1], two.fill_live(two.lookup(rows), live(rows), k[rows], labels[rows]))
+
+
 def test_live_targets_are_refused_with_heldout_or_temperature_targets():
     from axolotl_calib_plugin.train.em import EMState
 

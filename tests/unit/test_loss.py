@@ -168,6 +168,18 @@ def test_head_capture_equals_model_logits_plain_lora_with_dropout_and_dora(tiny)
     torch.testing.assert_close(got, out.logits[b, t][:, letters], rtol=1e-5, atol=1e-5)
     assert captured_option_logits(plain, b, t, letters, shape) is None  # one record per forward
 
+    # taken off at the end of training: no hook left on the model or its head, later forwards record nothing
+    from axolotl_calib_plugin.train.head import remove_head_capture
+
+    plain(**enc)
+    assert remove_head_capture(plain) and not remove_head_capture(plain)
+    assert not plain._forward_pre_hooks and not plain.lm_head._forward_pre_hooks
+    plain(**enc)
+    assert captured_option_logits(plain, b, t, letters, shape) is None  # nothing captured; this re-installs them
+    out = plain(**enc)
+    torch.testing.assert_close(captured_option_logits(plain, b, t, letters, shape), out.logits[b, t][:, letters],
+                               rtol=1e-5, atol=1e-5)
+
     for dora in (False, True):
         model = peft.get_peft_model(
             build_llama(tok, hidden_size=32, num_layers=2, num_heads=4, seed=4),

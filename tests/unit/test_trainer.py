@@ -415,3 +415,43 @@ def test_online_run_measures_a_fraction_first_and_trains_unmeasured_prompts_on_l
     second = states[-1]
     assert torch.equal(second.bin_count, full.bin_count)
     torch.testing.assert_close(second.targets, full.targets, atol=2e-6, rtol=0)
+
+
+def test_online_run_killed_in_epoch_0_resumes_with_its_live_statistics(tmp_path, tiny_model_dir):
+    """A run with live targets (first E-step over a fraction) saved at step 2 of epoch 0 and resumed from that
+    checkpoint in a new trainer trains on the same live targets as the uninterrupted run: every later ECE term and
+    the final weights and EM state match. The running statistics saved at step 2 are not the first E-step's, so a
+    resume that restarted them from the measured prompts would give other targets."""
+    from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
+    from axolotl_calib_plugin.train.em import LIVE_COUNT, LIVE_HITS, STATE_FILE, EMState
+
+    rows = make_mcq_rows(12, num_options=(4, 3, 5), seed=21)
+    cfg = _cfg(calib_estep="online", calib_first_estep_fraction=0.34)
+
+    def run(out: str, resume=None):
+        tr, _, _ = _trainer(tmp_path / out, tiny_model_dir, cfg, rows)
+        tr.add_callback(EMRefreshCallback(tr.calib, tr))
+        tr.args.num_train_epochs = 2
+        tr.args.save_strategy, tr.args.save_steps = "steps", 2
+        eces = {}
+        keep = tr._calib_accumulate
+        tr._calib_accumulate = lambda sft, ece: (eces.__setitem__(tr.state.global_step + 1, float(ece.detach())), keep(sft, ece))
+        tr.train(resume_from_checkpoint=resume)
+        return tr, eces
+
+    whole, eces_whole = run("a")
+    ckpt = tmp_path / "a" / "out" / "checkpoint-2"
+    saved = EMState.load(ckpt / STATE_FILE)
+    assert saved.has_live and saved.global_step == 0  # the first refresh's state, with its NaN rows
+    first_count = saved.bin_count.double()
+    assert not torch.equal(saved.extra[LIVE_COUNT], first_count)  # two batches already moved the statistics
+    resumed, eces_resumed = run("b", resume=str(ckpt))
+    assert sorted(eces_resumed) == list(range(3, 13)) and sorted(eces_whole) == list(range(1, 13))
+    for step in range(3, 13):
+        assert eces_resumed[step] == pytest.approx(eces_whole[step], abs=1e-6), step
+    a, b = whole.calib.em_state, resumed.calib.em_state
+    torch.testing.assert_close(b.targets, a.targets, atol=1e-6, rtol=0)
+    assert not b.has_live and torch.equal(a.bin_count, b.bin_count)
+    for (name, pa), (_, pb) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(pb, pa, atol=1e-6, rtol=1e-5, msg=name)
+    assert LIVE_HITS in saved.extra
