@@ -530,6 +530,11 @@ def _resolve_bin_accuracy(data: dict, split_source: Mapping | None = None) -> No
 def _check_first_estep(data: dict) -> None:
     """A subsampled first E-step gives live targets from training-row statistics: refuse it with held-out targets."""
     fraction = data.get("calib_first_estep_fraction")
+    if isinstance(fraction, str):  # "0.2" from YAML quotes or an env override: the field reads it as 0.2 too
+        try:
+            fraction = float(fraction)
+        except ValueError:
+            return  # not a number: the field's own check names the key
     if fraction is None or isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction >= 1:
         return
     wants = _heldout_settings(data)

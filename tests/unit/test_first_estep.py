@@ -66,6 +66,17 @@ def test_config_with_a_fraction_and_heldout_targets_is_refused_naming_both(valid
     ok = validate_cfg(tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
                                calib_first_estep_fraction=0.2, calib_estep="online"))
     assert ok["calib_first_estep_fraction"] == 0.2
+    # the number as text is the same number: refused with held-out targets just the same, read as 0.2 otherwise
+    with pytest.raises(Exception, match=r"calib_first_estep_fraction: '?0.2'? .*calib_targets: temperature"):
+        validate_cfg(tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                              calib_first_estep_fraction="0.2", calib_targets="temperature", val_set_size=0.2))
+    ok = validate_cfg(tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                               calib_first_estep_fraction="0.2", calib_estep="online"))
+    assert ok["calib_first_estep_fraction"] == 0.2
+    for bad in ("abc", "nan", 0, 1.5, True):
+        with pytest.raises(Exception, match="calib_first_estep_fraction"):
+            validate_cfg(tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
+                                  calib_first_estep_fraction=bad, calib_estep="online"))
 
 
 # ----------------------------------------------------------------------------- the M-step on measured rows
@@ -232,3 +243,40 @@ def test_state_with_live_rows_round_trips_and_a_partial_nan_row_is_refused(tmp_p
     torch.save(d, tmp_path / "norule.pt")
     with pytest.raises(CalibStateError, match="no running bin statistics"):
         EMState.load(tmp_path / "norule.pt")
+
+
+def test_the_refresh_callback_syncs_live_statistics_after_every_step_only_when_data_parallel(monkeypatch):
+    """EMRefreshCallback.on_step_end calls the sum over ranks while live rows remain and the world has > 1 rank
+    (here a twin rank that added the same positions: the sum doubles them), and never in one process."""
+    from types import SimpleNamespace
+
+    from axolotl_calib_plugin.train import callbacks
+    from axolotl_calib_plugin.train.em import EMState
+
+    probs = torch.tensor([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    labels = torch.tensor([0, 0, 0, 1, 0, 1])
+    k = torch.full((6,), 2)
+
+    def state():
+        return EMState.from_estep(torch.arange(6), _nan_rows(probs, torch.tensor([1] * 4 + [0] * 2).bool()), labels, k,
+                                  n_bins=2)
+
+    live = torch.tensor([[0.95, 0.05], [0.7, 0.3]])
+    calls = []
+    monkeypatch.setattr(callbacks, "all_reduce_sum", lambda t, device=None: calls.append(device) or 2 * t)
+    cb = SimpleNamespace(calib=SimpleNamespace(em_state=state()), refresh="epoch")
+    args, st = SimpleNamespace(device="cpu"), SimpleNamespace(global_step=1, max_steps=9)
+    cb.calib.em_state.fill_live(torch.full((2, 2), float("nan")), live, torch.tensor([2, 2]), torch.tensor([0, 1]))
+    callbacks.EMRefreshCallback.on_step_end(cb, args, st, None)  # one process: nothing to sync
+    assert calls == []
+    monkeypatch.setattr(callbacks, "dist_info", lambda: (0, 2))
+    callbacks.EMRefreshCallback.on_step_end(cb, args, st, None)
+    assert calls == ["cpu"]
+    twin = state()  # one process fed both ranks' (identical) positions as one batch
+    twin.fill_live(torch.full((4, 2), float("nan")), torch.cat([live, live]), torch.full((4,), 2),
+                   torch.tensor([0, 1, 0, 1]))
+    torch.testing.assert_close(cb.calib.em_state.extra["live_bin_count"], twin.extra["live_bin_count"])
+    torch.testing.assert_close(cb.calib.em_state.extra["live_bin_hits"], twin.extra["live_bin_hits"])
+    cb.calib.em_state = EMState.from_estep(torch.arange(6), probs, labels, k, n_bins=2)  # no live rows: no collective
+    callbacks.EMRefreshCallback.on_step_end(cb, args, st, None)
+    assert calls == ["cpu"]
