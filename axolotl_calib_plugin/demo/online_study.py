@@ -20,6 +20,7 @@ import os
 import numpy as np
 from scipy import stats
 
+from ..eval.report import fmt_signed
 from .pipeline import DEFAULT_LAMBDA, Plan, calib_name
 from .stats import paired_difference
 
@@ -83,9 +84,9 @@ def render_lines(study: dict) -> list[str]:
              f"   {'metric':<14} {'mean [95% CI]':>28}  {'sd':>7}  {'p':>5}  margin  inside  "
              f"seeds for 80% (Δ=0 / Δ=mean)   per seed"]
     for name, d in cmp_.items():
-        lines.append(f"   {name:<14} {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]  {d['sd']:7.4f}  {d['p']:5.2f}  "
-                     f"±{d['margin']:<5}  {'yes' if d['inside'] else 'no':<6}  {d['seeds_needed_if_0']!s:>6} / "
-                     f"{d['seeds_needed_if_mean']!s:<6}                 {', '.join(f'{x:+.4f}' for x in d['per_seed'])}")
+        lines.append(f"   {name:<14} {fmt_signed(d['mean'])} [{fmt_signed(d['lo'])}, {fmt_signed(d['hi'])}]  {d['sd']:7.4f}  "
+                     f"{d['p']:5.2f}  ±{d['margin']:<5}  {'yes' if d['inside'] else 'no':<6}  {d['seeds_needed_if_0']!s:>6} / "
+                     f"{d['seeds_needed_if_mean']!s:<6}                 {', '.join(fmt_signed(x) for x in d['per_seed'])}")
     return lines
 
 

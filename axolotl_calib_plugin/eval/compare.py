@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .report import fmt_value
+from .report import fmt_signed, fmt_value
 from .samples import find_samples, load_results, read_samples, stack_items
 
 __all__ = ["COLUMNS", "build_table", "metrics_of_items", "paired_differences", "plot_runs", "render_markdown",
@@ -159,7 +159,7 @@ def build_table(runs: Sequence[tuple[str, str]], in_task: str = DEFAULT_IN, out_
 def _fmt_diff(d: Mapping | None) -> str:
     if not d:
         return "-"
-    return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+    return f"{fmt_signed(d['diff'])} [{fmt_signed(d['lo'])}, {fmt_signed(d['hi'])}]"
 
 
 def render_markdown(table: dict) -> str:

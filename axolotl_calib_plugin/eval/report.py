@@ -26,13 +26,19 @@ from typing import Any, Mapping, Sequence
 
 from .samples import EVAL_SUBDIR, REPORT_JSON, REPORT_MD, items_from_samples, stack_items, summarize
 
-__all__ = ["ROW_METADATA", "SETTINGS_FILE", "evaluate_to_report", "fmt_value", "markdown_table", "row_metadata",
+__all__ = ["ROW_METADATA", "SETTINGS_FILE", "evaluate_to_report", "fmt_signed", "fmt_value", "markdown_table", "row_metadata",
            "training_settings", "write_report"]
 
 
 def fmt_value(v) -> str:
     """A metric as the tables print it: 4 decimals, ``-`` for a missing or NaN value."""
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def fmt_signed(v: float, digits: int = 4) -> str:
+    """A difference with its sign, 4 decimals; one that rounds to zero prints ``+0.0000``, never ``-0.0000``."""
+    text = f"{v:+.{digits}f}"
+    return f"{0.0:+.{digits}f}" if float(text) == 0.0 else text
 
 
 def markdown_table(tasks: Mapping[str, Mapping]) -> str:

@@ -19,6 +19,15 @@ pytestmark = pytest.mark.slow
 CPU_DDP_TRAIN = CPU_DEVICE_MAP_FIX + TRAIN_MAIN
 
 
+def _free_port() -> str:
+    """A port no other job on the box holds now (a fixed one fails when two suites run side by side)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _states(dump_dir):
     from axolotl_calib_plugin.train.em import EMState
 
@@ -53,7 +62,7 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     script.write_text(CPU_DDP_TRAIN)
     # torchrun (what `accelerate launch --multi_gpu` runs; `accelerate launch --cpu` needs mpirun for
     # 2 processes) + ACCELERATE_USE_CPU: accelerate then sets up MULTI_CPU with the gloo backend.
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
                 str(script)]
     run_train(multi, tmp_path / "m", launcher=launcher,
               env_extra={DEBUG_DUMP_ENV: str(tmp_path / "dump_multi"), "OMP_NUM_THREADS": "1",

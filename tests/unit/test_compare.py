@@ -126,3 +126,14 @@ def test_lm_eval_files_are_found_by_lm_eval_names(tmp_path):
     (model / f"results_{old}.json").write_text(results(0.25, 0.5))
     got = load_results(str(tmp_path))
     assert (got["calib_jsonl"]["acc"], got["calib_jsonl"]["n"], got["calib_sciq"]["acc"]) == (0.75, 4, 0.5)
+
+
+def test_signed_differences_that_round_to_zero_print_plus_zero():
+    from axolotl_calib_plugin.eval.compare import _fmt_diff
+    from axolotl_calib_plugin.eval.report import fmt_signed
+
+    assert fmt_signed(-0.00004) == "+0.0000" and fmt_signed(-0.0) == "+0.0000" and fmt_signed(0.0) == "+0.0000"
+    assert fmt_signed(-0.00005001) == "-0.0001" and fmt_signed(0.01234) == "+0.0123"
+    assert fmt_signed(-0.004, digits=2) == "+0.00"
+    assert _fmt_diff({"diff": -0.00001, "lo": -0.0123, "hi": 0.00002}) == "+0.0000 [-0.0123, +0.0000]"
+    assert _fmt_diff(None) == "-"
