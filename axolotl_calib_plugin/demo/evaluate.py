@@ -28,6 +28,18 @@ from ..preference import candidate_logprobs
 from ..rows import read_jsonl
 
 
+def outputs_to_write(out: str, model: str, sets: list[tuple[str, str, set | None]], replies: bool,
+                     only_missing: bool) -> tuple[list[tuple[str, str]], bool]:
+    """The (set name, path) pairs to evaluate for ``model`` and whether to score the replies; with
+    ``only_missing``, those whose ``<model>__<name>.json`` exists are left out, so a model that lacks only its
+    replies file is not re-evaluated on every set."""
+    def missing(name: str) -> bool:
+        return not only_missing or not os.path.exists(os.path.join(out, f"{model}__{name}.json"))
+
+    todo = [(n, p) for n, p, only in sets if (only is None or model in only) and missing(n)]
+    return todo, replies and missing("replies")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -36,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--replies", default=None, help="preference-domain prompts with candidate replies (JSONL)")
     ap.add_argument("--tasks", default=None, help="lm_eval_tasks directory (default: this checkout's)")
+    ap.add_argument("--only-missing", action="store_true",
+                    help="skip every output file that already exists (a model with none missing is not loaded)")
     a = ap.parse_args(argv)
     import torch
 
@@ -49,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         path, _, only = rest.partition(":")
         sets.append((name, path, set(only.split(",")) if only else None))
     for mname, mpath in models:
+        todo, replies = outputs_to_write(a.out, mname, sets, bool(a.replies), a.only_missing)
+        if not todo and not replies:
+            continue
         lm = load_lm(mpath, a.batch_size)
-        todo = [(n, p) for n, p, only in sets if only is None or mname in only]
         for i in range(0, len(todo), 2):
             chunk = todo[i:i + 2]
             results = evaluate_files(lm, [p for _, p in chunk], task_dir, a.batch_size)
@@ -60,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     json.dump(r, f)
                 print(f"[eval] {mname:16s} {sname:7s} acc={r['metrics']['acc']:.4f} "
                       f"conf_ece={r['metrics']['conf_ece']:.4f} cw_ece={r['metrics']['cw_ece']:.4f}", flush=True)
-        if a.replies:
+        if replies:
             rows = read_jsonl(a.replies)
             ll = candidate_logprobs(lm, [r["prompt"] for r in rows], [r["replies"] for r in rows], where=a.replies)
             with open(os.path.join(a.out, f"{mname}__replies.json"), "w", encoding="utf-8") as f:

@@ -338,7 +338,7 @@ def evaluate_all(p: _Paths, parallel: int) -> None:
 
     def one(i_chunk):
         i, chunk = i_chunk
-        cmd = [sys.executable, "-m", "axolotl_calib_plugin.demo.evaluate", "--out", eval_dir] + sets
+        cmd = [sys.executable, "-m", "axolotl_calib_plugin.demo.evaluate", "--out", eval_dir, "--only-missing"] + sets
         for n in chunk:
             cmd += ["--model", f"{n}={p.models[n]}"]
         return run_logged(cmd, os.path.join(p.out, "logs", f"lm_eval_{i}.log"), "lm-eval")

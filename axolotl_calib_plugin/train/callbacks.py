@@ -255,6 +255,10 @@ class EMRefreshCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         remove_head_capture(self.trainer.model)  # installed at on_train_begin; an evaluation re-installs them
         em_state = self.calib.em_state
+        dump_dir = os.environ.get(DEBUG_DUMP_ENV)
+        if dump_dir and em_state is not None:  # every rank's final state (live statistics included)
+            os.makedirs(dump_dir, exist_ok=True)
+            em_state.save(os.path.join(dump_dir, f"final_rank{dist_info()[0]}.pt"))
         if em_state is not None and state.is_world_process_zero and os.path.isdir(args.output_dir):
             em_state.save(os.path.join(args.output_dir, STATE_FILE))
             self._write_settings(args.output_dir)

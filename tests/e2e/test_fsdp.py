@@ -391,7 +391,8 @@ def test_axolotl_cli_fsdp2_trains_checkpoints_and_resumes(tmp_path, tiny_cfg, mc
     (tmp_path / "b").mkdir()
     out = run_train(res, tmp_path / "b", launcher=launcher, env_extra={**env, DEBUG_DUMP_ENV: str(tmp_path / "d2")})
     assert "restored EM state (refresh 1, epoch 0, step 0)" in out
-    assert sorted(os.listdir(tmp_path / "d2")) == ["refresh2_rank0.pt", "refresh2_rank1.pt"]
+    assert sorted(os.listdir(tmp_path / "d2")) == ["final_rank0.pt", "final_rank1.pt", "refresh2_rank0.pt",
+                                                   "refresh2_rank1.pt"]
     for f in ("refresh2_rank0.pt", "refresh2_rank1.pt"):
         assert _same_state(EMState.load(tmp_path / "d2" / f), d1["refresh2_rank0.pt"])
     a, b = EMState.load(full.output_dir), EMState.load(res.output_dir)
