@@ -206,16 +206,12 @@ def blocks_per_round(epochs, balance: bool) -> dict[int, int]:
 
 
 def ratio_interval(ratios) -> tuple[float, float, float]:
-    """Geometric mean of paired ratios and its 95 % t interval (on the log ratios), for the reader next to the
-    median verdict."""
-    from scipy import stats
+    """Geometric mean of paired ratios and its 95 % t interval (the studies' :func:`mean_ci` on the log ratios), for
+    the reader next to the median verdict."""
+    from axolotl_calib_plugin.demo.stats import mean_ci
 
-    logs = [math.log(x) for x in ratios]
-    mean = statistics.fmean(logs)
-    if len(logs) < 2:
-        return math.exp(mean), float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    ci = mean_ci([math.log(x) for x in ratios])
+    return math.exp(ci["mean"]), math.exp(ci["lo"]), math.exp(ci["hi"])
 
 
 def rotated(items, r: int) -> list:

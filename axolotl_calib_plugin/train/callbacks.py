@@ -52,6 +52,15 @@ LOG = get_logger(__name__)
 
 
 # ---------------------------------------------------------------------- the callback
+def _debug_dump(em_state: EMState, tag: str) -> None:
+    """With ``DEBUG_DUMP_ENV`` set, this rank's copy of ``em_state`` as ``<tag>_rank<r>.pt`` there, so a test can check
+    that every rank holds the same state."""
+    dump_dir = os.environ.get(DEBUG_DUMP_ENV)
+    if dump_dir:
+        os.makedirs(dump_dir, exist_ok=True)
+        em_state.save(os.path.join(dump_dir, f"{tag}_rank{dist_info()[0]}.pt"))
+
+
 class EMRefreshCallback(TrainerCallback):
     """Runs the E-step + M-step on schedule and keeps ``calib.em_state`` (the shared context) up to date.
 
@@ -160,10 +169,7 @@ class EMRefreshCallback(TrainerCallback):
             self.calib.online.keep_table(em_state.extra, em_state.sample_ids, torch.from_numpy(data.sample_id), probs)
         self.calib.em_state = em_state
         self._write_bin_table(em_state, epoch, int(state.global_step))
-        dump_dir = os.environ.get(DEBUG_DUMP_ENV)
-        if dump_dir:  # per-rank copies, to check that every rank holds the same state
-            os.makedirs(dump_dir, exist_ok=True)
-            em_state.save(os.path.join(dump_dir, f"refresh{em_state.refresh_count}_rank{dist_info()[0]}.pt"))
+        _debug_dump(em_state, f"refresh{em_state.refresh_count}")
         summary = em_state.summary()
         summary["calib/estep_online"] = int(online)
         summary["calib/refresh_seconds"] = round(time.perf_counter() - t0, 4)
@@ -255,10 +261,8 @@ class EMRefreshCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         remove_head_capture(self.trainer.model)  # installed at on_train_begin; an evaluation re-installs them
         em_state = self.calib.em_state
-        dump_dir = os.environ.get(DEBUG_DUMP_ENV)
-        if dump_dir and em_state is not None:  # every rank's final state (live statistics included)
-            os.makedirs(dump_dir, exist_ok=True)
-            em_state.save(os.path.join(dump_dir, f"final_rank{dist_info()[0]}.pt"))
+        if em_state is not None:
+            _debug_dump(em_state, "final")  # live statistics included
         if em_state is not None and state.is_world_process_zero and os.path.isdir(args.output_dir):
             em_state.save(os.path.join(args.output_dir, STATE_FILE))
             self._write_settings(args.output_dir)
