@@ -28,6 +28,15 @@ from ..preference import candidate_logprobs
 from ..rows import read_jsonl
 
 
+def write_json_atomic(path: str, obj) -> None:
+    """``obj`` as JSON at ``path``, written to a temporary file first and renamed: an evaluation killed while
+    writing leaves no truncated file that ``--only-missing`` would then take as done."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
 def outputs_to_write(out: str, model: str, sets: list[tuple[str, str, set | None]], replies: bool,
                      only_missing: bool) -> tuple[list[tuple[str, str]], bool]:
     """The (set name, path) pairs to evaluate for ``model`` and whether to score the replies; with
@@ -72,16 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = evaluate_files(lm, [p for _, p in chunk], task_dir, a.batch_size)
             for (sname, spath), r in zip(chunk, results):
                 r.update({"model": mname, "model_path": mpath, "set": sname, "file": os.path.abspath(spath)})
-                with open(os.path.join(a.out, f"{mname}__{sname}.json"), "w", encoding="utf-8") as f:
-                    json.dump(r, f)
+                write_json_atomic(os.path.join(a.out, f"{mname}__{sname}.json"), r)
                 print(f"[eval] {mname:16s} {sname:7s} acc={r['metrics']['acc']:.4f} "
                       f"conf_ece={r['metrics']['conf_ece']:.4f} cw_ece={r['metrics']['cw_ece']:.4f}", flush=True)
         if replies:
             rows = read_jsonl(a.replies)
             ll = candidate_logprobs(lm, [r["prompt"] for r in rows], [r["replies"] for r in rows], where=a.replies)
-            with open(os.path.join(a.out, f"{mname}__replies.json"), "w", encoding="utf-8") as f:
-                json.dump({"model": mname, "model_path": mpath, "file": os.path.abspath(a.replies),
-                           "logliks": ll.tolist()}, f)
+            write_json_atomic(os.path.join(a.out, f"{mname}__replies.json"),
+                              {"model": mname, "model_path": mpath, "file": os.path.abspath(a.replies),
+                               "logliks": ll.tolist()})
         del lm
     return 0
 

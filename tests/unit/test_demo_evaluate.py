@@ -3,6 +3,10 @@ scored again on every set)."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from axolotl_calib_plugin.demo.evaluate import outputs_to_write
 
 SETS = [("in", "in.jsonl", None), ("out", "out.jsonl", None), ("train", "train.jsonl", {"aligned"})]
@@ -34,3 +38,15 @@ def test_a_set_restricted_to_other_models_is_skipped_and_other_models_files_do_n
     assert todo == [("in", "in.jsonl"), ("out", "out.jsonl")] and not replies
     todo, replies = outputs_to_write(str(tmp_path), "aligned", SETS, True, only_missing=True)
     assert todo == [("out", "out.jsonl"), ("train", "train.jsonl")] and replies
+
+
+def test_a_write_that_fails_midway_leaves_no_output_file(tmp_path):
+    from axolotl_calib_plugin.demo.evaluate import write_json_atomic
+
+    path = tmp_path / "aligned__in.json"
+    with pytest.raises(TypeError):  # json.dump has already written '{"metrics": ' when it meets the object
+        write_json_atomic(str(path), {"metrics": {"acc": 0.5}, "logliks": object()})
+    assert not path.exists()  # so --only-missing evaluates it again
+    assert outputs_to_write(str(tmp_path), "aligned", SETS, False, only_missing=True)[0][0] == ("in", "in.jsonl")
+    write_json_atomic(str(path), {"metrics": {"acc": 0.5}})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"metrics": {"acc": 0.5}}
