@@ -15,15 +15,18 @@ scaling, and a figure of the paired differences.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 
-from . import report
-from .pipeline import ARMS, Plan, calib_name
-from .stats import mean_ci, paired_difference
+from .. import report
+from ..pipeline import ARMS, Plan, calib_name
+from ..stats import fmt_ci, fmt_pm, holm, mean_ci, paired_difference
+from .base import Study, seed_values
+
+__all__ = ["ACC_MARGIN", "ARM_TEXT", "FIX_ARM", "HeldoutStudy", "LAMBDAS", "PLAN", "TITLE", "VARIANT_LABEL", "VARIANT_ORDER",
+           "plot_deltas", "render_markdown", "summarize"]
 
 LAMBDAS = (1.0, 10.0)
 VARIANT_ORDER = ("train", "heldout", "heldout_auto", "heldout_kl", "temp")
@@ -36,21 +39,7 @@ PLAN = Plan(arms=ARMS, lambdas=(0.0,) + LAMBDAS, label_smoothing=False, online=F
 FIX_ARM = "overfit"
 ARM_TEXT = {"overfit": "over-fine-tuned arm", "aligned": "aligned (DPO) arm"}
 ACC_MARGIN = 0.01
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count toward the family size)."""
-    idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
-    order = sorted(idx, key=lambda i: pvalues[i])
-    m, out, running = len(order), [float("nan")] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        out[i] = running
-    return out
-
-
-def _vals(per_seed: dict, key: str, dom: str, metric: str) -> list:
-    return [s["rows"].get(key, {}).get(dom, {}).get(metric) for s in per_seed.values()]
+TITLE = "# Does the ECE term earn its place? Held-out bin accuracies and temperature targets"
 
 
 def _bins_mean(per_seed: dict, arm: str, split: str) -> dict:
@@ -76,14 +65,14 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = 
         train, held = _bins_mean(per_seed, arm, "train"), _bins_mean(per_seed, arm, "heldout")
         if train:
             precheck[arm] = {"train_bins": train, "heldout_bins": held,
-                             "conf_ece_train": mean_ci([v for v in _vals(per_seed, arm, "train", "conf_ece") if v is not None]),
-                             "conf_ece_heldout": mean_ci([v for v in _vals(per_seed, arm, "heldout", "conf_ece") if v is not None]),
-                             "acc_train": mean_ci([v for v in _vals(per_seed, arm, "train", "acc") if v is not None]),
-                             "acc_heldout": mean_ci([v for v in _vals(per_seed, arm, "heldout", "acc") if v is not None])}
+                             "conf_ece_train": mean_ci([v for v in seed_values(per_seed, arm, "train", "conf_ece") if v is not None]),
+                             "conf_ece_heldout": mean_ci([v for v in seed_values(per_seed, arm, "heldout", "conf_ece") if v is not None]),
+                             "acc_train": mean_ci([v for v in seed_values(per_seed, arm, "train", "acc") if v is not None]),
+                             "acc_heldout": mean_ci([v for v in seed_values(per_seed, arm, "heldout", "acc") if v is not None])}
     cells, comps = {}, []
     keys = sorted({k for s in per_seed.values() for k in s["rows"]})
     for k in keys:
-        cells[k] = {f"{m}_{d}": mean_ci([v for v in _vals(per_seed, k, d, m) if v is not None])
+        cells[k] = {f"{m}_{d}": mean_ci([v for v in seed_values(per_seed, k, d, m) if v is not None])
                     for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}
     ts_key = f"{fix_arm}.ts"
     for mode in ("cft", "rcft"):
@@ -94,10 +83,10 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = 
                 if key not in keys or base not in keys or key in skip:
                     continue
                 c = {"key": key, "mode": mode, "variant": (variant_of or {}).get(key, variant), "lambda": lam, "base": base,
-                     "vs_lam0": {f"{m}_{d}": paired_difference(_vals(per_seed, key, d, m), _vals(per_seed, base, d, m))
+                     "vs_lam0": {f"{m}_{d}": paired_difference(seed_values(per_seed, key, d, m), seed_values(per_seed, base, d, m))
                                  for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}}
                 if ts_key in keys:
-                    c["vs_ts"] = {f"{m}_{d}": paired_difference(_vals(per_seed, key, d, m), _vals(per_seed, ts_key, d, m))
+                    c["vs_ts"] = {f"{m}_{d}": paired_difference(seed_values(per_seed, key, d, m), seed_values(per_seed, ts_key, d, m))
                                   for m in ("conf_ece",) for d in ("in", "out")}
                 comps.append(c)
     adj = holm([c["vs_lam0"]["conf_ece_in"].get("p", float("nan")) for c in comps])
@@ -123,18 +112,6 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = 
             "family_size": sum(1 for c in comps if not math.isnan(c["vs_lam0"]["conf_ece_in"].get("p", float("nan"))))}
 
 
-def _ci(d: dict, digits: int = 3) -> str:
-    if d is None or d["n"] < 2 or math.isnan(d["lo"]):
-        return "-" if d is None or d["n"] == 0 else f"{d['mean']:+.{digits}f} (n=1)"
-    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
-
-
-def _pm(c: dict) -> str:
-    if c is None or c["n"] == 0:
-        return "-"
-    return f"{c['mean']:.3f}" + ("" if math.isnan(c["half"]) else f" ± {c['half']:.3f}")
-
-
 def _cost_text(study: dict) -> str:
     """Training time per seed as the runs recorded it (a resumed invocation reuses runs, so its wall time says
     little): the sum of every run's own seconds, one torch thread each."""
@@ -146,8 +123,7 @@ def _cost_text(study: dict) -> str:
     return text
 
 
-def render_markdown(study: dict, title: str = "# Does the ECE term earn its place? Held-out bin accuracies and "
-                                               "temperature targets") -> str:
+def render_markdown(study: dict, title: str = TITLE) -> str:
     m, s = study["meta"], study["summary"]
     arm_text = ARM_TEXT[s.get("fix_arm", FIX_ARM)]
     lines = [title, "",
@@ -161,8 +137,8 @@ def render_markdown(study: dict, title: str = "# Does the ECE term earn its plac
     lines += ["## Pre-check (no training): per-bin accuracy of the start model, training rows vs held-out rows", "",
               "Counts summed and accuracies pooled over seeds; `–` = empty bin.", ""]
     for arm, pc in s["precheck"].items():
-        lines += [f"**{report.row_label(arm)}**: conf-ECE on its training rows {_pm(pc['conf_ece_train'])} vs held-out "
-                  f"{_pm(pc['conf_ece_heldout'])}; accuracy {_pm(pc['acc_train'])} vs {_pm(pc['acc_heldout'])}.", "",
+        lines += [f"**{report.row_label(arm)}**: conf-ECE on its training rows {fmt_pm(pc['conf_ece_train'])} vs held-out "
+                  f"{fmt_pm(pc['conf_ece_heldout'])}; accuracy {fmt_pm(pc['acc_train'])} vs {fmt_pm(pc['acc_heldout'])}.", "",
                   "| bin | train n | train acc | train conf | held-out n | held-out acc | held-out conf |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         tb, hb = pc["train_bins"], pc["heldout_bins"] or {"count": [0] * 10, "acc": [None] * 10, "conf": [None] * 10}
@@ -180,23 +156,23 @@ def render_markdown(study: dict, title: str = "# Does the ECE term earn its plac
     for c in s["comparisons"]:
         d = c["vs_lam0"]
         ph = d["conf_ece_in"].get("p_holm", float("nan"))
-        lines.append(f"| {c['mode'].upper()} | {VARIANT_LABEL[c['variant']]} | {c['lambda']:g} | {_ci(d['conf_ece_in'])} | "
-                     f"{'-' if math.isnan(ph) else f'{ph:.3g}'} | {_ci(d['conf_ece_out'])} | {_ci(d['cw_ece_in'])} | "
-                     f"{_ci(d['acc_in'])} | {_ci(c.get('vs_ts', {}).get('conf_ece_in'))} |")
+        lines.append(f"| {c['mode'].upper()} | {VARIANT_LABEL[c['variant']]} | {c['lambda']:g} | {fmt_ci(d['conf_ece_in'])} | "
+                     f"{'-' if math.isnan(ph) else f'{ph:.3g}'} | {fmt_ci(d['conf_ece_out'])} | {fmt_ci(d['cw_ece_in'])} | "
+                     f"{fmt_ci(d['acc_in'])} | {fmt_ci(c.get('vs_ts', {}).get('conf_ece_in'))} |")
     lines += ["", "## Absolute values (mean ± 95% half-width)", "", "| model | conf-ECE in | conf-ECE out | acc in | acc out |",
               "|---|---:|---:|---:|---:|"]
     for k in report.ordered_keys(s["keys"]):
         if k == "oracle" or k in s["cells"]:
             c = s["cells"].get(k)
             if c:
-                lines.append(f"| {k} | {_pm(c['conf_ece_in'])} | {_pm(c['conf_ece_out'])} | {_pm(c['acc_in'])} | {_pm(c['acc_out'])} |")
+                lines.append(f"| {k} | {fmt_pm(c['conf_ece_in'])} | {fmt_pm(c['conf_ece_out'])} | {fmt_pm(c['acc_in'])} | {fmt_pm(c['acc_out'])} |")
     lines += ["", "## Verdict per mode (best variant by mean Δ in-domain conf-ECE vs its λ=0 run)", ""]
     for mode, v in s["verdicts"].items():
         lines.append(f"* **{mode.upper()}**: best {VARIANT_LABEL[v['variant']]}, λ={v['lambda']:g}: Δ conf-ECE in "
-                     f"{_ci(v['conf_ece_in'])} -> ECE gain {'shown' if v['ece_gain'] else 'not shown'} "
-                     f"({'survives' if v['ece_gain_holm'] else 'does not survive'} Holm); Δ acc in {_ci(v['acc_in'])} -> "
+                     f"{fmt_ci(v['conf_ece_in'])} -> ECE gain {'shown' if v['ece_gain'] else 'not shown'} "
+                     f"({'survives' if v['ece_gain_holm'] else 'does not survive'} Holm); Δ acc in {fmt_ci(v['acc_in'])} -> "
                      f"accuracy {'kept' if v['acc_kept'] else 'not shown kept'} (1-point margin); vs TS "
-                     f"{_ci(v['vs_ts'])}. The best of several variants is picked after the fact: read its interval "
+                     f"{fmt_ci(v['vs_ts'])}. The best of several variants is picked after the fact: read its interval "
                      "with the Holm column.")
     lines.append("")
     return "\n".join(lines)
@@ -238,13 +214,21 @@ def plot_deltas(study: dict, path: str) -> str:
     return path
 
 
-def write(study: dict, summary_dir: str) -> dict:
-    """Summarise, then write heldout.json, heldout.md and heldout_deltas.png into ``summary_dir``."""
-    study["summary"] = summarize(study["per_seed"])
-    with open(os.path.join(summary_dir, "heldout.json"), "w", encoding="utf-8") as f:
-        json.dump(study, f, indent=1)
-    with open(os.path.join(summary_dir, "heldout.md"), "w", encoding="utf-8") as f:
-        f.write(render_markdown(study))
-    if study["summary"]["comparisons"]:
-        plot_deltas(study, os.path.join(summary_dir, "heldout_deltas.png"))
-    return study
+class HeldoutStudy(Study):
+    """``--study heldout``: ``heldout.json``, ``heldout.md``, ``heldout_deltas.png``."""
+
+    name = "heldout"
+    stem = "heldout"
+    plan = PLAN
+    title = TITLE
+
+    def summarize(self, per_seed: dict) -> dict:
+        return summarize(per_seed)
+
+    def render(self, study: dict) -> str:
+        return render_markdown(study, title=self.title)
+
+    def figures(self, study: dict, summary_dir: str) -> list[str]:
+        if not study["summary"]["comparisons"]:
+            return []
+        return [plot_deltas(study, os.path.join(summary_dir, f"{self.stem}_deltas.png"))]
