@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["fmt_ci", "fmt_diff", "fmt_pm", "holm", "mean_ci", "non_inferior", "paired_difference", "seeds_needed",
-           "verdict"]
+__all__ = ["equivalence", "fmt_ci", "fmt_diff", "fmt_pm", "fmt_pt", "holm", "mean_ci", "non_inferior",
+           "paired_difference", "seeds_needed", "verdict"]
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
@@ -79,6 +79,17 @@ def non_inferior(diff: dict, margin: float) -> str:
     return "not reproduced" if diff["hi"] < -margin else "inconclusive"
 
 
+def equivalence(diff: dict, margin: float) -> str:
+    """Equivalence of a paired difference at ``±margin``: "equivalent" when the whole 95% interval lies inside
+    (-margin, +margin), "different" when it lies wholly outside on one side, else "inconclusive" (also with fewer
+    than two seeds). The 95% interval is stricter than the 90% one of two one-sided tests at 5%."""
+    if diff["n"] < 2 or math.isnan(diff["lo"]):
+        return "inconclusive"
+    if -margin < diff["lo"] and diff["hi"] < margin:
+        return "equivalent"
+    return "different" if diff["lo"] >= margin or diff["hi"] <= -margin else "inconclusive"
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (NaN / None entries stay NaN and do not count toward the family size)."""
     idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
@@ -122,6 +133,13 @@ def fmt_ci(d: dict | None, digits: int = 3) -> str:
     if d is None or d["n"] < 2 or math.isnan(d["lo"]):
         return "-" if d is None or d["n"] == 0 else f"{d['mean']:+.{digits}f} (n=1)"
     return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+
+
+def fmt_pt(d: dict | None) -> str:
+    """A paired difference of accuracies in points: ``+mean pt [+lo, +hi]`` (2 decimals)."""
+    if d is None or d["n"] < 2 or math.isnan(d["lo"]):
+        return "-" if d is None or d["n"] == 0 else f"{100 * d['mean']:+.2f} pt (n=1)"
+    return f"{100 * d['mean']:+.2f} pt [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
 
 
 def fmt_diff(d: dict, digits: int = 3) -> str:

@@ -28,7 +28,7 @@ from . import heldout
 from .heldout import HeldoutStudy
 
 __all__ = ["ARM", "AlignmentStudy", "KEEP_MARGIN", "PLAN", "REWARD_METRICS", "as_run", "bin_accuracy_as_run",
-           "fix_keys", "render_alignment", "summarize_alignment", "table3_line"]
+           "fix_keys", "render_alignment", "run_label", "summarize_alignment", "table3_line"]
 
 ARM = "aligned"
 PLAN = Plan(arms=(ARM,), lambdas=(0.0, 1.0), label_smoothing=True, online=False, variants=("train",),
@@ -81,20 +81,34 @@ def render_alignment(study: dict) -> list[str]:
              f"{a['margin']:.3f} reward).", "",
              "| model | E[r*] | Δ E[r*] vs DPO | kept (≥90% of DPO's gain) | win rate vs DPO | P(best reply) | "
              "pref ratio (true) |", "|---|---:|---:|:---:|---:|---:|---:|"]
+    verdicts = []
     for k in report.ordered_keys(a["cells"]):
         c = a["cells"][k]
         f = a["fixes"].get(k)
         kept = "-" if not f or f["kept"] is None else ("yes" if f["kept"] else "not shown")
         if f and f["policy_unchanged"]:
             kept = "= DPO (TS leaves the policy unchanged)"
-        lines.append(f"| {k} | {fmt_pm(c['expected_reward'])} | {fmt_ci(f['vs_dpo']) if f else '-'} | {kept} | "
+        label = run_label(study["summary"], k)
+        if f and not f["policy_unchanged"]:
+            verdicts.append(f"* {label}: Δ E[r*] vs DPO {fmt_ci(f['vs_dpo'])}: "
+                            f"{'keeps' if f['kept'] else 'not shown to keep'} alignment (≥ {1 - KEEP_MARGIN:.0%} of "
+                            f"DPO's gain); win rate vs DPO {fmt_pm(f['win_rate'])}.")
+        lines.append(f"| {label} | {fmt_pm(c['expected_reward'])} | {fmt_ci(f['vs_dpo']) if f else '-'} | {kept} | "
                      f"{fmt_pm(c['win_rate'])} | {fmt_pm(c['best_reply'])} | "
                      f"{c['pref_ratio']['mean']:.3f} ({c['true_pref']['mean']:.3f}) |")
     lines += ["", "Win rate vs DPO: P[r*(y) > r*(y_DPO)] + ½ P[tie] with y from the model and y_DPO from the DPO "
               "model, both drawn from their policies over the replies (0.5 = the same policy). pref ratio (true): "
               "mean π(y_m)/(π(y_m)+π(y_o)) over every pair of replies, y_m the one the model prefers, and the true "
               "probability σ(r*_m − r*_o) that it wins; ratio above true = preference collapse.", ""]
+    if verdicts:
+        lines += ["Verdicts (non-inferiority margin: " + f"{KEEP_MARGIN:.0%} of DPO's gain):", "", *verdicts, ""]
     return lines
+
+
+def run_label(summary: dict, key: str) -> str:
+    """A run key, with the bins it read when its name says otherwise (``aligned.cft [held-out bins]``)."""
+    variant = summary.get("relabelled", {}).get(key)
+    return f"{key} [{heldout.VARIANT_LABEL[variant].split(' (')[0]}]" if variant else key
 
 
 def as_run(per_seed: dict) -> tuple[dict, tuple]:
@@ -120,7 +134,7 @@ def table3_line(study: dict) -> str:
     for k in (calib_name(ARM, "cft", 1.0), calib_name(ARM, "rcft", 1.0)):
         f = a["fixes"].get(k)
         if f:
-            parts.append(f"{k}: Δ vs DPO {fmt_ci(f['vs_dpo'])}, win rate {fmt_pm(f['win_rate'])}")
+            parts.append(f"{run_label(study['summary'], k)}: Δ vs DPO {fmt_ci(f['vs_dpo'])}, win rate {fmt_pm(f['win_rate'])}")
     return "; ".join(parts)
 
 

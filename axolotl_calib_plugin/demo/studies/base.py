@@ -14,7 +14,21 @@ import os
 
 from ..pipeline import Plan
 
-__all__ = ["Study", "seed_values"]
+__all__ = ["ACC_NONINFERIORITY_MARGIN", "HOLM_ALPHA", "MARGINS_TEXT", "Study", "TS_EQUIVALENCE_MARGIN", "seed_values"]
+
+#: Pre-registered margins, fixed before the verdicts are read and shared by every study that compares methods.
+#: Accuracy is "kept" (non-inferior) when the 95% interval of the paired accuracy difference lies above -1 point.
+ACC_NONINFERIORITY_MARGIN = 0.01
+#: Two methods are "level" on in-domain conf-ECE when the 95% interval of their paired difference lies inside
+#: +-0.01 (equivalence); a method is "no worse" than temperature scaling when that interval's upper end is below
+#: +0.01 (the conf-ECE margin of the online study too).
+TS_EQUIVALENCE_MARGIN = 0.01
+#: family-wise error rate of the Holm-adjusted p-values
+HOLM_ALPHA = 0.05
+MARGINS_TEXT = (f"Pre-registered margins: accuracy non-inferior when the 95% interval of Δ accuracy lies above "
+                f"−{100 * ACC_NONINFERIORITY_MARGIN:g} point; level with a baseline when the 95% interval of Δ in-domain "
+                f"conf-ECE lies inside ±{TS_EQUIVALENCE_MARGIN:g}, no worse than it when its upper end lies below "
+                f"+{TS_EQUIVALENCE_MARGIN:g}; Holm-adjusted p below {HOLM_ALPHA:g}.")
 
 
 def seed_values(per_seed: dict, key: str, dom: str, metric: str) -> list:

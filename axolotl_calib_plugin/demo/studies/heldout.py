@@ -22,11 +22,11 @@ import numpy as np
 
 from .. import report
 from ..pipeline import ARMS, Plan, calib_name
-from ..stats import fmt_ci, fmt_pm, holm, mean_ci, paired_difference
-from .base import Study, seed_values
+from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference
+from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
 
-__all__ = ["ACC_MARGIN", "ARM_TEXT", "FIX_ARM", "HeldoutStudy", "LAMBDAS", "PLAN", "TITLE", "VARIANT_LABEL", "VARIANT_ORDER",
-           "plot_deltas", "render_markdown", "summarize"]
+__all__ = ["ARM_TEXT", "FIX_ARM", "HeldoutStudy", "LAMBDAS", "PLAN", "TITLE", "VARIANT_LABEL", "VARIANT_ORDER",
+           "plot_deltas", "render_markdown", "summarize", "variant_verdict"]
 
 LAMBDAS = (1.0, 10.0)
 VARIANT_ORDER = ("train", "heldout", "heldout_auto", "heldout_kl", "temp")
@@ -38,7 +38,6 @@ PLAN = Plan(arms=ARMS, lambdas=(0.0,) + LAMBDAS, label_smoothing=False, online=F
             heldout_eval=True)
 FIX_ARM = "overfit"
 ARM_TEXT = {"overfit": "over-fine-tuned arm", "aligned": "aligned (DPO) arm"}
-ACC_MARGIN = 0.01
 TITLE = "# Does the ECE term earn its place? Held-out bin accuracies and temperature targets"
 
 
@@ -92,24 +91,74 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = 
     adj = holm([c["vs_lam0"]["conf_ece_in"].get("p", float("nan")) for c in comps])
     for c, p in zip(comps, adj):
         c["vs_lam0"]["conf_ece_in"]["p_holm"] = p
-    verdicts = {}
-    for mode in ("cft", "rcft"):
-        mine = [c for c in comps if c["mode"] == mode and c["vs_lam0"]["conf_ece_in"]["n"] >= 2]
-        if not mine:
-            continue
-        best = min(mine, key=lambda c: c["vs_lam0"]["conf_ece_in"]["mean"])
-        d, a = best["vs_lam0"]["conf_ece_in"], best["vs_lam0"]["acc_in"]
-        t = best.get("vs_ts", {}).get("conf_ece_in")
-        verdicts[mode] = {
-            "best": best["key"], "variant": best["variant"], "lambda": best["lambda"],
-            "conf_ece_in": d, "acc_in": a,
-            "ece_gain": bool(d["hi"] < 0), "ece_gain_holm": bool(d["hi"] < 0 and d.get("p_holm", 1) < 0.05),
-            "acc_kept": bool(a["lo"] > -ACC_MARGIN),
-            "vs_ts": t, "no_worse_than_ts": None if t is None else bool(t["mean"] <= 0 or t["lo"] <= 0),
-        }
+    for c in comps:
+        c["verdict"] = variant_verdict(c)
     return {"fix_arm": fix_arm, "keys": keys, "cells": cells, "precheck": precheck, "comparisons": comps,
-            "verdicts": verdicts,
+            "margins": {"acc_noninferiority": ACC_NONINFERIORITY_MARGIN, "ts_equivalence": TS_EQUIVALENCE_MARGIN,
+                        "holm_alpha": HOLM_ALPHA},
+            "all_three": [c["key"] for c in comps if c["verdict"]["all_three"]],
+            "all_three_unadjusted": [c["key"] for c in comps if c["verdict"]["all_three_unadjusted"]],
             "family_size": sum(1 for c in comps if not math.isnan(c["vs_lam0"]["conf_ece_in"].get("p", float("nan"))))}
+
+
+def variant_verdict(c: dict) -> dict:
+    """The three criteria for one variant, from the pre-registered margins: an ECE gain over its lambda-0 run (the
+    in-domain conf-ECE interval below 0; after Holm: its adjusted p below ``HOLM_ALPHA`` too), accuracy
+    non-inferior within ``ACC_NONINFERIORITY_MARGIN``, and no worse than temperature scaling (the upper end of
+    its conf-ECE difference from TS below ``TS_EQUIVALENCE_MARGIN``; "level" when the interval lies inside the
+    +- margin). ``all_three`` needs the gain after Holm; ``all_three_unadjusted`` the unadjusted gain."""
+    d, a = c["vs_lam0"]["conf_ece_in"], c["vs_lam0"]["acc_in"]
+    t = c.get("vs_ts", {}).get("conf_ece_in")
+    enough = d["n"] >= 2 and not math.isnan(d["hi"])
+    gain = bool(enough and d["hi"] < 0)
+    gain_holm = bool(gain and d.get("p_holm", float("nan")) < HOLM_ALPHA)
+    acc = non_inferior(a, ACC_NONINFERIORITY_MARGIN)
+    if t is None:
+        ts, no_worse = "no TS run", None
+    elif t["n"] < 2 or math.isnan(t["hi"]):
+        ts, no_worse = "not shown level with TS", None
+    else:
+        no_worse = bool(t["hi"] < TS_EQUIVALENCE_MARGIN)
+        if equivalence(t, TS_EQUIVALENCE_MARGIN) == "equivalent":
+            ts = "level with TS"
+        elif t["lo"] > 0:
+            ts = "worse than TS"
+        elif t["hi"] < 0:
+            ts = "better than TS"
+        else:
+            ts = "no worse than TS, not shown level" if no_worse else "not shown level with TS"
+    return {"ece_gain": gain, "ece_gain_holm": gain_holm, "acc": acc, "vs_ts": ts, "no_worse_than_ts": no_worse,
+            "all_three": bool(gain_holm and acc == "reproduced" and no_worse),
+            "all_three_unadjusted": bool(gain and acc == "reproduced" and no_worse)}
+
+
+_ACC_WORD = {"reproduced": "accuracy non-inferior", "not reproduced": "accuracy inferior",
+             "inconclusive": "accuracy not shown non-inferior"}
+
+
+def _variant_text(c: dict) -> str:
+    return f"{c['mode'].upper()}, {VARIANT_LABEL[c['variant']]}, λ={c['lambda']:g}"
+
+
+def verdict_lines(s: dict) -> list[str]:
+    """One line per variant (its three criteria), then which variants meet all three, with and without Holm."""
+    lines = []
+    for c in s["comparisons"]:
+        v, d = c["verdict"], c["vs_lam0"]
+        ph = d["conf_ece_in"].get("p_holm", float("nan"))
+        gain = ("ECE gain after Holm" if v["ece_gain_holm"] else "ECE gain, not after Holm" if v["ece_gain"]
+                else "ECE gain not shown")
+        lines.append(f"* {_variant_text(c)}: {gain} (Δ conf-ECE in {fmt_ci(d['conf_ece_in'])}, Holm p "
+                     f"{'-' if math.isnan(ph) else f'{ph:.3g}'}); {_ACC_WORD[v['acc']]} (Δ acc in {fmt_pt(d['acc_in'])}); "
+                     f"{v['vs_ts']} (Δ conf-ECE in vs TS {fmt_ci(c.get('vs_ts', {}).get('conf_ece_in'))}).")
+    by_key = {c["key"]: c for c in s["comparisons"]}
+    names = lambda keys: "; ".join(_variant_text(by_key[k]) for k in keys) or "none"  # noqa: E731
+    n = len(s["comparisons"])
+    lines += ["", f"**Variants that meet all three criteria** (ECE gain after Holm, accuracy non-inferior, no worse "
+                  f"than TS): {names(s['all_three'])} (of {n}).", "",
+              f"**Without the Holm adjustment** (a gain interval below 0 is enough): {names(s['all_three_unadjusted'])} "
+              f"(of {n}; picked after looking at {n} variants, so this is not a finding on its own)."]
+    return lines
 
 
 def _cost_text(study: dict) -> str:
@@ -166,14 +215,7 @@ def render_markdown(study: dict, title: str = TITLE) -> str:
             c = s["cells"].get(k)
             if c:
                 lines.append(f"| {k} | {fmt_pm(c['conf_ece_in'])} | {fmt_pm(c['conf_ece_out'])} | {fmt_pm(c['acc_in'])} | {fmt_pm(c['acc_out'])} |")
-    lines += ["", "## Verdict per mode (best variant by mean Δ in-domain conf-ECE vs its λ=0 run)", ""]
-    for mode, v in s["verdicts"].items():
-        lines.append(f"* **{mode.upper()}**: best {VARIANT_LABEL[v['variant']]}, λ={v['lambda']:g}: Δ conf-ECE in "
-                     f"{fmt_ci(v['conf_ece_in'])} -> ECE gain {'shown' if v['ece_gain'] else 'not shown'} "
-                     f"({'survives' if v['ece_gain_holm'] else 'does not survive'} Holm); Δ acc in {fmt_ci(v['acc_in'])} -> "
-                     f"accuracy {'kept' if v['acc_kept'] else 'not shown kept'} (1-point margin); vs TS "
-                     f"{fmt_ci(v['vs_ts'])}. The best of several variants is picked after the fact: read its interval "
-                     "with the Holm column.")
+    lines += ["", "## Verdicts per variant", "", MARGINS_TEXT, "", *verdict_lines(s)]
     lines.append("")
     return "\n".join(lines)
 

@@ -20,10 +20,10 @@ import os
 
 from .. import report
 from ..pipeline import ARMS, DEFAULT_LAMBDA, Plan
-from ..stats import fmt_diff, fmt_pm, mean_ci, non_inferior, paired_difference, verdict
-from .base import Study, seed_values
+from ..stats import equivalence, fmt_diff, fmt_pm, mean_ci, non_inferior, paired_difference, verdict
+from .base import ACC_NONINFERIORITY_MARGIN, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
 
-__all__ = ["ACC_MARGIN", "CELLS", "COMPARISONS", "MainStudy", "ONLINE_GOAL", "STUDY_LAMBDAS", "STUDY_PLAN",
+__all__ = ["BASELINES", "CELLS", "COMPARISONS", "MainStudy", "ONLINE_GOAL", "STUDY_LAMBDAS", "STUDY_PLAN",
            "lambda_deltas", "plot_lambda_curve", "render_markdown", "summarize", "wall_time_text"]
 
 #: the study's runs per seed: both arms; CFT and RCFT over the lambda sweep in the aligned arm (0 and 1
@@ -50,8 +50,9 @@ COMPARISONS = (
     ("overfit.rcft", "overfit.rcft_lam0", "RCFT - its lambda=0 (over-fine-tuned arm)"),
     ("overfit.ts", "overfit.cft", "TS - CFT (over-fine-tuned arm)"),
 )
-#: accuracy may drop at most this much for "accuracy kept" (non-inferiority margin) and the online E-step's goal
-ACC_MARGIN = 0.01
+#: the baseline comparisons (a - b) given an equivalence verdict on in-domain conf-ECE at TS_EQUIVALENCE_MARGIN
+BASELINES = (("aligned.ts", "aligned.cft"), ("aligned.ls", "aligned.cft"), ("overfit.ts", "overfit.cft"))
+#: the online E-step's goal
 ONLINE_GOAL = {"conf_ece": 0.01, "acc": 0.005}
 
 
@@ -87,7 +88,7 @@ def summarize(per_seed: dict) -> dict:
         claim("CFT restores the aligned model's calibration: in-domain conf-ECE falls", ("aligned.cft", "aligned"),
               "conf_ece_in", "<0"),
         claim("CFT keeps the aligned model's accuracy (in-domain, margin 1 point)", ("aligned.cft", "aligned"),
-              "acc_in", margin=ACC_MARGIN),
+              "acc_in", margin=ACC_NONINFERIORITY_MARGIN),
         claim("The ECE term calibrates beyond plain SFT on the same data (CFT vs lambda=0)",
               ("aligned.cft", "aligned.cft_lam0"), "conf_ece_in", "<0"),
         claim("CFT beats temperature scaling on in-domain conf-ECE", ("aligned.ts", "aligned.cft"), "conf_ece_in", ">0"),
@@ -99,10 +100,15 @@ def summarize(per_seed: dict) -> dict:
         claim("RCFT reaches higher in-domain accuracy than CFT (over-fine-tuned arm)", ("overfit.rcft", "overfit.cft"),
               "acc_in", ">0"),
         claim("RCFT keeps the over-fine-tuned model's accuracy (in-domain, margin 1 point)", ("overfit.rcft", "overfit"),
-              "acc_in", margin=ACC_MARGIN),
+              "acc_in", margin=ACC_NONINFERIORITY_MARGIN),
         claim("CFT keeps the over-fine-tuned model's accuracy (in-domain, margin 1 point)", ("overfit.cft", "overfit"),
-              "acc_in", margin=ACC_MARGIN),
+              "acc_in", margin=ACC_NONINFERIORITY_MARGIN),
     ) if c is not None]
+
+    labels = {(c["a"], c["b"]): c["label"] for c in comps}
+    baselines = [{"comparison": f"{a} - {b}", "label": labels[(a, b)], "diff": by[(a, b)]["conf_ece_in"],
+                  "verdict": equivalence(by[(a, b)]["conf_ece_in"], TS_EQUIVALENCE_MARGIN)}
+                 for a, b in BASELINES if (a, b) in by]
 
     online = None
     if ("aligned.cft_online", "aligned.cft") in by:
@@ -133,7 +139,8 @@ def summarize(per_seed: dict) -> dict:
         verdicts = [v for v in verdicts if v]
         if verdicts:
             regime[arm] = {"expected": want, "hits": sum(v == want for v in verdicts), "n": len(verdicts)}
-    return {"keys": keys, "cells": cells, "comparisons": comps, "claims": claims, "online_vs_exact": online,
+    return {"keys": keys, "cells": cells, "comparisons": comps, "claims": claims, "baselines": baselines,
+            "online_vs_exact": online,
             "lambda_curve": curve, "regime": regime}
 
 
@@ -184,6 +191,15 @@ def render_markdown(study: dict) -> str:
         p = "" if c.get("p") is None or math.isnan(c["p"]) else f", p = {c['p']:.3g}"
         lines.append(f"* **{c['verdict']}**: {c['claim']} ({c['comparison']}, {c['cell']}: {c['mean']:+.4f} "
                      f"[{c['lo']:+.4f}, {c['hi']:+.4f}]{p})")
+    if s.get("baselines"):
+        words = {"equivalent": f"level (inside ±{TS_EQUIVALENCE_MARGIN:g})",
+                 "different": f"different by more than {TS_EQUIVALENCE_MARGIN:g}",
+                 "inconclusive": f"not shown level (±{TS_EQUIVALENCE_MARGIN:g})"}
+        lines += ["", "## Level with the baselines? (in-domain conf-ECE, equivalence margin)", "", MARGINS_TEXT, ""]
+        for b in s["baselines"]:
+            d = b["diff"]
+            lines.append(f"* **{words[b['verdict']]}**: {b['label']} ({b['comparison']}, conf_ece_in: {d['mean']:+.4f} "
+                         f"[{d['lo']:+.4f}, {d['hi']:+.4f}])")
     if s.get("online_vs_exact"):
         o = s["online_vs_exact"]
         lines += ["", "## Online vs exact E-step (CFT, aligned arm)", ""]
