@@ -9,8 +9,9 @@ lambda 1 and 10, their shared lambda-0 run (plain SFT through the plugin), held-
 
 Reported: the pre-check (per-bin accuracy of each start model on its training rows vs held-out rows), every
 variant minus its lambda-0 run (paired over seeds, 95% t intervals, Holm-adjusted p-values over the family of
-in-domain conf-ECE comparisons), accuracy non-inferiority within 1 point, the comparison with temperature
-scaling, and a figure of the paired differences.
+in-domain conf-ECE comparisons), and per variant three verdicts from the pre-registered margins of :mod:`.base`
+(an ECE gain, after Holm or not; accuracy non-inferior within 1 point; no worse than / level with temperature
+scaling at +-0.01 conf-ECE), the variants that meet all three, and a figure of the paired differences.
 """
 
 from __future__ import annotations
