@@ -31,10 +31,10 @@ class StepFailed(RuntimeError):
 
 #: source files that cannot change a trained model or an evaluation dump: the CLI's text, plots, and the summaries
 #: that are recomputed from the dumps on every invocation (tables, statistics, the studies' reports)
+#: (a folder: every file in it)
 _RESULT_NEUTRAL = ("cli.py", os.path.join("eval", "plots.py"), os.path.join("eval", "compare.py"),
                    os.path.join("demo", "report.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
-                   os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"),
-                   os.path.join("demo", "alignment_study.py"), os.path.join("demo", "online_study.py"))
+                   os.path.join("demo", "analysis.py"), os.path.join("demo", "studies"))
 _PKG = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -52,7 +52,8 @@ def code_files() -> list[str]:
             dirs[:] = sorted(x for x in dirs if x != "__pycache__")
             for name in files:
                 path = os.path.join(d, name)
-                if name.endswith(exts) and os.path.relpath(path, _PKG) not in _RESULT_NEUTRAL:
+                rel = os.path.relpath(path, _PKG)
+                if name.endswith(exts) and not any(rel == n or rel.startswith(n + os.sep) for n in _RESULT_NEUTRAL):
                     out.append(os.path.relpath(path, base))
     return sorted(set(out))
 

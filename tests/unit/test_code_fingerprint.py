@@ -33,7 +33,8 @@ def test_code_files_reach_every_subpackage_and_the_task_folder_and_skip_reports(
     assert any(f.endswith("lm_eval_tasks/calib/utils.py") for f in files)
     assert any(f.endswith("lm_eval_tasks/calib/calib_jsonl.yaml") for f in files)
     for neutral in ("axolotl_calib_plugin/demo/report.py", "axolotl_calib_plugin/demo/study.py",
-                    "axolotl_calib_plugin/demo/heldout_study.py", "axolotl_calib_plugin/demo/alignment_study.py",
+                    "axolotl_calib_plugin/demo/studies/heldout.py", "axolotl_calib_plugin/demo/studies/alignment.py",
+                    "axolotl_calib_plugin/demo/studies/base.py", "axolotl_calib_plugin/demo/studies/__init__.py",
                     "axolotl_calib_plugin/eval/plots.py",
                     "axolotl_calib_plugin/cli.py"):
         assert neutral not in files, neutral
