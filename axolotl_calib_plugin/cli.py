@@ -785,7 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",
              "conf-ECE / cw-ECE / accuracy of a model on held-out MCQ data (lm-eval task calib_jsonl) and our own, "
              "documented regime heuristic (axolotl_calib_plugin/eval/regime.py: not from the paper). Runs offline: "
-             "the model, adapter and tokenizer must be local folders.\n\n"
+             "the model, adapter and tokenizer must be local folders. Prompts as in training: the model's "
+             "calib_settings.json is read and contradicting flags are refused (a chat-trained model needs "
+             "--apply-chat-template); held-out and training files that share questions are refused.\n\n"
              "  axolotl-calib diagnose --model DIR --data-files heldout.jsonl --train-data-files train.jsonl",
              deprecated={"--data": "--data-files", "--train-data": "--train-data-files"})
     _add(g, "--model", required=True)
