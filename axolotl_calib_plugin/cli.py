@@ -391,7 +391,8 @@ def _settings_source(a) -> tuple[str, dict | None]:
             raise SystemExit(
                 f"{a.model} has no {SETTINGS_FILE}, but {parent} (a calibration-plugin training output_dir) has one: "
                 f"this looks like `axolotl merge-lora` output of that run, which does not copy it. Pass --settings-from "
-                f"{parent} to score it with the letters and prompt format it was trained with")
+                f"{parent} to score it with the letters and prompt format it was trained with (or --settings-from "
+                f"{a.model} if it was not trained with those)")
     except SettingsError as e:
         raise SystemExit(f"axolotl-calib {getattr(a, 'cmd', 'eval')}: error: {e}") from None
     return folder, trained
