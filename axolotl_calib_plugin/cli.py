@@ -260,13 +260,17 @@ def _same_questions(a) -> None:
     def keys(task, files):
         docs = utils.load_suite(task, **{"data_files" if task == "calib_jsonl" else "ood_data_files": list(files)},
                                 **meta)["test"]
-        return [(d["question"], tuple(d["choices"])) for d in docs]
+        return [(same(d["question"]), tuple(same(c) for c in d["choices"])) for d in docs]
+
+    def same(text: str) -> str:  # the same question up to case and spacing
+        return " ".join(str(text).split()).casefold()
 
     held, train = keys("calib_jsonl", a.data_files), set(keys("calib_jsonl_ood", a.train_data_files))
     both = [k for k in held if k in train]
     if both:
         a.usage_error(f"{len(both)} of the {len(held)} held-out questions (--data-files {' '.join(a.data_files)}) are "
-                      f"also in --train-data-files {' '.join(a.train_data_files)} (same question and options, e.g. "
+                      f"also in --train-data-files {' '.join(a.train_data_files)} (same question and options up to "
+                      f"case and spacing, e.g. "
                       f"{both[0][0][:60]!r}): the verdict rests on the accuracy gap between the two sets, which such "
                       "questions shrink toward 0. Pass held-out questions the model was not fine-tuned on")
 

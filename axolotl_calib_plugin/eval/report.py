@@ -176,14 +176,16 @@ def read_settings(folder: str) -> dict | None:
     from ..rows import ANSWER_FORMATS
 
     path = os.path.join(folder, SETTINGS_FILE)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return None
     fix = (f"it is written by training (the calibration plugin): restore it from the training output_dir or a "
            f"checkpoint, or delete it and pass the settings as flags")
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except OSError as e:  # a folder of that name, no permission
+        raise SettingsError(f"{path}: cannot be read ({e}); {fix}") from None
+    except (UnicodeDecodeError, ValueError) as e:
         raise SettingsError(f"{path}: not valid JSON ({e}); {fix}") from None
     if not isinstance(doc, dict):
         raise SettingsError(f"{path}: expected a JSON object, got {type(doc).__name__}; {fix}")

@@ -56,6 +56,14 @@ def test_damaged_settings_file_names_file_key_and_remedy(tmp_path, text, want):
     assert str(tmp_path) in str(e.value) and "restore it from the training output_dir" in str(e.value)
 
 
+def test_settings_path_that_is_a_folder_is_refused(tmp_path):
+    from axolotl_calib_plugin.cli import _trained_row_settings
+
+    (tmp_path / SETTINGS_FILE).mkdir()
+    with pytest.raises(SystemExit, match=r"calib_settings.json: cannot be read \("):
+        _trained_row_settings(_ns(tmp_path))
+
+
 def test_edited_letters_that_the_data_cannot_use_name_the_settings_file(tmp_path, capsys):
     """Letters A,B from calib_settings.json against a 3-option row: the error names the data row AND where the
     letters came from, before any model loads (the model folder holds no weights at all)."""
@@ -121,7 +129,11 @@ def test_diagnose_refuses_overlapping_held_out_and_training_files(tmp_path, caps
     with pytest.raises(SystemExit) as e:
         main(["diagnose", "--model", str(model), "--data-files", held, "--train-data-files", train])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "1 of the 2 held-out questions" in err and "'What is true?'" in err
+    assert e.value.code == 2 and "1 of the 2 held-out questions" in err and "'what is true?'" in err
+    spaced = _jsonl(tmp_path / "spaced.jsonl", [dict(ROWS[0], question="  Which is  RED? ")])
+    with pytest.raises(SystemExit):  # the same question up to case and spacing
+        main(["diagnose", "--model", str(model), "--data-files", held, "--train-data-files", spaced])
+    assert "1 of the 2 held-out questions" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["diagnose", "--model", str(model), "--data-files", held, "--train-data-files", held])
     assert "2 of the 2 held-out questions" in capsys.readouterr().err
