@@ -369,7 +369,8 @@ def cmd_eval(a) -> int:
     summary, paths = evaluate_to_report(
         lm, tasks, a.output_dir, title=title, model_name=title,
         meta={"model": a.model, "adapter": bool(getattr(lm, "peft", None)), "device": str(lm.device), "dtype": dtype,
-              "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template},
+              "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template,
+              "add_bos_token": getattr(lm, "add_bos_token", None), "settings_file": a.settings_file},
         data_dir=a.data_dir, data_files=a.data_files, ood_data_files=a.ood_data_files, limit=a.limit,
         apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
         task_metadata=task_metadata, plot_format=a.plot_format,
