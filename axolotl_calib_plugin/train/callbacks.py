@@ -271,7 +271,7 @@ class EMRefreshCallback(TrainerCallback):
     def _write_settings(self, folder: str) -> None:
         """The row settings ``axolotl-calib eval`` reads to score this model with its training letters / format."""
         with open(os.path.join(folder, SETTINGS_FILE), "w", encoding="utf-8") as fh:
-            json.dump(training_settings(self.settings), fh, indent=1)
+            json.dump(training_settings(self.settings, getattr(self.trainer, "processing_class", None)), fh, indent=1)
 
     def _resume_candidates(self, args, state) -> list[str]:
         out = []

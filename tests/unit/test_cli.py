@@ -63,7 +63,11 @@ def test_make_tiny_and_diagnose(tmp_path, mcq_rows, capsys):
     model.save_pretrained(adapter)
     AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
     assert not (adapter / "model.safetensors").exists()
-    train = str(mcq_rows(40, num_options=4, seed=2, name="train.jsonl"))
+    from helpers import make_mcq_rows
+
+    # other questions than the held-out file's (diagnose refuses files that share questions)
+    train = str(mcq_rows(rows=[dict(r, question="Train: " + r["question"]) for r in make_mcq_rows(40, seed=2)],
+                         name="train.jsonl"))
     capsys.readouterr()
     assert main(["diagnose", "--model", str(adapter), "--data-files", data, "--train-data-files", train, "--json"]) == 0
     lora = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
