@@ -34,7 +34,7 @@ import numpy as np
 from .report import fmt_signed, fmt_value
 from .samples import find_samples, load_results, read_samples, stack_items
 
-__all__ = ["COLUMNS", "build_table", "check_same_questions", "column_items", "metrics_of_items", "paired_differences",
+__all__ = ["COLUMNS", "build_table", "check_same_questions", "column_items", "comparison_models", "metrics_of_items", "paired_differences",
            "plot_runs", "question_keys", "render_markdown", "shared_questions", "write_json"]
 
 #: (metric, domain, header) in the paper's order.
@@ -352,28 +352,32 @@ def write_json(table: dict, path: str) -> str:
     return path
 
 
+def comparison_models(runs: Sequence[tuple[str, str]], task: str,
+                      allow_different_prompts: bool = False) -> tuple[dict[str, tuple], str]:
+    """What the comparison diagram of ``task`` draws: ``({run: (probs, labels, K per row)}, scope)`` on the
+    questions all runs with samples scored (the table's ``n``), and the scope in words for the title."""
+    items, keys, keyed, _ = column_items(runs, task, allow_different_prompts)
+    if not keys:
+        return {name: stack_items(its) for name, its in items.items()}, "its own questions"
+    own = {name: len(its) for name, its in items.items()}
+    scope = f"the {len(keys)} questions all runs scored"
+    if any(v != len(keys) for v in own.values()):
+        scope += " (of " + ", ".join(f"{k} {v}" for k, v in own.items()) + ")"
+    return {name: stack_items([keyed[name][k] for k in keys]) for name in items}, scope
+
+
 def plot_runs(runs: Sequence[tuple[str, str]], tasks: Sequence[str], out_dir: str, plot_format: str = "png",
               allow_different_prompts: bool = False) -> list[str]:
     """One comparison diagram per task (``reliability_compare_<task>.<plot_format>``) from the runs' logged
-    samples, drawn on the questions all of them scored (the table's ``n``, named in the title and in every
-    legend entry); runs without samples for a task are left out of that diagram."""
+    samples, drawn on the questions all of them scored (:func:`comparison_models`: the table's ``n``, named in
+    the title and in every legend entry); runs without samples for a task are left out of that diagram."""
     from .plots import plot_comparison
 
     written = []
     for task in tasks:
-        items, keys, keyed, _ = column_items(runs, task, allow_different_prompts)
-        if not items:
-            continue
-        if keys:
-            models = {name: stack_items([keyed[name][k] for k in keys]) for name in items}
-            own = {name: len(its) for name, its in items.items()}
-            scope = (f"the {len(keys)} questions all runs scored" if len(set(own.values())) == 1 and
-                     next(iter(own.values())) == len(keys) else
-                     f"the {len(keys)} questions all runs scored (of " + ", ".join(f"{k} {v}" for k, v in own.items()) + ")")
-        else:
-            models = {name: stack_items(its) for name, its in items.items()}
-            scope = "each run's own questions"
-        path = os.path.join(out_dir, f"reliability_compare_{task}.{plot_format}")
-        plot_comparison(models, path, title=f"{task}, on {scope}")
-        written.append(path)
+        models, scope = comparison_models(runs, task, allow_different_prompts)
+        if models:
+            path = os.path.join(out_dir, f"reliability_compare_{task}.{plot_format}")
+            plot_comparison(models, path, title=f"{task} on {scope}")
+            written.append(path)
     return written

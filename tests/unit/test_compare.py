@@ -242,3 +242,24 @@ def test_table_flags_a_run_that_answers_one_letter(tmp_path):
     md = render_markdown(table)
     assert "| ONE |" in md and "0.2500 (!)" in md and "| GOOD | " in md and "1.0000 (!)" not in md
     assert "ONE / calib_in_domain_pooled: WARNING: one letter takes most answers: A is the model's answer on 40 of 40" in md
+
+
+def test_comparison_diagram_draws_the_tables_questions(tmp_path):
+    """The diagram of a column shows the same n and numbers as the table: BASE scored 4 questions, TS 3; both
+    are drawn on the 3 shared ones (BASE's legend: conf-ECE 0.5000, acc 0.6667, n = 3, as its table cell; not
+    the 0.35 of its own 4), and the title says which questions."""
+    from axolotl_calib_plugin.eval.compare import comparison_models
+    from axolotl_calib_plugin.eval.plots import plot_comparison
+
+    base = _run(tmp_path / "base", {TASK: BASE})
+    ts = _run(tmp_path / "ts", {TASK: TS})
+    runs = [("BASE", base), ("TS", ts)]
+    table = build_table(runs, TASK, OOD, n_boot=10)
+    models, scope = comparison_models(runs, TASK)
+    assert scope == "the 3 questions all runs scored (of BASE 4, TS 3)"
+    assert [len(m[1]) for m in models.values()] == [3, 3]
+    fig = plot_comparison(models, title=f"{TASK} on {scope}")
+    entries = [t.get_text() for t in fig.legends[0].get_texts()]
+    cell = table["rows"][0]["in"]
+    assert entries[1] == f"BASE: conf-ECE {cell['conf_ece']:.4f}, acc {cell['acc']:.4f}, n = {cell['n']} questions"
+    assert entries[1] == "BASE: conf-ECE 0.5000, acc 0.6667, n = 3 questions"
