@@ -193,7 +193,8 @@ def column_items(runs: Sequence[tuple[str, str]], task: str,
 def _metrics_of_arrays(probs, labels, ks) -> dict:
     from ..metrics import calibration_metrics
 
-    m = calibration_metrics(probs, labels, num_options=ks)
+    same_k = bool((ks == probs.shape[1]).all())  # no padding: skip the per-row option counts (and their checks)
+    m = calibration_metrics(probs, labels, num_options=None if same_k else ks)
     return {name: m[key] for name, key in _METRIC_KEYS.items()}
 
 
