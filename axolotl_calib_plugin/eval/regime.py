@@ -131,12 +131,18 @@ def ece_noise(probs, labels, n_bins: int = N_BINS) -> float:
     return float(np.sum(rb.weight * np.sqrt(2 * c * (1 - c) / (np.pi * nm))))
 
 
+#: the logit given to an option of probability exactly 0 (a zero-padded option of a row with fewer options):
+#: divided by any fitted T (at most 100) it stays below -100, so the option keeps probability ~0 under scaling.
+_ZERO_LOGIT = -1e4
+
+
 def cross_fitted_ts_ece(probs, labels, n_bins: int = N_BINS, seed: int = 0) -> tuple[float, float]:
-    """2-fold cross-fitted temperature scaling: (geometric-mean T, conf-ECE of the held-out halves pooled)."""
+    """2-fold cross-fitted temperature scaling: (geometric-mean T, conf-ECE of the held-out halves pooled).
+    Zero-padded options (mixed option counts) stay at probability 0 under every T: padding does not change T."""
     p, y = metrics.validate_probs_labels(probs, labels)
     p, y = p.numpy(), y.numpy()
     n = len(y)
-    z = probs_to_logits(p)
+    z = np.where(p > 0, probs_to_logits(p), _ZERO_LOGIT)
     if n < 4:
         t = fit_temperature(z, y)
         return t, metrics.conf_ece(apply_temperature(z, t), y, n_bins)

@@ -150,3 +150,19 @@ def test_a_model_at_chance_gets_no_advice_and_its_large_temperature_is_explained
     # zero-padded mixed option counts (K = 2 and 4): chance is the mean of 1/K, padding stays at probability 0
     mixed = diagnose(np.array([[0.9, 0.1, 0, 0], [0.1, 0.7, 0.1, 0.1]] * 10), np.array([0, 1] * 10))
     assert mixed.chance["chance"] == (1 / 2 + 1 / 4) / 2 and mixed.chance["mixed_k"]
+
+
+def test_zero_padding_does_not_change_the_fitted_temperature():
+    """Rows of 3 options zero-padded to 5 (as mixed option counts are stacked) give the temperature and scaled
+    conf-ECE of the unpadded rows, also for a flat model whose T is large (there the padded options used to
+    take probability once divided by T)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    for scale in (1.0, 4.0):
+        z = rng.normal(0, scale, (400, 3))
+        z[np.arange(400), y] += 0.3 * scale
+        p = softmax(z, axis=1)
+        padded = np.hstack([p, np.zeros((400, 2))])
+        t, ece = cross_fitted_ts_ece(p, y)
+        t_pad, ece_pad = cross_fitted_ts_ece(padded, y)
+        assert abs(t_pad - t) < 1e-6 * t and abs(ece_pad - ece) < 1e-9, (scale, t, t_pad)
