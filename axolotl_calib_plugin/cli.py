@@ -516,7 +516,7 @@ def cmd_temperature(a) -> int:
     from .eval.compare import metrics_of_items
     from .eval.plots import plot_comparison
     from .eval.report import write_report
-    from .eval.samples import samples_task, stack_items
+    from .eval.samples import sample_record, samples_task, stack_items
     from .eval.temperature import in_domain_tasks, scale_samples
 
     fit_tasks = a.fit_tasks or in_domain_tasks()
@@ -575,8 +575,7 @@ def cmd_temperature(a) -> int:
             task = samples_task(path)
             with open(os.path.join(a.output_dir, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
                 for it in r["items"]:
-                    fh.write(json.dumps({"doc_id": it["doc_id"], "conf_ece": {k: it[k] for k in ("probs", "gold", "logliks")}})
-                             + "\n")
+                    fh.write(json.dumps(sample_record(it)) + "\n")
             plot_comparison({"before": stack_items(r["before"]), f"T = {t:.3f}": stack_items(r["items"])},
                             os.path.join(a.output_dir, f"reliability_before_after_{task}.{a.plot_format}"),
                             title=f"temperature scaling: {task}")
@@ -588,7 +587,7 @@ def cmd_table(a) -> int:
     from .eval.compare import build_table, plot_runs, render_markdown, write_json
 
     try:
-        table = build_table(a.runs, a.in_task, a.out_task)
+        table = build_table(a.runs, a.in_task, a.out_task, allow_different_prompts=a.allow_different_prompts)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"axolotl-calib table: error: {e}") from None
     md = render_markdown(table)
@@ -598,7 +597,8 @@ def cmd_table(a) -> int:
         print(f"\nJSON: {write_json(table, os.path.join(a.output_dir, 'calibration_table.json'))}")
         with open(os.path.join(a.output_dir, "calibration_table.md"), "w", encoding="utf-8") as fh:
             fh.write(md + "\n")
-        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format):
+        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format,
+                           allow_different_prompts=a.allow_different_prompts):
             print(f"diagram: {p}")
     return 0
 
@@ -785,6 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(c, "--out-task")
     _add(c, "--output-dir", "calibration_table.{json,md} and one comparison reliability diagram per column task "
          "(default: print only)")
+    c.add_argument("--allow-different-prompts", action="store_true",
+                   help="compare runs that asked the same questions with different prompts (chat template vs plain, "
+                        "other option letters or system prompt) with a note, instead of refusing")
     _add(c, "--plot-format")
     c.set_defaults(func=cmd_table)
 

@@ -211,6 +211,10 @@ def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_
     assert table["rows"][1]["in"]["held_out"] is False and "TS: calib_jsonl is IN-SAMPLE" in md
     assert f"{table['rows'][1]['in']['conf_ece']:.4f}*" in md  # the fitted cell is marked, not passed off as held-out
     assert table["shared"]["in"]["n"] == 12 and table["rows"][1]["paired"]["in"]["vs"] == "adapter"
+    # lm-eval's samples (and the temperature-scaled ones written from them) carry the question and prompt
+    # identities: paired by content, prompts compared, chance level on every cell
+    assert "question hashes" not in md and "no recorded prompt" not in md
+    assert table["rows"][1]["in"]["chance"]["chance"] == pytest.approx(sum(1 / k for k in (4, 3, 5) * 4) / 12)
     with pytest.raises(SystemExit, match="has neither calib_mmlu nor calib_sciq"):
         main(["table", "--run", f"adapter={ev}", "--in-task", "calib_mmlu", "--out-task", "calib_sciq"])
 
