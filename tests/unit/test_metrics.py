@@ -372,7 +372,7 @@ def test_mixed_k_cw_ece_is_continuous_in_one_extra_option():
     p5[1000] = [0.1, 0.1, 0.1, 0.1, 0.6]
     y5 = np.append(y4, 4)
     k5 = np.append(np.full(1000, 4), 5)
-    assert cw_ece(p5, y5) == pytest.approx(base * 4 / 5, rel=0.01)  # the old, discontinuous reading
+    assert cw_ece(p5, y5) == pytest.approx(base * 4 / 5, rel=0.01)  # without num_options: the plain mean over all 5 columns (jumps with one K=5 row)
     assert abs(cw_ece(p5, y5, num_options=k5) - base) < 2e-3
     assert conf_ece(p5, y5, num_options=k5) == conf_ece(p5, y5)
 
@@ -653,8 +653,8 @@ def test_row_sum_tolerance_by_dtype():
 
 
 def test_low_precision_softmax_is_accepted_and_logits_still_refused():
-    # issue 22 U5: calibration_metrics(torch.softmax(x, 1).bfloat16(), y) was refused ("row sums to
-    # 0.998...; pass probabilities, not logits") though it is softmax output
+    # softmax output rounded to bf16/fp16 sums to 1 only within the dtype's precision (0.998... is common):
+    # it is probabilities and must be accepted, while logits are still refused
     g = torch.Generator().manual_seed(0)
     worst = {torch.bfloat16: 0.0, torch.float16: 0.0}
     for k in (2, 4, 5, 10, 32):
