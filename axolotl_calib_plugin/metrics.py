@@ -268,9 +268,9 @@ def _bin_index_kernel(c, m, near, out):  # pragma: no cover - compiled
         out[i] = _bin_fast(c[i], m, near)
 
 
-@numba.njit(cache=True, nogil=True)
-def _sums_kernel(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
-                 conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sums_rows(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
+               conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
     """One pass over the rows, in row order; returns (first invalid row or -1, number correct).
 
     Always: each row's argmax (ties to the lowest index) against its label (the count of correct
@@ -284,7 +284,9 @@ def _sums_kernel(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, ful
     skipped (and, with ``check``, must be 0). With ``check`` every row is validated on the way
     (label range, padding, each value in [0, 1] (NaN fails), row sum within ``row_sum_tol``); the
     first invalid row goes to the detailed validator. Data-dependent choices are selects, not
-    branches (a mispredicted branch per value costs more than the rest of the work).
+    branches (a mispredicted branch per value costs more than the rest of the work). The kernels below
+    inline this with ``want_conf`` / ``want_cls`` / ``full`` as constants: LLVM then drops the unused
+    paths from the row loop (about 20 % of the time of an ECE on a CPU with AVX-512).
     """
     n, k = p.shape
     has_k = kk.shape[0] > 0
@@ -302,33 +304,75 @@ def _sums_kernel(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, ful
         arg = 0
         total = 0.0
         in_range = True
-        for j in range(ki):
+        for j in range(ki):  # validation and argmax first: kept apart from the binning, this loop stays short
             v = p[i, j]
             in_range &= (v >= 0.0) & (v <= 1.0)  # NaN fails both comparisons
             total += v
             higher = v > best
             best = v if higher else best
             arg = j if higher else arg
-            if want_cls:
+        if check and (not in_range or abs(total - 1.0) > row_sum_tol):
+            return i, correct
+        hit = arg == yi
+        correct += hit
+        b_best = 0
+        if want_cls:
+            for j in range(ki):
+                v = p[i, j]
                 b = _bin_fast(v, m, near)
+                b_best = b if j == arg else b_best  # the confidence is p[i, arg]: its bin is already known
                 is_y = j == yi
                 cls_gap[j, b] += is_y - v
                 if full:
                     cls_cnt[j, b] += 1
                     cls_sum[j, b] += v
                     cls_hit[j, b] += is_y
-        if check and (not in_range or abs(total - 1.0) > row_sum_tol):
-            return i, correct
-        hit = arg == yi
-        correct += hit
         if want_conf:
-            b = _bin_fast(best, m, near)
+            b = b_best if want_cls else _bin_fast(best, m, near)
             conf_gap[b] += hit - best
             if full:
                 conf_cnt[b] += 1
                 conf_sum[b] += best
                 conf_hit[b] += hit
     return -1, correct
+
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums_kernel(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
+                 conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
+    """:func:`_sums_rows` with every choice at run time: reliability diagrams and accuracy."""
+    return _sums_rows(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
+                      conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums_kernel_both(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
+                      conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
+    """:func:`_sums_rows` for :func:`calibration_metrics`: both gaps, no counts."""
+    return _sums_rows(p, y, kk, m, near, row_sum_tol, check, True, True, False,
+                      conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums_kernel_conf(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
+                      conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
+    """:func:`_sums_rows` for :func:`conf_ece`: the confidence gaps only."""
+    return _sums_rows(p, y, kk, m, near, row_sum_tol, check, True, False, False,
+                      conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums_kernel_cls(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
+                     conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit):  # pragma: no cover
+    """:func:`_sums_rows` for :func:`cw_ece`: the class gaps only."""
+    return _sums_rows(p, y, kk, m, near, row_sum_tol, check, False, True, False,
+                      conf_gap, cls_gap, conf_cnt, conf_sum, conf_hit, cls_cnt, cls_sum, cls_hit)
+
+
+#: (want_conf, want_cls, full) -> the kernel compiled for it; the rest share :func:`_sums_kernel`
+_KERNELS = {(True, True, False): _sums_kernel_both, (True, False, False): _sums_kernel_conf,
+            (False, True, False): _sums_kernel_cls}
 
 
 @dataclass(frozen=True)
@@ -398,8 +442,9 @@ def _accumulate(probs: ArrayLike, labels: ArrayLike, n_bins: int = 1, want_conf:
         fm, fk = (m, k) if full else (0, 0)
         out = (np.zeros(fm, np.int64), np.zeros(fm), np.zeros(fm, np.int64),
                np.zeros((fk, fm), np.int64), np.zeros((fk, fm)), np.zeros((fk, fm), np.int64))
-        bad, correct = _sums_kernel(pn, yn, kk, m, _near_edge(m), tol - _ROW_SUM_MARGIN, plain,
-                                    want_conf, want_cls, full, *gaps, *out)
+        kernel = _KERNELS.get((want_conf, want_cls, full), _sums_kernel)
+        bad, correct = kernel(pn, yn, kk, m, _near_edge(m), tol - _ROW_SUM_MARGIN, plain,
+                              want_conf, want_cls, full, *gaps, *out)
         if bad < 0:
             break
         validate_probs_labels(probs, labels, num_options=num_options)  # raises with the detailed message ...

@@ -7,6 +7,7 @@ median of the per-pair ratios B/A (each pair runs back to back, so a slow spell 
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -99,3 +100,53 @@ class HeadOnly(torch.nn.Module):
 
     def get_output_embeddings(self):
         return self.lm_head
+
+
+def machine_info() -> list[str]:
+    """What a timing depends on besides our code, as lines to print before the numbers: the CPU model (the
+    interpreter loop of a baseline and a compiled kernel speed up differently from one model to the next),
+    the SIMD extensions numpy dispatches to, the CPU numba compiles for (LLVM tunes the kernel to that model),
+    the thread settings, the BLAS core override and the load average."""
+    import platform
+
+    import numpy as np
+
+    cpu = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, val = line.partition(":")
+                cpu.setdefault(key.strip(), val.strip())
+    except OSError:
+        pass
+    model = cpu.get("model name") or platform.processor() or "unknown"
+    ident = f"family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')} stepping {cpu.get('stepping', '?')}"
+    flags = set(cpu.get("flags", "").split())
+    simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+                        "avx512_fp16", "amx_tile") if f in flags]
+    try:
+        from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_features__
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_baseline__, __cpu_features__
+    np_on = [k for k, v in __cpu_features__.items() if v and k not in __cpu_baseline__]
+    try:
+        import llvmlite.binding as llvm
+        import numba
+
+        jit = (f"numba {numba.__version__} compiles for CPU '{numba.config.CPU_NAME or llvm.get_host_cpu_name()}'"
+               f"{' (NUMBA_CPU_NAME)' if numba.config.CPU_NAME else ' (the host model)'}, "
+               f"NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS} (the metrics kernel runs on one)")
+    except ImportError:
+        jit = "numba not installed"
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                       "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "NUMBA_CPU_NAME") if k in os.environ}
+    mhz = cpu.get("cpu MHz")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
+    return [
+        f"cpu: {model} ({ident}{f', {float(mhz):.0f} MHz' if mhz else ''}), {os.cpu_count()} cores; "
+        f"python {platform.python_version()}; load average {', '.join(f'{x:.2f}' for x in load)}",
+        f"simd (/proc/cpuinfo): {' '.join(simd) or 'none of sse4_2..avx512'}; numpy {np.__version__} dispatches "
+        f"beyond its baseline to: {' '.join(np_on) or 'nothing'}",
+        f"threads: torch {torch.get_num_threads()}; {jit}; environment: "
+        + (", ".join(f"{k}={v}" for k, v in env.items()) or "no thread / BLAS variables set"),
+    ]
