@@ -1,4 +1,4 @@
-"""Quality of the online E-step: online − exact CFT (aligned arm) on a study's seeds, against issue 25's margins.
+"""Quality of the online E-step: online − exact CFT (aligned arm) on a study's seeds, against equivalence margins.
 
 Reads a study result with, per seed, the runs ``aligned.cft`` and ``aligned.cft_online`` (same seed, world and start
 model): ``study/online.json`` (``make study-online``: the online run at today's defaults, its first E-step over 10 % of
