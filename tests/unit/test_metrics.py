@@ -923,3 +923,31 @@ def test_calibration_metrics_identical_to_single_functions(case):
     got = calibration_metrics(probs, labels, m)
     assert got == {"conf_ece": conf_ece(probs, labels, m), "cw_ece": cw_ece(probs, labels, m),
                    "accuracy": accuracy(probs, labels)}
+
+
+@pytest.mark.parametrize("m", [1, 3, 7, 10, 20, 97])
+def test_every_public_function_bins_edge_values_like_the_reference(m):
+    # each public function runs its own compiled kernel (its options constant); all of them, with and without
+    # num_options, must put every edge, its float neighbours and 0 in the reference's right-closed bin
+    edges = [j / m for j in range(m + 1)]
+    vals = [0.0, 1.0, *edges, *(math.nextafter(e, 2.0) for e in edges[:-1]),
+            *(math.nextafter(e, -1.0) for e in edges[1:]), float(np.float32(0.3)), 5e-324]
+    rng = np.random.default_rng(m)
+    rows = []
+    for v in vals:  # each value once as the max (3 options) and once beside a larger one (4 options, 1 padding)
+        rows.append([v, (1.0 - v) / 2, (1.0 - v) / 2, 0.0])
+        rows.append([v / 4, v / 4, 1.0 - v / 2, 0.0] if v > 0.5 else [v, 1.0 - v, 0.0, 0.0])
+    probs = np.array(rows)
+    labels = rng.integers(0, 2, len(rows))
+    k = np.where(probs[:, 2] > 0, 3, 2)
+    want = {"conf_ece": ref_conf_ece(probs, labels, m), "cw_ece": ref_cw_ece(probs, labels, m),
+            "accuracy": ref_accuracy(probs, labels)}
+    got = calibration_metrics(probs, labels, m)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert conf_ece(probs, labels, m) == got["conf_ece"] and cw_ece(probs, labels, m) == got["cw_ece"]
+    assert accuracy(probs, labels) == got["accuracy"]
+    mixed = calibration_metrics(probs, labels, m, num_options=k)
+    assert mixed["cw_ece"] == pytest.approx(ref_cw_ece_mixed(probs, labels, k, m), abs=1e-12)
+    assert cw_ece(probs, labels, m, num_options=k) == mixed["cw_ece"]
+    assert conf_ece(probs, labels, m, num_options=k) == mixed["conf_ece"] == got["conf_ece"]
