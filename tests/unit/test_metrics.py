@@ -927,7 +927,7 @@ def test_calibration_metrics_identical_to_single_functions(case):
 
 @pytest.mark.parametrize("m", [1, 3, 7, 10, 20, 97])
 def test_every_public_function_bins_edge_values_like_the_reference(m):
-    # each public function runs its own compiled kernel (its options constant); all of them, with and without
+    # the public functions run different compiled kernels (some with their options constant); all, with and without
     # num_options, must put every edge, its float neighbours and 0 in the reference's right-closed bin
     edges = [j / m for j in range(m + 1)]
     vals = [0.0, 1.0, *edges, *(math.nextafter(e, 2.0) for e in edges[:-1]),
