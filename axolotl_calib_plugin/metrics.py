@@ -34,6 +34,10 @@ plain mean above; it moves continuously as rows with another K are added (one 5-
 Without ``num_options`` every column is a real class (a padded zero cannot be told from a real
 zero probability), which is the paper's fixed-K definition. conf-ECE and accuracy never depend on
 the padding: a row's maximum is at least 1/K_i > 0. Padded entries must be exactly 0.
+
+One module of ~600 lines, on purpose: the validator, the binning rule (exact right-closed edges), the compiled
+pass and the public reductions must agree bit for bit, and the tests hold them to that as one unit; half of the
+length is docstrings that state the definitions and the floating-point arguments the fast paths rest on.
 """
 
 from __future__ import annotations
@@ -352,7 +356,6 @@ def _sums_rows(p, y, kk, m, near, row_sum_tol, check, want_conf, want_cls, full,
                 conf_sum[b] += best
                 conf_hit[b] += hit
     return -1, correct
-
 
 
 @numba.njit(cache=True, nogil=True)
