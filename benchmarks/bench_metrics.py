@@ -29,8 +29,9 @@ CPU time charges neither side for the other jobs. On a quiet box the two ratios 
 The ratio depends on the CPU model as well as on our code, which is why the script prints the model, the
 SIMD extensions, the CPU numba compiles for and the thread settings first: the loop's speed is the
 interpreter's (1.9 us/sample on an Emerald Rapids core; the first records imply ~3 us), the core's
-is LLVM's code for the host model (numba compiles for it: the same kernel source ran 1.5x slower tuned for
-Emerald Rapids than for x86-64-v3 on the same core). Both are single-threaded (numba's threads and torch's
+is LLVM's code for the host model (numba compiles for it: a kernel that mixed its checks and its binning in one
+loop ran 1.5x slower tuned for Emerald Rapids than for x86-64-v3 on the same core; the current one runs alike
+under both). Both are single-threaded (numba's threads and torch's
 are not used by the measured calls), so thread settings and OPENBLAS_CORETYPE do not enter.
 
 Usage: python benchmarks/bench_metrics.py [--sizes 100000,1000000] [--scaling 10000,...] [--repeats N]
