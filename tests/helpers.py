@@ -151,7 +151,7 @@ def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:
 def _train_child(cfg_path: str, log_path: str, env: dict, cwd: str) -> None:
     """The demo launcher's child (``python -m axolotl.cli.train cfg_path``'s ``do_cli``, output to ``log_path``) in
     the caller's working directory and exact environment, with torch's default thread count (a subprocess's)."""
-    from axolotl_calib_plugin.demo.launcher import _train_child as run
+    from axolotl_calib_plugin.demo.launcher import train_child as run
 
     os.chdir(cwd)
     os.environ.clear()
@@ -159,13 +159,13 @@ def _train_child(cfg_path: str, log_path: str, env: dict, cwd: str) -> None:
 
 
 def _forked_train(cfg_path: str, env: dict, cwd: str, timeout: float) -> tuple[int, str]:
-    """(exit code, output) of :func:`_train_child` run from the demo's preloaded fork server."""
-    from axolotl_calib_plugin.demo.launcher import _context
+    """(exit code, output) of :func:`train_child` run from the demo's preloaded fork server."""
+    from axolotl_calib_plugin.demo.launcher import forkserver_context
 
     log_path = os.path.join(cwd, os.path.basename(cfg_path) + ".log")
     if os.path.exists(log_path):
         os.remove(log_path)
-    proc = _context().Process(target=_train_child, args=(cfg_path, log_path, env, cwd))
+    proc = forkserver_context().Process(target=_train_child, args=(cfg_path, log_path, env, cwd))
     proc.start()
     proc.join(timeout)
     if proc.is_alive():

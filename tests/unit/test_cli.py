@@ -235,7 +235,7 @@ def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_
 ])
 def test_bad_arguments_are_usage_errors_naming_the_flag(argv, message, capsys, tmp_path, monkeypatch):
     """Hostile input stops at argument parsing (exit 2, the flag and value named), never a traceback or a run
-    that starts with a silently corrected value (``--parallel 0`` used to train with 1)."""
+    that starts with a silently corrected value (``--parallel 0`` must not train with 1)."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(argv + (["--out", str(tmp_path / "out")] if argv[0] == "demo" else []))
@@ -276,7 +276,8 @@ def test_bad_rows_end_with_the_row_error_not_a_traceback(content, message, tmp_p
 
 
 def test_temperature_fits_on_in_domain_samples_only_unless_told(tmp_path, capsys):
-    """The issue's leak: ``--fit eval/base`` used every task in the folder, the out-of-domain ARC included."""
+    """``--fit eval/base`` fits T on the in-domain task only: fitting on every task in the folder would leak the
+    out-of-domain ARC into the fit."""
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -383,7 +384,7 @@ def test_old_spellings_the_docs_used_still_work_with_a_deprecation_note(capsys):
     assert a.data_files == ["d.jsonl"] and a.train_data_files == ["t.jsonl"]
     assert p.parse_args(["table", "--run", "A=x", "--plots", "cmp"]).output_dir == "cmp"
     with pytest.raises(SystemExit):
-        p.parse_args(["table", "--run", "A=x", "--out", "calib_sciq"])  # neither the old task flag nor an abbreviation
+        p.parse_args(["table", "--run", "A=x", "--out", "calib_sciq"])  # neither a task flag --out nor an abbreviation
     assert "unrecognized arguments: --out calib_sciq" in capsys.readouterr().err
 
 

@@ -8,14 +8,14 @@ import shutil
 
 import pytest
 
-from axolotl_calib_plugin.demo import pipeline
+from axolotl_calib_plugin import orchestrate
 
 
 @pytest.fixture(scope="module")
 def copy(tmp_path_factory):
     """The fingerprinted files copied to a scratch tree (same relative paths) and their list."""
-    files = pipeline.code_files()
-    base = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__ + "/..")))
+    files = orchestrate.code_files()
+    base = os.path.dirname(os.path.dirname(os.path.abspath(orchestrate.__file__)))
     out = tmp_path_factory.mktemp("code")
     for rel in files:
         os.makedirs(out / os.path.dirname(rel), exist_ok=True)
@@ -24,7 +24,7 @@ def copy(tmp_path_factory):
 
 
 def test_code_files_reach_every_subpackage_and_the_task_folder_and_skip_reports():
-    files = set(pipeline.code_files())
+    files = set(orchestrate.code_files())
     for must in ("axolotl_calib_plugin/train/em.py", "axolotl_calib_plugin/train/callbacks.py",
                  "axolotl_calib_plugin/demo/world.py", "axolotl_calib_plugin/demo/pipeline.py",
                  "axolotl_calib_plugin/testing/tiny.py", "axolotl_calib_plugin/metrics.py",
@@ -44,13 +44,13 @@ def test_code_files_reach_every_subpackage_and_the_task_folder_and_skip_reports(
                                  "axolotl_calib_plugin/train/em.py", "lm_eval_tasks/calib/utils.py"])
 def test_fingerprint_changes_when_a_result_affecting_file_changes(copy, rel):
     out, files = copy
-    assert pipeline.fingerprint_files(str(out), files) == pipeline._code_fingerprint()
+    assert orchestrate.fingerprint_files(str(out), files) == orchestrate.code_fingerprint()
     rel = next(f for f in files if f.endswith(rel))
     path = out / rel
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\n# one more line\n")
-        assert pipeline.fingerprint_files(str(out), files) != pipeline._code_fingerprint()
+        assert orchestrate.fingerprint_files(str(out), files) != orchestrate.code_fingerprint()
     finally:
         path.write_bytes(original)
-    assert pipeline.fingerprint_files(str(out), files) == pipeline._code_fingerprint()
+    assert orchestrate.fingerprint_files(str(out), files) == orchestrate.code_fingerprint()

@@ -26,7 +26,7 @@ def _confident(pred, conf, k=4):
 
 
 def test_constant_remap_reaches_zero_ece_at_unchanged_accuracy():
-    """Why the old 'accuracy-preserving floor' (bins with accuracy below 1/K) was not a lower bound:
+    """Why an 'accuracy-preserving floor' (bins with accuracy below 1/K) is not a lower bound:
     mapping every confidence to the overall accuracy keeps every argmax and gives conf-ECE exactly 0."""
     rng = np.random.default_rng(3)
     n = 4000
@@ -41,7 +41,7 @@ def test_constant_remap_reaches_zero_ece_at_unchanged_accuracy():
     remap = _confident(pred, np.full(n, acc))  # every row at the overall accuracy, same argmax
     assert metrics.accuracy(remap, y) == acc
     assert metrics.conf_ece(remap, y) < 1e-12
-    # the verdict no longer rests on that floor: same accuracy on its training data -> calibratable
+    # so the verdict does not rest on such a floor: same accuracy on its training data -> calibratable
     d = diagnose(q, y, train_probs=q, train_labels=y)
     assert d.verdict == "calibratable" and not hasattr(d, "floor")
 
