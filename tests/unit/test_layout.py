@@ -3,6 +3,7 @@
 * the shared core (metrics, rows, prompts, offline) imports neither train/ nor eval/;
 * eval/ (evaluation toolkit) never imports train/ (training-time plugin code);
 * nothing imports demo/ except demo/ itself and the CLI's ``demo`` command;
+* nothing imports the CLI: it is the console script's shell over library functions (``reproduce`` included);
 * the old module paths that YAML configs name stay importable and are the new modules themselves.
 """
 
@@ -16,7 +17,7 @@ import pytest
 from helpers import ROOT
 
 PKG = ROOT / "axolotl_calib_plugin"
-CORE = ("metrics", "rows", "prompts", "offline")
+CORE = ("metrics", "rows", "prompts", "offline", "defaults")
 
 
 def _imports(path) -> set[str]:
@@ -68,6 +69,11 @@ def test_nothing_imports_the_demo():
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not [n for n in names if n.startswith(("axolotl_calib_plugin.train", "axolotl_calib_plugin.demo"))]
+
+
+def test_nothing_imports_the_cli():
+    files = [p for p in PKG.rglob("*.py") if p.name != "cli.py"]
+    assert _offenders(files, ("axolotl_calib_plugin.cli",)) == {}
 
 
 @pytest.mark.parametrize("old, new", [("axolotl_calib_plugin.plugin", "axolotl_calib_plugin.train.plugin"),
