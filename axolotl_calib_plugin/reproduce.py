@@ -137,10 +137,11 @@ def check_model(model: str, offline: Optional[bool] = None) -> str:
     return model
 
 
-def validate_data(path: str, cfg: Mapping) -> int:
-    """Check every row of a local MCQ file with the project's row validator, reading it as training will (the
-    config's ``calib_option_letters`` / ``calib_answer_format`` / ``calib_field_*``); :class:`CalibDataError` names
-    the file and the 1-based line of each bad row. Returns the number of rows."""
+def read_questions(path: str, cfg: Mapping) -> list:
+    """Every row of a local MCQ file through the project's row validator, read as training will (the config's
+    ``calib_option_letters`` / ``calib_answer_format`` / ``calib_field_*``): the checked rows
+    (:class:`~axolotl_calib_plugin.rows.MCQRow`); :class:`CalibDataError` names the file and the 1-based line of each
+    bad row."""
     from .eval.report import row_metadata
     from .rows import normalize_records, read_records
 
@@ -149,7 +150,36 @@ def validate_data(path: str, cfg: Mapping) -> int:
     rows = normalize_records(records, path, question_field=meta["question_field"], choices_field=meta["choices_field"],
                              answer_field=meta["answer_field"], letters=meta["option_letters"],
                              answer_format=meta["answer_format"], answer_from_csv=is_csv)
-    return len(rows)
+    return [row for _, row in rows]
+
+
+def validate_data(path: str, cfg: Mapping) -> int:
+    """Check every row of a local MCQ file (:func:`read_questions`); returns the number of rows."""
+    return len(read_questions(path, cfg))
+
+
+def overlap_notices(train_files: Sequence[str], spec: "EvalSpec", cfg: Mapping) -> list[str]:
+    """Questions (text and options) of the evaluation files that are also training questions: a column scored on
+    them measures fitted rows, not held-out ones. Every in-domain question a training one: refused; some: named."""
+    def keys(files):
+        return {(r.question.strip(), tuple(c.strip() for c in r.choices)) for f in files for r in read_questions(f, cfg)}
+
+    if not train_files:
+        return []
+    train = keys(train_files)
+    out = []
+    for files, flag in ((spec.data_files, "--data-files"), (spec.ood_data_files, "--ood-data-files")):
+        if not files:
+            continue
+        asked = keys(files)
+        shared = len(asked & train)
+        if shared == len(asked) and flag == "--data-files":
+            raise ReproduceError(f"{flag}: all {shared} questions are training questions (--train-data-files): the "
+                                 "in-domain column would score rows the fixes trained on; pass held-out questions")
+        if shared:
+            out.append(f"{flag}: {shared} of its {len(asked)} questions are also training questions; that column "
+                       "scores them as well (not held out)")
+    return out
 
 
 @dataclass(frozen=True)
@@ -185,6 +215,9 @@ def eval_spec(in_task: Optional[str], out_task: Optional[str], data_files: Optio
             paths.append(())
     if tasks[0] == tasks[1]:
         raise ReproduceError(f"the in- and out-of-domain columns are the same task {tasks[0]}")
+    if paths[0] and sorted(set(paths[0])) == sorted(set(paths[1])):
+        raise ReproduceError("--data-files and --ood-data-files are the same files: the two columns would score the "
+                             "same questions; pass out-of-domain questions as --ood-data-files")
     return EvalSpec(tasks[0], tasks[1], tuple(flags), *paths)
 
 
@@ -208,6 +241,16 @@ def load_base_config(path: Optional[str]) -> dict:
     if cfg.get("rl"):
         raise ReproduceError(f"--base-config {path} sets rl: {cfg['rl']}; CFT / RCFT / LS are supervised fine-tuning: "
                              "remove rl (and its keys) from the base config")
+    if isinstance(cfg.get("plugins"), str):
+        cfg["plugins"] = [cfg["plugins"]]
+    if cfg.get("plugins") is not None and not isinstance(cfg["plugins"], list):
+        raise ReproduceError(f"--base-config {path}: plugins must be a list of plugin class paths")
+    try:
+        from .eval.report import row_metadata
+
+        row_metadata(cfg)
+    except ValueError as e:  # letters the tasks cannot ask with (duplicates, empty, more than 26, ...)
+        raise ReproduceError(f"--base-config {path}: {e}") from None
     return cfg
 
 
@@ -255,7 +298,8 @@ def device_lines(device: Optional[str], base: Mapping, user_base: bool = True) -
                                  "configs for a GPU machine)")
         lines.update({k: False for k in LORA_KERNEL_KEYS})
     kept = {k: base[k] for k in lines if user_base and k in base}
-    notices = [f"training device {where}: " + ", ".join(f"{k}: {v}" for k, v in lines.items() if k not in kept)]
+    chosen = ", ".join(f"{k}: {v}" for k, v in lines.items() if k not in kept)
+    notices = [f"training device {where}: " + (chosen or "every precision / optimizer / kernel key from --base-config")]
     if kept:
         notices.append("kept from --base-config: " + ", ".join(f"{k}: {v}" for k, v in kept.items()))
     return {k: v for k, v in lines.items() if k not in kept}, notices
@@ -265,6 +309,10 @@ def replaced_notices(base: Mapping, methods: Sequence[str]) -> list[str]:
     """What reproduce does with the base config's keys it decides itself: the calibration lines, the methods' lines
     and the post-training report keys (dropped)."""
     out = []
+    run_keys = [k for k in RUN_KEYS if k != "plugins" and base.get(k) is not None]
+    if run_keys:
+        out.append(f"--base-config sets {', '.join(run_keys)}: replaced by --model, the calibration set and each run's "
+                   "folders under --output-dir")
     dropped = [k for k in REPLACED_EVAL_KEYS if base.get(k) is not None]
     if dropped:
         out.append(f"--base-config sets {', '.join(dropped)}: dropped, reproduce evaluates every model itself "
@@ -581,7 +629,7 @@ def reproduce(model: str, out: str, *, train_data_files: Sequence[str] = (), tra
     base_model = check_model(model) if not dry_run else (os.path.abspath(model) if os.path.isdir(model) else model)
     runs = plan(methods, seeds)
     dev_lines, notices = device_lines(device, base, user_base=bool(base_config))
-    notices += replaced_notices(base, methods)
+    notices += replaced_notices(base, methods) + overlap_notices(train_data_files, spec, base)
     configs = build_configs(runs, base, base_model, dataset_entries(train_data_files, train_dataset, train_split),
                             out, dev_lines)
     ts_seeds = list(seeds) if seeds else [int(base.get("seed", 0) or 0)]

@@ -46,11 +46,11 @@ def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("repro")
     files = {}
     for name, n, seed in (("train", 16, 0), ("in", 30, 1), ("out", 20, 2)):
-        rows = make_mcq_rows(n, num_options=4, seed=seed)
+        rows = [{**r, "question": f"({name}) {r['question']}"} for r in make_mcq_rows(n, num_options=4, seed=seed)]
         files[name] = str(d / f"{name}.jsonl")
         with open(files[name], "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
-    corpus = [format_mcq_prompt(r["question"], r["choices"]) + " A" for r in make_mcq_rows(16, 4, 0)]
+    corpus = [format_mcq_prompt(f"(train) {r['question']}", r["choices"]) + " A" for r in make_mcq_rows(16, 4, 0)]
     files["model"] = make_tiny_model_dir(d / "model", corpus=corpus, hidden_size=32, num_layers=1)
     files["base"] = str(d / "base.yml")
     with open(files["base"], "w", encoding="utf-8") as fh:
@@ -70,6 +70,7 @@ def test_reproduce_end_to_end_then_resumed(world, monkeypatch, capsys):
     out = world["dir"]
     assert main(_argv(world)) == 0
     first = json.load(open(os.path.join(out, "reproduce.json"), encoding="utf-8"))
+    assert not [n for n in first["notices"] if "training questions" in n]  # the columns are held-out questions
     assert first["errors"] == {} and first["reused_runs"] == [] and first["reused_evals"] == []
     assert sorted(first["models"]) == ["cft", "ls", "rcft", "sft"]
     table = first["tables"]["7"]  # the base config's seed

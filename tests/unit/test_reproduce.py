@@ -23,9 +23,14 @@ def _write_rows(path, rows):
     return str(path)
 
 
+def _rows_of(name, seed):
+    """make_mcq_rows with questions of their own: the same n and seed in another file are other questions."""
+    return [{**r, "question": f"({name}) {r['question']}"} for r in make_mcq_rows(8, 4, seed=seed)]
+
+
 @pytest.fixture
 def data(tmp_path):
-    return {k: _write_rows(tmp_path / f"{k}.jsonl", make_mcq_rows(8, 4, seed=i)) for i, k in enumerate(("train", "in", "out"))}
+    return {k: _write_rows(tmp_path / f"{k}.jsonl", _rows_of(k, i)) for i, k in enumerate(("train", "in", "out"))}
 
 
 def test_configs_are_the_base_config_plus_only_the_calibration_lines(tmp_path):
@@ -144,7 +149,11 @@ def test_hostile_base_configs_and_output_dirs_are_usage_errors_before_anything(t
     kernels.write_text(yaml.safe_dump({"adapter": "lora", "lora_mlp_kernel": True}))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    letters = tmp_path / "letters.yml"
+    letters.write_text(yaml.safe_dump({"calib_option_letters": ["A", "A", "B", "C"]}))
     for extra, msg in ((["--base-config", str(tagged), "--output-dir", str(tmp_path / "o1")], "no !!python tags"),
+                       (["--base-config", str(letters), "--output-dir", str(tmp_path / "o1")],
+                        f"--base-config {letters}: calib_option_letters has duplicates ['A']"),
                        (["--base-config", str(kernels), "--output-dir", str(tmp_path / "o2")],
                         "lora_mlp_kernel: true, but the runs train on cpu"),
                        (["--output-dir", str(a_file)], f"{a_file} is a file, not a folder"),
@@ -191,3 +200,24 @@ def test_seed_summary_is_mean_and_sd_of_each_cell():
 
     md = rp._seed_summary({"0": table(0.5), "1": table(0.7)})
     assert "| CFT | 0.1000 ± 0.0000 | - | 0.2000 ± 0.0000 | - | 0.6000 ± 0.1414 | - |" in md
+
+
+def test_evaluation_files_that_are_training_questions_are_refused_or_named(tmp_path, data, capsys):
+    """In-domain questions that are all training questions: refused; some of them: named. The same files as both
+    columns: refused. A base config's run keys are said to be replaced; a plugins string is one plugin."""
+    part = _write_rows(tmp_path / "part.jsonl", _rows_of("train", 0)[:3] + _rows_of("other", 9)[3:])  # 3 training ones
+    base = tmp_path / "base.yml"
+    base.write_text(yaml.safe_dump({"plugins": "axolotl_calib_plugin.CalibrationPlugin", "datasets": [{"path": "x"}]}))
+    argv = ["reproduce", "--model", "org/dpo", "--train-data-files", data["train"], "--base-config", str(base),
+            "--dry-run"]
+    for files, msg in (([data["train"], data["out"]], "--data-files: all 8 questions are training questions"),
+                       ([data["in"], data["in"]], "--data-files and --ood-data-files are the same files")):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--data-files", files[0], "--ood-data-files", files[1], "--output-dir", str(tmp_path / "o")])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    out = tmp_path / "o2"
+    assert main([*argv, "--data-files", part, "--ood-data-files", data["out"], "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "# --data-files: 3 of its 8 questions are also training questions; that column scores them as well" in printed
+    assert "# --base-config sets datasets: replaced by --model, the calibration set and each run's folders" in printed
+    assert yaml.safe_load((out / "configs" / "cft.yml").read_text())["plugins"] == [rp.PLUGIN]
