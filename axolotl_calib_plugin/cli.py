@@ -7,7 +7,7 @@
     diagnose     conf-ECE / cw-ECE / acc of a model on an MCQ file and the calibratable-regime verdict
     preference   does the model still prefer the chosen responses of a held-out preference file (DPO check)
     make-tiny    a local tiny Llama + tokenizer (no hub) for trying configs on a CPU
-    reproduce    a DPO model + an MCQ calibration set -> TS / LS / CFT / RCFT trained, evaluated, Table 2
+    reproduce    a DPO model + an MCQ calibration set -> TS / LS / SFT / CFT / RCFT trained, evaluated, Table 2
     demo         the offline reproduction (world with known truth -> SFT -> DPO -> fixes -> lm-eval)
 
 Product commands import product modules only; ``demo`` is the one that imports the demo package.
@@ -665,13 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", type=int, default=2, help="number of layers")
     m.set_defaults(func=cmd_make_tiny)
 
-    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / CFT / RCFT -> Table 2",
+    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / SFT / CFT / RCFT -> Table 2",
              "The paper's Table 2 for your model in one command: one Axolotl config per method (your --base-config "
-             "plus only the calibration lines), a real axolotl train per method, axolotl-calib eval of every model on "
-             "the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
+             "plus only the calibration lines and the training device's precision / optimizer / LoRA kernels where it sets "
+             "none), a real axolotl train per method, an evaluation of every model (the start model too) with the "
+             "base config's row settings on the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
              "in-domain questions, and the axolotl-calib table of all of them (DIR/table/), with reliability diagrams "
-             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config and the code are "
-             "unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
+             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config, data files and the "
+             "code are unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
              "  axolotl-calib reproduce --model allenai/Llama-3.1-Tulu-3-8B-DPO \\\n"
              "      --train-dataset aaronwzl/mcqa_calibration_dataset --train-split calibration_train --output-dir repro\n"
              "  axolotl-calib reproduce --model ./my-dpo --train-data-files train.jsonl --data-files in.jsonl \\\n"

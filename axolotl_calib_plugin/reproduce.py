@@ -490,6 +490,8 @@ def evaluate_model(model: str, eval_dir: str, spec: EvalSpec, rows: Mapping, *, 
         with open(settings, encoding="utf-8") as fh:
             trained = json.load(fh)
         want = {**rows["task_metadata"], "prompt_format": "chat_template" if rows["apply_chat_template"] else "plain"}
+        if rows["apply_chat_template"]:
+            want["system_prompt"] = rows["system_instruction"]
         diff = {k: (trained.get(k), v) for k, v in want.items() if k in trained and trained[k] != v}
         if diff:
             raise orchestrate.StepFailed(f"{settings}: trained with other row settings than the table's "
@@ -621,6 +623,12 @@ def reproduce(model: str, out: str, *, train_data_files: Sequence[str] = (), tra
     if bool(train_data_files) == bool(train_dataset):
         raise ReproduceError("give the calibration set as --train-data-files FILE... or --train-dataset HUB_ID "
                              "(one of them)")
+    if device and str(device).startswith("cuda") and not dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ReproduceError(f"--device {device}: this machine has no CUDA device; run it on a GPU machine, or add "
+                                 "--dry-run to write the configs and commands.sh for one")
     base = load_base_config(base_config)
     n_rows = sum(validate_data(f, base) for f in train_data_files) if train_data_files else None
     data = list(train_data_files) if train_data_files else train_dataset

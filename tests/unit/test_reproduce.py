@@ -163,6 +163,10 @@ def test_hostile_base_configs_and_output_dirs_are_usage_errors_before_anything(t
         err = capsys.readouterr().err
         assert e.value.code == 2 and msg in err and "Traceback" not in err, err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    with pytest.raises(SystemExit) as e:  # a run (not --dry-run) on a GPU this machine does not have
+        main([*argv[:-1], "--output-dir", str(tmp_path / "o3"), "--device", "cuda"])
+    assert e.value.code == 2 and "add --dry-run to write the configs" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()
 
 
 def test_a_bad_row_fails_before_anything_with_file_and_line(tmp_path, data, capsys):
