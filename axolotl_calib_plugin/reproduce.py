@@ -41,8 +41,9 @@ from . import orchestrate
 from .defaults import EVAL_TASKS, METHODS, ROW_NAMES
 
 __all__ = ["CALIB_LINES", "DEFAULT_BASE", "METHODS", "METHOD_LINES", "REPLACED_EVAL_KEYS", "RUN_KEYS",
-           "ReproduceError", "build_configs", "check_model", "device_lines", "eval_spec", "plan", "reproduce",
-           "row_settings", "validate_data"]
+           "ReproduceError", "build_configs", "check_model", "check_output_dir", "device_lines", "eval_spec",
+           "evaluate_model", "overlap_notices", "plan", "read_questions", "replaced_notices", "reproduce",
+           "row_settings", "temperature_scale", "validate_data", "write_table"]
 
 PLUGIN = "axolotl_calib_plugin.CalibrationPlugin"
 #: the plugin lines every calibration run adds to the base config (the paper: 10 bins, EM refresh every epoch)
@@ -59,10 +60,7 @@ METHOD_LINES = {
 #: model would be evaluated twice)
 REPLACED_EVAL_KEYS = ("calib_eval_tasks", "calib_eval_batch_size", "calib_eval_limit", "calib_eval_data_dir",
                       "calib_eval_data_files", "calib_eval_ood_data_files")
-#: the base-config keys that decide how a row is asked (letters, answer format, fields, prompt format): every row of
-#: the table, the start model's and temperature scaling's included, is scored with the base config's values
-ROW_KEYS = ("calib_option_letters", "calib_answer_format", "calib_field_question", "calib_field_choices",
-            "calib_field_answer", "calib_prompt_format", "calib_system_prompt")
+
 #: keys of the base config a method decides (dropped, so an LS line never leaks into CFT; the plugin sets
 #: train_on_inputs from calib_mode)
 _METHOD_KEYS = {k for lines in METHOD_LINES.values() for k in lines} | {"calib_sft_scope", "train_on_inputs"}
