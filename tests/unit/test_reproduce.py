@@ -225,3 +225,27 @@ def test_evaluation_files_that_are_training_questions_are_refused_or_named(tmp_p
     assert "# --data-files: 3 of its 8 questions are also training questions; that column scores them as well" in printed
     assert "# --base-config sets datasets: replaced by --model, the calibration set and each run's folders" in printed
     assert yaml.safe_load((out / "configs" / "cft.yml").read_text())["plugins"] == [rp.PLUGIN]
+
+
+def test_device_settings_follow_the_device_found_and_the_plugin_leaves_a_gpu_alone(monkeypatch):
+    """No --device: what torch finds decides (a bf16 GPU: the paper's; an older GPU: fp16; a CPU: float32 and the
+    LoRA kernels off). The plugin's CPU switch touches only LoRA configs on a machine without CUDA."""
+    import torch
+
+    from axolotl_calib_plugin.train.plugin import LORA_KERNEL_KEYS, lora_kernels_off_without_cuda
+
+    lora = {"adapter": "lora"}
+    for cuda, bf16, want in ((True, True, rp.GPU_LINES), (True, False, rp.GPU_FP16_LINES),
+                             (False, False, {**rp.CPU_LINES, **{k: False for k in LORA_KERNEL_KEYS}})):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda c=cuda: c)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, b=bf16, **k: b)
+        lines, notices = rp.device_lines(None, lora, user_base=False)
+        assert lines == want and notices[0].startswith("training device " + ("cuda (found)" if cuda else "cpu")), notices
+    cfg = dict(lora)
+    assert lora_kernels_off_without_cuda(cfg, cuda=True) == [] and cfg == lora  # Axolotl decides on a GPU
+    assert lora_kernels_off_without_cuda({"adapter": None}, cuda=False) == []  # full fine-tune: no kernels
+    cfg = {"adapter": "qlora", "lora_o_kernel": False}
+    assert lora_kernels_off_without_cuda(cfg, cuda=False) == ["lora_mlp_kernel", "lora_qkv_kernel", "lora_embedding_kernel"]
+    assert all(cfg[k] is False for k in LORA_KERNEL_KEYS)
+    with pytest.raises(ValueError, match="lora_qkv_kernel: true, but this machine has no CUDA device"):
+        lora_kernels_off_without_cuda({"adapter": "lora", "lora_qkv_kernel": True}, cuda=False)
