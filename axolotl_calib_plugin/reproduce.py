@@ -671,6 +671,7 @@ def reproduce(model: str, out: str, *, train_data_files: Sequence[str] = (), tra
     commands += [shell([*CLI, *argv]) for _, argv in ts_jobs]
     commands += [shell([*CLI, *table_argv(rows_, spec, tdir, plot_format)]) for _, tdir, rows_ in tables]
     summary["commands"] = commands
+    os.makedirs(out, exist_ok=True)  # --methods ts trains nothing: no config made the folder
     with open(os.path.join(out, "commands.sh"), "w", encoding="utf-8") as fh:
         fh.write("#!/bin/sh\n# axolotl-calib reproduce, step by step (training runs are independent: one job "
                  "each on a scheduler; the evaluations need their model; temperature needs eval/dpo; table last)\n"

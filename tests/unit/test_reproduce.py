@@ -249,3 +249,12 @@ def test_device_settings_follow_the_device_found_and_the_plugin_leaves_a_gpu_alo
     assert all(cfg[k] is False for k in LORA_KERNEL_KEYS)
     with pytest.raises(ValueError, match="lora_qkv_kernel: true, but this machine has no CUDA device"):
         lora_kernels_off_without_cuda({"adapter": "lora", "lora_qkv_kernel": True}, cuda=False)
+
+
+def test_temperature_scaling_alone_trains_nothing_and_still_writes_its_commands(tmp_path, data, capsys):
+    out = tmp_path / "ts_only"
+    assert main(["reproduce", "--model", "org/dpo", "--train-data-files", data["train"], "--data-files", data["in"],
+                 "--ood-data-files", data["out"], "--methods", "ts", "--output-dir", str(out), "--dry-run"]) == 0
+    commands = [c for c in (out / "commands.sh").read_text().splitlines() if c.startswith(sys.executable)]
+    assert [c.split()[2] for c in commands] == ["axolotl_calib_plugin.cli"] * 3  # eval, temperature, table
+    assert not (out / "configs").exists()
