@@ -7,7 +7,7 @@
     diagnose     conf-ECE / cw-ECE / acc of a model on an MCQ file and the calibratable-regime verdict
     preference   does the model still prefer the chosen responses of a held-out preference file (DPO check)
     make-tiny    a local tiny Llama + tokenizer (no hub) for trying configs on a CPU
-    reproduce    a DPO model + an MCQ calibration set -> TS / LS / CFT / RCFT trained, evaluated, Table 2
+    reproduce    a DPO model + an MCQ calibration set -> TS / LS / SFT / CFT / RCFT trained, evaluated, Table 2
     demo         the offline reproduction (world with known truth -> SFT -> DPO -> fixes -> lm-eval)
 
 Product commands import product modules only; ``demo`` is the one that imports the demo package.
@@ -22,9 +22,10 @@ import os
 import sys
 from typing import Sequence
 
+from . import defaults
 from .offline import OFFLINE_ENV
 
-DEFAULT_EVAL_TASKS = "calib_in_domain_pooled,calib_arc_challenge"
+DEFAULT_EVAL_TASKS = ",".join(defaults.EVAL_TASKS)
 
 
 def _offline_env() -> None:
@@ -219,15 +220,13 @@ def cmd_reproduce(a) -> int:
     from .orchestrate import StepFailed
     from .reproduce import ReproduceError, reproduce
 
-    eval_flags = ["--batch-size", str(a.batch_size), "--plot-format", a.plot_format]
-    eval_flags += ["--device", a.device] if a.device else []
-    eval_flags += ["--dtype", a.dtype] if a.dtype else []
     try:
         summary = reproduce(a.model, a.output_dir, train_data_files=a.train_data_files or (),
                             train_dataset=a.train_dataset, train_split=a.train_split, methods=a.methods,
                             base_config=a.base_config, in_task=a.in_task, out_task=a.out_task, data_files=a.data_files,
                             ood_data_files=a.ood_data_files, seeds=a.seeds, ts_fit_fraction=a.ts_fit_fraction,
-                            eval_flags=eval_flags, plot_format=a.plot_format, dry_run=a.dry_run, reuse=not a.fresh)
+                            device=a.device, dtype=a.dtype, batch_size=a.batch_size, plot_format=a.plot_format,
+                            dry_run=a.dry_run, reuse=not a.fresh)
     except ReproduceError as e:
         a.usage_error(str(e))
     except StepFailed as e:
@@ -237,12 +236,10 @@ def cmd_reproduce(a) -> int:
 
 
 def _methods(value: str) -> list[str]:
-    from .reproduce import METHODS
-
     names = [m.strip().lower() for m in value.split(",") if m.strip()]
-    bad = [m for m in names if m not in METHODS]
+    bad = [m for m in names if m not in defaults.METHODS]
     if not names or bad or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(METHODS)}, got {value!r}")
+        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(defaults.METHODS)}, got {value!r}")
     return names
 
 
@@ -500,24 +497,8 @@ def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[s
     return {f: read_samples(f) for f in files}
 
 
-def temperature_bound_note(t: float, n: int, bounds: tuple[float, float] = (1e-2, 1e2)) -> str | None:
-    """A sentence when the fitted T sits on a bound of the fit (then T is the bound, not an estimate: one question,
-    or questions all right or all wrong, carry no temperature), else None."""
-    lo, hi = bounds
-    for edge, what in ((lo, "near one-hot: the fitted questions were all answered right, or nearly"),
-                       (hi, "near uniform: the fitted questions look like noise to the model, e.g. all wrong")):
-        if abs(math.log(t) - math.log(edge)) < 1e-6:
-            return (f"T = {t:g} is the fit's bound, not an estimate (probabilities {what}; {n} question(s) fitted). "
-                    "Fit on more questions (a larger --fit-fraction) that the model gets both right and wrong")
-    return None
-
-
 def cmd_temperature(a) -> int:
-    from .eval.compare import metrics_of_items
-    from .eval.plots import plot_comparison
-    from .eval.report import write_report
-    from .eval.samples import sample_record, samples_task, stack_items
-    from .eval.temperature import in_domain_tasks, scale_samples
+    from .eval.temperature import in_domain_tasks, scale_samples, temperature_report
 
     fit_tasks = a.fit_tasks or in_domain_tasks()
     fit = _read_samples_args(a, "--fit", a.fit, fit_tasks)
@@ -529,57 +510,10 @@ def cmd_temperature(a) -> int:
         res = scale_samples(fit, apply, fit_fraction=a.fit_fraction, seed=a.seed, fit_tasks=fit_tasks)
     except ValueError as e:
         a.usage_error(str(e))
-    t = res["temperature"]
-    f = res["fit"]
-    print(f"T = {t:.4f}  (fitted by NLL on {f['n']} questions of {len(f['files'])} file(s), tasks "
-          f"{', '.join(f['tasks'])}; NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})")
-    summary, items, notes = {}, {}, []
-    bound = f.get("bound_warning") or temperature_bound_note(t, f["n"])
-    if bound:
-        print(f"WARNING: {bound}")
-    lines = ["| task | n | scored on | acc | conf-ECE before | conf-ECE after | cw-ECE before | cw-ECE after |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for path, r in res["apply"].items():
-        task = samples_task(path)
-        before = metrics_of_items(r["before"])
-        after = metrics_of_items(r["items"])
-        summary[task] = {"kind": "task", "acc": after["accuracy"], "conf_ece": after["conf_ece"],
-                         "cw_ece": after["cw_ece"], "n": len(r["items"]), "held_out": r["held_out"],
-                         "n_fitted": r["n_fitted"],
-                         "before": {"acc": before["accuracy"], "conf_ece": before["conf_ece"], "cw_ece": before["cw_ece"]},
-                         "source": os.path.abspath(path)}
-        items[task] = r["items"]
-        if r["held_out_only"]:
-            notes.append(f"{task}: scored on the {len(r['items'])} questions not used to fit T")
-        elif not r["held_out"]:
-            notes.append(f"{task}: IN-SAMPLE, not held-out: T was fitted on all {len(r['items'])} of these questions "
-                         "(use --fit-fraction < 1 to hold some out)")
-        lines.append(f"| {task} | {len(r['items'])} | {'held-out' if r['held_out'] else 'FITTED (in-sample)'} | "
-                     f"{after['accuracy']:.4f} | {before['conf_ece']:.4f} | {after['conf_ece']:.4f} | "
-                     f"{before['cw_ece']:.4f} | {after['cw_ece']:.4f} |")
-    print("\n".join(lines))
-    for n in notes:
-        print(f"* {n}")
-    if a.output_dir:
-        from datetime import datetime
-
-        meta = {"temperature": t, "temperature_at_bound": bool(bound), "fit_files": f["files"], "fit_tasks": f["tasks"], "fit_questions": f["n"],
-                "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
-        paths = write_report(a.output_dir, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta,
-                             notes=([f"WARNING: {bound}"] if bound else []) + notes, plot_format=a.plot_format)
-        # lm-eval's samples layout (its EvaluationTracker's file name and date stamp), so `table` can pair the
-        # questions. Written here: EvaluationTracker.save_results_samples wants lm-eval's own request fields
-        # (arguments, resps, target), which temperature-scaled probabilities do not have.
-        stamp = datetime.now().isoformat().replace(":", "-")
-        for path, r in res["apply"].items():
-            task = samples_task(path)
-            with open(os.path.join(a.output_dir, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
-                for it in r["items"]:
-                    fh.write(json.dumps(sample_record(it)) + "\n")
-            plot_comparison({"before": stack_items(r["before"]), f"T = {t:.3f}": stack_items(r["items"])},
-                            os.path.join(a.output_dir, f"reliability_before_after_{task}.{a.plot_format}"),
-                            title=f"temperature scaling: {task}")
-        print(f"\nreport: {paths['md']}")
+    report = temperature_report(res, output_dir=a.output_dir, plot_format=a.plot_format)
+    print(report["text"])
+    if report["report"]:
+        print(f"\nreport: {report['report']}")
     return 0
 
 
@@ -669,9 +603,9 @@ SHARED_FLAGS: dict[str, dict] = {
     "--fit-tasks": dict(type=_task_list, default=None, metavar="TASK[,TASK...]",
                         help=_TASK_NAMES),
     "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
-    "--in-task": dict(default="calib_in_domain_pooled", metavar="TASK",
+    "--in-task": dict(default=defaults.IN_TASK, metavar="TASK",
                       help="name of the calib_* task of the in-domain columns"),
-    "--out-task": dict(default="calib_arc_challenge", metavar="TASK",
+    "--out-task": dict(default=defaults.OUT_TASK, metavar="TASK",
                        help="name of the calib_* task of the out-of-domain columns"),
     "--seeds": dict(type=_seeds, default=None, metavar="N|S,S,...",
                     help="a count N (seeds 0..N-1) or a comma-separated list of distinct seeds"),
@@ -854,13 +788,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", type=int, default=2, help="number of layers")
     m.set_defaults(func=cmd_make_tiny)
 
-    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / CFT / RCFT -> Table 2",
+    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / SFT / CFT / RCFT -> Table 2",
              "The paper's Table 2 for your model in one command: one Axolotl config per method (your --base-config "
-             "plus only the calibration lines), a real axolotl train per method, axolotl-calib eval of every model on "
-             "the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
+             "plus only the calibration lines and the training device's precision / optimizer / LoRA kernels where it sets "
+             "none), a real axolotl train per method, an evaluation of every model (the start model too) with the "
+             "base config's row settings on the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
              "in-domain questions, and the axolotl-calib table of all of them (DIR/table/), with reliability diagrams "
-             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config and the code are "
-             "unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
+             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config, data files and the "
+             "code are unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
              "  axolotl-calib reproduce --model allenai/Llama-3.1-Tulu-3-8B-DPO \\\n"
              "      --train-dataset aaronwzl/mcqa_calibration_dataset --train-split calibration_train --output-dir repro\n"
              "  axolotl-calib reproduce --model ./my-dpo --train-data-files train.jsonl --data-files in.jsonl \\\n"
@@ -876,8 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(q, "--ood-data-files", "the out-of-domain column, scored as the calib_jsonl_ood task (default: --out-task)")
     _add(q, "--in-task")
     _add(q, "--out-task")
-    q.add_argument("--methods", type=_methods, default=["ts", "ls", "cft", "rcft"], metavar="M[,M...]",
-                   help="rows besides DPO: ts (temperature scaling), ls (label smoothing), cft, rcft")
+    q.add_argument("--methods", type=_methods, default=list(defaults.METHODS), metavar="M[,M...]",
+                   help="rows besides DPO: ts (temperature scaling), ls (label smoothing), sft (calib_lambda 0: SFT "
+                        "alone, what CFT adds the calibration loss to), cft, rcft")
     q.add_argument("--base-config", default=None, metavar="YAML",
                    help="your Axolotl config (model size, LoRA / full, precision, batch...); reproduce sets base_model, "
                         "datasets, output_dir, dataset_prepared_path, the plugin and the calib_* lines of each "
@@ -892,7 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true",
                    help="write the configs and commands.sh and print them; train and evaluate nothing")
     _add(q, "--fresh", "evaluations too")
-    _add(q, "--device")
+    _add(q, "--device", "also picks the training settings: precision, optimizer, LoRA kernels (a key --base-config "
+         "sets is kept; --dry-run says which)")
     _add(q, "--dtype")
     _add(q, "--batch-size")
     _add(q, "--plot-format")

@@ -27,7 +27,7 @@ from axolotl_calib_plugin.offline import OFFLINE_ENV
 __all__ = ["OFFLINE_ENV", "CPU_SETTINGS", "PLUGIN", "LETTERS", "ROOT", "load_task_utils", "make_mcq_rows",
            "write_mcq_rows", "tiny_config", "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs",
            "prepared_train_dataset", "hand_estep", "refresh_records", "check_refresh_against_hand", "expected_targets",
-           "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN", "A100", "validate_on_gpu_box"]
+           "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN", "A100", "validate_on_gpu_box", "validate_on_this_box"]
 
 #: the repository root
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,3 +312,19 @@ def validate_on_gpu_box(path, monkeypatch) -> tuple[dict, object]:
     cfg = DictDefault(raw)
     prepare_plugins(cfg)
     return raw, validate_config(cfg, capabilities=A100, env_capabilities={"torch_version": torch.__version__.split("+")[0]})
+
+
+def validate_on_this_box(path) -> tuple[dict, object]:
+    """(raw YAML, validated cfg) of a config as ``axolotl train`` checks it on this machine before loading the model:
+    its plugins registered (their ``register`` hooks see the raw config) and Axolotl's validation against this
+    machine's capabilities (on a CPU box: no bf16, no tf32, no GPU)."""
+    from axolotl.cli.config import gpu_capabilities, prepare_plugins
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    cfg = DictDefault(raw)
+    prepare_plugins(cfg)
+    capabilities, env_capabilities = gpu_capabilities()
+    return raw, validate_config(cfg, capabilities=capabilities, env_capabilities=env_capabilities)

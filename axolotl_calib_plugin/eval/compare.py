@@ -31,6 +31,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..defaults import IN_TASK as DEFAULT_IN
+from ..defaults import OUT_TASK as DEFAULT_OUT
 from .report import fmt_signed, fmt_value
 from .samples import find_samples, load_results, read_samples, stack_items
 
@@ -43,8 +45,6 @@ COLUMNS = (
     ("cw_ece", "in", "cw-ECE in"), ("cw_ece", "out", "cw-ECE out"),
     ("acc", "in", "acc in"), ("acc", "out", "acc out"),
 )
-DEFAULT_IN = "calib_in_domain_pooled"
-DEFAULT_OUT = "calib_arc_challenge"
 
 
 #: metric name in the table -> key of :func:`axolotl_calib_plugin.metrics.calibration_metrics`.

@@ -176,7 +176,7 @@ def test_temperature_fit_on_one_question_says_it_hit_its_bound(tmp_path, capsys)
 
 
 def test_temperature_bound_note_only_on_a_bound():
-    from axolotl_calib_plugin.cli import temperature_bound_note
+    from axolotl_calib_plugin.eval.temperature import temperature_bound_note
 
     assert temperature_bound_note(1.3, 100) is None
     assert "near uniform" in temperature_bound_note(100.0, 1)

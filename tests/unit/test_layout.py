@@ -20,7 +20,7 @@ import pytest
 from helpers import ROOT
 
 PKG = ROOT / "axolotl_calib_plugin"
-CORE = ("metrics", "rows", "prompts", "offline")
+CORE = ("metrics", "rows", "prompts", "offline", "defaults")
 
 
 def _imports(path) -> set[str]:
