@@ -492,7 +492,7 @@ def _check_local_data_files(data: dict) -> None:
                 candidates = [files] if isinstance(files, str) else [f for f in files if isinstance(f, str)]
             for f in candidates:
                 if os.path.isfile(f):
-                    check_data_file(f)
+                    check_data_file(f, key)
                     if key == "datasets" and _is_json_lines(f, _get(ds, "ds_type")):
                         read_jsonl_records(f)  # a bad line: file and 1-based line now, not DatasetGenerationError later
     others = [i for i, ds in enumerate(data.get("test_datasets") or []) if not is_calib_dataset_type(_get(ds, "type"))]

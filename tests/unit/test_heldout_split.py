@@ -377,3 +377,9 @@ def test_untampered_state_loads(tmp_path):
     st.save(tmp_path)
     back = em.EMState.load(tmp_path)
     torch.testing.assert_close(back.targets, st.targets)
+
+
+def test_empty_eval_file_is_named_under_its_own_key(tiny_cfg, validate_cfg, mcq_rows):
+    empty = mcq_rows(rows=[], name="empty_held.jsonl")
+    with pytest.raises(ValueError, match=r"empty_held.jsonl: the dataset file is empty .* remove it from `test_datasets:`"):
+        validate_cfg(tiny_cfg(test_datasets=[{"path": str(empty), "type": "axolotl_calib_plugin.mcq", "split": "train"}]))
