@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .args import is_calib_dataset_type
+from .args import _get, is_calib_dataset_type
 
 LOG = logging.getLogger(__name__)
 
@@ -28,9 +28,8 @@ def file_names(cfg: Mapping, key: str) -> list[str]:
     """The ``path`` of every calibration-type entry of ``cfg[key]`` (``datasets`` / ``test_datasets``)."""
     out = []
     for ds in cfg.get(key) or []:
-        get = ds.get if isinstance(ds, Mapping) else (lambda k, d=ds: getattr(d, k, None))
-        if is_calib_dataset_type(get("type")):
-            out.append(str(get("path")) + (f" [split {get('split')}]" if get("split") else ""))
+        if is_calib_dataset_type(_get(ds, "type")):
+            out.append(str(_get(ds, "path")) + (f" [split {_get(ds, 'split')}]" if _get(ds, "split") else ""))
     return out
 
 
@@ -60,7 +59,8 @@ def check_eval_rows_left(cfg: Mapping, tokenizer, eval_dataset) -> None:
     from ..rows import CalibDataError
     from .mcq import _length_census
 
-    tests = [(i, ds) for i, ds in enumerate(cfg.get("test_datasets") or []) if is_calib_dataset_type(ds.get("type"))]
+    tests = [(i, ds if isinstance(ds, Mapping) else ds.model_dump())
+             for i, ds in enumerate(cfg.get("test_datasets") or []) if is_calib_dataset_type(_get(ds, "type"))]
     if not tests or _pooled_eval_ids(eval_dataset).size:
         return
     seq_len = cfg.get("sequence_len")
