@@ -675,6 +675,11 @@ def _state_problem(d) -> Optional[str]:
         row = int(((sums - 1.0).abs() > _SUM_TOL).nonzero()[0])
         return (f"targets: {int(((sums - 1.0).abs() > _SUM_TOL).sum())} row(s) do not sum to 1 (e.g. a row summing to "
                 f"{float(sums[row]):.6g}): every target is a distribution over its row's options")
+    for a, b in (("golds", "sample_ids"), ("num_options", "sample_ids"), ("heldout_golds", "heldout_golds_ids"),
+                 ("heldout_num_options", "heldout_golds_ids")):
+        ref = ids if b == "sample_ids" else (extra or {}).get(b)
+        if a in (extra or {}) and (ref is None or extra[a].shape != ref.shape):
+            return f"extra entry {a!r} has shape {tuple(extra[a].shape)}, {b} {None if ref is None else tuple(ref.shape)}"
     ks = (extra or {}).get("num_options")
     if isinstance(ks, torch.Tensor) and ks.shape == ids.shape and ids.numel():
         k = ks.to(torch.int64)

@@ -360,6 +360,8 @@ def test_version_1_state_with_other_bins_is_refused_before_the_model_loads(tmp_p
     (lambda d: d["extra"].update(golds=[0, 1, 1]), "extra entry 'golds' must be a tensor, found list"),
     (lambda d: d["extra"].update(target_settings="calib_bins=5"), "extra entry 'target_settings' must be a dict"),
     (lambda d: d.update(targets=d["targets"].to(torch.int64)), "targets must be floating point"),
+    (lambda d: d["extra"].update(golds=torch.tensor([0, 1])), "extra entry 'golds' has shape (2,), sample_ids (3,)"),
+    (lambda d: d["extra"].pop("heldout_golds_ids"), "extra entry 'heldout_golds' has shape (2,), heldout_golds_ids None"),
 ])
 def test_tampered_state_is_refused_naming_the_file_and_the_field(tmp_path, tamper, field):
     d = _state().to_dict()
