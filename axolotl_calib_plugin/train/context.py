@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
 from .args import CalibrationArgs
-from .em import EMState
+from .em_state import EMState
 from .online import OnlineRecord
 
 __all__ = ["CalibrationContext"]

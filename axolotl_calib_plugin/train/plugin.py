@@ -31,7 +31,7 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from .args import CalibrationArgs as CalibrationArgs
-from .args import is_plugin_listed
+from .config_checks import is_plugin_listed
 
 LOG = get_logger(__name__)
 

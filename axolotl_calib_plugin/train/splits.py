@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .args import _get, is_calib_dataset_type
+from .config_checks import config_value, is_calib_dataset_type
 
 LOG = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ def file_names(cfg: Mapping, key: str) -> list[str]:
     """The ``path`` of every calibration-type entry of ``cfg[key]`` (``datasets`` / ``test_datasets``)."""
     out = []
     for ds in cfg.get(key) or []:
-        if is_calib_dataset_type(_get(ds, "type")):
-            out.append(str(_get(ds, "path")) + (f" [split {_get(ds, 'split')}]" if _get(ds, "split") else ""))
+        if is_calib_dataset_type(config_value(ds, "type")):
+            split = config_value(ds, "split")
+            out.append(str(config_value(ds, "path")) + (f" [split {split}]" if split else ""))
     return out
 
 
@@ -60,7 +61,7 @@ def check_eval_rows_left(cfg: Mapping, tokenizer, eval_dataset) -> None:
     from .mcq import _length_census
 
     tests = [(i, ds if isinstance(ds, Mapping) else ds.model_dump())
-             for i, ds in enumerate(cfg.get("test_datasets") or []) if is_calib_dataset_type(_get(ds, "type"))]
+             for i, ds in enumerate(cfg.get("test_datasets") or []) if is_calib_dataset_type(config_value(ds, "type"))]
     if not tests or _pooled_eval_ids(eval_dataset).size:
         return
     seq_len = cfg.get("sequence_len")

@@ -7,7 +7,7 @@ total = L_SFT + calib_lambda * L_ECE, from ONE forward pass:
   for CFT, prompt + answer for RCFT.
 * L_ECE compares, at every answer position (``calib_sample_id >= 0``; several per row when
   packed), the model's softmax over the K option letters with the fixed target of that sample
-  from the current :class:`~axolotl_calib_plugin.train.em.EMState` (set by the EM-refresh callback).
+  from the current :class:`~axolotl_calib_plugin.train.em_state.EMState` (set by the EM-refresh callback).
   The option logits come from ``hidden_states[-1]`` times the K letter rows of the output head
   (:func:`~axolotl_calib_plugin.train.head.option_logits`), so no extra forward and no full-vocabulary
   logits are needed.
