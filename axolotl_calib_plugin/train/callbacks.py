@@ -214,7 +214,7 @@ class EMRefreshCallback(TrainerCallback):
         TensorBoard / W&B as ``calib/bins`` (PNG in ``output_dir/calib_refresh/``); main process, only when
         such a logger is on. Replaces a dozen scalars per bin."""
         from ..eval.plots import plot_bins, stats_view
-        from .heldout import has_image_logger, log_figure
+        from .eval_calibration import has_image_logger, log_figure
 
         callbacks = getattr(getattr(self.trainer, "callback_handler", None), "callbacks", ())  # () in script use
         out_dir = getattr(self.trainer.args, "output_dir", None)

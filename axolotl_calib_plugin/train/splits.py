@@ -3,7 +3,7 @@
 * The eval split has rows at all: Axolotl drops rows longer than ``sequence_len`` from ``test_datasets`` too, and
   an eval split left empty would fail later with a message that does not say why (:func:`check_eval_rows_left`).
 * Held-out means never fitted: with a held-out M-step the eval prompts split into target and report rows
-  (:func:`~axolotl_calib_plugin.train.heldout.target_sample_ids`); a half with few rows gets a warning.
+  (:func:`~axolotl_calib_plugin.train.eval_calibration.target_sample_ids`); a half with few rows gets a warning.
 * Overlap by sample id (:func:`check_overlap`): a prompt of the eval split (or of ``calib_eval_data_files``, the
   report's file) that is also a training prompt is not held out. Any overlap is a warning naming the files and the
   count; an eval split whose EVERY prompt is a training prompt is refused when the M-step reads it (its "held-out"
@@ -146,7 +146,7 @@ def check_overlap(cfg: Mapping, train_ids: np.ndarray, eval_ids: np.ndarray, hel
 
 def check_eval_split(cfg: Mapping[str, Any], tokenizer, trainer, calib) -> None:
     """Every check of this module on the finished trainer (the plugin's ``add_callbacks_post_trainer``)."""
-    from .heldout import FEW_SPLIT_ROWS
+    from .eval_calibration import FEW_SPLIT_ROWS
 
     check_eval_rows_left(cfg, tokenizer, trainer.eval_dataset)
     train_ids = _answer_ids(trainer.train_dataset)

@@ -13,7 +13,7 @@ import torch
 
 from axolotl_calib_plugin.train import em, em_state
 from axolotl_calib_plugin.train.em import temperature_targets
-from axolotl_calib_plugin.train.heldout import target_sample_ids
+from axolotl_calib_plugin.train.eval_calibration import target_sample_ids
 from helpers import expected_targets, hand_estep, log_history, prepared_train_dataset, run_train
 
 

@@ -18,7 +18,7 @@ import torch
 
 from axolotl_calib_plugin import metrics
 from axolotl_calib_plugin.train import em, em_state
-from axolotl_calib_plugin.train.heldout import TargetSplitError, missing_entries, target_sample_ids
+from axolotl_calib_plugin.train.eval_calibration import TargetSplitError, missing_entries, target_sample_ids
 from helpers import PLUGIN, make_mcq_rows
 
 LETTERS = list("ABCDE")
