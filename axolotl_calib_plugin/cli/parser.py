@@ -3,6 +3,10 @@ pre-flight checks (:func:`check_args`) that turn a missing file, an unknown task
 into a usage error before anything heavy is imported or any model loads.
 
 Imports nothing heavy at import time; the commands themselves are :mod:`.commands`.
+
+Longer than the package's other modules on purpose: about 300 of its lines are help text, one description per
+command read top to bottom in :func:`build_parser`, and the pre-flight checks probe exactly the flags defined
+here, so splitting them apart would put a flag's definition and its check in two files.
 """
 
 from __future__ import annotations

@@ -370,7 +370,7 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
     written there by lm-eval's own ``EvaluationTracker``, in the layout of ``lm_eval --output_path
     --log_samples`` (``<output_dir>/<model name>/results_<time>.json`` + ``samples_<task>_<time>.jsonl``;
     ``model_name`` names that folder, lm-eval's default is the model path). ``task_metadata``: the row
-    settings the model was trained with (:func:`axolotl_calib_plugin.eval.report.row_metadata`: option letters,
+    settings the model was trained with (:func:`axolotl_calib_plugin.row_settings.row_metadata`: option letters,
     answer format, field names), passed to the tasks so they build the training prompts and golds.
     """
     import lm_eval
