@@ -24,6 +24,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from ..row_settings import row_metadata  # noqa: F401 - reproduce.py's import path; the home is row_settings
 from .samples import EVAL_SUBDIR, REPORT_JSON, REPORT_MD, items_from_samples, stack_items, summarize
 
 __all__ = ["evaluate_to_report", "fmt_signed", "fmt_value", "markdown_table", "write_report"]
