@@ -7,7 +7,7 @@
     diagnose     conf-ECE / cw-ECE / acc of a model on an MCQ file and the calibratable-regime verdict
     preference   does the model still prefer the chosen responses of a held-out preference file (DPO check)
     make-tiny    a local tiny Llama + tokenizer (no hub) for trying configs on a CPU
-    reproduce    a DPO model + an MCQ calibration set -> TS / LS / CFT / RCFT trained, evaluated, Table 2
+    reproduce    a DPO model + an MCQ calibration set -> TS / LS / SFT / CFT / RCFT trained, evaluated, Table 2
     demo         the offline reproduction (world with known truth -> SFT -> DPO -> fixes -> lm-eval)
 
 A shell over library functions: :mod:`.parser` (argparse types, the shared flags, help text, pre-flight checks)

@@ -66,15 +66,13 @@ def cmd_reproduce(a) -> int:
     from ..orchestrate import StepFailed
     from ..reproduce import ReproduceError, reproduce
 
-    eval_flags = ["--batch-size", str(a.batch_size), "--plot-format", a.plot_format]
-    eval_flags += ["--device", a.device] if a.device else []
-    eval_flags += ["--dtype", a.dtype] if a.dtype else []
     try:
         summary = reproduce(a.model, a.output_dir, train_data_files=a.train_data_files or (),
                             train_dataset=a.train_dataset, train_split=a.train_split, methods=a.methods,
                             base_config=a.base_config, in_task=a.in_task, out_task=a.out_task, data_files=a.data_files,
                             ood_data_files=a.ood_data_files, seeds=a.seeds, ts_fit_fraction=a.ts_fit_fraction,
-                            eval_flags=eval_flags, plot_format=a.plot_format, dry_run=a.dry_run, reuse=not a.fresh)
+                            device=a.device, dtype=a.dtype, batch_size=a.batch_size, plot_format=a.plot_format,
+                            dry_run=a.dry_run, reuse=not a.fresh)
     except ReproduceError as e:
         a.usage_error(str(e))
     except StepFailed as e:
@@ -323,7 +321,7 @@ def cmd_table(a) -> int:
     from ..eval.compare import build_table, plot_runs, render_markdown, write_json
 
     try:
-        table = build_table(a.runs, a.in_task, a.out_task)
+        table = build_table(a.runs, a.in_task, a.out_task, allow_different_prompts=a.allow_different_prompts)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"axolotl-calib table: error: {e}") from None
     md = render_markdown(table)
@@ -333,7 +331,8 @@ def cmd_table(a) -> int:
         print(f"\nJSON: {write_json(table, os.path.join(a.output_dir, 'calibration_table.json'))}")
         with open(os.path.join(a.output_dir, "calibration_table.md"), "w", encoding="utf-8") as fh:
             fh.write(md + "\n")
-        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format):
+        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format,
+                           allow_different_prompts=a.allow_different_prompts):
             print(f"diagram: {p}")
     return 0
 

@@ -15,7 +15,9 @@ import argparse
 import os
 import sys
 
-DEFAULT_EVAL_TASKS = "calib_in_domain_pooled,calib_arc_challenge"
+from .. import defaults
+
+DEFAULT_EVAL_TASKS = ",".join(defaults.EVAL_TASKS)
 
 __all__ = ["DEFAULT_EVAL_TASKS", "OFFLINE_COMMANDS", "SHARED_FLAGS", "build_parser", "check_args", "command_parsers",
            "parse_seeds", "samples_of"]
@@ -73,12 +75,10 @@ def _positive_int(value: str) -> int:
 
 
 def _methods(value: str) -> list[str]:
-    from ..reproduce import METHODS
-
     names = [m.strip().lower() for m in value.split(",") if m.strip()]
-    bad = [m for m in names if m not in METHODS]
+    bad = [m for m in names if m not in defaults.METHODS]
     if not names or bad or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(METHODS)}, got {value!r}")
+        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(defaults.METHODS)}, got {value!r}")
     return names
 
 
@@ -242,9 +242,9 @@ SHARED_FLAGS: dict[str, dict] = {
     "--fit-tasks": dict(type=_task_list, default=None, metavar="TASK[,TASK...]",
                         help=_TASK_NAMES),
     "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
-    "--in-task": dict(default="calib_in_domain_pooled", metavar="TASK",
+    "--in-task": dict(default=defaults.IN_TASK, metavar="TASK",
                       help="name of the calib_* task of the in-domain columns"),
-    "--out-task": dict(default="calib_arc_challenge", metavar="TASK",
+    "--out-task": dict(default=defaults.OUT_TASK, metavar="TASK",
                        help="name of the calib_* task of the out-of-domain columns"),
     "--seeds": dict(type=parse_seeds, default=None, metavar="N|S,S,...",
                     help="a count N (seeds 0..N-1) or a comma-separated list of distinct seeds"),
@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(c, "--out-task")
     _add(c, "--output-dir", "calibration_table.{json,md} and one comparison reliability diagram per column task "
          "(default: print only)")
+    c.add_argument("--allow-different-prompts", action="store_true",
+                   help="compare runs that asked the same questions with different prompts (chat template vs plain, "
+                        "other option letters or system prompt) with a note, instead of refusing")
     _add(c, "--plot-format")
 
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",
@@ -417,13 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--hidden", type=int, default=64, help="hidden size")
     m.add_argument("--layers", type=int, default=2, help="number of layers")
 
-    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / CFT / RCFT -> Table 2",
+    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / SFT / CFT / RCFT -> Table 2",
              "The paper's Table 2 for your model in one command: one Axolotl config per method (your --base-config "
-             "plus only the calibration lines), a real axolotl train per method, axolotl-calib eval of every model on "
-             "the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
+             "plus only the calibration lines and the training device's precision / optimizer / LoRA kernels where it sets "
+             "none), a real axolotl train per method, an evaluation of every model (the start model too) with the "
+             "base config's row settings on the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
              "in-domain questions, and the axolotl-calib table of all of them (DIR/table/), with reliability diagrams "
-             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config and the code are "
-             "unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
+             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config, data files and the "
+             "code are unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
              "  axolotl-calib reproduce --model allenai/Llama-3.1-Tulu-3-8B-DPO \\\n"
              "      --train-dataset aaronwzl/mcqa_calibration_dataset --train-split calibration_train --output-dir repro\n"
              "  axolotl-calib reproduce --model ./my-dpo --train-data-files train.jsonl --data-files in.jsonl \\\n"
@@ -439,8 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(q, "--ood-data-files", "the out-of-domain column, scored as the calib_jsonl_ood task (default: --out-task)")
     _add(q, "--in-task")
     _add(q, "--out-task")
-    q.add_argument("--methods", type=_methods, default=["ts", "ls", "cft", "rcft"], metavar="M[,M...]",
-                   help="rows besides DPO: ts (temperature scaling), ls (label smoothing), cft, rcft")
+    q.add_argument("--methods", type=_methods, default=list(defaults.METHODS), metavar="M[,M...]",
+                   help="rows besides DPO: ts (temperature scaling), ls (label smoothing), sft (calib_lambda 0: SFT "
+                        "alone, what CFT adds the calibration loss to), cft, rcft")
     q.add_argument("--base-config", default=None, metavar="YAML",
                    help="your Axolotl config (model size, LoRA / full, precision, batch...); reproduce sets base_model, "
                         "datasets, output_dir, dataset_prepared_path, the plugin and the calib_* lines of each "
@@ -455,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true",
                    help="write the configs and commands.sh and print them; train and evaluate nothing")
     _add(q, "--fresh", "evaluations too")
-    _add(q, "--device")
+    _add(q, "--device", "also picks the training settings: precision, optimizer, LoRA kernels (a key --base-config "
+         "sets is kept; --dry-run says which)")
     _add(q, "--dtype")
     _add(q, "--batch-size")
     _add(q, "--plot-format")

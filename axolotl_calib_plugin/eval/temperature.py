@@ -12,8 +12,7 @@ and the fit is in float64. Log-probabilities work as well as logits: they differ
 constant, which the softmax ignores.
 
 :func:`scale_samples` runs the baseline on lm-eval's logged samples of the ``calib_*`` tasks (their
-per-question option log-likelihoods), with mixed option counts, and :func:`temperature_report` turns its result
-into the text and files of ``axolotl-calib temperature``. It fits
+per-question option log-likelihoods), with mixed option counts, for ``axolotl-calib temperature``. It fits
 on in-domain tasks only unless told otherwise (an out-of-domain column scored with a T fitted on it would
 not be out-of-domain), and marks every scored question that was also used to fit T.
 """
@@ -221,6 +220,8 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
 def temperature_bound_note(t: float, n: int, bounds: tuple[float, float] = (1e-2, 1e2)) -> str | None:
     """A sentence when the fitted T sits on a bound of the fit (then T is the bound, not an estimate: one question,
     or questions all right or all wrong, carry no temperature), else None."""
+    import math
+
     lo, hi = bounds
     for edge, what in ((lo, "near one-hot: the fitted questions were all answered right, or nearly"),
                        (hi, "near uniform: the fitted questions look like noise to the model, e.g. all wrong")):
@@ -231,27 +232,24 @@ def temperature_bound_note(t: float, n: int, bounds: tuple[float, float] = (1e-2
 
 
 def temperature_report(res: dict, output_dir: str | None = None, plot_format: str = "png") -> dict:
-    """The text of ``axolotl-calib temperature`` for a :func:`scale_samples` result (T, a warning when T sits on a
-    bound of the fit, one row per scored task: before / after, held-out or in-sample, and the notes) and, with
-    ``output_dir``, the folder ``axolotl-calib table`` reads: ``calibration_report.{md,json}``, the scaled
-    samples in lm-eval's layout and a before/after reliability diagram per task.
-
-    Returns ``{"temperature", "text", "report": the Markdown report's path or None, "meta"}``.
-    """
+    """The text of ``axolotl-calib temperature`` for a :func:`scale_samples` result (T, one row per scored task:
+    before / after, held-out or in-sample) and, with ``output_dir``, the folder ``axolotl-calib table`` reads:
+    ``calibration_report.{md,json}``, the scaled samples in lm-eval's layout and a before/after diagram per task.
+    Returns ``{"temperature", "text", "report": the Markdown report's path or None, "meta"}``."""
     import json
     import os
 
     from .compare import metrics_of_items
-    from .samples import samples_task
+    from .samples import sample_record, samples_task, stack_items
 
     t, f = res["temperature"], res["fit"]
+    bound = f.get("bound_warning") or temperature_bound_note(t, f["n"])
     text = [f"T = {t:.4f}  (fitted by NLL on {f['n']} questions of {len(f['files'])} file(s), tasks "
             f"{', '.join(f['tasks'])}; NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})"]
-    bound = f.get("bound_warning") or temperature_bound_note(t, f["n"])
-    if bound:
-        text.append(f"WARNING: {bound}")
-    text += ["| task | n | scored on | acc | conf-ECE before | conf-ECE after | cw-ECE before | cw-ECE after |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    text += [f"WARNING: {bound}"] if bound else []
+    text += [
+            "| task | n | scored on | acc | conf-ECE before | conf-ECE after | cw-ECE before | cw-ECE after |",
+            "|---|---:|---|---:|---:|---:|---:|---:|"]
     summary, items, notes = {}, {}, []
     for path, r in res["apply"].items():
         task = samples_task(path)
@@ -272,16 +270,14 @@ def temperature_report(res: dict, output_dir: str | None = None, plot_format: st
                     f"{after['accuracy']:.4f} | {before['conf_ece']:.4f} | {after['conf_ece']:.4f} | "
                     f"{before['cw_ece']:.4f} | {after['cw_ece']:.4f} |")
     text += [f"* {n}" for n in notes]
-    meta = {"temperature": t, "temperature_at_bound": bool(bound), "fit_files": f["files"], "fit_tasks": f["tasks"],
-            "fit_questions": f["n"], "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"],
-            "nll_after": f["nll_after"]}
+    meta = {"temperature": t, "temperature_at_bound": bool(bound), "fit_files": f["files"], "fit_tasks": f["tasks"], "fit_questions": f["n"],
+            "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
     out = {"temperature": t, "text": "\n".join(text), "report": None, "meta": meta}
     if output_dir:
         from datetime import datetime
 
         from .plots import plot_comparison
         from .report import write_report
-        from .samples import stack_items
 
         paths = write_report(output_dir, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta,
                              notes=([f"WARNING: {bound}"] if bound else []) + notes, plot_format=plot_format)
@@ -293,8 +289,7 @@ def temperature_report(res: dict, output_dir: str | None = None, plot_format: st
             task = samples_task(path)
             with open(os.path.join(output_dir, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
                 for it in r["items"]:
-                    fh.write(json.dumps({"doc_id": it["doc_id"], "conf_ece": {k: it[k] for k in ("probs", "gold", "logliks")}})
-                             + "\n")
+                    fh.write(json.dumps(sample_record(it)) + "\n")
             plot_comparison({"before": stack_items(r["before"]), f"T = {t:.3f}": stack_items(r["items"])},
                             os.path.join(output_dir, f"reliability_before_after_{task}.{plot_format}"),
                             title=f"temperature scaling: {task}")

@@ -126,7 +126,7 @@ def test_every_run_of_a_seed_trains_with_that_seed(tmp_path):
     p.sft_base = p.sft_train = str(tmp_path / "sft.jsonl")
     for r in runs:
         p.models.setdefault(r.start, str(tmp_path / "models" / r.start))
-        cfg = pipeline._run_config(r, p, pipeline.FAST, seed=7)
+        cfg = pipeline.run_config(r, p, pipeline.FAST, seed=7)
         assert cfg["seed"] == 7, r.name
         if r.kind == "calib":
             assert cfg["calib_lambda"] == r.lam and cfg["calib_mode"] == r.mode
@@ -151,8 +151,8 @@ def test_resumed_study_states_the_wall_time_of_seeds_run_from_scratch():
 @pytest.mark.parametrize("plan_name", ["heldout", "alignment"])
 def test_every_calib_run_names_its_bin_accuracy_source_explicitly(tmp_path, plan_name):
     """With an eval split, the plugin's default (auto) reads held-out rows: a run meant to use training-row bins
-    (Algorithm 1) must say so in its config, else it silently becomes a held-out run (aligned.cft would then be
-    a copy of aligned.cft_heldout)."""
+    (Algorithm 1) must say so in its config, else it silently becomes a held-out run (and aligned.cft would equal
+    aligned.cft_heldout)."""
     from axolotl_calib_plugin.demo import pipeline
     from axolotl_calib_plugin.demo.studies import alignment as alignment_study, heldout as heldout_study
     from axolotl_calib_plugin.demo.world import TopicWorld, generate
@@ -164,7 +164,7 @@ def test_every_calib_run_names_its_bin_accuracy_source_explicitly(tmp_path, plan
     seen = {}
     for r in pipeline.plan_runs(plan):
         p.models.setdefault(r.start, str(tmp_path / "models" / r.start))
-        cfg = pipeline._run_config(r, p, pipeline.FAST, seed=7)
+        cfg = pipeline.run_config(r, p, pipeline.FAST, seed=7)
         if r.kind == "calib" and r.lam:
             assert "test_datasets" in cfg, r.name
             assert cfg["calib_bin_accuracy"] == pipeline.VARIANTS[r.variant][0], r.name

@@ -1,4 +1,4 @@
-"""Issue 22: the same row gives the same prompt, answer position and gold in training (Axolotl's loader +
+"""The same row gives the same prompt, answer position and gold in training (Axolotl's loader +
 the strategy) and evaluation (the lm-eval tasks, the post-training report, ``axolotl-calib eval``), whatever
 the file format; the prepared-data cache and resume notice every change that alters a row or a target."""
 
