@@ -482,12 +482,14 @@ def evaluate_model(model: str, eval_dir: str, spec: EvalSpec, rows: Mapping, *, 
     would answer other prompts than the rest of the table). Returns the per-task summary."""
     from .eval.evaluation import make_hflm
     from .eval.report import evaluate_to_report
-    from .row_settings import SETTINGS_FILE
+    from .row_settings import SETTINGS_FILE, SettingsError, read_settings
 
     settings = os.path.join(model, SETTINGS_FILE)
-    if os.path.isfile(settings):
-        with open(settings, encoding="utf-8") as fh:
-            trained = json.load(fh)
+    try:
+        trained = read_settings(model) if os.path.isdir(model) else None
+    except SettingsError as e:
+        raise orchestrate.StepFailed(str(e)) from None
+    if trained is not None:
         want = {**rows["task_metadata"], "prompt_format": "chat_template" if rows["apply_chat_template"] else "plain"}
         if rows["apply_chat_template"]:
             want["system_prompt"] = rows["system_instruction"]
@@ -496,7 +498,9 @@ def evaluate_model(model: str, eval_dir: str, spec: EvalSpec, rows: Mapping, *, 
             raise orchestrate.StepFailed(f"{settings}: trained with other row settings than the table's "
                                          + "; ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items()))
     device, dtype = _device_dtype(device, dtype)
-    lm = make_hflm(model, device=device, dtype=dtype, batch_size=batch_size)
+    # the token sequence training used: the run's recorded rule, else the tokenizer's own (the DPO start model)
+    lm = make_hflm(model, device=device, dtype=dtype, batch_size=batch_size, chat=bool(rows["apply_chat_template"]),
+                   add_bos_token=(trained or {}).get("add_bos_token"))
     title = os.path.basename(os.path.normpath(model)) or model
     summary, _ = evaluate_to_report(
         lm, [spec.in_task, spec.out_task], eval_dir, title=title, model_name=title,

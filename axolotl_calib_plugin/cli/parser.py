@@ -115,9 +115,12 @@ def check_args(cp: argparse.ArgumentParser, a) -> None:
         if value and not os.path.isdir(value):
             cp.error(f"--{flag.replace('_', '-')} {value}: no such folder")
     out_dir = getattr(a, "output_dir", None)
-    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        cp.error(f"--output-dir {out_dir}: is a file, not a folder (this command writes several files into it): "
-                 "pass a folder path")
+    probe = os.path.abspath(out_dir) if out_dir else None
+    while probe and not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)  # a folder still to be made under a file fails as surely as the file
+    if probe and os.path.exists(probe) and not os.path.isdir(probe):
+        cp.error(f"--output-dir {out_dir}: {probe} is a file, not a folder (this command writes several files into "
+                 "it): pass a folder path")
     _check_tasks(cp, a)
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:

@@ -95,7 +95,7 @@ def test_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys, argv):
     with pytest.raises(SystemExit) as e:
         main([a.format(**fill) for a in argv])
     assert e.value.code == 2
-    assert f"--output-dir {blocker}: is a file, not a folder" in capsys.readouterr().err
+    assert f"--output-dir {blocker}: {blocker} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_offline_hub_tasks_fail_before_the_model_and_name_the_flags(tmp_path, capsys):
