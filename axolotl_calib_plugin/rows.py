@@ -89,7 +89,7 @@ class MCQRow(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------- files
-def check_data_file(path: str) -> None:
+def check_data_file(path: str, key: str = "datasets") -> None:
     """Raise :class:`CalibDataError` when a local data file has no rows (empty, blank or ``[]``).
 
     HF ``datasets`` fails on such a file with a bare ``StopIteration`` (JSON) or "corresponds to no
@@ -106,7 +106,7 @@ def check_data_file(path: str) -> None:
     if not head or (path.endswith(".json") and head == "[]"):
         raise CalibDataError(
             f"{path}: the dataset file is empty (no rows); add MCQ rows ({{question, choices, answer}} per line) "
-            "or remove it from `datasets:`"
+            f"or remove it from `{key}:`"
         )
 
 

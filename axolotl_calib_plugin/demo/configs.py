@@ -109,6 +109,10 @@ def calib_config(model, data, out_dir, prepared, *, mode: str, lam: float, bins:
     for key, value, default in (("calib_targets", targets, "bin"), ("calib_ece_loss", ece_loss, "mse")):
         if value != default:
             cfg[key] = value
+    if bin_accuracy == "heldout" or targets == "temperature":
+        # the study reports held-out calibration on its own evaluation files (eval_in / eval_out), never on the
+        # TS-fit split: every row of that split sets targets, as in the study's design
+        cfg["calib_target_fraction"] = 1.0
     # train_on_inputs is set by the plugin from calib_mode (cft: false, rcft: true).
     return cfg
 

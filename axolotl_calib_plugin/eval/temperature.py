@@ -20,15 +20,17 @@ not be out-of-domain), and marks every scored question that was also used to fit
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..metrics import ArrayLike
 
-__all__ = ["fit_temperature", "apply_temperature", "in_domain_tasks", "probs_to_logits", "nll", "pad_ragged_logits",
-           "scale_samples", "softmax_rows", "temperature_bound_note", "temperature_report"]
+__all__ = ["TemperatureFit", "apply_temperature", "fit_temperature", "fit_temperature_result", "in_domain_tasks",
+           "nll", "pad_ragged_logits", "probs_to_logits", "scale_samples", "softmax_rows", "temperature_bound_warning",
+           "temperature_report"]
 
 
 def _logits_tensor(logits: ArrayLike) -> torch.Tensor:
@@ -63,17 +65,47 @@ def nll(logits: ArrayLike, labels: ArrayLike, temperature: float = 1.0) -> float
     return float(torch.nn.functional.cross_entropy(z / temperature, y))
 
 
-def fit_temperature(logits: ArrayLike, labels: ArrayLike, init: float = 1.5, max_iter: int = 200,
-                    bounds: tuple[float, float] = (1e-2, 1e2)) -> float:
-    """The temperature minimising the held-out NLL of ``softmax(logits / T)``.
+#: the fit's bounds on T (a model right on every fitted row wants T -> 0, one whose logits are noise T -> inf)
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
 
-    ``logits``: (n, K) option logits or log-probabilities; ``labels``: (n,) gold indices.
-    Returns a float in ``bounds`` (a model that is right on every sample wants T -> 0, one whose
-    logits are pure noise wants T -> inf; the bounds keep those cases finite).
-    """
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A temperature fit: ``temperature`` T, ``at_bound`` ``"lower"`` / ``"upper"`` when the NLL still falls beyond
+    that bound (T is then the bound, not an optimum: ``lower`` gives near one-hot probabilities, ``upper`` near
+    uniform ones), else None; ``n`` rows fitted; ``bounds`` (lower, upper)."""
+
+    temperature: float
+    at_bound: Optional[str]
+    n: int
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+
+
+def _nll_slope(z: torch.Tensor, y: torch.Tensor, beta: float) -> float:
+    """d NLL / d beta of softmax(beta z) at ``beta`` = 1 / T: mean over rows of E_p[z] - z_gold. The NLL is convex in
+    beta, so the signs of this slope at the two bounds say whether the optimum lies between them."""
+    p = torch.softmax(z * beta, dim=1)
+    return float(((p * z).sum(dim=1) - z.gather(1, y.view(-1, 1)).squeeze(1)).mean())
+
+
+def fit_temperature_result(logits: ArrayLike, labels: ArrayLike, init: float = 1.5, max_iter: int = 200,
+                           bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> TemperatureFit:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` within ``bounds``, and whether it ended on one.
+
+    The NLL is convex in 1/T, so its slope at the bounds decides: still falling at the smallest T (every row right
+    by a margin) -> T = lower bound, ``at_bound="lower"``; still falling toward the largest T -> the upper bound;
+    else LBFGS finds the interior optimum. All-equal logits (the NLL does not depend on T) return ``init``."""
     z = _logits_tensor(logits)
     y = _labels_tensor(labels, *z.shape)
-    log_lo, log_hi = math.log(bounds[0]), math.log(bounds[1])
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"temperature bounds must satisfy 0 < lower < upper < inf, got {bounds!r}")
+    slope_small_t, slope_large_t = _nll_slope(z, y, 1.0 / lo), _nll_slope(z, y, 1.0 / hi)
+    if slope_small_t <= 0 and slope_large_t < 0:  # NLL still falls (or is flat at 0) as T -> lower bound
+        return TemperatureFit(lo, "lower", int(z.shape[0]), (lo, hi))
+    if slope_large_t >= 0 and slope_small_t > 0:  # NLL still falls as T -> upper bound
+        return TemperatureFit(hi, "upper", int(z.shape[0]), (lo, hi))
+    log_lo, log_hi = math.log(lo), math.log(hi)
     log_t = torch.tensor([math.log(init)], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
                             tolerance_change=1e-12, line_search_fn="strong_wolfe")
@@ -88,7 +120,35 @@ def fit_temperature(logits: ArrayLike, labels: ArrayLike, init: float = 1.5, max
     value = float(log_t.detach().clamp(log_lo, log_hi))
     if not math.isfinite(value):  # pragma: no cover - strong-Wolfe LBFGS on a 1-D convex problem
         value = math.log(init)
-    return math.exp(value)
+    return TemperatureFit(math.exp(value), None, int(z.shape[0]), (lo, hi))
+
+
+def fit_temperature(logits: ArrayLike, labels: ArrayLike, init: float = 1.5, max_iter: int = 200,
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature minimising the held-out NLL of ``softmax(logits / T)``.
+
+    ``logits``: (n, K) option logits or log-probabilities; ``labels``: (n,) gold indices.
+    Returns a float in ``bounds`` (a model that is right on every sample wants T -> 0, one whose
+    logits are pure noise wants T -> inf; the bounds keep those cases finite). Whether it ended on a bound:
+    :func:`fit_temperature_result`.
+    """
+    return fit_temperature_result(logits, labels, init, max_iter, bounds).temperature
+
+
+def temperature_bound_warning(fit: TemperatureFit, rows: str = "fitted rows") -> Optional[str]:
+    """A sentence saying that ``fit`` ended on a bound and what that means (None for an interior optimum): the
+    warning every caller of a fit prints (training targets, ``axolotl-calib temperature``)."""
+    if fit.at_bound is None:
+        return None
+    lo, hi = fit.bounds
+    if fit.at_bound == "lower":
+        why = (f"the NLL still falls as T -> 0 (the model is right on every one of the {fit.n} {rows}, or nearly), "
+               f"so T stopped at the lower bound {lo:g} and softmax(logits / T) is near one-hot")
+    else:
+        why = (f"the NLL still falls as T grows (the {fit.n} {rows} look like noise to the model, e.g. all wrong), so "
+               f"T stopped at the upper bound {hi:g} and softmax(logits / T) is near uniform")
+    return (f"the temperature fit ended on its bound: {why}. This T is a bound, not an estimate: fit on more rows, or "
+            "rows the model gets both right and wrong.")
 
 
 def apply_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
@@ -198,8 +258,10 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
                          f"{', '.join(sorted(allowed)) or 'none'} (pass --fit-tasks to fit on other tasks)")
     logits = pad_ragged_logits([it["logliks"] for it in fit_items])
     labels = np.array([it["gold"] for it in fit_items], dtype=np.int64)
-    t = fit_temperature(logits, labels)
+    fitted = fit_temperature_result(logits, labels)
+    t = fitted.temperature
     result = {"temperature": t, "fit": {"files": used, "n": len(fit_items), "fraction": fit_fraction, "seed": seed,
+                                        "at_bound": fitted.at_bound, "bound_warning": temperature_bound_warning(fitted),
                                         "tasks": sorted({samples_task(f) for f in used}), "excluded": excluded,
                                         "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t)},
               "apply": {}}
@@ -217,20 +279,6 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
     return result
 
 
-def temperature_bound_note(t: float, n: int, bounds: tuple[float, float] = (1e-2, 1e2)) -> str | None:
-    """A sentence when the fitted T sits on a bound of the fit (then T is the bound, not an estimate: one question,
-    or questions all right or all wrong, carry no temperature), else None."""
-    import math
-
-    lo, hi = bounds
-    for edge, what in ((lo, "near one-hot: the fitted questions were all answered right, or nearly"),
-                       (hi, "near uniform: the fitted questions look like noise to the model, e.g. all wrong")):
-        if abs(math.log(t) - math.log(edge)) < 1e-6:
-            return (f"T = {t:g} is the fit's bound, not an estimate (probabilities {what}; {n} question(s) fitted). "
-                    "Fit on more questions (a larger --fit-fraction) that the model gets both right and wrong")
-    return None
-
-
 def temperature_report(res: dict, output_dir: str | None = None, plot_format: str = "png") -> dict:
     """The text of ``axolotl-calib temperature`` for a :func:`scale_samples` result (T, one row per scored task:
     before / after, held-out or in-sample) and, with ``output_dir``, the folder ``axolotl-calib table`` reads:
@@ -243,7 +291,7 @@ def temperature_report(res: dict, output_dir: str | None = None, plot_format: st
     from .samples import sample_record, samples_task, stack_items
 
     t, f = res["temperature"], res["fit"]
-    bound = f.get("bound_warning") or temperature_bound_note(t, f["n"])
+    bound = f.get("bound_warning")
     text = [f"T = {t:.4f}  (fitted by NLL on {f['n']} questions of {len(f['files'])} file(s), tasks "
             f"{', '.join(f['tasks'])}; NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})"]
     text += [f"WARNING: {bound}"] if bound else []

@@ -161,6 +161,19 @@ class CalibrationArgs(BaseModel):
             "(n_m + kappa) with n_m held-out rows in bin m; a bin with no held-out row uses q_train_m."
         },
     )
+    calib_target_fraction: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        json_schema_extra={
+            "description": "With a held-out M-step (calib_bin_accuracy: heldout or calib_targets: temperature): the "
+            "share of the eval split's prompts that set the targets (chosen by sample id, the same rows every time). "
+            "Only the other prompts are reported as held-out (eval_calib/*); the target rows are logged as "
+            "eval_calib_fit/*, a diagnostic of the fit. 1: every eval row sets targets and no eval_calib/* is logged "
+            "(report held-out calibration on another file, e.g. calib_eval_data_files)."
+        },
+    )
     calib_estep_batch_size: int = Field(
         default=8, ge=1, json_schema_extra={"description": "Batch size of the E-step inference pass."}
     )
@@ -282,6 +295,14 @@ class CalibrationArgs(BaseModel):
                              f"measures; 1 = all), got {value!r}")
         return value
 
+    @field_validator("calib_target_fraction", mode="before")
+    @classmethod
+    def _check_target_fraction(cls, value):
+        if isinstance(value, bool):  # YAML `true` would read as 1.0
+            raise ValueError(f"calib_target_fraction is a number in (0, 1] (the share of eval prompts that set the "
+                             f"targets; the rest are reported as held-out), got {value!r}")
+        return value
+
     @field_validator("calib_option_letters", mode="before")
     @classmethod
     def _check_letters(cls, value):
@@ -311,6 +332,7 @@ class CalibrationArgs(BaseModel):
         _resolve_bin_accuracy(data)
         _check_first_estep(data)
         _check_heldout_source(data)
+        _check_heldout_prior(data)
         _check_eval_report(data)
         _check_local_data_files(data)
         return data
@@ -470,7 +492,7 @@ def _check_local_data_files(data: dict) -> None:
                 candidates = [files] if isinstance(files, str) else [f for f in files if isinstance(f, str)]
             for f in candidates:
                 if os.path.isfile(f):
-                    check_data_file(f)
+                    check_data_file(f, key)
                     if key == "datasets" and _is_json_lines(f, _get(ds, "ds_type")):
                         read_jsonl_records(f)  # a bad line: file and 1-based line now, not DatasetGenerationError later
     others = [i for i, ds in enumerate(data.get("test_datasets") or []) if not is_calib_dataset_type(_get(ds, "type"))]
@@ -571,6 +593,24 @@ def _check_heldout_source(data: dict) -> None:
             f"test_datasets (a held-out MCQ file with `type: {DATASET_TYPE}`) or val_set_size: 0.1 (Axolotl holds "
             "that fraction of the training file out). Or set calib_bin_accuracy: train and calib_targets: bin."
         )
+
+
+def _check_heldout_prior(data: dict) -> None:
+    """An explicit calib_heldout_prior (or calib_target_fraction) that nothing reads: say so instead of ignoring it.
+
+    The prior shrinks held-out bin accuracies; with calib_bin_accuracy train (explicit, or auto without an eval split)
+    and calib_targets bin every q comes from training rows and the prior changes nothing."""
+    import logging
+
+    if _heldout_settings(data):
+        return
+    unused = [k for k in ("calib_heldout_prior", "calib_target_fraction") if data.get(k) is not None]
+    if unused:
+        logging.getLogger(__name__).warning(
+            "%s set, but calib_bin_accuracy is %s and calib_targets is %s: the bins' accuracies come from the training "
+            "rows and no eval row sets a target, so %s has no effect. Set calib_bin_accuracy: heldout (with an eval "
+            "split) to use it, or remove it.", " and ".join(unused), data.get("calib_bin_accuracy") or "train",
+            data.get("calib_targets") or "bin", "it" if len(unused) == 1 else "they")
 
 
 def _check_incompatible(data: dict) -> None:

@@ -39,7 +39,8 @@ from .em import STATE_FILE, EMState
 from .estep import EStepData, eval_split_data, first_estep_entries, trainer_estep_probs
 from .head import install_head_capture, remove_head_capture
 from .online import TABLE_IDS
-from .resume_check import check_same_data, record
+from .em import COVERAGE_EXTRA, FALLBACK_EXTRA
+from .resume_check import check_same_data, record, record_heldout
 
 #: one JSON line per refresh (per-bin training vs held-out statistics), in output_dir
 REFRESH_LOG = "calib_refresh.jsonl"
@@ -111,18 +112,29 @@ class EMRefreshCallback(TrainerCallback):
         probs[torch.from_numpy(entries)] = self._exact_probs(data.subset(entries), desc="calib first E-step (subset)")
         return probs
 
-    def _heldout_rows(self, state) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(probs, labels, num_options) of the eval split under the current model, for the held-out M-step: the
-        latest evaluation's when it ran at this very step (no extra forward), else one E-step forward over it."""
-        if not self.calib.needs_heldout(getattr(self.trainer, "eval_dataset", None)):
+    def _heldout_rows(self, state) -> Optional[tuple[torch.Tensor, ...]]:
+        """(probs, labels, num_options, sample ids) of the eval split's TARGET rows under the current model, for the
+        held-out M-step: the latest evaluation's when it ran at this very step (no extra forward), else one E-step
+        forward over them. The report rows (``eval_calib/*``) never reach the M-step."""
+        eval_dataset = getattr(self.trainer, "eval_dataset", None)
+        if not self.calib.needs_heldout(eval_dataset):
             return None
         cached = self.calib.last_eval
         if cached is not None and cached[0] == int(state.global_step):
-            return cached[1], cached[2], cached[3]
+            return cached[1], cached[2], cached[3], cached[4]
+        d = self._heldout_target_data()
+        probs = self._exact_probs(d, desc="calib held-out")
+        return probs, torch.from_numpy(d.answer_idx), torch.from_numpy(d.num_options), torch.from_numpy(d.sample_id)
+
+    def _heldout_target_data(self) -> Optional[EStepData]:
+        """The answer positions of the eval split's target rows (None when the M-step reads no held-out rows)."""
+        eval_dataset = getattr(self.trainer, "eval_dataset", None)
+        if not self.calib.needs_heldout(eval_dataset):
+            return None
         if self._heldout_data is None:
-            self._heldout_data = eval_split_data(self.trainer.eval_dataset)
-        probs = self._exact_probs(self._heldout_data, desc="calib held-out")
-        return probs, torch.from_numpy(self._heldout_data.answer_idx), torch.from_numpy(self._heldout_data.num_options)
+            data = eval_split_data(eval_dataset)
+            self._heldout_data = data.subset(np.nonzero(np.isin(data.sample_id, self.calib.target_ids(eval_dataset)))[0])
+        return self._heldout_data
 
     def _write_bin_table(self, em_state: EMState, epoch: int, step: int) -> None:
         """One JSON line per refresh in ``output_dir/calib_refresh.jsonl``: per bin the training-row count, accuracy
@@ -133,6 +145,10 @@ class EMRefreshCallback(TrainerCallback):
         rec = {"refresh": em_state.refresh_count, "epoch": epoch, "global_step": step, "bins": em_state.bin_table()}
         if "temperature" in em_state.extra:
             rec["temperature"] = float(em_state.extra["temperature"])
+        if FALLBACK_EXTRA in em_state.extra:  # the fit ended on this bound: the targets are the held-out bin rule's
+            rec["temperature_fallback"] = str(em_state.extra[FALLBACK_EXTRA])
+        if COVERAGE_EXTRA in em_state.extra:
+            rec["heldout_coverage"] = round(float(em_state.extra[COVERAGE_EXTRA]), 6)
         with open(os.path.join(out_dir, REFRESH_LOG), "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
 
@@ -154,13 +170,17 @@ class EMRefreshCallback(TrainerCallback):
             torch.from_numpy(data.sample_id), probs, torch.from_numpy(data.answer_idx),
             torch.from_numpy(data.num_options), n_bins=self.settings.calib_bins,
             split=self.settings.calib_nonmax_split, refresh_count=(prev.refresh_count + 1) if prev else 1,
-            epoch_refreshed=epoch, global_step=int(state.global_step), heldout=heldout,
+            epoch_refreshed=epoch, global_step=int(state.global_step), heldout=None if heldout is None else heldout[:3],
             bin_accuracy=self.calib.bin_accuracy(getattr(self.trainer, "eval_dataset", None)),
             targets_kind=self.settings.calib_targets,
             prior=self.settings.calib_heldout_prior,
         )
         record(em_state.extra, self.settings, torch.from_numpy(data.sample_id), torch.from_numpy(data.answer_idx),
                torch.from_numpy(data.num_options))
+        if heldout is not None:
+            record_heldout(em_state.extra, heldout[3], heldout[1], heldout[2])
+        for message in em_state.warnings():
+            LOG.warning("calib EM refresh %d: %s", em_state.refresh_count, message)
         if seen is not None:  # samples not seen since the last refresh keep their previous target
             unseen = ~torch.isin(em_state.sample_ids, seen)
             if bool(unseen.any()):
@@ -302,7 +322,7 @@ class EMRefreshCallback(TrainerCallback):
                     LOG.warning("calib: %s is newer (step %d) than the resumed step %d; ignored",
                                 path, em_state.global_step, state.global_step)
                     continue
-                check_same_data(em_state, path, self.settings, self._estep_data())
+                check_same_data(em_state, path, self.settings, self._estep_data(), self._heldout_target_data())
                 self.calib.em_state = em_state
                 if self.calib.online is not None:
                     self.calib.online.restore_from(em_state.extra)

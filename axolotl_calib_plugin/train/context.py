@@ -58,6 +58,23 @@ class CalibrationContext:
     #: (global_step, probs, labels, num_options) of the latest evaluation of the eval split (gathered over ranks):
     #: a refresh at the same step takes its held-out rows from it instead of a forward of its own
     last_eval: Optional[tuple] = None
+    #: sorted sample ids of the eval prompts that set targets (:meth:`target_ids`), computed once per run
+    _target_ids: Any = None
+
+    def target_ids(self, eval_dataset=None):
+        """Sorted sample ids (int64 numpy array) of the eval prompts that set the targets, or None when the M-step
+        reads no held-out rows (then every eval row is a report row). The split is
+        :func:`~axolotl_calib_plugin.train.heldout.target_sample_ids` of the pooled eval split with
+        ``calib_target_fraction``; computed on first use and kept (the eval split does not change during a run)."""
+        if not self.needs_heldout(eval_dataset):
+            return None
+        if self._target_ids is None:
+            from .estep import eval_split_data
+            from .heldout import target_sample_ids
+
+            self._target_ids = target_sample_ids(eval_split_data(eval_dataset).sample_id,
+                                                 self.settings.calib_target_fraction)
+        return self._target_ids
 
     def bin_accuracy(self, eval_dataset=None) -> str:
         """``calib_bin_accuracy`` as the M-step uses it: ``auto`` (settings built without a config, e.g. in a script)

@@ -54,6 +54,10 @@ STATE_FILE = "calib_state.pt"
 RULE_EXTRA = "target_rule"
 #: ``EMState.extra`` keys of the live targets' running per-bin statistics and how many positions they span
 LIVE_COUNT, LIVE_HITS, LIVE_WINDOW = "live_bin_count", "live_bin_hits", "live_window"
+#: ``EMState.extra`` keys: the bound a temperature fit ended on when the targets fell back to held-out bins; the share of
+#: training rows whose q came from held-out rows (their bin held one); the option counts K of both sets
+FALLBACK_EXTRA, COVERAGE_EXTRA = "temperature_fallback", "heldout_coverage"
+TRAIN_KS_EXTRA, HELDOUT_KS_EXTRA = "train_option_counts", "heldout_option_counts"
 _STATE_VERSION = 2
 #: versions :meth:`EMState.load` reads (1 = before the ``extra`` section existed)
 _READABLE_VERSIONS = (1, 2)
@@ -240,9 +244,15 @@ def temperature_targets(probs: torch.Tensor, temperature: float, num_options: Op
 def fit_heldout_temperature(probs: torch.Tensor, labels: torch.Tensor, num_options: Optional[torch.Tensor] = None
                             ) -> float:
     """T minimising the NLL of the held-out ``labels`` under softmax(log pi / T) (the temperature-scaling fit)."""
-    from ..eval.temperature import fit_temperature
+    return fit_heldout_temperature_result(probs, labels, num_options).temperature
 
-    return fit_temperature(option_log_probs(probs, num_options), torch.as_tensor(labels).to(torch.int64))
+
+def fit_heldout_temperature_result(probs: torch.Tensor, labels: torch.Tensor, num_options: Optional[torch.Tensor] = None):
+    """:func:`fit_heldout_temperature` as a :class:`~axolotl_calib_plugin.eval.temperature.TemperatureFit` (says
+    whether T ended on a bound)."""
+    from ..eval.temperature import fit_temperature_result
+
+    return fit_temperature_result(option_log_probs(probs, num_options), torch.as_tensor(labels).to(torch.int64))
 
 
 def em_step(
@@ -302,19 +312,26 @@ def em_step(
     elif bin_accuracy == "heldout" or targets_kind == "temperature":
         raise ValueError(f"calib_bin_accuracy: {bin_accuracy} / calib_targets: {targets_kind} need held-out rows "
                          "(an eval split), and none were given to the M-step")
-    if bin_accuracy == "heldout":
-        q_bins = heldout_bin_accuracy(stats, h_stats, prior)
-    else:
-        q_bins = stats.accuracy
-    info["bin_target"] = q_bins
+    q_heldout = heldout_bin_accuracy(stats, h_stats, prior) if heldout is not None else None
+    q_bins = q_heldout if bin_accuracy == "heldout" else stats.accuracy
+    kind = targets_kind
     if targets_kind == "temperature":
-        t = fit_heldout_temperature(h_probs, h_labels, h_k.to(torch.int64))
-        info["temperature"] = torch.tensor(t, dtype=torch.float64)
-        targets = temperature_targets(probs, t, num_options).to(torch.float32)
-    else:
+        fit = fit_heldout_temperature_result(h_probs, h_labels, h_k.to(torch.int64))
+        info["temperature"] = torch.tensor(fit.temperature, dtype=torch.float64)
+        if fit.at_bound is None:
+            targets = temperature_targets(probs, fit.temperature, num_options).to(torch.float32)
+        else:  # T is a bound, not an estimate: the held-out bin rule instead (documented fallback)
+            info[FALLBACK_EXTRA] = fit.at_bound
+            q_bins, kind = q_heldout, "bin"
+    info["bin_target"] = q_bins
+    if kind == "bin":
         bins = assign_bins(probs.max(dim=1).values, n_bins)
         q = q_bins[bins]  # every sample's bin holds the sample, so its q is finite
         targets = build_targets(probs.to(torch.float64), q, split=split, num_options=num_options).to(torch.float32)
+        if heldout is not None and q_bins is q_heldout:  # which training rows' q actually came from held-out rows
+            info[COVERAGE_EXTRA] = (h_stats.count[bins] > 0).to(torch.float64).mean()
+            info[TRAIN_KS_EXTRA] = torch.unique(num_options.to(torch.int64))
+            info[HELDOUT_KS_EXTRA] = torch.unique(h_k.to(torch.int64))
     if not all_measured:
         # unmeasured rows after the measured ones, so a prompt measured in any of its rows keeps that row's target
         # below (the first row of each id wins; rows sharing an id are the same prompt)
@@ -564,6 +581,46 @@ class EMState:
             out[f"{prefix}heldout_n"] = int(held.count.sum())
         if "temperature" in self.extra:
             out[f"{prefix}heldout_temperature"] = round(float(self.extra["temperature"]), 6)
+        if FALLBACK_EXTRA in self.extra:
+            out[f"{prefix}temperature_fallback"] = 1
+        if COVERAGE_EXTRA in self.extra:
+            out[f"{prefix}heldout_coverage"] = round(float(self.extra[COVERAGE_EXTRA]), 6)
+        return out
+
+    def warnings(self) -> list[str]:
+        """What about this refresh's targets a user must hear (the callback logs each as a warning):
+
+        * the temperature fit ended on a bound, so the targets fell back to the held-out bin rule;
+        * ``calib_bin_accuracy: heldout`` but no training row's bin held a held-out row, so every q came from the
+          training rows while the log reports held-out rows (e.g. training rows with 2 options and held-out rows
+          with 5: a K-option row's top probability is at least 1/K, so their confidences fall in different bins).
+        """
+        out = []
+        held = self.heldout_stats
+        n_held = int(held.count.sum()) if held is not None else 0
+        if FALLBACK_EXTRA in self.extra:
+            from ..eval.temperature import TemperatureFit, temperature_bound_warning
+
+            t = float(self.extra.get("temperature", float("nan")))
+            msg = temperature_bound_warning(TemperatureFit(t, str(self.extra[FALLBACK_EXTRA]), n_held),
+                                            "held-out target rows")
+            out.append(f"calib_targets: temperature: {msg} So this refresh's targets fall back to the held-out bin rule "
+                       "(the argmax option gets the held-out accuracy of its confidence bin, shrunk toward the training "
+                       "rows' by calib_heldout_prior), as with calib_bin_accuracy: heldout and calib_targets: bin.")
+        coverage = self.extra.get(COVERAGE_EXTRA)
+        if coverage is not None and float(coverage) == 0.0 and held is not None:
+            train_bins = [m for m in range(self.n_bins) if int(self.bin_count[m]) > 0]
+            held_bins = [m for m in range(self.n_bins) if int(held.count[m]) > 0]
+            ks_tr = sorted(int(k) for k in self.extra.get(TRAIN_KS_EXTRA, torch.zeros(0)).tolist())
+            ks_h = sorted(int(k) for k in self.extra.get(HELDOUT_KS_EXTRA, torch.zeros(0)).tolist())
+            cause = (f"the training rows have {ks_tr} options and the held-out rows {ks_h}: a K-option row's top "
+                     "probability is at least 1/K, so the two sets' confidences fall in different bins"
+                     if ks_tr and ks_h and not set(ks_tr) & set(ks_h) else
+                     "the model's confidence on the two sets does not overlap")
+            out.append(f"calib_bin_accuracy: heldout, but none of the {int(self.bin_count.sum())} training rows' "
+                       f"confidence bins (bins {train_bins}) holds one of the {n_held} held-out target rows (bins "
+                       f"{held_bins}), so every q came from the training rows, not from held-out rows: {cause}. Use "
+                       "held-out rows like the training rows (the same option counts), or calib_bin_accuracy: train.")
         return out
 
     @property
@@ -582,12 +639,24 @@ def _state_problem(d) -> Optional[str]:
     if d.get("version") not in _READABLE_VERSIONS:
         return f"version {d.get('version')!r}, readable versions are {list(_READABLE_VERSIONS)}"
     tensors = ("sample_ids", "targets", "bin_count", "bin_accuracy", "bin_confidence")
-    missing = [k for k in tensors + ("refresh_count", "epoch_refreshed", "global_step") if k not in d]
+    ints = ("refresh_count", "epoch_refreshed", "global_step")
+    missing = [k for k in tensors + ints if k not in d]
     if missing:
         return f"missing entries {missing}"
     bad = [k for k in tensors if not isinstance(d[k], torch.Tensor)]
     if bad:
         return f"entries {bad} are not tensors"
+    for k in ints:
+        if isinstance(d[k], bool) or not isinstance(d[k], int):
+            return f"entry {k!r} must be an int, found {type(d[k]).__name__} {d[k]!r}"[:300]
+    extra = d.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        return f"entry 'extra' must be a dict, found {type(extra).__name__}"
+    problem = _extra_problem(extra or {})
+    if problem:
+        return problem
+    if not d["targets"].is_floating_point():
+        return f"targets must be floating point, found {d['targets'].dtype}"
     ids, targets = d["sample_ids"], d["targets"]
     if ids.ndim != 1 or ids.dtype != torch.int64:
         return f"sample_ids must be a 1-D int64 tensor, found {tuple(ids.shape)} {ids.dtype}"
@@ -601,7 +670,49 @@ def _state_problem(d) -> Optional[str]:
         return "targets contain values outside [0, 1] or NaN"
     if bool(unmeasured.any()) and not all(k in (d.get("extra") or {}) for k in (LIVE_COUNT, LIVE_HITS, LIVE_WINDOW)):
         return "targets of unmeasured prompts are NaN but the state holds no running bin statistics to target them with"
+    sums = rest.to(torch.float64).sum(dim=1)
+    if rest.numel() and bool(((sums - 1.0).abs() > _SUM_TOL).any()):
+        row = int(((sums - 1.0).abs() > _SUM_TOL).nonzero()[0])
+        return (f"targets: {int(((sums - 1.0).abs() > _SUM_TOL).sum())} row(s) do not sum to 1 (e.g. a row summing to "
+                f"{float(sums[row]):.6g}): every target is a distribution over its row's options")
+    for a, b in (("golds", "sample_ids"), ("num_options", "sample_ids"), ("heldout_golds", "heldout_golds_ids"),
+                 ("heldout_num_options", "heldout_golds_ids")):
+        ref = ids if b == "sample_ids" else (extra or {}).get(b)
+        if a in (extra or {}) and (ref is None or extra[a].shape != ref.shape):
+            return f"extra entry {a!r} has shape {tuple(extra[a].shape)}, {b} {None if ref is None else tuple(ref.shape)}"
+    ks = (extra or {}).get("num_options")
+    if isinstance(ks, torch.Tensor) and ks.shape == ids.shape and ids.numel():
+        k = ks.to(torch.int64)
+        if bool((k < 2).any()) or bool((k > targets.shape[1]).any()):
+            return f"extra 'num_options' holds option counts outside [2, {targets.shape[1]}]"
+        beyond = (torch.arange(targets.shape[1]).view(1, -1) >= k.view(-1, 1)) & (targets.nan_to_num(0.0) != 0)
+        if bool(beyond.any()):
+            return (f"targets: {int(beyond.any(dim=1).sum())} row(s) put probability on options beyond the row's option "
+                    "count (extra 'num_options')")
     m = d["bin_count"].numel()
     if d["bin_accuracy"].numel() != m or d["bin_confidence"].numel() != m or m < 2:
         return "the bin statistics have inconsistent lengths"
+    return None
+
+
+#: how far a stored target row's sum may be from 1 (float32 targets built in float64)
+_SUM_TOL = 1e-4
+#: ``extra`` entries that must be tensors when present, and those that must be dicts
+_EXTRA_TENSORS = ("golds", "num_options", "bin_target", "heldout_bin_count", "heldout_bin_accuracy",
+                  "heldout_bin_confidence", "temperature", "heldout_golds_ids", "heldout_golds", "heldout_num_options",
+                  LIVE_COUNT, LIVE_HITS, LIVE_WINDOW, COVERAGE_EXTRA, TRAIN_KS_EXTRA, HELDOUT_KS_EXTRA,
+                  "online_table_ids", "online_table_probs", "online_record_ids", "online_record_probs")
+_EXTRA_DICTS = ("target_settings", RULE_EXTRA)
+
+
+def _extra_problem(extra: dict) -> Optional[str]:
+    """A wrong-typed entry of a state's ``extra`` section, named (None if every known entry has its type)."""
+    for k in _EXTRA_TENSORS:
+        if k in extra and not isinstance(extra[k], torch.Tensor):
+            return f"extra entry {k!r} must be a tensor, found {type(extra[k]).__name__}"
+    for k in _EXTRA_DICTS:
+        if k in extra and not isinstance(extra[k], dict):
+            return f"extra entry {k!r} must be a dict, found {type(extra[k]).__name__}"
+    if FALLBACK_EXTRA in extra and extra[FALLBACK_EXTRA] not in ("lower", "upper"):
+        return f"extra entry {FALLBACK_EXTRA!r} must be 'lower' or 'upper', found {extra[FALLBACK_EXTRA]!r}"
     return None

@@ -6,10 +6,17 @@ gathered over ranks and scored ONCE over the whole eval set with the metrics cor
 per-batch ECEs, which is not the ECE of the set). Distributed evaluation pads the last batches with
 repeated samples; those repeats are dropped by keeping, for every (prompt, gold) pair, only as many rows
 as the eval dataset holds.
+
+Held-out means never fitted. When the M-step reads held-out rows (``calib_bin_accuracy: heldout``,
+``calib_targets: temperature``), the eval split's prompts are split by sample id into TARGET rows, which set the
+targets, and REPORT rows, which never do (:func:`target_sample_ids`): ``eval_calib/*`` is scored on the report rows
+only, and the target rows' numbers are logged as ``eval_calib_fit/*`` (a diagnostic of the fit: the M-step pulls the
+model toward exactly those rows' accuracies, so their ECE is optimistic).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Optional
 
@@ -19,7 +26,59 @@ import torch
 from .. import metrics
 from .distributed import all_gather_rows, dist_info
 
-__all__ = ["held_out_metrics"]
+__all__ = ["DEFAULT_TARGET_FRACTION", "FEW_SPLIT_ROWS", "TargetSplitError", "calibration_values", "held_out_metrics",
+           "held_out_rows", "missing_entries", "target_sample_ids"]
+
+#: default ``calib_target_fraction``: the share of the eval split's prompts that set the targets
+DEFAULT_TARGET_FRACTION = 0.5
+#: fewer prompts than this in either half of the eval split: a warning (the half's numbers rest on a handful of rows)
+FEW_SPLIT_ROWS = 20
+
+
+class TargetSplitError(ValueError):
+    """The eval split cannot be split into target and report rows (one half would be empty)."""
+
+
+def target_sample_ids(sample_ids, fraction: float) -> np.ndarray:
+    """Sorted unique sample ids of the eval prompts that set the targets: the ``round(fraction * U)`` of the U distinct
+    prompts with the smallest sample ids (a sample id is a blake2b digest of the prompt's tokens, so this is a
+    deterministic pseudo-random draw that depends on the prompts only: the same rows on every rank, in every
+    evaluation, and in the M-step's own forward). Rows sharing a prompt share its half. ``fraction`` 1: every prompt
+    (no report rows). :class:`TargetSplitError` when a half would be empty."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (0 < fraction <= 1):
+        raise TargetSplitError(f"calib_target_fraction must be a number in (0, 1], got {fraction!r}")
+    uniq = np.unique(np.asarray(sample_ids, dtype=np.int64))
+    n_target = int(math.floor(fraction * len(uniq) + 0.5))
+    if fraction >= 1:
+        n_target = len(uniq)
+    if n_target == 0 or (fraction < 1 and n_target == len(uniq)):
+        raise TargetSplitError(
+            f"calib_target_fraction: {fraction} splits the eval split's {len(uniq)} distinct prompt(s) into "
+            f"{n_target} target and {len(uniq) - n_target} report prompt(s): one half is empty, so "
+            + ("no row could set a target" if n_target == 0 else "no row is left to report held-out calibration on")
+            + ". Add rows to the eval split (test_datasets or a larger val_set_size), or set calib_target_fraction: 1 "
+            "(every eval row sets targets; eval_calib/* is then not logged, only eval_calib_fit/*).")
+    return uniq[:n_target]
+
+
+def missing_entries(data, ids: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
+    """Answer positions of ``data`` (an ``EStepData`` of the eval dataset) that the collected rows (``ids``, ``gold``)
+    do not cover, counting repeated (prompt, gold) pairs: what an evaluation left out (sample packing's eval
+    sampler drops its last partial pack)."""
+    seen = Counter(zip(ids.tolist(), gold.tolist()))
+    out = []
+    for e, key in enumerate(zip(data.sample_id.tolist(), data.answer_idx.tolist())):
+        if seen[key] > 0:
+            seen[key] -= 1
+        else:
+            out.append(e)
+    return np.asarray(out, dtype=np.int64)
+
+
+def calibration_values(probs: np.ndarray, labels: np.ndarray, num_options: np.ndarray) -> dict:
+    """``{"conf_ece", "cw_ece", "acc", "n"}`` of some eval rows, through the metrics core (10 bins)."""
+    m = metrics.calibration_metrics(probs, labels, metrics.DEFAULT_N_BINS, num_options=num_options)
+    return {"conf_ece": m["conf_ece"], "cw_ece": m["cw_ece"], "acc": m["accuracy"], "n": int(len(labels))}
 
 
 def _cat(parts: list, width: int) -> tuple[torch.Tensor, ...]:
@@ -47,13 +106,10 @@ def _drop_padding_repeats(ids: torch.Tensor, gold: torch.Tensor, dataset) -> np.
     return keep
 
 
-def held_out_metrics(parts: list, width: int, device, dataset=None
-                     ) -> Optional[tuple[dict, np.ndarray, np.ndarray, np.ndarray]]:
-    """``({"conf_ece", "cw_ece", "acc", "n"}, probs (n, width), labels (n,), option counts (n,))`` of the collected
-    ``parts`` = [(sample ids, golds, option counts, probs), ...] over all ranks, or None without rows.
-
-    A collective under torch.distributed: every rank calls it at the end of the same evaluation.
-    """
+def held_out_rows(parts: list, width: int, device, dataset=None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sample ids, golds, option counts, probs)`` of the collected ``parts`` over all ranks, padding repeats
+    dropped. A collective under torch.distributed: every rank calls it at the end of the same evaluation."""
     ids, gold, k, probs = _cat(parts, width)
     _, world = dist_info()
     if world > 1:
@@ -61,14 +117,21 @@ def held_out_metrics(parts: list, width: int, device, dataset=None
         if dataset is not None and "calib_sample_id" in getattr(dataset, "column_names", ()):
             keep = torch.from_numpy(_drop_padding_repeats(ids, gold, dataset))
             ids, gold, k, probs = ids[keep], gold[keep], k[keep], probs[keep]
+    return ids, gold, k, probs
+
+
+def held_out_metrics(parts: list, width: int, device, dataset=None
+                     ) -> Optional[tuple[dict, np.ndarray, np.ndarray, np.ndarray]]:
+    """``({"conf_ece", "cw_ece", "acc", "n"}, probs (n, width), labels (n,), option counts (n,))`` of the collected
+    ``parts`` = [(sample ids, golds, option counts, probs), ...] over all ranks, or None without rows.
+
+    A collective under torch.distributed: every rank calls it at the end of the same evaluation.
+    """
+    ids, gold, k, probs = held_out_rows(parts, width, device, dataset)
     if ids.numel() == 0:
         return None
-    p = probs.double().numpy()
-    y = gold.numpy()
-    m = metrics.calibration_metrics(p, y, metrics.DEFAULT_N_BINS, num_options=k.numpy())
-    values = {"conf_ece": m["conf_ece"], "cw_ece": m["cw_ece"], "acc": m["accuracy"],
-              "n": int(len(y))}
-    return values, p, y, k.numpy()
+    p, y = probs.double().numpy(), gold.numpy()
+    return calibration_values(p, y, k.numpy()), p, y, k.numpy()
 
 
 def _image_loggers(callbacks) -> list:

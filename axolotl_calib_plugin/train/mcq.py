@@ -321,6 +321,12 @@ def load(tokenizer, cfg, ds_cfg=None, processor=None):  # noqa: ARG001 - Axolotl
     """Axolotl entry point for ``type: axolotl_calib_plugin.mcq``."""
     cfg = cfg if cfg is not None else {}
     check_plugin_registered(cfg)
+    return build_strategy(tokenizer, cfg, ds_cfg)
+
+
+def build_strategy(tokenizer, cfg, ds_cfg=None) -> "MCQStrategy":
+    """The strategy :func:`load` returns, without its plugin-registration check (for rows tokenized outside
+    Axolotl's loader, e.g. the report files' overlap check)."""
     if ds_cfg is not None and not isinstance(ds_cfg, Mapping):  # a pydantic SFTDataset
         ds_cfg = ds_cfg.model_dump()
     ds_cfg = dict(ds_cfg or {})

@@ -146,6 +146,9 @@ class CalibrationPlugin(BasePlugin):
 
         check_rows_left(cfg, trainer.processing_class, trainer.train_dataset)
         calib = CalibrationContext.from_cfg(cfg, trainer.processing_class, (trainer.train_dataset, trainer.eval_dataset))
+        from .splits import check_eval_split  # eval rows left, target / report split, overlap with training
+
+        check_eval_split(cfg, trainer.processing_class, trainer, calib)
         trainer.attach_calibration(calib)
         return [EMRefreshCallback(calib, trainer)]
 

@@ -30,12 +30,14 @@ ROW_KEYS = ("calib_option_letters", "calib_prompt_format", "calib_system_prompt"
             "calib_field_question", "calib_field_choices", "calib_field_answer", "calib_sft_scope")
 #: settings that change a target or what it is compared with; append new target-shaping keys here.
 TARGET_KEYS = ROW_KEYS + ("calib_bins", "calib_nonmax_split", "calib_ece_loss", "calib_bin_accuracy", "calib_targets",
-                          "calib_heldout_prior")
+                          "calib_heldout_prior", "calib_target_fraction")
 #: bumped when the strategy turns the same row into different tokens or golds (a new rule in rows.py / mcq.py).
 ROW_RULES_VERSION = 2
 #: the config key (set by the plugin, hashed by Axolotl) that carries :func:`row_fingerprint`.
 HASH_KEY = "axolotl_calib_rows_digest"  # not calib_*: from_cfg would take it for a typo
 SETTINGS_EXTRA, GOLDS_EXTRA, NUM_OPTIONS_EXTRA = "target_settings", "golds", "num_options"
+#: the held-out target rows a refresh read: their sample ids, golds and option counts
+HELDOUT_IDS_EXTRA, HELDOUT_GOLDS_EXTRA, HELDOUT_KS_EXTRA = "heldout_golds_ids", "heldout_golds", "heldout_num_options"
 
 
 def _plain(value: Any) -> Any:
@@ -116,6 +118,35 @@ def record(extra: dict, settings: Any, sample_ids, answer_idx, num_options) -> N
     extra[GOLDS_EXTRA], extra[NUM_OPTIONS_EXTRA] = golds, ks
 
 
+def record_heldout(extra: dict, sample_ids, answer_idx, num_options) -> None:
+    """Store the held-out target rows a refresh read (ids, golds, K), so a resume can check they did not change."""
+    ids, golds, ks = golds_table(torch.as_tensor(sample_ids).to(torch.int64), torch.as_tensor(answer_idx),
+                                 torch.as_tensor(num_options))
+    extra[HELDOUT_IDS_EXTRA], extra[HELDOUT_GOLDS_EXTRA], extra[HELDOUT_KS_EXTRA] = ids, golds, ks
+
+
+def heldout_changes(extra: Mapping, data) -> list[str]:
+    """What differs between the held-out target rows the state's refresh read and ``data`` (an ``EStepData`` of this
+    run's held-out target rows): prompts gone or new, other golds or option counts."""
+    if HELDOUT_IDS_EXTRA not in extra:
+        return []
+    old_ids = extra[HELDOUT_IDS_EXTRA]
+    ids, golds, ks = golds_table(torch.from_numpy(data.sample_id), torch.from_numpy(data.answer_idx),
+                                 torch.from_numpy(data.num_options))
+    out = []
+    gone, new = int((~torch.isin(old_ids, ids)).sum()), int((~torch.isin(ids, old_ids)).sum())
+    if gone or new:
+        out.append(f"the held-out target rows changed ({gone} of the {old_ids.numel()} it read are gone, {new} are new)")
+    pos = torch.searchsorted(old_ids, ids).clamp(max=max(old_ids.numel() - 1, 0))
+    shared = old_ids[pos] == ids if old_ids.numel() else torch.zeros_like(ids, dtype=torch.bool)
+    for name, now, then in (("gold option", golds, extra[HELDOUT_GOLDS_EXTRA]),
+                            ("number of options", ks, extra[HELDOUT_KS_EXTRA])):
+        diff = shared & (now != then[pos])
+        if bool(diff.any()):
+            out.append(f"{int(diff.sum())} of {int(shared.sum())} held-out target prompts have a different {name}")
+    return out
+
+
 def settings_changes(extra: Mapping, settings: Any) -> list[str]:
     """``"key: old -> new"`` for every target setting that differs from the stored one (keys stored only)."""
     old = extra.get(SETTINGS_EXTRA) or {}
@@ -149,12 +180,24 @@ def check_resume(path: str, problems: list[str]) -> None:
         )
 
 
-def resume_problems(extra: Mapping, settings: Any, state_ids: Optional[torch.Tensor] = None, data=None) -> list[str]:
-    """Every reason the stored state does not fit this run (settings; golds when ``data`` is given)."""
-    problems = settings_changes(extra, settings)
+def resume_problems(extra: Mapping, settings: Any, state_ids: Optional[torch.Tensor] = None, data=None,
+                    n_bins: Optional[int] = None, heldout=None) -> list[str]:
+    """Every reason the stored state does not fit this run: settings (a state that records none cannot be checked),
+    the number of bins ``n_bins`` of its statistics, golds when ``data`` is given, and the held-out target rows
+    when ``heldout`` (their ``EStepData``) is given."""
+    if SETTINGS_EXTRA not in extra:
+        problems = ["it records no settings (written by an older version of the plugin), so whether its targets were "
+                    "made under this run's calib_* settings cannot be checked"]
+    else:
+        problems = settings_changes(extra, settings)
+    want_bins = getattr(settings, "calib_bins", None)
+    if n_bins is not None and want_bins is not None and int(n_bins) != int(want_bins):
+        problems.append(f"calib_bins: its targets come from {n_bins} bins, this run has calib_bins: {want_bins}")
     if data is not None and state_ids is not None:
         problems += golds_changes(extra, state_ids, torch.from_numpy(data.sample_id),
                                   torch.from_numpy(data.answer_idx), torch.from_numpy(data.num_options))
+    if heldout is not None:
+        problems += heldout_changes(extra, heldout)
     return problems
 
 
@@ -173,15 +216,16 @@ def data_changed_error(path: str, n_stale: int, n_targets: int, n_missing: int |
     )
 
 
-def check_same_data(em_state: EMState, path: str, settings: Any, data: EStepData) -> None:
+def check_same_data(em_state: EMState, path: str, settings: Any, data: EStepData, heldout=None) -> None:
     """Stop before the first step when the training data ``data`` is not the data the checkpoint was trained on
-    (prompts added or gone, other golds or option counts) or the target settings changed."""
+    (prompts added or gone, other golds or option counts), the target settings changed, or (``heldout``: this run's
+    held-out target rows) the held-out rows its targets were made from changed."""
     ids = torch.unique(torch.from_numpy(data.sample_id))
     missing = ids[~torch.isin(ids, em_state.sample_ids)]
     stale = em_state.sample_ids[~torch.isin(em_state.sample_ids, ids)]
     if missing.numel() or stale.numel():
         raise data_changed_error(path, stale.numel(), em_state.sample_ids.numel(), missing.numel(), ids.numel())
-    check_resume(path, resume_problems(em_state.extra, settings, em_state.sample_ids, data))
+    check_resume(path, resume_problems(em_state.extra, settings, em_state.sample_ids, data, em_state.n_bins, heldout))
 
 
 def _resume_checkpoint(cfg) -> Optional[str]:
@@ -228,7 +272,8 @@ def check_resume_state_early(cfg) -> None:
     state = EMState.load(path)
     from .args import CalibrationArgs
 
-    check_resume(path, resume_problems(state.extra, CalibrationArgs.from_cfg(cfg)))  # settings: before the model loads
+    # settings: before the model loads
+    check_resume(path, resume_problems(state.extra, CalibrationArgs.from_cfg(cfg), n_bins=state.n_bins))
     ids = _prepared_sample_ids(cfg)
     if ids is None:
         return

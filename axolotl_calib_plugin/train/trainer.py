@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 from typing_extensions import override
 
@@ -30,7 +31,7 @@ from axolotl.utils.logging import get_logger
 from .columns import CALIB_COLUMNS, answer_positions
 from .context import CalibrationContext
 from .distributed import dist_info
-from .heldout import held_out_metrics
+from .heldout import calibration_values, held_out_rows
 from .head import captured_option_logits, option_logits
 from .loss import check_finite, ece_loss, option_probs
 
@@ -235,25 +236,62 @@ class AxolotlCalibTrainer(AxolotlTrainer):
     @override
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
-        """Add the held-out calibration of the whole eval set: ``<prefix>_calib/conf_ece``, ``cw_ece``, ``acc``
-        and ``n``, from the option logits the eval forwards already computed (no extra forward), gathered
-        over ranks. Nothing is added when the eval set has no answer positions."""
+        """Add the held-out calibration of the eval set: ``<prefix>_calib/conf_ece``, ``cw_ece``, ``acc`` and ``n``,
+        from the option logits the eval forwards already computed, gathered over ranks; rows the eval sampler left
+        out (sample packing drops its last partial pack) get one E-step forward, so every eval row counts.
+
+        With a held-out M-step the eval prompts that set targets (:meth:`CalibrationContext.target_ids`) are scored
+        apart, as ``<prefix>_calib_fit/*``: ``<prefix>_calib/*`` holds only rows that never set a target. Nothing
+        is added when the eval set has no answer positions."""
         self._calib_eval = []
         output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
                                          ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if self.calib is not None:
-            held_out = held_out_metrics(self._calib_eval, len(self.calib.option_ids), self.args.device,
-                                        getattr(dataloader, "dataset", None))
+            dataset = getattr(dataloader, "dataset", None)
+            ids, gold, k, probs = held_out_rows(self._calib_eval, len(self.calib.option_ids), self.args.device, dataset)
             self._calib_eval = []
-            if held_out is not None:
-                values, probs, labels, num_options = held_out
-                if metric_key_prefix == "eval":  # the held-out M-step at this step reuses these rows
-                    self.calib.last_eval = (int(self.state.global_step), torch.from_numpy(probs).float(),
-                                            torch.from_numpy(labels), torch.from_numpy(num_options))
-                output.metrics.update({f"{metric_key_prefix}_calib/{k}": v for k, v in values.items()})
-                if self.calib.settings.calib_eval_plots and self.is_world_process_zero():
-                    self._calib_eval_plot(probs, labels, num_options, metric_key_prefix)
+            ids, gold, k, probs = self._calib_add_dropped(dataset, ids, gold, k, probs, metric_key_prefix)
+            if ids.numel():
+                target = self.calib.target_ids(self.eval_dataset)
+                fit = (torch.from_numpy(np.isin(ids.numpy(), target)) if target is not None
+                       else torch.zeros(ids.numel(), dtype=torch.bool))
+                if metric_key_prefix == "eval":  # the held-out M-step at this step reuses the target rows
+                    self.calib.last_eval = (int(self.state.global_step), probs[fit].float(), gold[fit], k[fit], ids[fit])
+                for suffix, rows in (("calib", ~fit), ("calib_fit", fit)):
+                    if bool(rows.any()):
+                        p, y, kk = probs[rows].double().numpy(), gold[rows].numpy(), k[rows].numpy()
+                        values = calibration_values(p, y, kk)
+                        output.metrics.update({f"{metric_key_prefix}_{suffix}/{n}": v for n, v in values.items()})
+                        if suffix == "calib" and self.calib.settings.calib_eval_plots and self.is_world_process_zero():
+                            self._calib_eval_plot(p, y, kk, metric_key_prefix)
         return output
+
+    def _calib_add_dropped(self, dataset, ids, gold, k, probs, prefix: str):
+        """The eval rows the evaluation did not see (Axolotl's multipack eval sampler drops the last partial pack),
+        measured by one E-step forward and appended, with a warning that the loss still misses them. Every rank
+        calls it (the E-step is a collective); a dataset without calibration columns is returned as it came."""
+        if dataset is None or "calib_sample_id" not in getattr(dataset, "column_names", ()):
+            return ids, gold, k, probs
+        from .estep import EStepData, trainer_estep_probs
+        from .heldout import missing_entries
+
+        data = EStepData(dataset)
+        missing = missing_entries(data, ids, gold)
+        if len(missing) == 0:
+            return ids, gold, k, probs
+        sub = data.subset(missing)
+        extra = trainer_estep_probs(self, sub, self.calib.option_ids, self.calib.settings.calib_estep_batch_size,
+                                    desc="calib eval rows left out")
+        if self.is_world_process_zero():
+            LOG.warning(
+                "calib: the %s evaluation left out %d of its %d rows (sample_packing: Axolotl's eval sampler drops the "
+                "last partial pack); %s_calib/* includes them through one extra forward, but %s_loss covers only the "
+                "%d rows it saw. Set eval_sample_packing: false to evaluate every row in the loss as well.",
+                prefix, len(missing), len(data), prefix, prefix, len(data) - len(missing))
+        width = probs.shape[1] if probs.ndim == 2 and probs.numel() else extra.shape[1]
+        extra = torch.nn.functional.pad(extra.float(), (0, max(0, width - extra.shape[1])))[:, :width]
+        return (torch.cat([ids, torch.from_numpy(sub.sample_id)]), torch.cat([gold, torch.from_numpy(sub.answer_idx)]),
+                torch.cat([k, torch.from_numpy(sub.num_options)]), torch.cat([probs.float(), extra]))
 
     def _calib_eval_plot(self, probs, labels, num_options, prefix: str) -> None:
         """Reliability diagram of this evaluation: a PNG in output_dir and an image in TensorBoard / W&B."""

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from helpers import CPU_DEVICE_MAP_FIX, TRAIN_MAIN, log_history, refresh_logs, run_train
+from helpers import CPU_DEVICE_MAP_FIX, TRAIN_MAIN, log_history, make_mcq_rows, refresh_logs, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -45,11 +45,13 @@ def test_two_process_estep_identical_on_ranks_and_equal_to_single_process(tmp_pa
     from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
 
     data = mcq_rows(9, num_options=(4, 3, 5, 2), seed=6)  # odd: the rank shards need padding
-    held = mcq_rows(5, num_options=(4, 3, 5, 2), seed=16, name="held.jsonl")  # held-out bin accuracies, odd too
+    # held-out bin accuracies, odd too; questions 9..13, never trained on
+    held = mcq_rows(rows=make_mcq_rows(14, num_options=(4, 3, 5, 2), seed=16)[9:], name="held.jsonl")
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
                   calib_bins=5, num_epochs=2, logging_steps=1, save_strategy="epoch", seed=3,
                   calib_estep_batch_size=2, calib_estep="online", calib_first_estep_fraction=1.0, learning_rate=0.0,
                   calib_bin_accuracy="heldout", calib_heldout_prior=1.0, eval_strategy="epoch",
+                  calib_target_fraction=1.0,  # every eval row sets targets (this test is about the ranks)
                   test_datasets=[{"path": str(held), "type": "axolotl_calib_plugin.mcq", "split": "train"}])
     single = tiny_cfg(**{**common, "num_epochs": 1}, output_dir=str(tmp_path / "single"),
                       dataset_prepared_path=str(tmp_path / "p1"))

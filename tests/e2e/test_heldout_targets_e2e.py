@@ -13,6 +13,7 @@ import torch
 
 from axolotl_calib_plugin.train import em
 from axolotl_calib_plugin.train.em import temperature_targets
+from axolotl_calib_plugin.train.heldout import target_sample_ids
 from helpers import expected_targets, hand_estep, log_history, prepared_train_dataset, run_train
 
 
@@ -42,8 +43,14 @@ def test_heldout_bins_in_a_real_run_equal_a_hand_forward(tmp_path, tiny_cfg, tin
     refreshes = _refreshes(cfg.output_dir)
     assert [r["refresh"] for r in refreshes] == [1, 2]
     ds = prepared_train_dataset(cfg.dataset_prepared_path)
-    train_rows, held_rows = ds.select(range(n - n_val)), ds.select(range(n - n_val, n))
-    # refresh 1 (step 0): the start model, by hand, on the training rows and on the held-out rows
+    train_rows, eval_rows = ds.select(range(n - n_val)), ds.select(range(n - n_val, n))
+    # held-out means never fitted: half the eval prompts (by sample id) set the targets, the other half is eval_calib
+    eval_ids = np.array([max(r["calib_sample_id"]) for r in eval_rows])
+    target = target_sample_ids(eval_ids, 0.5)
+    is_target = np.isin(eval_ids, target)
+    held_rows = eval_rows.select(np.nonzero(is_target)[0].tolist())
+    assert len(held_rows) == 3
+    # refresh 1 (step 0): the start model, by hand, on the training rows and on the held-out target rows
     p_tr, y_tr, _, k_tr = hand_estep(tiny_model_dir, train_rows, cfg)
     p_h, y_h, _, _ = hand_estep(tiny_model_dir, held_rows, cfg)
     c_tr, a_tr = _hand_bins(p_tr, y_tr)
@@ -62,12 +69,17 @@ def test_heldout_bins_in_a_real_run_equal_a_hand_forward(tmp_path, tiny_cfg, tin
     w = state.targets.shape[1]
     assert torch.all(want[:, w:] == 0)
     assert torch.allclose(state.targets, want[torch.argsort(ids)][:, :w], atol=1e-5)
-    # refresh 2 took its held-out rows from the evaluation that ended epoch 1 (same model, no extra forward)
+    # refresh 2 took its held-out rows from the evaluation that ended epoch 1 (same model, no extra forward): the
+    # target half, logged as eval_calib_fit/*; eval_calib/* is the other half, whose ids never set a target
     ev = [h for h in log_history(cfg.output_dir) if "eval_calib/acc" in h and h["step"] == steps_per_epoch][0]
     held2 = refreshes[1]["bins"]
     n_h = sum(b["heldout_count"] for b in held2)
     acc_h = sum(b["heldout_count"] * (b["heldout_acc"] or 0.0) for b in held2) / n_h
-    assert n_h == ev["eval_calib/n"] == n_val and acc_h == pytest.approx(ev["eval_calib/acc"], abs=2e-6)
+    assert n_h == ev["eval_calib_fit/n"] == 3 and acc_h == pytest.approx(ev["eval_calib_fit/acc"], abs=2e-6)
+    assert ev["eval_calib/n"] == 3
+    final = em.EMState.load(cfg.output_dir)
+    read = set(final.extra["heldout_golds_ids"].tolist())
+    assert read == set(target.tolist()) and not read & set(eval_ids[~is_target].tolist())
 
 
 
@@ -81,7 +93,10 @@ def test_temperature_targets_in_a_real_run_equal_softmax_of_hand_probs(tmp_path,
     run_train(cfg, tmp_path)
     ds = prepared_train_dataset(cfg.dataset_prepared_path)
     p_tr, _, ids, k_tr = hand_estep(tiny_model_dir, ds.select(range(n - n_val)), cfg)
-    p_h, y_h, _, k_h = hand_estep(tiny_model_dir, ds.select(range(n - n_val, n)), cfg)
+    eval_rows = ds.select(range(n - n_val, n))
+    eval_ids = np.array([max(r["calib_sample_id"]) for r in eval_rows])
+    target_rows = eval_rows.select(np.nonzero(np.isin(eval_ids, target_sample_ids(eval_ids, 0.5)))[0].tolist())
+    p_h, y_h, _, k_h = hand_estep(tiny_model_dir, target_rows, cfg)
     want_t = fit_temperature(em.option_log_probs(p_h, k_h), y_h)
     logged = [h for h in log_history(cfg.output_dir) if "calib/heldout_temperature" in h][0]
     assert logged["calib/heldout_temperature"] == pytest.approx(want_t, rel=1e-3)

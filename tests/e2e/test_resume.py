@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import log_history, loss_logs, refresh_logs, run_train, tiny_config, write_mcq_rows
+from helpers import log_history, loss_logs, make_mcq_rows, refresh_logs, run_train, tiny_config, write_mcq_rows
 
 #: log keys that measure time, not the computation
 TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "calib/refresh_seconds",
@@ -142,11 +142,13 @@ def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg
     from axolotl_calib_plugin.train.em import EMState
 
     data = mcq_rows(12, num_options=(4, 3, 2), seed=5)
-    held = mcq_rows(6, num_options=(4, 3, 2), seed=15, name="held.jsonl")
+    # held-out questions the model never trains on (rows 12..17: other questions than the training rows 0..11)
+    held = mcq_rows(rows=make_mcq_rows(18, num_options=(4, 3, 2), seed=15)[12:], name="held.jsonl")
     common = dict(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",
                   calib_estep="online", calib_first_estep_fraction=1.0, calib_bins=5, num_epochs=3, logging_steps=1,
                   save_strategy="steps",
                   save_steps=3, seed=7, calib_bin_accuracy="heldout", calib_heldout_prior=1.0, eval_strategy="epoch",
+                  calib_target_fraction=1.0,  # every eval row sets targets (this test is about the resume)
                   test_datasets=[{"path": str(held), "type": "axolotl_calib_plugin.mcq", "split": "train"}])
     full = tiny_cfg(**common, output_dir=str(tmp_path / "full"), dataset_prepared_path=str(tmp_path / "p1"))
     (tmp_path / "a").mkdir()

@@ -173,12 +173,12 @@ def test_temperature_fit_on_one_question_says_it_hit_its_bound(tmp_path, capsys)
     assert "WARNING:" in (tmp_path / "ts" / "calibration_report.md").read_text()
 
 
-def test_temperature_bound_note_only_on_a_bound():
-    from axolotl_calib_plugin.eval.temperature import temperature_bound_note
+def test_temperature_bound_warning_only_on_a_bound():
+    from axolotl_calib_plugin.eval.temperature import TemperatureFit, temperature_bound_warning
 
-    assert temperature_bound_note(1.3, 100) is None
-    assert "near uniform" in temperature_bound_note(100.0, 1)
-    assert "near one-hot" in temperature_bound_note(0.01, 5)
+    assert temperature_bound_warning(TemperatureFit(1.3, None, 100)) is None
+    assert "near uniform" in temperature_bound_warning(TemperatureFit(100.0, "upper", 1))
+    assert "near one-hot" in temperature_bound_warning(TemperatureFit(0.01, "lower", 5))
 
 
 # ------------------------------------------------------------------------------------------ quiet logs

@@ -77,7 +77,8 @@ def test_em_step_temperature_targets_use_the_heldout_fit():
 
     g = torch.Generator().manual_seed(0)
     h_logits = 4.0 * torch.randn(200, 4, generator=g, dtype=torch.float64)
-    h_labels = torch.randint(0, 4, (200,), generator=g)  # labels unrelated to the logits: T must come out large
+    # labels drawn from softmax(logits / 4): a model 4x over-confident, so T comes out near 4 (inside the bounds)
+    h_labels = torch.multinomial(torch.softmax(h_logits / 4, 1), 1, generator=g).view(-1)
     h_probs = torch.softmax(h_logits, 1)
     probs = torch.softmax(torch.randn(6, 4, generator=g, dtype=torch.float64) * 3, 1)
     k = torch.full((6,), 4)
