@@ -49,11 +49,13 @@ def _lm_eval_utils():
     return lm_eval.utils
 
 
-def stack_items(items: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stack_items(items: Iterable[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tasks' per-question items ``{"probs", "gold", ...}`` -> probs (n, Kmax) zero-padded, labels (n,),
-    K per row (n,). Zero padding is what the metrics core expects for mixed option counts."""
+    K per row (n,). Each row's K travels with the padded matrix, so the metrics core never takes a padded zero
+    for a real option. The one stacker of the package and of the lm-eval tasks' metrics."""
+    items = list(items)
     if not items:
-        raise ValueError("no evaluated questions")
+        raise ValueError("no evaluated questions: cannot compute an ECE over zero samples")
     ks = np.array([len(it["probs"]) for it in items], dtype=np.int64)
     probs = np.zeros((len(items), int(ks.max())), dtype=np.float64)
     for i, it in enumerate(items):
