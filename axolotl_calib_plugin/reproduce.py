@@ -140,7 +140,7 @@ def read_questions(path: str, cfg: Mapping) -> list:
     ``calib_option_letters`` / ``calib_answer_format`` / ``calib_field_*``): the checked rows
     (:class:`~axolotl_calib_plugin.rows.MCQRow`); :class:`CalibDataError` names the file and the 1-based line of each
     bad row."""
-    from .eval.report import row_metadata
+    from .row_settings import row_metadata
     from .rows import normalize_records, read_records
 
     meta = row_metadata(cfg)
@@ -244,7 +244,7 @@ def load_base_config(path: Optional[str]) -> dict:
     if cfg.get("plugins") is not None and not isinstance(cfg["plugins"], list):
         raise ReproduceError(f"--base-config {path}: plugins must be a list of plugin class paths")
     try:
-        from .eval.report import row_metadata
+        from .row_settings import row_metadata
 
         row_metadata(cfg)
     except ValueError as e:  # letters the tasks cannot ask with (duplicates, empty, more than 26, ...)
@@ -331,7 +331,7 @@ def replaced_notices(base: Mapping, methods: Sequence[str]) -> list[str]:
 def row_settings(cfg: Mapping) -> dict:
     """How every row of the table is asked, from the base config: the lm-eval metadata of the row settings
     (letters, answer format, fields) and the prompt format (chat template, system turn)."""
-    from .eval.report import row_metadata
+    from .row_settings import row_metadata
 
     chat = cfg.get("calib_prompt_format") == "chat_template"
     return {"task_metadata": row_metadata(cfg), "apply_chat_template": chat,
@@ -353,7 +353,7 @@ def run_config(run: Run, base: Mapping, model: str, data: Sequence[Mapping], out
                device: Optional[Mapping] = None) -> dict:
     """The base config (less the keys reproduce replaces) plus the device's lines, the calibration lines, the method's
     lines and this run's model, data and folders."""
-    from .train.args import is_plugin_listed
+    from .train.config_checks import is_plugin_listed
 
     cfg = {k: v for k, v in base.items() if k not in _METHOD_KEYS and k not in REPLACED_EVAL_KEYS}
     cfg.update(device or {})
@@ -481,7 +481,8 @@ def evaluate_model(model: str, eval_dir: str, spec: EvalSpec, rows: Mapping, *, 
     model's ``calib_settings.json`` must agree with ``rows`` (:class:`orchestrate.StepFailed` otherwise: the row
     would answer other prompts than the rest of the table). Returns the per-task summary."""
     from .eval.evaluation import make_hflm
-    from .eval.report import SETTINGS_FILE, SettingsError, evaluate_to_report, read_settings
+    from .eval.report import evaluate_to_report
+    from .row_settings import SETTINGS_FILE, SettingsError, read_settings
 
     settings = os.path.join(model, SETTINGS_FILE)
     try:

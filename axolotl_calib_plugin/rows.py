@@ -52,6 +52,7 @@ __all__ = [
     "CalibDataError",
     "MCQRow",
     "check_data_file",
+    "describe_value",
     "normalize_mcq_row",
     "normalize_records",
     "parse_choices",
@@ -203,7 +204,8 @@ def raise_row_errors(errors: Sequence[tuple[str, str]], source: str, scope: str 
 
 
 # ------------------------------------------------------------------------------------------- fields
-def _kind(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """``type value`` of a bad field's value for an error message, cut at 80 characters."""
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
@@ -234,18 +236,19 @@ def parse_choices(value: Any, letters: Sequence[str] = DEFAULT_LETTERS, field: s
             except (ValueError, RecursionError):
                 raise CalibDataError(
                     f"field {field!r} is a string but not a list literal such as \"['Paris', 'Rome']\": "
-                    f"{_kind(raw)}; write the choices as a list of strings"
+                    f"{describe_value(raw)}; write the choices as a list of strings"
                 ) from None
         if not isinstance(value, (list, tuple)):
             raise CalibDataError(
-                f"field {field!r} is a string that holds a {type(value).__name__}, not a list of strings: {_kind(raw)}"
+                f"field {field!r} is a string that holds a {type(value).__name__}, not a list of strings: "
+                f"{describe_value(raw)}"
             )
     elif hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # numpy / pandas arrays
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
         raise CalibDataError(
             f"field {field!r} must be a list of strings (or a string holding one, such as \"['Paris', 'Rome']\"), "
-            f"got {_kind(raw)}"
+            f"got {describe_value(raw)}"
         )
     out = []
     for j, c in enumerate(value):
@@ -256,11 +259,11 @@ def parse_choices(value: Any, letters: Sequence[str] = DEFAULT_LETTERS, field: s
         if not isinstance(c, (str, int, float)) and hasattr(c, "item") and hasattr(c, "dtype"):
             c = c.item()  # numpy scalars (a parquet / pandas column)
         if isinstance(c, bool) or not isinstance(c, (str, int, float)):
-            raise CalibDataError(f"field {field!r} item {j} must be a string, got {_kind(c)}")
+            raise CalibDataError(f"field {field!r} item {j} must be a string, got {describe_value(c)}")
         out.append(c if isinstance(c, str) else number_text(c, f"field {field!r} item {j}"))
     k = len(out)
     if k < 2:
-        raise CalibDataError(f"field {field!r} has {k} option(s); an MCQ needs at least 2: {_kind(raw)}")
+        raise CalibDataError(f"field {field!r} has {k} option(s); an MCQ needs at least 2: {describe_value(raw)}")
     if k > len(letters):
         raise CalibDataError(
             f"field {field!r} has {k} options but there are only {len(letters)} option letters "
@@ -325,7 +328,8 @@ def read_answer(answer: Any, choices: Sequence[str], letters: Sequence[str] = DE
         if hasattr(answer, "__index__"):  # numpy integers
             answer = int(answer)
         else:
-            raise CalibDataError(f"field {field!r} must be an index, a letter or a choice's text, got {_kind(answer)}")
+            raise CalibDataError(f"field {field!r} must be an index, a letter or a choice's text, "
+                                 f"got {describe_value(answer)}")
     if isinstance(answer, float):
         if not answer.is_integer():
             raise CalibDataError(f"field {field!r} is {answer!r}, not a whole-number option index")
@@ -427,7 +431,7 @@ def require_text(row: Mapping[str, Any], field: str) -> str:
     """``row[field]`` as a non-blank string, else :class:`CalibDataError` naming the field."""
     value = require_field(row, field)
     if not isinstance(value, str):
-        raise CalibDataError(f"field {field!r} must be a string, got {_kind(value)}")
+        raise CalibDataError(f"field {field!r} must be a string, got {describe_value(value)}")
     if not value.strip():
         raise CalibDataError(f"field {field!r} is empty")
     return value

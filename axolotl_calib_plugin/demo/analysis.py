@@ -105,7 +105,7 @@ def reward_stats(logliks: np.ndarray, rewards: np.ndarray, reference: np.ndarray
     """
     from scipy.special import expit, softmax
 
-    from ..preference import expected_reward, win_rate
+    from ..eval.preference import expected_reward, win_rate
 
     z = np.asarray(logliks, dtype=np.float64)
     r = np.asarray(rewards, dtype=np.float64)

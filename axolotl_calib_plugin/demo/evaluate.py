@@ -12,7 +12,7 @@ CLI (what the demo calls in a subprocess)::
 A set ``NAME=PATH:MODEL1,MODEL2`` is only evaluated for the listed models. Writes
 ``DIR/<model>__<set>.json`` (see :func:`axolotl_calib_plugin.eval.evaluation.evaluate_files`). ``--replies``:
 the preference domain's held-out prompts; writes ``DIR/<model>__replies.json`` with the (n, K) log-likelihoods
-of every candidate reply (:func:`axolotl_calib_plugin.preference.candidate_logprobs`).
+of every candidate reply (:func:`axolotl_calib_plugin.eval.preference.candidate_logprobs`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from typing import Sequence
 
 from ..eval.evaluation import evaluate_files, find_task_dir, load_lm
-from ..preference import candidate_logprobs
+from ..eval.preference import candidate_logprobs
 from ..rows import read_jsonl
 
 

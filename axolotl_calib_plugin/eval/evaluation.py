@@ -16,6 +16,8 @@ import json
 import os
 from typing import Sequence
 
+from ..encoding import training_add_bos_token
+
 #: in-domain files go to calib_jsonl, out-domain to calib_jsonl_ood: two tasks run in one evaluator call.
 TASK_ENV = (("calib_jsonl", "CALIB_JSONL"), ("calib_jsonl_ood", "CALIB_JSONL_OOD"))
 #: overrides where the ``lm_eval_tasks`` folder is looked for.
@@ -29,7 +31,7 @@ JSONL_TASK_METADATA = {"calib_jsonl": "data_files", "calib_jsonl_ood": "ood_data
 
 __all__ = ["JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "as_list", "check_limit",
            "evaluate_files", "find_task_dir", "is_adapter_dir", "load_lm", "load_tokenizer", "make_hflm", "hflm_for_model",
-           "training_add_bos_token", "NOISE", "NoiseFilter", "quiet_third_party_logs", "run_tasks", "task_utils", "samples_to_arrays", "task_index", "task_suites",
+           "NOISE", "NoiseFilter", "quiet_third_party_logs", "run_tasks", "task_utils", "samples_to_arrays", "task_index", "task_suites",
            "unknown_task_message"]
 
 
@@ -263,42 +265,6 @@ def load_lm(path: str, batch_size: int = 64, tokenizer: str | None = None):
     return make_hflm(path, tokenizer=tokenizer, device="cpu", dtype="float32", batch_size=batch_size)
 
 
-#: a neutral prompt: how the tokenizer treats plain text is asked of it (the training strategy's probe).
-_PROBE_PROMPT = "Which option?\nA. first\nB. second\nAnswer:"
-
-
-def training_add_bos_token(tokenizer, chat: bool) -> bool:
-    """lm-eval's ``add_bos_token`` that makes ``HFLM`` score the token sequence training used.
-
-    The one rule of every evaluation route (``axolotl-calib eval`` / ``diagnose`` / ``reproduce``, the
-    post-training report, and the value to put in ``lm_eval --model_args``): training (the strategy
-    ``axolotl_calib_plugin.mcq``) encodes a plain prompt with the tokenizer's own special tokens, so the
-    prompt starts with a BOS exactly when the tokenizer adds one (Llama: yes; GPT-2 / SmolLM2 style: no),
-    and renders a chat prompt with the template alone (whatever BOS the template writes, nothing added).
-    ``HFLM`` with ``add_bos_token=True`` adds special tokens to every request; with ``False`` none. A
-    tokenizer that appends an EOS to plain text cannot be scored like training (lm-eval's context would end
-    with it): ``ValueError``.
-    """
-    if chat:
-        return False
-
-    def ids(special: bool) -> list[int]:
-        out = tokenizer(_PROBE_PROMPT, add_special_tokens=special)
-        return [int(t) for t in (out["input_ids"] if hasattr(out, "keys") else out)]
-
-    with_special, bare = ids(True), ids(False)
-    if with_special == bare:
-        return False
-    eos = tokenizer.eos_token_id
-    if with_special[-len(bare):] != bare or (eos is not None and with_special[-1] == eos and bare[-1] != eos):
-        raise ValueError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} adds tokens after plain text "
-            f"({with_special[-3:]} vs {bare[-3:]}; e.g. add_eos_token: true): lm-eval would score prompts that end "
-            "in them, unlike training. Turn that off in the tokenizer's tokenizer_config.json"
-        )
-    return True
-
-
 def is_adapter_dir(path: str) -> bool:
     """True for a peft adapter folder (``adapter_config.json``, as Axolotl saves LoRA/QLoRA runs)."""
     return os.path.isfile(os.path.join(path, "adapter_config.json"))
@@ -404,7 +370,7 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
     written there by lm-eval's own ``EvaluationTracker``, in the layout of ``lm_eval --output_path
     --log_samples`` (``<output_dir>/<model name>/results_<time>.json`` + ``samples_<task>_<time>.jsonl``;
     ``model_name`` names that folder, lm-eval's default is the model path). ``task_metadata``: the row
-    settings the model was trained with (:func:`axolotl_calib_plugin.eval.report.row_metadata`: option letters,
+    settings the model was trained with (:func:`axolotl_calib_plugin.row_settings.row_metadata`: option letters,
     answer format, field names), passed to the tasks so they build the training prompts and golds.
     """
     import lm_eval

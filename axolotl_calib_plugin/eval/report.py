@@ -13,7 +13,7 @@ Layout: ``calibration_report.json`` / ``.md``, ``reliability_<task>.png`` and, u
 ``samples_<task>_<time>.jsonl`` (each question's option probabilities and log-likelihoods).
 
 The diagrams are drawn from the same per-question items as the numbers. The row metadata
-(:func:`row_metadata`) makes the tasks build rows as training did.
+(:func:`axolotl_calib_plugin.row_settings.row_metadata`) makes the tasks build rows as training did.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from .samples import EVAL_SUBDIR, REPORT_JSON, REPORT_MD, items_from_samples, stack_items, summarize
 
-__all__ = ["ROW_METADATA", "SETTINGS_FILE", "SettingsError", "add_chance", "chance_lines", "evaluate_to_report",
-           "fmt_signed", "fmt_value", "markdown_table", "read_settings", "row_metadata", "training_settings",
+__all__ = ["add_chance", "chance_lines", "evaluate_to_report", "fmt_signed", "fmt_value", "markdown_table",
            "write_report"]
 
 
@@ -153,93 +152,3 @@ def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, me
                                                          "task_metadata") and v}}
     paths = write_report(out_dir, summary, items, title=title, meta=meta, plot_format=plot_format)
     return summary, paths
-
-
-# ----------------------------------------------------------------------------------- training's row settings
-#: training key -> lm-eval task metadata key (lm_eval_tasks/calib/utils.py), with the training default.
-ROW_METADATA = {"calib_option_letters": ("option_letters", None), "calib_answer_format": ("answer_format", "auto"),
-                "calib_field_question": ("question_field", "question"),
-                "calib_field_choices": ("choices_field", "choices"), "calib_field_answer": ("answer_field", "answer")}
-
-#: what ``axolotl-calib eval`` reads to score a model as it was trained (written by the training callback).
-SETTINGS_FILE = "calib_settings.json"
-
-
-def row_metadata(cfg: Mapping) -> dict:
-    """The lm-eval metadata that makes the tasks build rows as training did (letters, answer format, fields)."""
-    from ..prompts import DEFAULT_LETTERS, check_option_letters
-
-    out = {meta: cfg.get(key) if cfg.get(key) is not None else default for key, (meta, default) in ROW_METADATA.items()}
-    out["option_letters"] = check_option_letters(out["option_letters"] or list(DEFAULT_LETTERS))
-    return out
-
-
-def training_settings(settings, tokenizer=None) -> dict:
-    """The contents of :data:`SETTINGS_FILE`: row metadata plus the prompt format, system prompt and, given the
-    training tokenizer, ``add_bos_token`` (:func:`axolotl_calib_plugin.eval.evaluation.training_add_bos_token`:
-    whether lm-eval adds the tokenizer's special tokens, so every route scores training's token sequence)."""
-    cfg = {k: getattr(settings, k, None) for k in ROW_METADATA}
-    out = {**row_metadata(cfg), "prompt_format": settings.calib_prompt_format,
-           "system_prompt": settings.calib_system_prompt}
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor carries its tokenizer
-    if tokenizer is not None:
-        from .evaluation import training_add_bos_token
-
-        try:
-            out["add_bos_token"] = training_add_bos_token(tokenizer, settings.calib_prompt_format == "chat_template")
-        except (ValueError, TypeError):  # no rule lm-eval can follow: every evaluation route refuses and says why
-            pass
-    return out
-
-
-class SettingsError(ValueError):
-    """A ``calib_settings.json`` that cannot be used: the message names the file, the key and what to do."""
-
-
-#: key -> (accepted types, what the value must be), for every key :func:`training_settings` writes.
-_SETTINGS_TYPES = {"option_letters": ((list,), "a list of option letters"),
-                   "answer_format": ((str,), "one of auto, index, letter, text"),
-                   "question_field": ((str,), "a column name"), "choices_field": ((str,), "a column name"),
-                   "answer_field": ((str,), "a column name"),
-                   "prompt_format": ((str,), "plain or chat_template"),
-                   "system_prompt": ((str, type(None)), "a string or null"),
-                   "add_bos_token": ((bool,), "true or false")}
-
-
-def read_settings(folder: str) -> dict | None:
-    """The checked contents of ``folder``'s :data:`SETTINGS_FILE` (None when there is none).
-
-    The file is written by training; an edited or damaged one is refused with the file, the key and the remedy
-    (rather than scoring with letters it never trained on, or failing later with a message about the data).
-    """
-    from ..prompts import check_option_letters
-    from ..rows import ANSWER_FORMATS
-
-    path = os.path.join(folder, SETTINGS_FILE)
-    if not os.path.exists(path):
-        return None
-    fix = (f"it is written by training (the calibration plugin): restore it from the training output_dir or a "
-           f"checkpoint, or delete it and pass the settings as flags")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as e:  # a folder of that name, no permission
-        raise SettingsError(f"{path}: cannot be read ({e}); {fix}") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise SettingsError(f"{path}: not valid JSON ({e}); {fix}") from None
-    if not isinstance(doc, dict):
-        raise SettingsError(f"{path}: expected a JSON object, got {type(doc).__name__}; {fix}")
-    for key, (types, what) in _SETTINGS_TYPES.items():
-        if key in doc and not isinstance(doc[key], types):
-            raise SettingsError(f"{path}: {key} must be {what}, got {type(doc[key]).__name__} {doc[key]!r}; {fix}")
-    try:
-        if "option_letters" in doc:
-            doc["option_letters"] = check_option_letters(doc["option_letters"], "option_letters")
-    except ValueError as e:
-        raise SettingsError(f"{path}: {e}; {fix}") from None
-    if "answer_format" in doc and doc["answer_format"] not in ANSWER_FORMATS:
-        raise SettingsError(f"{path}: answer_format must be one of {list(ANSWER_FORMATS)}, got {doc['answer_format']!r}; "
-                            f"{fix}")
-    if doc.get("prompt_format", "plain") not in ("plain", "chat_template"):
-        raise SettingsError(f"{path}: prompt_format must be plain or chat_template, got {doc['prompt_format']!r}; {fix}")
-    return doc

@@ -49,11 +49,13 @@ def _lm_eval_utils():
     return lm_eval.utils
 
 
-def stack_items(items: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stack_items(items: Iterable[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tasks' per-question items ``{"probs", "gold", ...}`` -> probs (n, Kmax) zero-padded, labels (n,),
-    K per row (n,). Zero padding is what the metrics core expects for mixed option counts."""
+    K per row (n,). Each row's K travels with the padded matrix, so the metrics core never takes a padded zero
+    for a real option. The one stacker of the package and of the lm-eval tasks' metrics."""
+    items = list(items)
     if not items:
-        raise ValueError("no evaluated questions")
+        raise ValueError("no evaluated questions: cannot compute an ECE over zero samples")
     ks = np.array([len(it["probs"]) for it in items], dtype=np.int64)
     probs = np.zeros((len(items), int(ks.max())), dtype=np.float64)
     for i, it in enumerate(items):
@@ -66,7 +68,7 @@ def question_hash(doc: Mapping) -> str | None:
     """The identity of a question across runs: a SHA-256 of its text, options and gold index as the task's
     document holds them. Unlike lm-eval's ``doc_hash`` it leaves out what says how the question was *asked*
     (option letters, source file name, row id), so two runs that asked the same question differently pair up
-    and their differing prompts are named (:func:`axolotl_calib_plugin.eval.compare.build_table`) instead of
+    and their differing prompts are named (:func:`axolotl_calib_plugin.eval.table.build_table`) instead of
     looking like other questions. ``None`` for a document without those fields."""
     if not isinstance(doc, Mapping) or not all(k in doc for k in ("question", "choices", "gold")):
         return None

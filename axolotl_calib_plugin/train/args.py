@@ -27,10 +27,8 @@ from .config_checks import (
     MODE_PRESETS,
     SCOPE_TO_TRAIN_ON_INPUTS,
     check_listed_config,
-    check_plugin_registered,  # noqa: F401  (the dataset strategy, train/mcq.py, imports it from here)
     check_unknown_keys,
     expand_presets,
-    is_calib_dataset_type,  # noqa: F401  (train/mcq.py imports it from here)
     is_plugin_listed,
     plugin_missing_message,
     resolve_bin_accuracy,

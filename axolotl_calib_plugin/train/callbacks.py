@@ -32,7 +32,7 @@ from axolotl.utils.logging import get_logger
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..eval.report import SETTINGS_FILE, training_settings
+from ..row_settings import SETTINGS_FILE, training_settings
 from .context import CalibrationContext
 from .distributed import all_reduce_sum, dist_info
 from .em_state import STATE_FILE, EMState

@@ -21,8 +21,9 @@ Rows longer than ``sequence_len`` are tokenized whole and dropped later by Axolo
 (``excess_length_strategy: drop``); the strategy logs how many per batch, and
 :func:`check_rows_left` turns "no row left" into an error naming each dataset's count.
 
-This module does not import axolotl at import time; :func:`option_token_ids` (the letters' token ids
-for the trainer) lives here because it is the same tokenization question, asked of a probe prompt.
+The tokenization itself (plain / chat encoding, the answer position, each letter's token) is
+:mod:`axolotl_calib_plugin.encoding`, shared with the evaluation routes. This module does not import axolotl
+at import time; :func:`option_token_ids` turns the training settings into the letters' token ids.
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ import hashlib
 import logging
 from typing import Any, Mapping, Sequence
 
-from .args import CalibrationArgs, check_plugin_registered, is_calib_dataset_type
+from .args import CalibrationArgs
+from .config_checks import check_plugin_registered, is_calib_dataset_type
 from .columns import CALIB_COLUMNS, IGNORE_INDEX
-from ..prompts import ANSWER_DELIMITER, format_mcq_prompt
+from ..encoding import alignment_problem, encode_mcq, letter_token_id, show_tokens
+from ..prompts import format_mcq_prompt
 from ..rows import CalibDataError, MCQRow, is_csv_source, normalize_mcq_row, raise_row_errors
 
 LOG = logging.getLogger(__name__)
 _INT63 = (1 << 63) - 1
-#: a neutral prompt used to find out how each letter tokenizes right after the answer position.
-_PROBE_PROMPT = format_mcq_prompt("Which option?", ["first", "second"])
 
 
 #: a dataset row that cannot be turned into a calibration sample: the lm-eval loaders' error class.
@@ -60,116 +61,6 @@ def prompt_sample_id(prompt_ids: Sequence[int]) -> int:
     """Stable non-negative int63 id of a prompt: blake2b over its token ids (same prompt, same id)."""
     h = hashlib.blake2b(b",".join(str(int(t)).encode() for t in prompt_ids), digest_size=8)
     return int.from_bytes(h.digest(), "little") & _INT63
-
-
-def _ids(encoded: Any) -> list[int]:
-    """token ids out of whatever a tokenizer / apply_chat_template returned."""
-    if isinstance(encoded, Mapping) or hasattr(encoded, "keys"):
-        encoded = encoded["input_ids"]
-    return [int(t) for t in encoded]
-
-
-def _encode_plain(tokenizer, text: str) -> list[int]:
-    """Tokenize with the tokenizer's own special tokens (BOS), never ending on an added EOS."""
-    ids = _ids(tokenizer(text, add_special_tokens=True))
-    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
-        ids = ids[:-1]
-    return ids
-
-
-def _messages(prompt: str, system_prompt: str | None, letter: str | None = None) -> list[dict]:
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    msgs.append({"role": "user", "content": prompt})
-    if letter is not None:
-        msgs.append({"role": "assistant", "content": letter})
-    return msgs
-
-
-def _render_chat(tokenizer, chat_template: str, messages: list[dict], add_generation_prompt: bool,
-                 chat_template_kwargs: Mapping | None) -> list[int]:
-    return _ids(
-        tokenizer.apply_chat_template(
-            messages,
-            chat_template=chat_template,
-            add_generation_prompt=add_generation_prompt,
-            tokenize=True,
-            return_dict=False,
-            **dict(chat_template_kwargs or {}),
-        )
-    )
-
-
-def encode_mcq(tokenizer, prompt: str, letter: str, prompt_format: str, chat_template: str | None = None,
-               system_prompt: str | None = None, chat_template_kwargs: Mapping | None = None
-               ) -> tuple[list[int], list[int]]:
-    """(prompt_ids, full_ids) of one prompt answered with ``letter``.
-
-    ``prompt_ids`` ends at ``t*``; ``full_ids`` is the whole training sequence. Whether the
-    first is a prefix of the second is checked by the caller (:func:`_check_alignment`).
-    """
-    if prompt_format == "plain":
-        prompt_ids = _encode_plain(tokenizer, prompt)
-        full_ids = _encode_plain(tokenizer, prompt + ANSWER_DELIMITER + letter)
-        if tokenizer.eos_token_id is not None:
-            full_ids.append(int(tokenizer.eos_token_id))
-        return prompt_ids, full_ids
-    if prompt_format == "chat_template":
-        prompt_ids = _render_chat(tokenizer, chat_template, _messages(prompt, system_prompt), True, chat_template_kwargs)
-        full_ids = _render_chat(tokenizer, chat_template, _messages(prompt, system_prompt, letter), False,
-                                chat_template_kwargs)
-        return prompt_ids, full_ids
-    raise ValueError(f"calib_prompt_format must be 'plain' or 'chat_template', got {prompt_format!r}")
-
-
-def _show(tokenizer, ids: Sequence[int]) -> str:
-    return "[" + ", ".join(f"{t}:{tokenizer.convert_ids_to_tokens(int(t))!r}" for t in ids) + "]"
-
-
-def _alignment_problem(tokenizer, prompt_ids: list[int], full_ids: list[int]) -> str | None:
-    """Why ``t* = len(prompt_ids) - 1`` is not the answer position in ``full_ids`` (None if it is)."""
-    n = len(prompt_ids)
-    if n == 0:
-        return "the prompt tokenizes to nothing"
-    if full_ids[:n] != prompt_ids:
-        i = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(n, len(full_ids)))
-        return (
-            "the tokenized training text does not start with the tokenized prompt, so the answer position "
-            f"is lost (first difference at token {i}: prompt has {_show(tokenizer, prompt_ids[i:i + 3])}, "
-            f"prompt+answer has {_show(tokenizer, full_ids[i:i + 3])}). With chat_template this means the "
-            "template renders the turns before the answer differently once the answer is there (e.g. it "
-            "injects reasoning blocks or drops the generation prompt); use another chat_template or "
-            "calib_prompt_format: plain"
-        )
-    if len(full_ids) <= n:
-        return "the answer adds no token after the prompt"
-    return None
-
-
-def letter_token_id(tokenizer, letter: str, prompt_format: str, chat_template: str | None = None,
-                    system_prompt: str | None = None, chat_template_kwargs: Mapping | None = None) -> int:
-    """The single token that spells ``letter`` right after the answer position; ``ValueError`` otherwise.
-
-    Found in context (probe prompt vs probe prompt + answer) rather than by tokenizing the letter
-    alone, because SentencePiece and byte-level BPE tokenizers encode a lone ``" A"`` differently.
-    """
-    prompt_ids, full_ids = encode_mcq(tokenizer, _PROBE_PROMPT, letter, prompt_format, chat_template,
-                                      system_prompt, chat_template_kwargs)
-    problem = _alignment_problem(tokenizer, prompt_ids, full_ids)
-    if problem:
-        raise ValueError(f"cannot locate option letter {letter!r} after the prompt: {problem}")
-    tok = full_ids[len(prompt_ids)]
-    tail = full_ids[len(prompt_ids):]
-    one_token = tokenizer.decode([tok]).strip() == letter
-    if prompt_format == "plain":
-        eos = tokenizer.eos_token_id
-        one_token = one_token and len(tail) == 1 + (eos is not None)
-    if not one_token:
-        where = "' ' + letter after 'Answer:'" if prompt_format == "plain" else "the assistant turn"
-        raise ValueError(
-            f"option letter {letter!r} is not a single token for this tokenizer ({where} tokenizes as "
-            f"{_show(tokenizer, tail[:4])}); choose calib_option_letters that are single tokens"
-        )
-    return int(tok)
 
 
 def resolve_chat_template(tokenizer, cfg: Mapping | None, ds_cfg: Mapping | None = None) -> str:
@@ -291,18 +182,18 @@ class MCQStrategy:
         prompt = format_mcq_prompt(mcq.question, mcq.choices, letters)
         prompt_ids, full_ids = encode_mcq(self.tokenizer, prompt, letters[gold], s.calib_prompt_format,
                                           self.chat_template, s.calib_system_prompt, self.chat_template_kwargs)
-        problem = _alignment_problem(self.tokenizer, prompt_ids, full_ids)
+        problem = alignment_problem(self.tokenizer, prompt_ids, full_ids)
         if problem:
             raise CalibDataError(problem)
         t_star = len(prompt_ids) - 1
         if full_ids[t_star + 1] != letter_ids[gold]:
             raise CalibDataError(
-                f"the token after the answer position is {_show(self.tokenizer, full_ids[t_star + 1:t_star + 2])}, "
+                f"the token after the answer position is {show_tokens(self.tokenizer, full_ids[t_star + 1:t_star + 2])}, "
                 f"not the gold letter {letters[gold]!r} (id {letter_ids[gold]}): the prompt and the letter merge "
                 "into one token for this tokenizer"
             )
         # No truncation here: a row longer than sequence_len is dropped whole by Axolotl later
-        # (excess_length_strategy: drop), marker included; `truncate` is rejected in args.py.
+        # (excess_length_strategy: drop), marker included; `truncate` is rejected in config_checks.py.
         n = len(full_ids)
         labels = list(full_ids) if self.train_on_inputs else [IGNORE_INDEX] * (t_star + 1) + full_ids[t_star + 1:]
         out = {

@@ -13,8 +13,9 @@ import weakref
 from typing import Mapping
 
 from ..eval.evaluation import as_list
-from ..eval.report import evaluate_to_report, fmt_value, row_metadata
+from ..eval.report import evaluate_to_report, fmt_value
 from ..eval.samples import METRICS, REPORT_MD
+from ..row_settings import row_metadata
 
 __all__ = ["LOG_PREFIX", "PostTrainingReport", "check_eval_config", "log_payload", "log_to_trainer"]
 

@@ -5,7 +5,8 @@
   which HFLM answers with ONE forward pass per question (single-token continuations share a context).
 * Option probability = softmax over the K option-letter log-likelihoods (= softmax over the K
   letter logits at the answer position: the log-softmax normaliser cancels).
-* Metrics: ``axolotl_calib_plugin.metrics`` (conf_ece, cw_ece; 10 bins). Nothing is re-implemented here.
+* Metrics: ``axolotl_calib_plugin.metrics`` (conf_ece, cw_ece; 10 bins) over the items stacked by
+  ``axolotl_calib_plugin.eval.samples.stack_items`` (the reports' stacker). Nothing is re-implemented here.
 * Data: every task loads through :func:`load_suite` (``custom_dataset``), which reads the hub dataset
   by default, or local JSONL files in the hub schema when ``CALIB_LM_EVAL_DATA_DIR`` (or metadata
   ``calib_data_dir``) is set, and normalises every row to ``{id, question, choices, gold, subject, source}``.
@@ -30,6 +31,7 @@ import numpy as np
 from scipy.special import softmax
 
 from axolotl_calib_plugin import metrics as _metrics
+from axolotl_calib_plugin.eval.samples import stack_items
 from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, check_option_letters, format_mcq_prompt, option_letters
 from axolotl_calib_plugin.rows import (
     ANSWER_FORMATS,
@@ -95,24 +97,6 @@ def process_results(doc: dict, results: list) -> dict:
     # scaling can use them directly: softmax(logliks / T) == softmax(letter_logits / T).
     item = {"probs": probs, "gold": gold, "logliks": logliks}
     return {"acc": float(int(np.argmax(probs)) == gold), "conf_ece": item, "cw_ece": item}
-
-
-def stack_items(items: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Items -> (probs (n, Kmax) zero-padded, labels (n,), num_options (n,)): each row's K travels with
-    the padded matrix, so the metrics core never takes a padded zero for a real option."""
-    items = list(items)
-    if not items:
-        raise ValueError("no evaluated questions: cannot compute an ECE over zero samples")
-    kmax = max(len(it["probs"]) for it in items)
-    probs = np.zeros((len(items), kmax), dtype=np.float64)
-    labels = np.empty(len(items), dtype=np.int64)
-    num_options = np.empty(len(items), dtype=np.int64)
-    for i, it in enumerate(items):
-        p = it["probs"]
-        probs[i, : len(p)] = p
-        labels[i] = it["gold"]
-        num_options[i] = len(p)
-    return probs, labels, num_options
 
 
 def conf_ece(items: list) -> float:

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from axolotl_calib_plugin.cli import build_parser, main
+from axolotl_calib_plugin.cli import main
+from axolotl_calib_plugin.cli.parser import build_parser
 
 
 def test_parser_subcommands():
@@ -255,9 +256,9 @@ def test_missing_data_file_is_named_before_the_model_loads(tmp_path, tiny_model_
 
 
 def test_seed_lists_parse():
-    from axolotl_calib_plugin.cli import _seeds
+    from axolotl_calib_plugin.cli.parser import parse_seeds
 
-    assert _seeds("3") == [0, 1, 2] and _seeds("0,4, 7") == [0, 4, 7] and _seeds("5,") == [5]
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,4, 7") == [0, 4, 7] and parse_seeds("5,") == [5]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -327,7 +328,7 @@ def test_every_flag_means_the_same_in_every_command():
     registry; task flags take task names, data-file flags MCQ files; model loaders share device/dtype/batch."""
     import argparse
 
-    from axolotl_calib_plugin.cli import SHARED_FLAGS
+    from axolotl_calib_plugin.cli.parser import SHARED_FLAGS
 
     flags = _flag_actions()
     for flag, uses in flags.items():

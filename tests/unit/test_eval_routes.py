@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import types
 
 import pytest
 
 from axolotl_calib_plugin.cli import main
-from axolotl_calib_plugin.eval.report import SETTINGS_FILE
+from axolotl_calib_plugin.row_settings import SETTINGS_FILE, SettingsError, check_trained_row_settings
 
 ROWS = [{"question": "Which is red?", "choices": ["red cat", "blue dog", "green"], "answer": 0},
         {"question": "What is true?", "choices": ["alpha", "beta"], "answer": 1}]
@@ -33,9 +32,6 @@ def _settings(folder, **kw):
     return folder
 
 
-def _ns(model, **kw):
-    return types.SimpleNamespace(model=str(model), option_letters=None, apply_chat_template=False,
-                                 system_instruction=None, settings_from=None, cmd="eval", **kw)
 
 
 # ------------------------------------------------------------------------------------------ calib_settings.json
@@ -48,20 +44,16 @@ def _ns(model, **kw):
     ('[1, 2]', r"calib_settings.json: expected a JSON object, got list"),
 ])
 def test_damaged_settings_file_names_file_key_and_remedy(tmp_path, text, want):
-    from axolotl_calib_plugin.cli import _trained_row_settings
-
     (tmp_path / SETTINGS_FILE).write_text(text, encoding="utf-8")
-    with pytest.raises(SystemExit, match=want) as e:
-        _trained_row_settings(_ns(tmp_path))
+    with pytest.raises(SettingsError, match=want) as e:
+        check_trained_row_settings(str(tmp_path))
     assert str(tmp_path) in str(e.value) and "restore it from the training output_dir" in str(e.value)
 
 
 def test_settings_path_that_is_a_folder_is_refused(tmp_path):
-    from axolotl_calib_plugin.cli import _trained_row_settings
-
     (tmp_path / SETTINGS_FILE).mkdir()
-    with pytest.raises(SystemExit, match=r"calib_settings.json: cannot be read \("):
-        _trained_row_settings(_ns(tmp_path))
+    with pytest.raises(SettingsError, match=r"calib_settings.json: cannot be read \("):
+        check_trained_row_settings(str(tmp_path))
 
 
 def test_edited_letters_that_the_data_cannot_use_name_the_settings_file(tmp_path, capsys):
@@ -80,16 +72,14 @@ def test_edited_letters_that_the_data_cannot_use_name_the_settings_file(tmp_path
 def test_merged_folder_without_settings_points_at_settings_from(tmp_path, capsys):
     """`axolotl merge-lora` writes <output_dir>/merged without calib_settings.json: refused, naming --settings-from;
     with it the training letters are used."""
-    from axolotl_calib_plugin.cli import _trained_row_settings
-
     run = _settings(tmp_path / "out", option_letters=list("EDCBA"))
     merged = run / "merged"
     merged.mkdir()
-    with pytest.raises(SystemExit, match=rf"{merged} has no {SETTINGS_FILE}, but {run} .* Pass --settings-from {run}"):
-        _trained_row_settings(_ns(merged))
-    a = _ns(merged)
-    a.settings_from = str(run)
-    assert _trained_row_settings(a)["option_letters"] == list("EDCBA")
+    with pytest.raises(SettingsError, match=rf"{merged} has no {SETTINGS_FILE}, but {run} .* Pass --settings-from {run}"):
+        check_trained_row_settings(str(merged))
+    found = check_trained_row_settings(str(merged), settings_from=str(run))
+    assert found.task_metadata["option_letters"] == list("EDCBA") and found.add_bos_token is True
+    assert found.settings_file == str(run / SETTINGS_FILE)
 
 
 # ------------------------------------------------------------------------------------------ early usage errors
@@ -152,6 +142,14 @@ def test_diagnose_has_the_prompt_flags_and_refuses_a_contradiction(tmp_path):
         main(["diagnose", "--model", str(chat), "--data-files", held])
     with pytest.raises(SystemExit, match=r"--option-letters E,D but it was trained with calib_option_letters"):
         main(["diagnose", "--model", str(plain), "--data-files", held, "--option-letters", "ED"])
+
+
+def test_bad_option_letters_flag_is_an_error_naming_the_flag(tmp_path, capsys):
+    """--option-letters with one letter, on a model without calib_settings.json: a command error, not a traceback."""
+    held = _jsonl(tmp_path / "held.jsonl")
+    (tmp_path / "m").mkdir()
+    with pytest.raises(SystemExit, match=r"^axolotl-calib diagnose: error: --option-letters needs at least 2 letters"):
+        main(["diagnose", "--model", str(tmp_path / "m"), "--data-files", held, "--option-letters", "A"])
 
 
 # ------------------------------------------------------------------------------------------ temperature

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from axolotl_calib_plugin.cli import main
-from axolotl_calib_plugin.preference import encode_pairs, expected_reward, read_pairs, win_rate
+from axolotl_calib_plugin.eval.preference import encode_pairs, expected_reward, read_pairs, win_rate
 from axolotl_calib_plugin.rows import CalibDataError
 
 

@@ -115,7 +115,7 @@ def test_candidate_logprobs_equal_a_direct_forward(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_calib_plugin.eval.evaluation import load_lm
-    from axolotl_calib_plugin.preference import candidate_logprobs
+    from axolotl_calib_plugin.eval.preference import candidate_logprobs
 
     prompts = ["Question: is the sky blue?\nAnswer:", "Say: one two\nReply:"]
     cands = [[" yes", " no", " blue sky"], [" one", " two", " three"]]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import types
 
 import pytest
 import torch
@@ -68,7 +67,7 @@ def train_side(tokenizer, path, **cfg):
 
 def eval_side(tokenizer, path, letters="ABCDEFGHIJ", prompt_format="plain", template=None, **meta):
     """The lm-eval task's docs: [(prompt ids as the model sees them, gold)] or the CalibDataError message."""
-    from axolotl_calib_plugin.train.mcq import encode_mcq
+    from axolotl_calib_plugin.encoding import encode_mcq
 
     try:
         docs = U.load_suite("calib_jsonl", data_files=[str(path)], option_letters=list(letters), **meta)["test"]
@@ -103,7 +102,7 @@ def test_custom_letters_train_and_eval_agree(tmp_path, tiny_tokenizer):
 def test_report_passes_training_row_settings(validate_cfg, tiny_cfg, tmp_path, mcq_rows):
     """S1: the post-training report's tasks get the training letters, answer format and fields, and the config
     check reads the report's files with them (a row only those letters make valid passes validation)."""
-    from axolotl_calib_plugin.eval.report import row_metadata
+    from axolotl_calib_plugin.row_settings import row_metadata
 
     ev = mcq_rows(rows=[{"question": "Q?", "choices": ["a", "b"], "answer": "C"}], name="ev.jsonl")
     cfg = validate_cfg(tiny_cfg(calib_option_letters=list("BCDEF"), calib_answer_format="letter",
@@ -118,22 +117,24 @@ def test_report_passes_training_row_settings(validate_cfg, tiny_cfg, tmp_path, m
 def test_cli_eval_uses_or_refuses_against_the_training_settings(tmp_path):
     """S1: ``axolotl-calib eval`` reads the model's calib_settings.json; contradicting flags are refused."""
     from axolotl_calib_plugin.train.args import CalibrationArgs
-    from axolotl_calib_plugin.cli import _trained_row_settings
-    from axolotl_calib_plugin.eval.report import SETTINGS_FILE, training_settings
+    from axolotl_calib_plugin.row_settings import (SETTINGS_FILE, SettingsError, check_trained_row_settings,
+                                                   training_settings)
 
     settings = CalibrationArgs.from_cfg({"calib_option_letters": "BCDEF", "calib_prompt_format": "chat_template",
                                          "calib_system_prompt": "Be brief."})
     (tmp_path / SETTINGS_FILE).write_text(json.dumps(training_settings(settings)))
-    args = dict(model=str(tmp_path), option_letters=None, apply_chat_template=True, system_instruction="Be brief.")
-    assert _trained_row_settings(types.SimpleNamespace(**args))["option_letters"] == list("BCDEF")
-    with pytest.raises(SystemExit, match=r"--option-letters A,B,C,D,E but it was trained with calib_option_letters "
-                                         r"\['B', 'C', 'D', 'E', 'F'\]"):
-        _trained_row_settings(types.SimpleNamespace(**{**args, "option_letters": "ABCDE"}))
-    with pytest.raises(SystemExit, match="trained with calib_prompt_format: chat_template but this evaluation scores "
-                                         "plain prompts"):
-        _trained_row_settings(types.SimpleNamespace(**{**args, "apply_chat_template": False}))
-    with pytest.raises(SystemExit, match="trained with calib_system_prompt 'Be brief.'"):
-        _trained_row_settings(types.SimpleNamespace(**{**args, "system_instruction": None}))
+    args = dict(option_letters=None, apply_chat_template=True, system_instruction="Be brief.")
+    found = check_trained_row_settings(str(tmp_path), **args)
+    assert found.task_metadata["option_letters"] == list("BCDEF")
+    assert found.settings_file == str(tmp_path / SETTINGS_FILE) and found.add_bos_token is None
+    with pytest.raises(SettingsError, match=r"--option-letters A,B,C,D,E but it was trained with calib_option_letters "
+                                            r"\['B', 'C', 'D', 'E', 'F'\]"):
+        check_trained_row_settings(str(tmp_path), **{**args, "option_letters": "ABCDE"})
+    with pytest.raises(SettingsError, match="trained with calib_prompt_format: chat_template but this evaluation "
+                                            "scores plain prompts"):
+        check_trained_row_settings(str(tmp_path), **{**args, "apply_chat_template": False})
+    with pytest.raises(SettingsError, match="trained with calib_system_prompt 'Be brief.'"):
+        check_trained_row_settings(str(tmp_path), **{**args, "system_instruction": None})
 
 
 # ------------------------------------------------------------------------------------------ S2 numbers
@@ -384,7 +385,7 @@ def _route_lms(model_dir, chat):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from axolotl_calib_plugin.eval.evaluation import hflm_for_model, make_hflm
-    from axolotl_calib_plugin.eval.report import training_settings
+    from axolotl_calib_plugin.row_settings import training_settings
     from axolotl_calib_plugin.train.args import CalibrationArgs
 
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -1,41 +1,32 @@
-"""``axolotl-calib``: the project's console script (``axolotl-calib <command> --help`` explains each).
+"""The ``axolotl-calib`` parser: argparse types, the shared-flag registry, every command's flags and help, and the
+pre-flight checks (:func:`check_args`) that turn a missing file, an unknown task or an unreadable run folder
+into a usage error before anything heavy is imported or any model loads.
 
-    eval         calibration report of a model folder or peft adapter (lm-eval + report + diagrams)
-    tasks-path   the lm-eval task folder to pass as ``lm_eval --include_path``
-    temperature  temperature-scaling baseline fitted on lm-eval samples
-    table        a Table-2-style comparison of several evaluated runs
-    diagnose     conf-ECE / cw-ECE / acc of a model on an MCQ file and the calibratable-regime verdict
-    preference   does the model still prefer the chosen responses of a held-out preference file (DPO check)
-    make-tiny    a local tiny Llama + tokenizer (no hub) for trying configs on a CPU
-    reproduce    a DPO model + an MCQ calibration set -> TS / LS / SFT / CFT / RCFT trained, evaluated, Table 2
-    demo         the offline reproduction (world with known truth -> SFT -> DPO -> fixes -> lm-eval)
+Imports nothing heavy at import time; the commands themselves are :mod:`.commands`.
 
-Product commands import product modules only; ``demo`` is the one that imports the demo package.
+Longer than the package's other modules on purpose: about 300 of its lines are help text, one description per
+command read top to bottom in :func:`build_parser`, and the pre-flight checks probe exactly the flags defined
+here, so splitting them apart would put a flag's definition and its check in two files.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
-from typing import Sequence
 
-from . import defaults
-from .offline import OFFLINE_ENV
+from .. import defaults
 
 DEFAULT_EVAL_TASKS = ",".join(defaults.EVAL_TASKS)
 
-
-def _offline_env() -> None:
-    for k, v in OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
+__all__ = ["DEFAULT_EVAL_TASKS", "OFFLINE_COMMANDS", "SHARED_FLAGS", "build_parser", "check_args", "command_parsers",
+           "parse_seeds", "samples_of"]
 
 
+# ----------------------------------------------------------------------------------- argparse types
 def _limit(value: str):
     """argparse type of ``--limit``: the number in ``value`` (``2.0`` is 2) under the report key's rule."""
-    from .eval.evaluation import check_limit
+    from ..eval.evaluation import check_limit
 
     v = float(value)
     try:
@@ -44,8 +35,7 @@ def _limit(value: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-# ----------------------------------------------------------------------------------- commands
-def _seeds(spec: str) -> list[int]:
+def parse_seeds(spec: str) -> list[int]:
     """``5`` -> seeds 0..4; ``0,3,7`` -> those seeds (argparse type: a bad value is a usage error)."""
     spec = str(spec).strip()
     bad = argparse.ArgumentTypeError(
@@ -84,11 +74,20 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def _check_args(cp: argparse.ArgumentParser, a) -> None:
+def _methods(value: str) -> list[str]:
+    names = [m.strip().lower() for m in value.split(",") if m.strip()]
+    bad = [m for m in names if m not in defaults.METHODS]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(defaults.METHODS)}, got {value!r}")
+    return names
+
+
+# ----------------------------------------------------------------------------------- pre-flight checks
+def check_args(cp: argparse.ArgumentParser, a) -> None:
     """Usage errors (with the command's own usage) for unknown task names and missing files and folders, before
     any model is loaded: cheap checks only (the task folder's YAMLs, the file system). A local path that does
     not exist would otherwise reach the hub client as a malformed repo id."""
-    from .eval.evaluation import adapter_base_problem, looks_local
+    from ..eval.evaluation import adapter_base_problem, looks_local
 
     offline = a.cmd in OFFLINE_COMMANDS
     for flag in ("model", "base_model", "tokenizer", "reference"):
@@ -125,8 +124,8 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     _check_tasks(cp, a)
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:
-            _samples_of(cp, f"--{flag}", path)
-    from .eval.samples import load_results
+            samples_of(cp, f"--{flag}", path)
+    from ..eval.samples import load_results
 
     runs = []
     for spec in getattr(a, "run", None) or []:
@@ -146,9 +145,9 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     a.runs = runs
 
 
-def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, str]:
+def samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, str]:
     """``{task: samples file}`` of a samples file or folder; a usage error when there is none."""
-    from .eval.samples import find_samples
+    from ..eval.samples import find_samples
 
     if not os.path.exists(path):
         cp.error(f"{flag} {path}: no such file or folder")
@@ -164,7 +163,7 @@ def _samples_of(cp: argparse.ArgumentParser, flag: str, path: str) -> dict[str, 
 
 def _check_tasks(cp: argparse.ArgumentParser, a) -> None:
     """Every task name given exists in the task folder (read from its YAMLs: no lm-eval import)."""
-    from .eval.evaluation import task_index, unknown_task_message
+    from ..eval.evaluation import task_index, unknown_task_message
 
     given = {f: getattr(a, f, None) for f in ("tasks", "fit_tasks", "in_task", "out_task")}
     given = {f: v if isinstance(v, list) else [v] for f, v in given.items() if v}
@@ -178,366 +177,6 @@ def _check_tasks(cp: argparse.ArgumentParser, a) -> None:
         msg = unknown_task_message(names, index)
         if msg:
             cp.error(f"--{flag.replace('_', '-')}: {msg}")
-
-
-def _device_dtype(a) -> tuple[str, str]:
-    """The one default of every model-loading command: cuda if available, else cpu; float32 on cpu (bf16/fp16
-    matmuls on a CPU are slow and lossy), else the model config's dtype."""
-    device = a.device
-    if not device:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device, a.dtype or ("float32" if device == "cpu" else "auto")
-
-
-def cmd_demo(a) -> int:
-    from .demo.pipeline import FAST, FULL, StepFailed, print_summary, run_demo
-
-    try:
-        if a.seeds:
-            from dataclasses import replace
-
-            from .demo.study import run_study
-
-            settings = replace(FAST if a.fast else FULL, world=a.world)
-            study = run_study(a.output_dir, a.seeds, settings, parallel=a.parallel, reuse=not a.fresh,
-                              summary_dir=a.summary_dir, kind=a.study)
-            summary = a.summary_dir or a.output_dir
-            md = "study.md" if a.study == "main" else f"{a.study}.md"
-            print(open(os.path.join(summary, md), encoding="utf-8").read())
-            errors = {k: v["errors"] for k, v in study["per_seed"].items() if v["errors"]}
-            for seed, errs in errors.items():
-                for name, msg in errs.items():
-                    print(f"[FAILED] seed {seed} {name}: {msg.splitlines()[0]}", file=sys.stderr)
-            return 1 if errors else 0
-        results = run_demo(a.output_dir, fast=a.fast, seed=a.seed, reuse=not a.fresh, parallel=a.parallel, world=a.world)
-    except StepFailed as e:
-        print(f"demo failed: {e}", file=sys.stderr)
-        return 1
-    print_summary(results, os.path.abspath(a.output_dir))
-    return 1 if results["meta"]["errors"] else 0
-
-
-def cmd_reproduce(a) -> int:
-    from .orchestrate import StepFailed
-    from .reproduce import ReproduceError, reproduce
-
-    try:
-        summary = reproduce(a.model, a.output_dir, train_data_files=a.train_data_files or (),
-                            train_dataset=a.train_dataset, train_split=a.train_split, methods=a.methods,
-                            base_config=a.base_config, in_task=a.in_task, out_task=a.out_task, data_files=a.data_files,
-                            ood_data_files=a.ood_data_files, seeds=a.seeds, ts_fit_fraction=a.ts_fit_fraction,
-                            device=a.device, dtype=a.dtype, batch_size=a.batch_size, plot_format=a.plot_format,
-                            dry_run=a.dry_run, reuse=not a.fresh)
-    except ReproduceError as e:
-        a.usage_error(str(e))
-    except StepFailed as e:
-        print(f"reproduce failed: {e}", file=sys.stderr)
-        return 1
-    return 1 if summary.get("errors") else 0
-
-
-def _methods(value: str) -> list[str]:
-    names = [m.strip().lower() for m in value.split(",") if m.strip()]
-    bad = [m for m in names if m not in defaults.METHODS]
-    if not names or bad or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(defaults.METHODS)}, got {value!r}")
-    return names
-
-
-def _same_questions(a) -> None:
-    """``diagnose``'s verdict compares held-out with training accuracy: a question in both files shrinks that gap
-    toward 0 (identical files: 0, "calibratable" by construction). Refused before any model loads, naming the
-    count; a question is the same when its text and options are (as the tasks read them)."""
-    from .eval.evaluation import task_utils
-
-    if not a.train_data_files:
-        return
-    utils = task_utils()
-    meta = dict(a.task_metadata)
-
-    def keys(task, files):
-        docs = utils.load_suite(task, **{"data_files" if task == "calib_jsonl" else "ood_data_files": list(files)},
-                                **meta)["test"]
-        return [(same(d["question"]), tuple(same(c) for c in d["choices"])) for d in docs]
-
-    def same(text: str) -> str:  # the same question up to case and spacing
-        return " ".join(str(text).split()).casefold()
-
-    held, train = keys("calib_jsonl", a.data_files), set(keys("calib_jsonl_ood", a.train_data_files))
-    both = [k for k in held if k in train]
-    if both:
-        a.usage_error(f"{len(both)} of the {len(held)} held-out questions (--data-files {' '.join(a.data_files)}) are "
-                      f"also in --train-data-files {' '.join(a.train_data_files)} (same question and options up to "
-                      f"case and spacing, e.g. "
-                      f"{both[0][0][:60]!r}): the verdict rests on the accuracy gap between the two sets, which such "
-                      "questions shrink toward 0. Pass held-out questions the model was not fine-tuned on")
-
-
-def cmd_diagnose(a) -> int:
-    from scipy.special import softmax
-
-    from .eval.evaluation import evaluate_files, find_task_dir, make_hflm
-    from .eval.regime import diagnose
-    from .eval.temperature import pad_ragged_logits
-
-    a.task_metadata = _trained_row_settings(a)
-    _same_questions(a)
-    device, dtype = _device_dtype(a)
-    lm = _load_scored_model(a, device, dtype)
-    # one task per role; the tasks read a comma-separated list of files as one pooled set
-    files = [",".join(os.path.abspath(f) for f in fs) for fs in (a.data_files, a.train_data_files) if fs]
-    res = evaluate_files(lm, files, a.include_path or find_task_dir(), a.batch_size,
-                         apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
-                         task_metadata=a.task_metadata)
-    probs = softmax(pad_ragged_logits(res[0]["logliks"]), axis=1)  # mixed K: padded options get probability 0
-    train = {}
-    if a.train_data_files:
-        train = {"train_probs": softmax(pad_ragged_logits(res[1]["logliks"]), axis=1), "train_labels": res[1]["labels"]}
-    d = diagnose(probs, res[0]["labels"], acc_star=a.acc_star, **train)
-    if a.json:
-        out = d.as_dict()
-        out["lm_eval"] = res[0]["metrics"]
-        print(json.dumps(out))  # one line, last on stdout (lm-eval may print notes before it)
-    else:
-        print(f"model {a.model} on {', '.join(a.data_files)} (lm-eval task calib_jsonl)"
-              + (f", training data {', '.join(a.train_data_files)} (calib_jsonl_ood)" if a.train_data_files else ""))
-        print(d.render())
-    return 0
-
-
-def cmd_preference(a) -> int:
-    from .eval.evaluation import make_hflm
-    from .preference import REPORT_MD, read_pairs, render_markdown, score_preferences, write_report
-
-    if not (math.isfinite(a.beta) and a.beta > 0):
-        a.usage_error(f"--beta {a.beta}: needs a positive number (the DPO beta the model was tuned with)")
-    pairs = read_pairs(a.pairs, chat=a.apply_chat_template)  # every row checked before a model loads
-    device, dtype = _device_dtype(a)
-
-    def load(path: str):
-        return make_hflm(path, base_model=a.base_model if path == a.model else None, tokenizer=a.tokenizer
-                         if path == a.model else None, device=device, dtype=dtype, batch_size=a.batch_size)
-
-    scores = score_preferences(pairs, load, a.model, a.reference, chat=a.apply_chat_template)
-    meta = {"model": a.model, "reference": a.reference, "data": [os.path.abspath(f) for f in a.pairs],
-            "apply_chat_template": a.apply_chat_template, "beta": a.beta, "device": device, "dtype": dtype,
-            "batch_size": a.batch_size}
-    print(render_markdown(write_report(a.output_dir, pairs, scores, meta)))
-    print(f"report: {os.path.join(a.output_dir, REPORT_MD)}")
-    return 0
-
-
-def cmd_make_tiny(a) -> int:
-    from .prompts import format_mcq_prompt
-    from .rows import read_jsonl
-    from .testing import make_tiny_model_dir
-
-    corpus = None
-    if a.data_files:
-        corpus = [format_mcq_prompt(r["question"], r["choices"]) + " A" for f in a.data_files for r in read_jsonl(f)]
-    path = make_tiny_model_dir(a.output_dir, corpus=corpus, hidden_size=a.hidden, num_layers=a.layers)
-    print(f"tiny Llama + tokenizer written to {path}")
-    return 0
-
-
-def cmd_tasks_path(a) -> int:
-    from .eval.evaluation import find_task_dir
-
-    print(find_task_dir())
-    return 0
-
-
-def cmd_eval(a) -> int:
-    from .eval.report import evaluate_to_report, markdown_table
-
-    tasks = a.tasks
-    if a.data_files and "calib_jsonl" not in tasks:
-        a.usage_error("--data-files feeds the calib_jsonl task: add it to --tasks (e.g. --tasks calib_jsonl)")
-    if a.ood_data_files and "calib_jsonl_ood" not in tasks:
-        a.usage_error("--ood-data-files feeds the calib_jsonl_ood task: add it to --tasks")
-    for task, files, flag in (("calib_jsonl", a.data_files, "--data-files"), ("calib_jsonl_ood", a.ood_data_files,
-                                                                               "--ood-data-files")):
-        if task in tasks and not files:
-            a.usage_error(f"--tasks {task} reads local MCQ files: pass {flag} FILE.jsonl")
-    task_metadata = _trained_row_settings(a)
-    _check_eval_data(a, tasks, task_metadata)  # every data source readable before the model loads
-    device, dtype = _device_dtype(a)
-    lm = _load_scored_model(a, device, dtype)
-    title = os.path.basename(os.path.normpath(a.model)) or a.model
-    summary, paths = evaluate_to_report(
-        lm, tasks, a.output_dir, title=title, model_name=title,
-        meta={"model": a.model, "adapter": bool(getattr(lm, "peft", None)), "device": str(lm.device), "dtype": dtype,
-              "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template,
-              "add_bos_token": getattr(lm, "add_bos_token", None), "settings_file": a.settings_file},
-        data_dir=a.data_dir, data_files=a.data_files, ood_data_files=a.ood_data_files, limit=a.limit,
-        apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
-        task_metadata=task_metadata, plot_format=a.plot_format,
-    )
-    print(markdown_table(summary))
-    print(f"\nreport: {paths['md']}\nlm-eval results and samples: {os.path.join(a.output_dir, 'calibration_eval')}")
-    return 0
-
-
-def _settings_source(a) -> tuple[str, dict | None]:
-    """(folder, checked calib_settings.json contents or None) of the model being scored: ``--settings-from``, else
-    the model folder. A folder without one inside a folder that has one (``axolotl merge-lora`` writes
-    ``<output_dir>/merged``) is refused, pointing at ``--settings-from``: scoring it with default letters and
-    format would score another task than the one it was trained on."""
-    from .eval.report import SETTINGS_FILE, SettingsError, read_settings
-
-    folder = getattr(a, "settings_from", None) or a.model
-    try:
-        trained = read_settings(folder) if os.path.isdir(folder) else None
-        parent = os.path.dirname(os.path.abspath(a.model))
-        if trained is None and not getattr(a, "settings_from", None) and os.path.isdir(a.model) \
-                and read_settings(parent) is not None:
-            raise SystemExit(
-                f"{a.model} has no {SETTINGS_FILE}, but {parent} (a calibration-plugin training output_dir) has one: "
-                f"this looks like `axolotl merge-lora` output of that run, which does not copy it. Pass --settings-from "
-                f"{parent} to score it with the letters and prompt format it was trained with (or --settings-from "
-                f"{a.model} if it was not trained with those)")
-    except SettingsError as e:
-        raise SystemExit(f"axolotl-calib {getattr(a, 'cmd', 'eval')}: error: {e}") from None
-    return folder, trained
-
-
-def _trained_row_settings(a) -> dict:
-    """Letters / answer format / fields for the tasks: the model folder's calib_settings.json (written by training;
-    ``--settings-from`` names another folder), else --option-letters; a flag that contradicts what the model was
-    trained with is refused, naming both. Sets ``a.trained_add_bos`` (the recorded lm-eval ``add_bos_token``, or
-    None) and ``a.settings_file`` (where the settings came from, or None)."""
-    from .prompts import check_option_letters
-    from .eval.report import SETTINGS_FILE, row_metadata
-
-    folder, trained = _settings_source(a)
-    a.trained_add_bos, a.settings_file = None, None
-    flag = check_option_letters(a.option_letters, "--option-letters") if a.option_letters else None
-    if trained is None:
-        return row_metadata({"calib_option_letters": flag})
-    a.trained_add_bos, a.settings_file = trained.get("add_bos_token"), os.path.join(folder, SETTINGS_FILE)
-    meta = {k: trained[k] for k in row_metadata({}) if k in trained}
-    problems = []
-    if flag is not None and flag != meta.get("option_letters"):
-        problems.append(f"--option-letters {','.join(flag)} but it was trained with calib_option_letters "
-                        f"{meta.get('option_letters')} (drop the flag)")
-    chat = trained.get("prompt_format") == "chat_template"
-    if chat != bool(a.apply_chat_template):
-        problems.append(f"it was trained with calib_prompt_format: {trained.get('prompt_format')} but this evaluation "
-                        f"{'scores plain prompts (add --apply-chat-template)' if chat else 'applies the chat template (drop --apply-chat-template)'}")
-    elif chat and (trained.get("system_prompt") or None) != (a.system_instruction or None):
-        problems.append(f"it was trained with calib_system_prompt {trained.get('system_prompt')!r} but "
-                        f"--system-instruction is {a.system_instruction!r}")
-    if problems:
-        raise SystemExit(f"{folder} ({SETTINGS_FILE}): " + "; ".join(problems) + ". Scoring other prompts than the "
-                         "model was trained on gives numbers for a different task.")
-    return meta
-
-
-def _load_scored_model(a, device: str, dtype: str):
-    """The lm-eval model of ``eval`` / ``diagnose``, scoring the token sequence training used (the recorded
-    ``add_bos_token`` of calib_settings.json, else the tokenizer's own rule)."""
-    from .eval.evaluation import make_hflm
-
-    try:
-        return make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
-                         batch_size=a.batch_size, trust_remote_code=getattr(a, "trust_remote_code", False),
-                         chat=bool(a.apply_chat_template), add_bos_token=getattr(a, "trained_add_bos", None))
-    except ValueError as e:  # the tokenizer cannot reproduce training's prompts
-        raise SystemExit(f"axolotl-calib {a.cmd}: error: {e}") from None
-
-
-def _check_eval_data(a, tasks: Sequence[str], task_metadata: dict) -> None:
-    """Every data source of ``tasks`` loads and parses (with the letters / fields the model was trained with)
-    before the model is loaded: a hub suite that cannot be reached (offline, no cache) names this command's own
-    flags; a bad row names its file and line; letters from calib_settings.json that the data cannot use name it."""
-    from .eval.evaluation import task_index, task_suites, task_utils
-    from .rows import CalibDataError
-
-    index = task_index()
-    suites: list[str] = []
-    for t in tasks:
-        suites += [s for s in task_suites(t, index) if s not in suites]
-    utils = task_utils()
-    letters_from = f" (option letters {task_metadata.get('option_letters')} from {a.settings_file})" \
-        if getattr(a, "settings_file", None) else ""
-    for suite, flag, files in (("calib_jsonl", "--data-files", a.data_files),
-                               ("calib_jsonl_ood", "--ood-data-files", a.ood_data_files)):
-        if suite in suites and files:
-            try:
-                utils.load_suite(suite, **{"data_files" if suite == "calib_jsonl" else "ood_data_files": list(files)},
-                                 **task_metadata)
-            except CalibDataError as e:
-                raise CalibDataError(f"{flag}: {e}{letters_from}") from None
-    hub = [s for s in suites if s in utils.SUITES]
-    own = ("pass --data-dir DIR with " + ", ".join(f"{s}.jsonl" for s in hub) + " (each in its hub schema), or score "
-           "your own questions with --tasks calib_jsonl --data-files FILE.jsonl")
-    for suite in hub:  # offline, the datasets cache may still hold them: try, and name the flags if it does not
-        try:
-            utils.load_suite_docs(suite, a.data_dir, task_metadata.get("option_letters") or utils.DEFAULT_LETTERS)
-        except CalibDataError as e:
-            where = f"--data-dir {a.data_dir}" if a.data_dir else f"--tasks {','.join(tasks)}"
-            a.usage_error(f"{where}: {str(e).split('. Without hub access')[0]}{letters_from}"
-                          + ("" if a.data_dir else f". {own}"))
-
-
-def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[str, list]:
-    """Files or folders -> {samples file: items} (a folder contributes the newest file of each task; with
-    ``tasks``, a folder's files of other tasks are left out and a named file of another task is an error)."""
-    from .eval.samples import read_samples, samples_task
-
-    files = []
-    for p in paths:
-        found = _samples_of(a.parser, flag, p)
-        if tasks is not None:
-            if os.path.isfile(p) and samples_task(p) not in tasks:
-                a.usage_error(f"{flag} {p}: task {samples_task(p)} is not one T is fitted on ({', '.join(sorted(tasks))}); "
-                              f"an out-of-domain column fitted on would not be out-of-domain. Pass --fit-tasks "
-                              f"{samples_task(p)} to fit on it anyway")
-            found = {t: f for t, f in found.items() if t in tasks}
-        files += [f for f in found.values() if f not in files]
-    return {f: read_samples(f) for f in files}
-
-
-def cmd_temperature(a) -> int:
-    from .eval.temperature import in_domain_tasks, scale_samples, temperature_report
-
-    fit_tasks = a.fit_tasks or in_domain_tasks()
-    fit = _read_samples_args(a, "--fit", a.fit, fit_tasks)
-    if not fit:
-        a.usage_error(f"--fit {' '.join(a.fit)}: no samples of the tasks T is fitted on ({', '.join(fit_tasks)}; "
-                      "the default is the in-domain tasks): pass --fit-tasks to fit on others")
-    apply = _read_samples_args(a, "--apply", a.apply)
-    try:
-        res = scale_samples(fit, apply, fit_fraction=a.fit_fraction, seed=a.seed, fit_tasks=fit_tasks)
-    except ValueError as e:
-        a.usage_error(str(e))
-    report = temperature_report(res, output_dir=a.output_dir, plot_format=a.plot_format)
-    print(report["text"])
-    if report["report"]:
-        print(f"\nreport: {report['report']}")
-    return 0
-
-
-def cmd_table(a) -> int:
-    from .eval.table import build_table, plot_runs, render_markdown, write_json
-
-    try:
-        table = build_table(a.runs, a.in_task, a.out_task, allow_different_prompts=a.allow_different_prompts)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"axolotl-calib table: error: {e}") from None
-    md = render_markdown(table)
-    print(md)
-    if a.output_dir:
-        os.makedirs(a.output_dir, exist_ok=True)
-        print(f"\nJSON: {write_json(table, os.path.join(a.output_dir, 'calibration_table.json'))}")
-        with open(os.path.join(a.output_dir, "calibration_table.md"), "w", encoding="utf-8") as fh:
-            fh.write(md + "\n")
-        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format,
-                           allow_different_prompts=a.allow_different_prompts):
-            print(f"diagram: {p}")
-    return 0
 
 
 # ----------------------------------------------------------------------------------- parser
@@ -574,7 +213,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _task_list(value: str) -> list[str]:
-    from .eval.evaluation import as_list
+    from ..eval.evaluation import as_list
 
     tasks = as_list(value)
     if not tasks:
@@ -610,7 +249,7 @@ SHARED_FLAGS: dict[str, dict] = {
                       help="name of the calib_* task of the in-domain columns"),
     "--out-task": dict(default=defaults.OUT_TASK, metavar="TASK",
                        help="name of the calib_* task of the out-of-domain columns"),
-    "--seeds": dict(type=_seeds, default=None, metavar="N|S,S,...",
+    "--seeds": dict(type=parse_seeds, default=None, metavar="N|S,S,...",
                     help="a count N (seeds 0..N-1) or a comma-separated list of distinct seeds"),
     "--fresh": dict(action="store_true", help="retrain everything (default: reuse a finished run whose config and "
                                               "code are unchanged)"),
@@ -673,12 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     _add(e, "--option-letters")
     _add(e, "--settings-from")
-    e.set_defaults(func=cmd_eval)
 
     p = _sub(sub, "tasks-path", "print the lm-eval task folder (for lm_eval --include_path)",
              "Print the folder holding the calib_* lm-eval tasks installed with this package:\n\n"
              "  lm_eval --include_path \"$(axolotl-calib tasks-path)\" --tasks calib_mmlu --model hf ...")
-    p.set_defaults(func=cmd_tasks_path)
 
     t = _sub(sub, "temperature", "temperature scaling fitted on lm-eval samples (Table 2 baseline)",
              "Fit one temperature T by NLL on the option log-likelihoods of lm-eval samples files "
@@ -704,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(t, "--output-dir", "calibration_report.{md,json}, the scaled samples and before/after diagrams, readable by "
          "axolotl-calib table (default: print only)")
     _add(t, "--plot-format")
-    t.set_defaults(func=cmd_temperature)
 
     c = _sub(sub, "table", "Table-2-style comparison of several evaluated runs",
              "Assemble conf-ECE / cw-ECE / accuracy, in-domain and out-of-domain, of several runs into one "
@@ -726,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare runs that asked the same questions with different prompts (chat template vs plain, "
                         "other option letters or system prompt) with a note, instead of refusing")
     _add(c, "--plot-format")
-    c.set_defaults(func=cmd_table)
 
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",
              "conf-ECE / cw-ECE / accuracy of a model on held-out MCQ data (lm-eval task calib_jsonl) and our own, "
@@ -753,7 +388,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, "--system-instruction")
     _add(g, "--option-letters")
     _add(g, "--settings-from")
-    g.set_defaults(func=cmd_diagnose)
 
     r = _sub(sub, "preference", "does the model prefer the chosen responses of held-out preference pairs",
              "Score every held-out preference pair (prompt, chosen, rejected) with the model and report the share of "
@@ -780,7 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(r, "--batch-size")
     _add(r, "--base-model")
     _add(r, "--tokenizer")
-    r.set_defaults(func=cmd_preference)
 
     m = _sub(sub, "make-tiny", "write a local tiny Llama + tokenizer",
              "A tiny randomly initialised Llama and a BPE tokenizer trained locally (no hub), for trying configs on a "
@@ -789,7 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(m, "--data-files", "the tokenizer is trained on their questions (default: a built-in corpus)")
     m.add_argument("--hidden", type=int, default=64, help="hidden size")
     m.add_argument("--layers", type=int, default=2, help="number of layers")
-    m.set_defaults(func=cmd_make_tiny)
 
     q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / SFT / CFT / RCFT -> Table 2",
              "The paper's Table 2 for your model in one command: one Axolotl config per method (your --base-config "
@@ -836,7 +468,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(q, "--dtype")
     _add(q, "--batch-size")
     _add(q, "--plot-format")
-    q.set_defaults(func=cmd_reproduce)
 
     d = _sub(sub, "demo", "offline end-to-end reproduction (see README); --seeds N: the multi-seed study",
              "Offline miniature of the paper's Table 2 on a world with known truth, through the real axolotl train "
@@ -862,7 +493,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the study writes study.json, study.md and lambda_curve.png (default: --output-dir)")
     d.add_argument("--parallel", type=_positive_int, default=2, help="training runs at a time (1 torch thread each)")
     _add(d, "--fresh")
-    d.set_defaults(func=cmd_demo)
     return ap
 
 
@@ -874,26 +504,3 @@ def command_parsers(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     """``{command: its parser}`` of :func:`build_parser`'s parser."""
     (sub,) = [x for x in ap._actions if isinstance(x, argparse._SubParsersAction)]
     return dict(sub.choices)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .eval.evaluation import quiet_third_party_logs
-
-    quiet_third_party_logs()  # before torchao / lm-eval are imported
-    ap = build_parser()
-    a = ap.parse_args(argv)
-    cp = command_parsers(ap)[a.cmd]
-    a.parser, a.usage_error = cp, cp.error
-    _check_args(cp, a)
-    if a.cmd in OFFLINE_COMMANDS:
-        _offline_env()
-    from .rows import CalibDataError
-
-    try:
-        return int(a.func(a) or 0)
-    except CalibDataError as e:  # bad rows: the message names file, line and field; a traceback adds nothing
-        ap.exit(1, f"axolotl-calib {a.cmd}: error: {e}\n")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

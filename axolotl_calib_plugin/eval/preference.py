@@ -27,7 +27,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from .rows import CalibDataError, _kind, raise_row_errors, read_records, require_field, require_text
+from ..encoding import encode_plain, first_difference, render_chat, show_tokens
+from ..rows import CalibDataError, describe_value, raise_row_errors, read_records, require_field, require_text
 
 __all__ = ["PAIRS_FILE", "REPORT_JSON", "REPORT_MD", "PreferencePair", "encode_pairs", "expected_reward",
            "preference_metrics", "read_pairs", "render_markdown", "score_preferences", "win_rate"]
@@ -97,11 +98,12 @@ def _messages(value: Any, field: str) -> list[dict]:
     if hasattr(value, "tolist") and not isinstance(value, list):  # numpy arrays from a parquet column
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
-        raise CalibDataError(f"field {field!r} must be a non-empty list of chat messages, got {_kind(value)}")
+        raise CalibDataError(f"field {field!r} must be a non-empty list of chat messages, got {describe_value(value)}")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise CalibDataError(f"field {field!r} message {i} must be {{'role': str, 'content': str}}, got {_kind(m)}")
+            raise CalibDataError(f"field {field!r} message {i} must be {{'role': str, 'content': str}}, "
+                                 f"got {describe_value(m)}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -125,8 +127,8 @@ def parse_pair(row: Any, where: str, chat: bool) -> PreferencePair:
         prompt = require_text(row, "prompt")
         chosen, rejected = require_text(row, "chosen"), require_text(row, "rejected")
     elif isinstance(chosen, str) or isinstance(rejected, str):
-        raise CalibDataError(f"'chosen' is {_kind(chosen)} but 'rejected' is {_kind(rejected)}; both must be "
-                             "strings, or both chat message lists")
+        raise CalibDataError(f"'chosen' is {describe_value(chosen)} but 'rejected' is {describe_value(rejected)}; "
+                             "both must be strings, or both chat message lists")
     else:
         if not chat:
             raise CalibDataError("'chosen' and 'rejected' are chat message lists: pass --apply-chat-template (the "
@@ -164,18 +166,16 @@ def read_pairs(paths: Sequence[str], chat: bool = False) -> list[PreferencePair]
 # ------------------------------------------------------------------------------------------- tokens
 def _continuation(tokenizer, prompt_ids: list[int], full_ids: list[int], chat: bool) -> list[int] | str:
     """The response tokens (``full_ids`` after ``prompt_ids``), or why there are none."""
-    from .train.mcq import _show
-
     n = len(prompt_ids)
     if full_ids[:n] != prompt_ids:
-        i = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(n, len(full_ids)))
+        i = first_difference(prompt_ids, full_ids)
         fix = ("the chat template renders the earlier turns differently once the response is there (e.g. it drops "
                "reasoning blocks); use a template that keeps them, or drop --apply-chat-template" if chat else
                "the prompt's last characters merge with the response's first into one token; end the prompt with a "
                "separator (space, newline) the tokenizer keeps apart, or use --apply-chat-template")
         return (f"prompt+response does not tokenize to the prompt's tokens followed by the response's (first "
-                f"difference at token {i}: prompt {_show(tokenizer, prompt_ids[i:i + 3])}, prompt+response "
-                f"{_show(tokenizer, full_ids[i:i + 3])}), so the response's tokens are undefined: {fix}")
+                f"difference at token {i}: prompt {show_tokens(tokenizer, prompt_ids[i:i + 3])}, prompt+response "
+                f"{show_tokens(tokenizer, full_ids[i:i + 3])}), so the response's tokens are undefined: {fix}")
     if len(full_ids) <= n:
         return "the response adds no token after the prompt"
     return full_ids[n:]
@@ -188,17 +188,15 @@ def _encode_responses(tokenizer, prompt, responses: Sequence[str], chat: bool, e
     Plain: the prompt with the tokenizer's special tokens (BOS) and prompt + response (+ EOS), the text
     joined as given (as TRL's DPO does; put any separator in the data). Chat: the tokenizer's template, the
     prompt turns with the generation prompt, and the whole conversation (the end-of-turn tokens count)."""
-    from .train.mcq import _encode_plain, _render_chat
-
     if chat:
         turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        prompt_ids = _render_chat(tokenizer, tokenizer.chat_template, turns, True, None)
-        fulls = [_render_chat(tokenizer, tokenizer.chat_template, turns + [{"role": "assistant", "content": y}],
+        prompt_ids = render_chat(tokenizer, tokenizer.chat_template, turns, True, None)
+        fulls = [render_chat(tokenizer, tokenizer.chat_template, turns + [{"role": "assistant", "content": y}],
                               False, None) for y in responses]
     else:
         tail = [] if not eos or tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-        prompt_ids = _encode_plain(tokenizer, prompt)
-        fulls = [_encode_plain(tokenizer, prompt + y) + tail for y in responses]
+        prompt_ids = encode_plain(tokenizer, prompt)
+        fulls = [encode_plain(tokenizer, prompt + y) + tail for y in responses]
     return prompt_ids, [_continuation(tokenizer, prompt_ids, full, chat) for full in fulls]
 
 
