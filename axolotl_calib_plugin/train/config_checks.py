@@ -16,8 +16,17 @@ from typing import Any, Mapping
 
 __all__ = [
     "DATASET_TYPE",
+    "DEFAULT_BIN_ACCURACY",
+    "MODE_PRESETS",
     "PLUGIN_NAME",
+    "SCOPE_TO_TRAIN_ON_INPUTS",
+    "check_eval_report",
+    "check_first_estep",
+    "check_heldout_prior",
+    "check_heldout_source",
+    "check_incompatible",
     "check_listed_config",
+    "check_local_data_files",
     "check_plugin_registered",
     "check_unknown_keys",
     "config_value",
@@ -76,7 +85,7 @@ def check_plugin_registered(cfg: Mapping) -> None:
     ``calib_*`` key and trained plain SFT.
     """
     if not is_plugin_listed(cfg.get("plugins")):
-        dropped = raw_calib_keys(cfg)
+        dropped = _raw_calib_keys(cfg)
         msg = (
             f"dataset type {DATASET_TYPE} needs the calibration plugin, but `plugins:` does not list it "
             f"(plugins: {cfg.get('plugins')})."
@@ -98,7 +107,7 @@ def check_plugin_registered(cfg: Mapping) -> None:
         )
 
 
-def raw_calib_keys(cfg: Mapping) -> list[str]:
+def _raw_calib_keys(cfg: Mapping) -> list[str]:
     """calib_* keys of the raw YAML (Axolotl drops them from the validated cfg without the plugin)."""
     keys = [k for k in cfg if isinstance(k, str) and k.startswith("calib")]
     path = cfg.get("axolotl_config_path")
@@ -262,7 +271,7 @@ def check_first_estep(data: dict) -> None:
             return  # not a number: the field's own check names the key
     if fraction is None or isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction >= 1:
         return
-    wants = heldout_settings(data)
+    wants = _heldout_settings(data)
     if wants:
         raise ValueError(
             f"calib_first_estep_fraction: {fraction} gives the prompts the first E-step leaves out live targets from the "
@@ -272,7 +281,7 @@ def check_first_estep(data: dict) -> None:
         )
 
 
-def heldout_settings(data: dict) -> list[str]:
+def _heldout_settings(data: dict) -> list[str]:
     """``"key: value"`` of each setting in ``data`` that makes the M-step read held-out rows (calib_bin_accuracy not
     train, calib_targets not bin); empty when the targets come from training rows only."""
     return [f"{k}: {data.get(k)}" for k, plain in (("calib_bin_accuracy", "train"), ("calib_targets", "bin"))
@@ -281,7 +290,7 @@ def heldout_settings(data: dict) -> list[str]:
 
 def check_heldout_source(data: dict) -> None:
     """calib_bin_accuracy: heldout and calib_targets: temperature read the eval split: refuse a config without one."""
-    wants = heldout_settings(data)
+    wants = _heldout_settings(data)
     if not wants:
         return
     has_val, calib_tests, test_sets = _eval_split(data)
@@ -305,7 +314,7 @@ def check_heldout_prior(data: dict) -> None:
     and calib_targets bin every q comes from training rows and the prior changes nothing."""
     import logging
 
-    if heldout_settings(data):
+    if _heldout_settings(data):
         return
     unused = [k for k in ("calib_heldout_prior", "calib_target_fraction") if data.get(k) is not None]
     if unused:

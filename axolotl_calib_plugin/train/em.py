@@ -33,13 +33,22 @@ from .. import metrics
 
 __all__ = [
     "BIN_ACCURACY_SOURCES",
-    "BinStatistics",
-    "TARGET_KINDS",
+    "COVERAGE_EXTRA",
+    "FALLBACK_EXTRA",
+    "HELDOUT_KS_EXTRA",
     "NONMAX_SPLITS",
+    "TARGET_KINDS",
+    "TRAIN_KS_EXTRA",
+    "BinStatistics",
     "assign_bins",
     "bin_statistics",
     "build_targets",
     "em_step",
+    "fit_heldout_temperature",
+    "fit_heldout_temperature_result",
+    "heldout_bin_accuracy",
+    "option_log_probs",
+    "temperature_targets",
 ]
 
 NONMAX_SPLITS = ("proportional", "uniform", "reference")

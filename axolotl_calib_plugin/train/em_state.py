@@ -27,7 +27,7 @@ from .em import (
     em_step,
 )
 
-__all__ = ["CalibStateError", "EMState", "STATE_FILE"]
+__all__ = ["LIVE_COUNT", "LIVE_HITS", "LIVE_WINDOW", "RULE_EXTRA", "STATE_FILE", "CalibStateError", "EMState"]
 
 STATE_FILE = "calib_state.pt"
 #: ``EMState.extra`` key: the M-step rule of the refresh (split, target kind), which :meth:`EMState.fill_live` reuses
