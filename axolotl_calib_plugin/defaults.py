@@ -1,7 +1,7 @@
 """The one home of the defaults that several commands share, so they cannot drift apart: the paper's pair of
 evaluation tasks (the table's in- and out-of-domain columns, Sec. 6.1) and the rows ``axolotl-calib reproduce``
 builds. Imports nothing: the CLI's parser, :mod:`axolotl_calib_plugin.reproduce` and
-:mod:`axolotl_calib_plugin.eval.compare` read these names.
+:mod:`axolotl_calib_plugin.eval.table` read these names.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ class StepFailed(RuntimeError):
 #: source files that cannot change a trained model or an evaluation dump: the CLI's text, plots, and the summaries
 #: that are recomputed from the dumps on every invocation (tables, statistics, the studies' reports)
 #: (a folder: every file in it)
-_RESULT_NEUTRAL = ("cli", os.path.join("eval", "plots.py"), os.path.join("eval", "compare.py"),
-                   os.path.join("demo", "report.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
+_RESULT_NEUTRAL = ("cli", os.path.join("eval", "plots.py"), os.path.join("eval", "table.py"),
+                   os.path.join("demo", "seed_results.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
                    os.path.join("demo", "analysis.py"), os.path.join("demo", "studies"))
 _PKG = os.path.dirname(os.path.abspath(__file__))
 

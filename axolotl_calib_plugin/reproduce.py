@@ -353,7 +353,7 @@ def run_config(run: Run, base: Mapping, model: str, data: Sequence[Mapping], out
                device: Optional[Mapping] = None) -> dict:
     """The base config (less the keys reproduce replaces) plus the device's lines, the calibration lines, the method's
     lines and this run's model, data and folders."""
-    from .train.args import is_plugin_listed
+    from .train.config_checks import is_plugin_listed
 
     cfg = {k: v for k, v in base.items() if k not in _METHOD_KEYS and k not in REPLACED_EVAL_KEYS}
     cfg.update(device or {})
@@ -531,7 +531,7 @@ def temperature_scale(start_eval: str, ts_dir: str, fraction: float, seed: int, 
 def write_table(rows: Sequence[tuple[str, str]], spec: EvalSpec, table_dir: str, plot_format: str = "png") -> dict:
     """What ``axolotl-calib table --run ... --output-dir TABLE`` writes (calibration_table.{json,md}, one comparison
     diagram per column); returns the table."""
-    from .eval.compare import build_table, plot_runs, render_markdown, write_json
+    from .eval.table import build_table, plot_runs, render_markdown, write_json
 
     table = build_table(rows, spec.in_task, spec.out_task)
     md = render_markdown(table)
@@ -739,7 +739,7 @@ def _seed_summary(tables: Mapping[str, dict]) -> str:
     """Mean ± sample standard deviation over seeds of every cell (rows by name)."""
     import numpy as np
 
-    from .eval.compare import COLUMNS
+    from .eval.table import COLUMNS
 
     names = list(dict.fromkeys(r["name"] for t in tables.values() for r in t["rows"]))
     lines = [f"Mean ± sd over {len(tables)} seeds ({', '.join(tables)}):", "",

@@ -172,7 +172,7 @@ def heldout_report(s: Setup, reps: int, epoch_times: list) -> dict:
     the M-step alone with training-row bins, held-out bins and temperature targets (held-out rows = a quarter of the
     training rows' count, their probabilities given), and the forward over the held-out rows that a refresh runs when
     no evaluation at the same step left them (with ``eval_strategy: epoch`` only the first refresh does)."""
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
     from axolotl_calib_plugin.train.estep import run_estep
 
     s.model.eval()

@@ -159,7 +159,7 @@ def reference_calibration_loss(probs, bin_acc, bin_count, n_bins: int = 10, skip
 
 # ----------------------------------------------------------------------------- (a) the loss term
 def loss_term_section(args, results) -> bool:
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
     from axolotl_calib_plugin.train.head import option_logits
     from axolotl_calib_plugin.train.loss import ece_loss, option_probs
 

@@ -275,7 +275,7 @@ def build(args) -> Setup:
 def em_refresh(s: Setup):
     """One EM refresh as ``EMRefreshCallback.refresh_now`` does it (minus logging)."""
     from axolotl_calib_plugin.train.estep import run_estep
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     was_training = s.model.training
     s.model.eval()

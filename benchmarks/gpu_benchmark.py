@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
     from axolotl_calib_plugin.train.estep import run_estep
     from axolotl_calib_plugin.train.online import OnlineRecord
 

@@ -318,7 +318,7 @@ def cmd_temperature(a) -> int:
 
 
 def cmd_table(a) -> int:
-    from ..eval.compare import build_table, plot_runs, render_markdown, write_json
+    from ..eval.table import build_table, plot_runs, render_markdown, write_json
 
     try:
         table = build_table(a.runs, a.in_task, a.out_task, allow_different_prompts=a.allow_different_prompts)

@@ -15,6 +15,11 @@ Every training step is a real ``python -m axolotl.cli.train <DIR>/configs/<name>
 (:mod:`axolotl_calib_plugin.demo.evaluate`). A run whose model exists and whose config is unchanged is
 reused, so a killed run resumes where it stopped. Outputs: ``results.json``, ``results.md``, reliability
 PNGs, the data (``data/``), the configs, the models (``models/``) and per-question eval dumps (``eval/``).
+
+One module of ~500 lines, on purpose: it is the seed's plan and its one run, in order -- settings and plan, the
+runs they imply, training (subprocesses, reuse), evaluation, analysis and the results files -- and the pieces share
+the seed's paths and settings objects. The steps that stand alone already live beside it (``configs``, ``evaluate``,
+``analysis``, ``seed_results``, ``orchestrate``); what is left is the sequence itself, which reads best in one place.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .. import orchestrate
 from ..offline import OFFLINE_ENV
 from ..orchestrate import StepFailed  # noqa: F401 - the demo's error type (cli, study)
 from ..rows import read_jsonl
-from . import analysis, configs, report
+from . import analysis, configs, seed_results
 from .world import generate, make_world, preference_domain_for
 
 
@@ -470,11 +475,11 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
         "true_pref": rows["oracle"]["pairs"]["true_pref"],
         "rows": rows,
     }
-    results["checks"] = report.checks(rows)
+    results["checks"] = seed_results.checks(rows)
     if plots:
-        results["meta"]["plots"] = [os.path.basename(x) for x in report.plot_seed(probs, out)]
+        results["meta"]["plots"] = [os.path.basename(x) for x in seed_results.plot_seed(probs, out)]
     results["meta"]["wall_time_s"] = round(time.time() - t_start, 1)
-    report.write_outputs(results, out)
+    seed_results.write_outputs(results, out)
     return results
 
 
@@ -486,7 +491,7 @@ def run_demo(out: str, fast: bool = False, seed: int = 0, reuse: bool = True, se
         s = replace(s, world=world)
     results = run_seed(out, seed, s, plan or (FAST_PLAN if fast else DEMO_PLAN), parallel=parallel, reuse=reuse)
     results["meta"]["fast"] = fast
-    report.write_outputs(results, out)
+    seed_results.write_outputs(results, out)
     return results
 
 
@@ -494,7 +499,7 @@ def print_summary(results: dict, out: str) -> None:
     print()
     print(f"Results (seed {results['meta']['seed']}, {results['meta']['world']} world, "
           f"{results['meta']['wall_time_s']:.0f} s):")
-    print(report.render_text(results))
+    print(seed_results.render_text(results))
     print("\npref ratio (true) = mean pi(y_m)/(pi(y_m)+pi(y_o)) of the answer the model prefers in held-out pairs "
           "(true probability that it is preferred); ratio > true = preference collapse")
     for arm in ARMS:

@@ -16,7 +16,7 @@ import gc
 from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel
 
-from ..train.args import is_plugin_listed
+from ..train.config_checks import is_plugin_listed
 
 
 class DemoSupportArgs(BaseModel):

@@ -68,7 +68,7 @@ def question_hash(doc: Mapping) -> str | None:
     """The identity of a question across runs: a SHA-256 of its text, options and gold index as the task's
     document holds them. Unlike lm-eval's ``doc_hash`` it leaves out what says how the question was *asked*
     (option letters, source file name, row id), so two runs that asked the same question differently pair up
-    and their differing prompts are named (:func:`axolotl_calib_plugin.eval.compare.build_table`) instead of
+    and their differing prompts are named (:func:`axolotl_calib_plugin.eval.table.build_table`) instead of
     looking like other questions. ``None`` for a document without those fields."""
     if not isinstance(doc, Mapping) or not all(k in doc for k in ("question", "choices", "gold")):
         return None

@@ -287,7 +287,7 @@ def temperature_report(res: dict, output_dir: str | None = None, plot_format: st
     import json
     import os
 
-    from .compare import metrics_of_items
+    from .table import metrics_of_items
     from .samples import sample_record, samples_task, stack_items
 
     t, f = res["temperature"], res["fit"]

@@ -5,7 +5,7 @@ every N optimizer steps (``calib_refresh: N``; also once before the first step).
 
 A refresh runs the E-step (:func:`~axolotl_calib_plugin.train.estep.run_estep`: every training sample's
 option probabilities under the current model, identical on every rank), then the M-step
-(:meth:`~axolotl_calib_plugin.train.em.EMState.from_estep`: bins, per-bin accuracy, targets), and stores the
+(:meth:`~axolotl_calib_plugin.train.em_state.EMState.from_estep`: bins, per-bin accuracy, targets), and stores the
 result in the run's :class:`~axolotl_calib_plugin.train.context.CalibrationContext`, where the trainer's loss
 reads it.
 
@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..row_settings import SETTINGS_FILE, training_settings
 from .context import CalibrationContext
 from .distributed import all_reduce_sum, dist_info
-from .em import STATE_FILE, EMState
+from .em_state import STATE_FILE, EMState
 from .estep import EStepData, eval_split_data, first_estep_entries, trainer_estep_probs
 from .head import install_head_capture, remove_head_capture
 from .online import TABLE_IDS
@@ -214,7 +214,7 @@ class EMRefreshCallback(TrainerCallback):
         TensorBoard / W&B as ``calib/bins`` (PNG in ``output_dir/calib_refresh/``); main process, only when
         such a logger is on. Replaces a dozen scalars per bin."""
         from ..eval.plots import plot_bins, stats_view
-        from .heldout import has_image_logger, log_figure
+        from .eval_calibration import has_image_logger, log_figure
 
         callbacks = getattr(getattr(self.trainer, "callback_handler", None), "callbacks", ())  # () in script use
         out_dir = getattr(self.trainer.args, "output_dir", None)

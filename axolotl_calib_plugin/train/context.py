@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
 from .args import CalibrationArgs
-from .em import EMState
+from .em_state import EMState
 from .online import OnlineRecord
 
 __all__ = ["CalibrationContext"]
@@ -64,13 +64,13 @@ class CalibrationContext:
     def target_ids(self, eval_dataset=None):
         """Sorted sample ids (int64 numpy array) of the eval prompts that set the targets, or None when the M-step
         reads no held-out rows (then every eval row is a report row). The split is
-        :func:`~axolotl_calib_plugin.train.heldout.target_sample_ids` of the pooled eval split with
+        :func:`~axolotl_calib_plugin.train.eval_calibration.target_sample_ids` of the pooled eval split with
         ``calib_target_fraction``; computed on first use and kept (the eval split does not change during a run)."""
         if not self.needs_heldout(eval_dataset):
             return None
         if self._target_ids is None:
             from .estep import eval_split_data
-            from .heldout import target_sample_ids
+            from .eval_calibration import target_sample_ids
 
             self._target_ids = target_sample_ids(eval_split_data(eval_dataset).sample_id,
                                                  self.settings.calib_target_fraction)

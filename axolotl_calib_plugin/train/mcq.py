@@ -32,7 +32,8 @@ import hashlib
 import logging
 from typing import Any, Mapping, Sequence
 
-from .args import CalibrationArgs, check_plugin_registered, is_calib_dataset_type
+from .args import CalibrationArgs
+from .config_checks import check_plugin_registered, is_calib_dataset_type
 from .columns import CALIB_COLUMNS, IGNORE_INDEX
 from ..encoding import alignment_problem, encode_mcq, letter_token_id, show_tokens
 from ..prompts import format_mcq_prompt
@@ -192,7 +193,7 @@ class MCQStrategy:
                 "into one token for this tokenizer"
             )
         # No truncation here: a row longer than sequence_len is dropped whole by Axolotl later
-        # (excess_length_strategy: drop), marker included; `truncate` is rejected in args.py.
+        # (excess_length_strategy: drop), marker included; `truncate` is rejected in config_checks.py.
         n = len(full_ids)
         labels = list(full_ids) if self.train_on_inputs else [IGNORE_INDEX] * (t_star + 1) + full_ids[t_star + 1:]
         out = {

@@ -10,7 +10,7 @@ epoch l): the probabilities come from the model as it was when each sample's bat
 during the epoch), in train mode (dropout on, if the model has any), and samples not seen since the last
 refresh keep their previous target. The first refresh, before any training step, has no record to read: it runs
 a forward over ``calib_first_estep_fraction`` of the prompts (10 % by default with training-row bins; the others get
-live targets in epoch 0, see :meth:`~axolotl_calib_plugin.train.em.EMState.fill_live`), so such an online run never
+live targets in epoch 0, see :meth:`~axolotl_calib_plugin.train.em_state.EMState.fill_live`), so such an online run never
 pays a full pass.
 
 Nothing here syncs the host per step: :meth:`record` appends device tensors; :meth:`collect` moves them

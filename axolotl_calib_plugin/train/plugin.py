@@ -5,7 +5,7 @@ datasets. What each hook contributes:
 
 * ``register`` (the raw config, before Axolotl validates it): the plugin listed once, and on a machine without
   CUDA Axolotl's GPU-only fused LoRA kernels off (:func:`lora_kernels_off_without_cuda`);
-* ``get_input_args``: the ``calib_*`` keys and their checks (:mod:`.args`);
+* ``get_input_args``: the ``calib_*`` keys (:mod:`.args`; their whole-config checks in :mod:`.config_checks`);
 * ``get_trainer_cls``: :class:`~axolotl_calib_plugin.train.trainer.AxolotlCalibTrainer` (SFT + lambda * ECE);
 * ``get_collator_cls_and_kwargs``: collators that pad the per-token ``calib_*`` columns, packing included
   (:mod:`.collator`);
@@ -31,7 +31,7 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from .args import CalibrationArgs as CalibrationArgs
-from .args import is_plugin_listed
+from .config_checks import is_plugin_listed
 
 LOG = get_logger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .em import STATE_FILE, EMState
+from .em_state import STATE_FILE, EMState
 from .estep import EStepData
 
 #: settings that change a tokenized training row (prompt, answer position, gold).

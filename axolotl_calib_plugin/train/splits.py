@@ -3,7 +3,7 @@
 * The eval split has rows at all: Axolotl drops rows longer than ``sequence_len`` from ``test_datasets`` too, and
   an eval split left empty would fail later with a message that does not say why (:func:`check_eval_rows_left`).
 * Held-out means never fitted: with a held-out M-step the eval prompts split into target and report rows
-  (:func:`~axolotl_calib_plugin.train.heldout.target_sample_ids`); a half with few rows gets a warning.
+  (:func:`~axolotl_calib_plugin.train.eval_calibration.target_sample_ids`); a half with few rows gets a warning.
 * Overlap by sample id (:func:`check_overlap`): a prompt of the eval split (or of ``calib_eval_data_files``, the
   report's file) that is also a training prompt is not held out. Any overlap is a warning naming the files and the
   count; an eval split whose EVERY prompt is a training prompt is refused when the M-step reads it (its "held-out"
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .args import _get, is_calib_dataset_type
+from .config_checks import config_value, is_calib_dataset_type
 
 LOG = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ def file_names(cfg: Mapping, key: str) -> list[str]:
     """The ``path`` of every calibration-type entry of ``cfg[key]`` (``datasets`` / ``test_datasets``)."""
     out = []
     for ds in cfg.get(key) or []:
-        if is_calib_dataset_type(_get(ds, "type")):
-            out.append(str(_get(ds, "path")) + (f" [split {_get(ds, 'split')}]" if _get(ds, "split") else ""))
+        if is_calib_dataset_type(config_value(ds, "type")):
+            split = config_value(ds, "split")
+            out.append(str(config_value(ds, "path")) + (f" [split {split}]" if split else ""))
     return out
 
 
@@ -60,7 +61,7 @@ def check_eval_rows_left(cfg: Mapping, tokenizer, eval_dataset) -> None:
     from .mcq import _length_census
 
     tests = [(i, ds if isinstance(ds, Mapping) else ds.model_dump())
-             for i, ds in enumerate(cfg.get("test_datasets") or []) if is_calib_dataset_type(_get(ds, "type"))]
+             for i, ds in enumerate(cfg.get("test_datasets") or []) if is_calib_dataset_type(config_value(ds, "type"))]
     if not tests or _pooled_eval_ids(eval_dataset).size:
         return
     seq_len = cfg.get("sequence_len")
@@ -145,7 +146,7 @@ def check_overlap(cfg: Mapping, train_ids: np.ndarray, eval_ids: np.ndarray, hel
 
 def check_eval_split(cfg: Mapping[str, Any], tokenizer, trainer, calib) -> None:
     """Every check of this module on the finished trainer (the plugin's ``add_callbacks_post_trainer``)."""
-    from .heldout import FEW_SPLIT_ROWS
+    from .eval_calibration import FEW_SPLIT_ROWS
 
     check_eval_rows_left(cfg, tokenizer, trainer.eval_dataset)
     train_ids = _answer_ids(trainer.train_dataset)

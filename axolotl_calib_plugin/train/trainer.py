@@ -7,7 +7,7 @@ total = L_SFT + calib_lambda * L_ECE, from ONE forward pass:
   for CFT, prompt + answer for RCFT.
 * L_ECE compares, at every answer position (``calib_sample_id >= 0``; several per row when
   packed), the model's softmax over the K option letters with the fixed target of that sample
-  from the current :class:`~axolotl_calib_plugin.train.em.EMState` (set by the EM-refresh callback).
+  from the current :class:`~axolotl_calib_plugin.train.em_state.EMState` (set by the EM-refresh callback).
   The option logits come from ``hidden_states[-1]`` times the K letter rows of the output head
   (:func:`~axolotl_calib_plugin.train.head.option_logits`), so no extra forward and no full-vocabulary
   logits are needed.
@@ -31,7 +31,7 @@ from axolotl.utils.logging import get_logger
 from .columns import CALIB_COLUMNS, answer_positions
 from .context import CalibrationContext
 from .distributed import dist_info
-from .heldout import calibration_values, held_out_rows
+from .eval_calibration import calibration_values, held_out_rows
 from .head import captured_option_logits, option_logits
 from .loss import check_finite, ece_loss, option_probs
 
@@ -273,7 +273,7 @@ class AxolotlCalibTrainer(AxolotlTrainer):
         if dataset is None or "calib_sample_id" not in getattr(dataset, "column_names", ()):
             return ids, gold, k, probs
         from .estep import EStepData, trainer_estep_probs
-        from .heldout import missing_entries
+        from .eval_calibration import missing_entries
 
         data = EStepData(dataset)
         missing = missing_entries(data, ids, gold)
@@ -295,7 +295,7 @@ class AxolotlCalibTrainer(AxolotlTrainer):
 
     def _calib_eval_plot(self, probs, labels, num_options, prefix: str) -> None:
         """Reliability diagram of this evaluation: a PNG in output_dir and an image in TensorBoard / W&B."""
-        from .heldout import log_figure
+        from .eval_calibration import log_figure
         from ..eval.plots import plot_reliability
 
         step = self.state.global_step

@@ -30,7 +30,7 @@ def _free_port() -> str:
 
 
 def _states(dump_dir):
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     return {f: EMState.load(os.path.join(dump_dir, f)) for f in sorted(os.listdir(dump_dir))}
 
@@ -115,7 +115,7 @@ def test_two_process_live_statistics_identical_on_ranks(tmp_path, tiny_cfg, mcq_
     ranks the two ranks' statistics (hence their live targets) drift apart; with it they are identical after every
     step, and they moved from what the first E-step measured."""
     from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
-    from axolotl_calib_plugin.train.em import LIVE_COUNT, LIVE_HITS, LIVE_WINDOW
+    from axolotl_calib_plugin.train.em_state import LIVE_COUNT, LIVE_HITS, LIVE_WINDOW
 
     data = mcq_rows(9, num_options=(4, 3, 5, 2), seed=6)
     cfg = tiny_cfg(datasets=[{"path": str(data), "type": "axolotl_calib_plugin.mcq"}], calib_mode="cft",

@@ -83,7 +83,7 @@ def _free_port() -> str:
 
 
 def _em_state(out, settings):
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     return EMState.from_estep(out["sample_ids"], out["probs"], out["labels"], out["num_options"],
                               n_bins=settings.calib_bins, split=settings.calib_nonmax_split)
@@ -275,7 +275,7 @@ def _same_state(a, b) -> bool:
 
 
 def test_fsdp2_two_processes_option_logits_gradients_estep_and_resume(tmp_path):
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
     from axolotl_calib_plugin.train.estep import EStepData, run_estep
 
     # the 1-process reference E-step (this process: no process group)
@@ -356,7 +356,7 @@ def test_axolotl_cli_fsdp2_trains_checkpoints_and_resumes(tmp_path, tiny_cfg, mc
     import shutil
 
     from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
     from helpers import log_history, loss_logs, refresh_logs, run_train
 
     data = mcq_rows(N_SAMPLES, num_options=(4, 3, 5, 2), seed=6)

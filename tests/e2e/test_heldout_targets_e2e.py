@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from axolotl_calib_plugin.train import em
+from axolotl_calib_plugin.train import em, em_state
 from axolotl_calib_plugin.train.em import temperature_targets
-from axolotl_calib_plugin.train.heldout import target_sample_ids
+from axolotl_calib_plugin.train.eval_calibration import target_sample_ids
 from helpers import expected_targets, hand_estep, log_history, prepared_train_dataset, run_train
 
 
@@ -63,7 +63,7 @@ def test_heldout_bins_in_a_real_run_equal_a_hand_forward(tmp_path, tiny_cfg, tin
     assert np.allclose(got_q, want_q, atol=1e-5, equal_nan=True)
     # the targets saved after epoch 1 were built from that q
     steps_per_epoch = math.ceil((n - n_val) / cfg.micro_batch_size)
-    state = em.EMState.load(os.path.join(cfg.output_dir, f"checkpoint-{steps_per_epoch}"))
+    state = em_state.EMState.load(os.path.join(cfg.output_dir, f"checkpoint-{steps_per_epoch}"))
     _, _, ids, _ = hand_estep(tiny_model_dir, train_rows, cfg)
     want = expected_targets(p_tr, torch.from_numpy(want_q), k_tr, 10)
     w = state.targets.shape[1]
@@ -77,7 +77,7 @@ def test_heldout_bins_in_a_real_run_equal_a_hand_forward(tmp_path, tiny_cfg, tin
     acc_h = sum(b["heldout_count"] * (b["heldout_acc"] or 0.0) for b in held2) / n_h
     assert n_h == ev["eval_calib_fit/n"] == 3 and acc_h == pytest.approx(ev["eval_calib_fit/acc"], abs=2e-6)
     assert ev["eval_calib/n"] == 3
-    final = em.EMState.load(cfg.output_dir)
+    final = em_state.EMState.load(cfg.output_dir)
     read = set(final.extra["heldout_golds_ids"].tolist())
     assert read == set(target.tolist()) and not read & set(eval_ids[~is_target].tolist())
 
@@ -100,7 +100,7 @@ def test_temperature_targets_in_a_real_run_equal_softmax_of_hand_probs(tmp_path,
     want_t = fit_temperature(em.option_log_probs(p_h, k_h), y_h)
     logged = [h for h in log_history(cfg.output_dir) if "calib/heldout_temperature" in h][0]
     assert logged["calib/heldout_temperature"] == pytest.approx(want_t, rel=1e-3)
-    state = em.EMState.load(cfg.output_dir)
+    state = em_state.EMState.load(cfg.output_dir)
     want = temperature_targets(p_tr, float(state.extra["temperature"]), k_tr).float()
     w = state.targets.shape[1]
     assert torch.all(want[:, w:] == 0)

@@ -47,7 +47,7 @@ def twin_runs(tmp_path_factory, tiny_model_dir):
 def test_same_seed_gives_identical_logs_bins_and_targets_with_lora(twin_runs):
     """torch seeds its generator randomly per process and Axolotl seeds only after the adapter exists: the
     plugin seeds before the model loads, so two LoRA runs with one seed are identical (logs, bins and targets)."""
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     ha, hb = log_history(twin_runs.full.output_dir), log_history(twin_runs.again.output_dir)
     a = EMState.load(os.path.join(twin_runs.full.output_dir, "calib_state.pt"))
@@ -65,7 +65,7 @@ def test_same_seed_gives_identical_logs_bins_and_targets_with_lora(twin_runs):
 
 
 def test_resume_mid_epoch_restores_em_state_and_matches_uninterrupted_run(tmp_path, tiny_cfg, twin_runs):
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     full, common = twin_runs.full, twin_runs.common
     full_hist = log_history(full.output_dir)
@@ -139,7 +139,7 @@ def test_online_estep_resume_mid_interval_restores_the_record(tmp_path, tiny_cfg
     the checkpoint and the resumed run's q_m equal the uninterrupted run's."""
     import json
 
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     data = mcq_rows(12, num_options=(4, 3, 2), seed=5)
     # held-out questions the model never trains on (rows 12..17: other questions than the training rows 0..11)

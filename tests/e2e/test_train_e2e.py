@@ -44,7 +44,7 @@ def cft_run(tmp_path_factory, tiny_model_dir):
 
 # ---------------------------------------------------------------------- tests
 def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(cft_run, tiny_model_dir):
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     n_bins = 5
     cfg, out = cft_run
@@ -92,7 +92,7 @@ def test_rcft_run_with_sample_packing_and_lora_on_lm_head(tmp_path, tiny_cfg, ti
     E-step and learning rate 0 the second refresh, built from the PACKED training forwards without a
     forward of its own, must reproduce the first (exact) one."""
     from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     n_bins = 4
     cfg = tiny_cfg(

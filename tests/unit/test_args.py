@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from axolotl_calib_plugin.train.args import CalibrationArgs, is_plugin_listed
+from axolotl_calib_plugin.train.args import CalibrationArgs
+from axolotl_calib_plugin.train.config_checks import is_plugin_listed
 
 
 def _error(validate_cfg, cfg) -> str:

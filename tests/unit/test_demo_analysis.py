@@ -7,7 +7,7 @@ import numpy as np
 from axolotl_calib_plugin import metrics
 from scipy.special import softmax
 
-from axolotl_calib_plugin.demo import analysis, report
+from axolotl_calib_plugin.demo import analysis, seed_results
 
 
 def _data(n=2000, seed=0):
@@ -49,15 +49,15 @@ def test_table_renders_every_row_in_arm_order_with_checks():
     rows["aligned"]["in"]["conf_ece"] = 0.3
     rows["aligned.ts"]["temperature"] = 1.7
     settings = {"n_eval_in": 10, "n_eval_out": 10, "n_ts": 5}
-    res = {"rows": rows, "true_pref": 0.7, "checks": report.checks(rows),
+    res = {"rows": rows, "true_pref": 0.7, "checks": seed_results.checks(rows),
            "meta": {"seed": 0, "world": "topic", "wall_time_s": 1.0, "settings": settings}}
-    assert report.ordered_keys(rows) == ["oracle", "base", "aligned", "aligned.ts", "aligned.ls", "aligned.cft_lam0",
-                                         "aligned.cft", "aligned.cft_online", "aligned.rcft", "overfit", "overfit.cft",
-                                         "overfit.rcft"]
-    txt = report.render_text(res)
-    md = report.markdown_report(res)
+    assert seed_results.ordered_keys(rows) == [
+        "oracle", "base", "aligned", "aligned.ts", "aligned.ls", "aligned.cft_lam0", "aligned.cft", "aligned.cft_online",
+        "aligned.rcft", "overfit", "overfit.cft", "overfit.rcft"]
+    txt = seed_results.render_text(res)
+    md = seed_results.markdown_report(res)
     for k in keys:
-        assert report.row_label(k) in txt and report.row_label(k) in md
+        assert seed_results.row_label(k) in txt and seed_results.row_label(k) in md
     assert "+ SFT only (CFT, λ=0)" in txt and "+ CFT (online E-step)" in txt
     checks = {c["name"]: c["ok"] for c in res["checks"]}
     assert checks["alignment raises in-domain conf-ECE"] and checks["aligned: CFT cuts in-domain conf-ECE by >= half"]
@@ -65,7 +65,7 @@ def test_table_renders_every_row_in_arm_order_with_checks():
 
 
 def test_reuse_note_says_a_resumed_seed_reused_runs():
-    from axolotl_calib_plugin.demo.report import reuse_note
+    from axolotl_calib_plugin.demo.seed_results import reuse_note
 
     assert reuse_note({"runs": [{}, {}, {}], "reused_runs": []}) == ""
     assert reuse_note({"runs": [{}, {}, {}], "reused_runs": ["base", "aligned"], "train_seconds_total": 250.4}) == (

@@ -9,12 +9,12 @@ import torch
 
 from axolotl_calib_plugin import metrics
 from axolotl_calib_plugin.train.em import (
-    EMState,
     assign_bins,
     bin_statistics,
     build_targets,
     em_step,
 )
+from axolotl_calib_plugin.train.em_state import EMState
 
 NAN = float("nan")
 
@@ -201,7 +201,7 @@ def test_em_state_keeps_extra_and_reads_version_1_files(tmp_path):
     ("list", "expected a dict, found list"),
 ])
 def test_corrupted_state_file_names_the_file_and_the_remedy(tmp_path, damage, message):
-    from axolotl_calib_plugin.train.em import CalibStateError
+    from axolotl_calib_plugin.train.em_state import CalibStateError
 
     st, path = _saved_state(tmp_path)
     raw = path.read_bytes()

@@ -87,7 +87,7 @@ def _nan_rows(probs, measured):
 
 
 def test_em_step_uses_measured_rows_only_and_leaves_nan_targets():
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     probs = torch.tensor([[0.95, 0.05, 0.0], [0.7, 0.2, 0.1], [0.1, 0.85, 0.05], [0.6, 0.4, 0.0], [0.5, 0.3, 0.2]])
     labels = torch.tensor([0, 1, 1, 1, 0])
@@ -108,7 +108,7 @@ def test_em_step_uses_measured_rows_only_and_leaves_nan_targets():
 
 
 def test_fill_live_takes_q_from_running_statistics_and_updates_them_by_hand():
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     probs = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.8, 0.1, 0.1, 0.0], [0.3, 0.3, 0.4, 0.0], [0.65, 0.35, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 2, 1])
@@ -134,7 +134,7 @@ def test_fill_live_takes_q_from_running_statistics_and_updates_them_by_hand():
 
 
 def test_fill_live_forgets_in_proportion_to_the_window():
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     probs = torch.tensor([[0.9, 0.1]] * 8 + [[0.6, 0.4]] * 2)
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 0, 1])
@@ -152,7 +152,7 @@ def test_fill_live_forgets_in_proportion_to_the_window():
 _SYNC_SCRIPT = r"""
 import sys, torch, torch.distributed as dist
 from axolotl_calib_plugin.train.distributed import all_reduce_sum, dist_info
-from axolotl_calib_plugin.train.em import EMState
+from axolotl_calib_plugin.train.em_state import EMState
 dist.init_process_group("gloo")
 rank, world = dist_info()
 g = torch.Generator().manual_seed(0)
@@ -179,7 +179,7 @@ def test_sync_live_makes_the_statistics_every_ranks_as_in_one_process(tmp_path):
     import subprocess
     import sys
 
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     script = tmp_path / "sync.py"
     script.write_text(_SYNC_SCRIPT)
@@ -211,7 +211,7 @@ def test_sync_live_makes_the_statistics_every_ranks_as_in_one_process(tmp_path):
 
 
 def test_live_targets_are_refused_with_heldout_or_temperature_targets():
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     probs = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6]])
     held = (probs, torch.tensor([0, 1, 1]), torch.tensor([2, 2, 2]))
@@ -222,7 +222,7 @@ def test_live_targets_are_refused_with_heldout_or_temperature_targets():
 
 
 def test_state_with_live_rows_round_trips_and_a_partial_nan_row_is_refused(tmp_path):
-    from axolotl_calib_plugin.train.em import CalibStateError, EMState
+    from axolotl_calib_plugin.train.em_state import CalibStateError, EMState
 
     probs = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6]])
     st = EMState.from_estep(torch.arange(3), _nan_rows(probs, torch.tensor([1, 0, 1]).bool()), torch.tensor([0, 0, 1]),
@@ -251,7 +251,7 @@ def test_the_refresh_callback_syncs_live_statistics_after_every_step_only_when_d
     from types import SimpleNamespace
 
     from axolotl_calib_plugin.train import callbacks
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
 
     probs = torch.tensor([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
     labels = torch.tensor([0, 0, 0, 1, 0, 1])

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from axolotl_calib_plugin import metrics
-from axolotl_calib_plugin.train import em
-from axolotl_calib_plugin.train.heldout import TargetSplitError, missing_entries, target_sample_ids
+from axolotl_calib_plugin.train import em, em_state
+from axolotl_calib_plugin.train.eval_calibration import TargetSplitError, missing_entries, target_sample_ids
 from helpers import PLUGIN, make_mcq_rows
 
 LETTERS = list("ABCDE")
@@ -249,12 +249,12 @@ def test_temperature_targets_fall_back_to_heldout_bins_when_the_fit_hits_a_bound
     h_probs = torch.tensor([[0.8, 0.2], [0.35, 0.65], [0.7, 0.3], [0.2, 0.8]], dtype=torch.float64)
     h_labels = h_probs.argmax(1) if all_right else 1 - h_probs.argmax(1)
     k = torch.full((3,), 2)
-    st = em.EMState.from_estep(torch.tensor([5, 6, 7]), probs, torch.tensor([0, 1, 1]), k, 10,
+    st = em_state.EMState.from_estep(torch.tensor([5, 6, 7]), probs, torch.tensor([0, 1, 1]), k, 10,
                                heldout=(h_probs, h_labels, torch.full((4,), 2)), targets_kind="temperature", prior=2.0)
     assert st.extra["temperature_fallback"] == ("lower" if all_right else "upper")
     assert float(st.extra["temperature"]) == (0.01 if all_right else 100.0)
     # the targets are the held-out bin rule's (what calib_bin_accuracy: heldout + calib_targets: bin gives)
-    ref = em.EMState.from_estep(torch.tensor([5, 6, 7]), probs, torch.tensor([0, 1, 1]), k, 10,
+    ref = em_state.EMState.from_estep(torch.tensor([5, 6, 7]), probs, torch.tensor([0, 1, 1]), k, 10,
                                 heldout=(h_probs, h_labels, torch.full((4,), 2)), bin_accuracy="heldout", prior=2.0)
     torch.testing.assert_close(st.targets, ref.targets)
     assert not torch.allclose(st.targets, em.temperature_targets(probs, float(st.extra["temperature"])).float())
@@ -269,7 +269,7 @@ def test_training_and_heldout_rows_in_disjoint_bins_are_named():
     training row's bin holds a held-out row, so every q is a training-row accuracy although the log says held-out."""
     probs = torch.tensor([[0.9, 0.1, 0, 0, 0], [0.35, 0.65, 0, 0, 0]], dtype=torch.float64)
     h_probs = torch.tensor([[0.24, 0.19, 0.19, 0.19, 0.19], [0.2, 0.26, 0.18, 0.18, 0.18]], dtype=torch.float64)
-    st = em.EMState.from_estep(torch.tensor([1, 2]), probs, torch.tensor([0, 0]), torch.tensor([2, 2]), 10,
+    st = em_state.EMState.from_estep(torch.tensor([1, 2]), probs, torch.tensor([0, 0]), torch.tensor([2, 2]), 10,
                                heldout=(h_probs, torch.tensor([0, 0]), torch.tensor([5, 5])), bin_accuracy="heldout")
     assert float(st.extra["heldout_coverage"]) == 0.0 and st.summary()["calib/heldout_coverage"] == 0.0
     (msg,) = st.warnings()
@@ -277,7 +277,7 @@ def test_training_and_heldout_rows_in_disjoint_bins_are_named():
            "(bins [2])" in msg
     assert "the training rows have [2] options and the held-out rows [5]" in msg
     # an overlapping bin: half the training rows read a held-out q, no warning
-    st2 = em.EMState.from_estep(torch.tensor([1, 2]), probs, torch.tensor([0, 0]), torch.tensor([2, 2]), 10,
+    st2 = em_state.EMState.from_estep(torch.tensor([1, 2]), probs, torch.tensor([0, 0]), torch.tensor([2, 2]), 10,
                                 heldout=(probs[:1], torch.tensor([1]), torch.tensor([2])), bin_accuracy="heldout")
     assert float(st2.extra["heldout_coverage"]) == 0.5 and st2.warnings() == []
 
@@ -288,13 +288,13 @@ def test_training_and_heldout_rows_in_disjoint_bins_are_named():
     ({"calib_target_fraction": 0.3}, "calib_target_fraction set"),
 ])
 def test_heldout_keys_that_nothing_reads_are_named(tiny_cfg, validate_cfg, caplog, keys, said):
-    with caplog.at_level("WARNING", logger="axolotl_calib_plugin.train.args"):
+    with caplog.at_level("WARNING", logger="axolotl_calib_plugin.train.config_checks"):
         validate_cfg(tiny_cfg(**keys))
     assert said in caplog.text and "has no effect" in caplog.text
 
 
 def test_heldout_prior_with_heldout_bins_is_not_warned_about(tiny_cfg, validate_cfg, caplog):
-    with caplog.at_level("WARNING", logger="axolotl_calib_plugin.train.args"):
+    with caplog.at_level("WARNING", logger="axolotl_calib_plugin.train.config_checks"):
         validate_cfg(tiny_cfg(calib_heldout_prior=5.0, calib_bin_accuracy="heldout", val_set_size=0.25))
     assert "has no effect" not in caplog.text
 
@@ -302,7 +302,7 @@ def test_heldout_prior_with_heldout_bins_is_not_warned_about(tiny_cfg, validate_
 # ---------------------------------------------------------------------- resume and the state file
 def _state():
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.5, 0.3], [0.6, 0.4, 0.0]], dtype=torch.float64)
-    st = em.EMState.from_estep(torch.tensor([4, 8, 9]), probs, torch.tensor([0, 1, 1]), torch.tensor([2, 3, 2]), 5)
+    st = em_state.EMState.from_estep(torch.tensor([4, 8, 9]), probs, torch.tensor([0, 1, 1]), torch.tensor([2, 3, 2]), 5)
     from axolotl_calib_plugin.train.args import CalibrationArgs
     from axolotl_calib_plugin.train.resume_check import record, record_heldout
 
@@ -368,8 +368,8 @@ def test_tampered_state_is_refused_naming_the_file_and_the_field(tmp_path, tampe
     tamper(d)
     path = tmp_path / "calib_state.pt"
     torch.save(d, path)
-    with pytest.raises(em.CalibStateError) as err:
-        em.EMState.load(path)
+    with pytest.raises(em_state.CalibStateError) as err:
+        em_state.EMState.load(path)
     assert str(err.value).startswith(f"{path} is not a usable calibration state: ") and field in str(err.value)
     assert "Delete" in str(err.value)
 
@@ -377,7 +377,7 @@ def test_tampered_state_is_refused_naming_the_file_and_the_field(tmp_path, tampe
 def test_untampered_state_loads(tmp_path):
     st = _state()
     st.save(tmp_path)
-    back = em.EMState.load(tmp_path)
+    back = em_state.EMState.load(tmp_path)
     torch.testing.assert_close(back.targets, st.targets)
 
 

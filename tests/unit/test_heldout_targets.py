@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from axolotl_calib_plugin.train import em
+from axolotl_calib_plugin.train import em, em_state
 from axolotl_calib_plugin.train.em import BinStatistics, heldout_bin_accuracy, temperature_targets
 
 NAN = float("nan")
@@ -98,11 +98,11 @@ def test_heldout_variants_need_heldout_rows_in_the_mstep():
 
 def test_state_keeps_heldout_statistics_through_save_and_load(tmp_path):
     probs = torch.tensor([[0.95, 0.05], [0.3, 0.7]], dtype=torch.float64)
-    st = em.EMState.from_estep(torch.tensor([0, 1]), probs, torch.tensor([0, 0]), torch.tensor([2, 2]), 10,
+    st = em_state.EMState.from_estep(torch.tensor([0, 1]), probs, torch.tensor([0, 0]), torch.tensor([2, 2]), 10,
                                heldout=(probs, torch.tensor([1, 1]), torch.tensor([2, 2])), bin_accuracy="heldout",
                                prior=0.0)
     st.save(tmp_path)
-    back = em.EMState.load(tmp_path)
+    back = em_state.EMState.load(tmp_path)
     assert torch.equal(back.extra["bin_target"].nan_to_num(-1), st.extra["bin_target"].nan_to_num(-1))
     table = back.bin_table()
     assert table[9] == {"bin": 9, "count": 1, "acc": 1.0, "conf": 0.95, "q": 0.0, "heldout_count": 1, "heldout_acc": 0.0}

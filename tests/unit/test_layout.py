@@ -155,3 +155,15 @@ def test_yaml_facing_paths_are_the_moved_modules(old, new):
         assert axolotl_calib_plugin.CalibrationPlugin is importlib.import_module(old).CalibrationPlugin
     else:
         assert callable(importlib.import_module(old).load)  # what Axolotl calls for `type: axolotl_calib_plugin.mcq`
+
+
+def test_axolotl_loads_the_schema_by_the_path_the_plugin_gives():
+    """Axolotl imports the plugin's args class by the dotted path ``get_input_args`` returns: it must name the schema
+    class itself, wherever the config checks it runs live."""
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.plugin import CalibrationPlugin
+
+    path = CalibrationPlugin().get_input_args()
+    module, _, name = path.rpartition(".")
+    assert path == "axolotl_calib_plugin.train.args.CalibrationArgs"
+    assert getattr(importlib.import_module(module), name) is CalibrationArgs

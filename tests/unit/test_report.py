@@ -86,7 +86,7 @@ def test_trainer_log_names_of_the_report():
 def test_figures_are_tagged_like_the_scalars_hf_shows():
     """Images bypass HF's on_log: log_figure names them as HF's rewrite_logs names the scalars (eval_calib/x ->
     eval/calib/x, calib/x -> train/calib/x), and sends nothing without an image logger."""
-    from axolotl_calib_plugin.train.heldout import has_image_logger, log_figure
+    from axolotl_calib_plugin.train.eval_calibration import has_image_logger, log_figure
 
     class TensorBoardCallback:  # the name is what log_figure recognises, as with HF's callback
         def __init__(self):

@@ -255,7 +255,7 @@ def _estep_dataset(golds, ks):
 
 
 def _state(settings, golds, ks, n_bins=5):
-    from axolotl_calib_plugin.train.em import EMState
+    from axolotl_calib_plugin.train.em_state import EMState
     from axolotl_calib_plugin.train.resume_check import record
 
     n = len(golds)

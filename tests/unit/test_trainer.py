@@ -344,7 +344,8 @@ def test_online_run_measures_a_fraction_first_and_trains_unmeasured_prompts_on_l
     with that many forwards, (2) every epoch-0 ECE term equals the term with the bin rule applied to the exact
     probabilities, q from running statistics kept by hand (every epoch-0 batch), (3) the second (online) refresh measures every prompt and equals a full exact one."""
     from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
-    from axolotl_calib_plugin.train.em import EMState, assign_bins, build_targets
+    from axolotl_calib_plugin.train.em import assign_bins, build_targets
+    from axolotl_calib_plugin.train.em_state import EMState
     from axolotl_calib_plugin.train.loss import ece_loss
 
     rows = make_mcq_rows(9, num_options=(4, 3, 5), seed=12)
@@ -423,7 +424,7 @@ def test_online_run_killed_in_epoch_0_resumes_with_its_live_statistics(tmp_path,
     the final weights and EM state match. The running statistics saved at step 2 are not the first E-step's, so a
     resume that restarted them from the measured prompts would give other targets."""
     from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
-    from axolotl_calib_plugin.train.em import LIVE_COUNT, LIVE_HITS, STATE_FILE, EMState
+    from axolotl_calib_plugin.train.em_state import LIVE_COUNT, LIVE_HITS, STATE_FILE, EMState
 
     rows = make_mcq_rows(12, num_options=(4, 3, 5), seed=21)
     cfg = _cfg(calib_estep="online", calib_first_estep_fraction=0.34)

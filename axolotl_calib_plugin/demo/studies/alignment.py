@@ -21,7 +21,7 @@ import glob
 import math
 import os
 
-from .. import report
+from .. import seed_results
 from ..pipeline import Plan, calib_name
 from ..stats import fmt_ci, fmt_pm, mean_ci, paired_difference
 from . import heldout
@@ -45,7 +45,7 @@ def _reward(per_seed: dict, key: str, metric: str) -> list:
 
 def fix_keys(keys) -> list[str]:
     """The aligned arm's fixes in table order."""
-    return [k for k in report.ordered_keys(keys) if k.startswith(ARM + ".")]
+    return [k for k in seed_results.ordered_keys(keys) if k.startswith(ARM + ".")]
 
 
 def summarize_alignment(per_seed: dict, skip: tuple = ()) -> dict:
@@ -82,7 +82,7 @@ def render_alignment(study: dict) -> list[str]:
              "| model | E[r*] | Δ E[r*] vs DPO | kept (≥90% of DPO's gain) | win rate vs DPO | P(best reply) | "
              "pref ratio (true) |", "|---|---:|---:|:---:|---:|---:|---:|"]
     verdicts = []
-    for k in report.ordered_keys(a["cells"]):
+    for k in seed_results.ordered_keys(a["cells"]):
         c = a["cells"][k]
         f = a["fixes"].get(k)
         kept = "-" if not f or f["kept"] is None else ("yes" if f["kept"] else "not shown")

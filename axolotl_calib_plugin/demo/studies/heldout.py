@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from .. import report
+from .. import seed_results
 from ..pipeline import ARMS, Plan, calib_name
 from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference
 from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
@@ -187,7 +187,8 @@ def render_markdown(study: dict, title: str = TITLE) -> str:
     lines += ["## Pre-check (no training): per-bin accuracy of the start model, training rows vs held-out rows", "",
               "Counts summed and accuracies pooled over seeds; `–` = empty bin.", ""]
     for arm, pc in s["precheck"].items():
-        lines += [f"**{report.row_label(arm)}**: conf-ECE on its training rows {fmt_pm(pc['conf_ece_train'])} vs held-out "
+        label = seed_results.row_label(arm)
+        lines += [f"**{label}**: conf-ECE on its training rows {fmt_pm(pc['conf_ece_train'])} vs held-out "
                   f"{fmt_pm(pc['conf_ece_heldout'])}; accuracy {fmt_pm(pc['acc_train'])} vs {fmt_pm(pc['acc_heldout'])}.", "",
                   "| bin | train n | train acc | train conf | held-out n | held-out acc | held-out conf |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -211,7 +212,7 @@ def render_markdown(study: dict, title: str = TITLE) -> str:
                      f"{fmt_ci(d['acc_in'])} | {fmt_ci(c.get('vs_ts', {}).get('conf_ece_in'))} |")
     lines += ["", "## Absolute values (mean ± 95% half-width)", "", "| model | conf-ECE in | conf-ECE out | acc in | acc out |",
               "|---|---:|---:|---:|---:|"]
-    for k in report.ordered_keys(s["keys"]):
+    for k in seed_results.ordered_keys(s["keys"]):
         if k == "oracle" or k in s["cells"]:
             c = s["cells"].get(k)
             if c:

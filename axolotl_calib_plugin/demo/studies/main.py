@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 
-from .. import report
+from .. import seed_results
 from ..pipeline import ARMS, DEFAULT_LAMBDA, Plan
 from ..stats import equivalence, fmt_diff, fmt_pm, mean_ci, non_inferior, paired_difference, verdict
 from .base import ACC_NONINFERIORITY_MARGIN, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
@@ -58,7 +58,7 @@ ONLINE_GOAL = {"conf_ece": 0.01, "acc": 0.005}
 
 def summarize(per_seed: dict) -> dict:
     """Cells (mean +- CI), paired comparisons, claims, lambda curve and regime hit rate of ``per_seed``."""
-    keys = report.ordered_keys({k for s in per_seed.values() for k in s["rows"]})
+    keys = seed_results.ordered_keys({k for s in per_seed.values() for k in s["rows"]})
     cells = {k: {f"{m}_{d}": mean_ci([v for v in seed_values(per_seed, k, d, m) if v is not None]) for m, d in CELLS}
              for k in keys}
     for k in keys:
@@ -178,7 +178,7 @@ def render_markdown(study: dict) -> str:
     main = [k for k in s["keys"] if "_lam" not in k or k.endswith("_lam0")]
     lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for k in main:
-        label = report.row_label(k)
+        label = seed_results.row_label(k)
         if "." in k:
             label = "&nbsp;&nbsp;" + label
         lines.append(f"| {label} | " + " | ".join(fmt_pm(s["cells"][k].get(f"{a}_{d}")) for a, d in CELLS) + " |")
@@ -210,7 +210,7 @@ def render_markdown(study: dict) -> str:
     if s.get("regime"):
         lines += ["", "## Regime diagnosis (`axolotl-calib diagnose` with the training set; our heuristic)", ""]
         for arm, r in s["regime"].items():
-            lines.append(f"* {report.row_label(arm)}: called {r['expected']} in {r['hits']} of {r['n']} seeds")
+            lines.append(f"* {seed_results.row_label(arm)}: called {r['expected']} in {r['hits']} of {r['n']} seeds")
     if s.get("lambda_curve"):
         lines += ["", "## λ trade-off (in-domain; `lambda_curve.png`)", "", "| run | λ | conf-ECE in | acc in |",
                   "|---|---:|---:|---:|"]
@@ -260,7 +260,7 @@ def plot_lambda_curve(study: dict, path: str) -> str:
             y = [p[cell]["mean"] for p in deltas[name]]
             err = [0 if math.isnan(p[cell]["half"]) else p[cell]["half"] for p in deltas[name]]
             ax.errorbar(x, y, yerr=err, fmt=marker, color=color, capsize=3, ms=6,
-                        label=f"{report.row_label(name.split('.')[0])}: {name.split('.')[1].upper()}")
+                        label=f"{seed_results.row_label(name.split('.')[0])}: {name.split('.')[1].upper()}")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(lams)), [f"λ={lam:g}" for lam in lams])
         ax.set_ylabel(ylabel)

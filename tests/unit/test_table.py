@@ -8,7 +8,7 @@ import json
 import pytest
 
 from axolotl_calib_plugin.cli import main
-from axolotl_calib_plugin.eval.compare import build_table, render_markdown
+from axolotl_calib_plugin.eval.table import build_table, render_markdown
 
 TASK = "calib_in_domain_pooled"
 OOD = "calib_arc_challenge"
@@ -43,7 +43,7 @@ def _run(folder, tasks: dict, samples: bool = True, held_out: dict | None = None
     """A run folder: calibration_report.json with the tasks' metrics (as the report writes them) and, if
     ``samples``, lm-eval samples files of the items. ``tasks``: {task: [(doc_id, probs, gold), ...]};
     ``sample_kw``: how the questions were asked (:func:`_sample`)."""
-    from axolotl_calib_plugin.eval.compare import metrics_of_items
+    from axolotl_calib_plugin.eval.table import metrics_of_items
 
     folder.mkdir()
     report = {}
@@ -160,7 +160,7 @@ def test_lm_eval_files_are_found_by_lm_eval_names(tmp_path):
 
 
 def test_signed_differences_that_round_to_zero_print_plus_zero():
-    from axolotl_calib_plugin.eval.compare import _fmt_diff
+    from axolotl_calib_plugin.eval.table import _fmt_diff
     from axolotl_calib_plugin.eval.report import fmt_signed
 
     assert fmt_signed(-0.00004) == "+0.0000" and fmt_signed(-0.0) == "+0.0000" and fmt_signed(0.0) == "+0.0000"
@@ -190,7 +190,7 @@ def test_table_refuses_runs_over_different_question_files(tmp_path, capsys):
 def test_table_pairs_the_same_questions_by_content_and_refuses_other_prompts(tmp_path):
     """Plain vs chat-template prompts (or other letters) of the same questions: refused by default, naming where the
     prompts differ; with allow_different_prompts compared and noted. Keys are question contents."""
-    from axolotl_calib_plugin.eval.compare import question_keys
+    from axolotl_calib_plugin.eval.table import question_keys
     from axolotl_calib_plugin.eval.samples import read_samples
 
     plain = _run(tmp_path / "plain", {TASK: BASE})
@@ -248,7 +248,7 @@ def test_comparison_diagram_draws_the_tables_questions(tmp_path):
     """The diagram of a column shows the same n and numbers as the table: BASE scored 4 questions, TS 3; both
     are drawn on the 3 shared ones (BASE's legend: conf-ECE 0.5000, acc 0.6667, n = 3, as its table cell; not
     the 0.35 of its own 4), and the title says which questions."""
-    from axolotl_calib_plugin.eval.compare import comparison_models
+    from axolotl_calib_plugin.eval.table import comparison_models
     from axolotl_calib_plugin.eval.plots import plot_comparison
 
     base = _run(tmp_path / "base", {TASK: BASE})

@@ -1,4 +1,5 @@
-"""Held-out calibration during training: conf-ECE, cw-ECE and accuracy of a whole evaluation.
+"""Calibration metrics of a whole evaluation during training (``eval_calib/*``): conf-ECE, cw-ECE and accuracy
+of the eval split, the split of its prompts into target and report rows, and figure logging.
 
 The evaluation forwards already compute every answer position's option logits (the trainer reads them
 for the ECE term); their softmax is collected per micro-batch and, at the end of the evaluation loop,

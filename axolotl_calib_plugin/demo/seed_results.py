@@ -1,4 +1,5 @@
-"""Results table (terminal / Markdown / JSON, laid out like the paper's Table 2) and reliability diagrams."""
+"""One demo seed's results: the table (terminal / Markdown, laid out like the paper's Table 2), the expected-outcome
+checks, ``results.{json,md}`` and the seed's reliability diagrams; the studies reuse its row labels and order."""
 
 from __future__ import annotations
 
