@@ -245,9 +245,12 @@ def load_base_config(path: Optional[str]) -> dict:
         raise ReproduceError(f"--base-config {path}: plugins must be a list of plugin class paths")
     try:
         from .eval.report import row_metadata
+        from .train.args import CalibrationArgs, _check_unknown_keys
 
+        # a misspelt calib_* key would be copied into every run's config and refused only by each axolotl train
+        _check_unknown_keys(CalibrationArgs, cfg)
         row_metadata(cfg)
-    except ValueError as e:  # letters the tasks cannot ask with (duplicates, empty, more than 26, ...)
+    except ValueError as e:  # unknown keys; letters the tasks cannot ask with (duplicates, empty, more than 26, ...)
         raise ReproduceError(f"--base-config {path}: {e}") from None
     return cfg
 
