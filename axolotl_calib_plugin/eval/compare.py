@@ -228,7 +228,8 @@ def read_run_results(name: str, path: str) -> dict[str, dict]:
     except json.JSONDecodeError as e:
         raise ValueError(f"run {name!r}: {where} is not valid JSON ({e}); {fix}") from None
     if not isinstance(results, Mapping) or not all(isinstance(v, Mapping) for v in results.values()):
-        raise ValueError(f"run {name!r}: {where} does not hold per-task metrics ({{task: {{acc, conf_ece, cw_ece, n}}}}); {fix}")
+        raise ValueError(f"run {name!r}: {where} does not hold per-task metrics "
+                         f"({{task: {{acc, conf_ece, cw_ece, n}}}}); {fix}")
     for task, entry in results.items():
         for m in (*METRICS, "n"):
             v = entry.get(m)

@@ -28,9 +28,9 @@ import torch
 
 from ..metrics import ArrayLike
 
-__all__ = ["TemperatureFit", "apply_temperature", "check_sample_items", "fit_temperature", "fit_temperature_result", "in_domain_tasks",
-           "nll", "pad_ragged_logits", "probs_to_logits", "scale_samples", "softmax_rows", "temperature_bound_warning",
-           "temperature_report"]
+__all__ = ["TemperatureFit", "apply_temperature", "check_sample_items", "fit_temperature", "fit_temperature_result",
+           "in_domain_tasks", "nll", "pad_ragged_logits", "probs_to_logits", "scale_samples", "softmax_rows",
+           "temperature_bound_warning", "temperature_report"]
 
 
 def _logits_tensor(logits: ArrayLike) -> torch.Tensor:
@@ -227,9 +227,10 @@ def check_sample_items(path: str, items: Sequence[dict]) -> None:
         seen[doc] = seen.get(doc, 0) + 1
     twice = sorted(d for d, c in seen.items() if c > 1)
     if twice:
-        raise ValueError(f"{path}: {len(twice)} question(s) appear more than once (doc_id {', '.join(map(str, twice[:5]))}"
-                         f"{' ...' if len(twice) > 5 else ''}): one evaluation writes each question once; was the file "
-                         "appended to or concatenated? Use the samples file of one evaluation")
+        ids = ", ".join(map(str, twice[:5])) + (" ..." if len(twice) > 5 else "")
+        raise ValueError(f"{path}: {len(twice)} question(s) appear more than once (doc_id {ids}): one evaluation "
+                         "writes each question once; was the file appended to or concatenated? Use the samples file of one "
+                         "evaluation")
     for it in items:
         z, p = it["logliks"], it["probs"]
         if not z:

@@ -402,8 +402,8 @@ def repeated_questions_warning(docs: list[dict]) -> str | None:
                       + (" with another gold answer" if d["gold"] != e["gold"] else "") for d, e in repeats[:3])
     return (f"{len(repeats)} of {len(docs)} questions repeat an earlier question and its choices ({shown}"
             f"{'; ...' if len(repeats) > 3 else ''}): each copy is scored and counted, so n counts "
-            f"{len(docs)} for {len(docs) - len(repeats)} distinct questions. Unless the repeats are meant (answers drawn "
-            "afresh per row), remove them")
+            f"{len(docs)} for {len(docs) - len(repeats)} distinct questions. Unless the repeats are meant (answers "
+            "drawn afresh per row), remove them")
 
 
 def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
