@@ -245,9 +245,13 @@ def load_base_config(path: Optional[str]) -> dict:
         raise ReproduceError(f"--base-config {path}: plugins must be a list of plugin class paths")
     try:
         from .row_settings import row_metadata
+        from .train.args import CalibrationArgs
+        from .train.config_checks import check_unknown_keys
 
+        # a misspelt calib_* key would be copied into every run's config and refused only by each axolotl train
+        check_unknown_keys(cfg, list(CalibrationArgs.model_fields), allowed={"train_on_inputs"})
         row_metadata(cfg)
-    except ValueError as e:  # letters the tasks cannot ask with (duplicates, empty, more than 26, ...)
+    except ValueError as e:  # unknown keys; letters the tasks cannot ask with (duplicates, empty, more than 26, ...)
         raise ReproduceError(f"--base-config {path}: {e}") from None
     return cfg
 

@@ -175,6 +175,9 @@ def diagnose(probs, labels, *, train_probs=None, train_labels=None, acc_star: fl
     ``num_options``: each row's own K where rows are zero-padded to the largest (default: the row's nonzero
     probabilities, which is what softmax of -inf-padded log-likelihoods leaves); it sets the chance level.
     """
+    if acc_star is not None and not (isinstance(acc_star, (int, float)) and 0 <= acc_star <= 1):
+        # a percentage (65 for 0.65) or nan would never be exceeded: the oracle check would silently never fire
+        raise ValueError(f"acc_star is an accuracy in [0, 1] (0.65, not 65), got {acc_star!r}")
     p, y = metrics.validate_probs_labels(probs, labels)
     m = metrics.calibration_metrics(p, y, n_bins)
     ece, acc = m["conf_ece"], m["accuracy"]

@@ -34,10 +34,10 @@ import numpy as np
 from ..defaults import IN_TASK as DEFAULT_IN
 from ..defaults import OUT_TASK as DEFAULT_OUT
 from .report import fmt_signed, fmt_value
-from .samples import find_samples, load_results, read_samples, stack_items
+from .samples import METRICS, REPORT_JSON, find_samples, load_results, read_samples, stack_items
 
 __all__ = ["COLUMNS", "build_table", "check_same_questions", "column_items", "comparison_models", "metrics_of_items", "paired_differences",
-           "plot_runs", "question_keys", "render_markdown", "shared_questions", "write_json"]
+           "plot_runs", "question_keys", "read_run_results", "render_markdown", "shared_questions", "write_json"]
 
 #: (metric, domain, header) in the paper's order.
 COLUMNS = (
@@ -217,6 +217,27 @@ def paired_differences(run: Mapping[tuple, Mapping], ref: Mapping[tuple, Mapping
             for m in _METRIC_KEYS}
 
 
+def read_run_results(name: str, path: str) -> dict[str, dict]:
+    """:func:`load_results` of one ``--run``, checked: a results file that is not valid JSON or not the per-task
+    metrics an evaluation writes (an evaluation killed while writing, an edited file) is a ``ValueError`` naming
+    the run and the file, never a traceback or a metric read from the wrong place."""
+    where = os.path.join(path, REPORT_JSON) if os.path.isfile(os.path.join(path, REPORT_JSON)) else path
+    fix = "the file is damaged or was edited: rerun the evaluation that wrote it"
+    try:
+        results = load_results(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"run {name!r}: {where} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(results, Mapping) or not all(isinstance(v, Mapping) for v in results.values()):
+        raise ValueError(f"run {name!r}: {where} does not hold per-task metrics "
+                         f"({{task: {{acc, conf_ece, cw_ece, n}}}}); {fix}")
+    for task, entry in results.items():
+        for m in (*METRICS, "n"):
+            v = entry.get(m)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"run {name!r}: {where}: {task} {m} is {v!r}, not a number; {fix}")
+    return dict(results)
+
+
 def build_table(runs: Sequence[tuple[str, str]], in_task: str = DEFAULT_IN, out_task: str = DEFAULT_OUT,
                 n_boot: int = 1000, seed: int = 0, allow_different_prompts: bool = False) -> dict:
     """``runs``: ``(name, folder)`` in row order. Returns ``{"in_task", "out_task", "rows", "shared", "notes"}``:
@@ -238,7 +259,7 @@ def build_table(runs: Sequence[tuple[str, str]], in_task: str = DEFAULT_IN, out_
         raise ValueError(f"run name {dup[0]!r} is given twice: each --run needs its own name (the table's row label)")
     rows, notes, shared_info = [], [], {}
     for name, path in runs:
-        results = load_results(path)
+        results = read_run_results(name, path)
         row = {"name": name, "source": os.path.abspath(path),
                "in": results.get(in_task), "out": results.get(out_task), "paired": {}}
         if row["in"] is None and row["out"] is None:

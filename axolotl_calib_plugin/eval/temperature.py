@@ -28,9 +28,9 @@ import torch
 
 from ..metrics import ArrayLike
 
-__all__ = ["TemperatureFit", "apply_temperature", "fit_temperature", "fit_temperature_result", "in_domain_tasks",
-           "nll", "pad_ragged_logits", "probs_to_logits", "scale_samples", "softmax_rows", "temperature_bound_warning",
-           "temperature_report"]
+__all__ = ["TemperatureFit", "apply_temperature", "check_sample_items", "fit_temperature", "fit_temperature_result",
+           "in_domain_tasks", "nll", "pad_ragged_logits", "probs_to_logits", "scale_samples", "softmax_rows",
+           "temperature_bound_warning", "temperature_report"]
 
 
 def _logits_tensor(logits: ArrayLike) -> torch.Tensor:
@@ -214,6 +214,39 @@ def _question_key(task: str, item: dict) -> tuple:
     return task, int(item["doc_id"]), int(item["gold"]), tuple(float(v) for v in item["logliks"])
 
 
+def check_sample_items(path: str, items: Sequence[dict]) -> None:
+    """Raise ``ValueError`` naming ``path`` and the question when a samples file cannot be what one evaluation
+    wrote: a question (``doc_id``) twice (two runs appended into one file), or option log-likelihoods that are
+    not finite, not one per option, or not the ones its probabilities were computed from (``probs`` =
+    ``softmax(logliks)`` in every file a calib task or this module writes). T is fitted on the log-likelihoods
+    and the report reads the probabilities, so a file where they disagree would give a T and numbers of no
+    evaluation."""
+    seen: dict[int, int] = {}
+    for it in items:
+        doc = int(it["doc_id"])
+        seen[doc] = seen.get(doc, 0) + 1
+    twice = sorted(d for d, c in seen.items() if c > 1)
+    if twice:
+        ids = ", ".join(map(str, twice[:5])) + (" ..." if len(twice) > 5 else "")
+        raise ValueError(f"{path}: {len(twice)} question(s) appear more than once (doc_id {ids}): one evaluation "
+                         "writes each question once; was the file appended to or concatenated? Use the samples file of one "
+                         "evaluation")
+    for it in items:
+        z, p = it["logliks"], it["probs"]
+        if not z:
+            continue  # an older file without log-likelihoods: the caller says so
+        bad = None
+        if len(z) != len(p):
+            bad = f"{len(z)} option log-likelihoods for {len(p)} options"
+        elif not all(math.isfinite(v) for v in z):
+            bad = f"option log-likelihoods {z} are not all finite"
+        elif max(abs(a - b) for a, b in zip(softmax_rows([z], 1.0)[0], p)) > 1e-6:
+            bad = "its option probabilities are not the softmax of its option log-likelihoods"
+        if bad:
+            raise ValueError(f"{path}: doc_id {it['doc_id']}: {bad}; the file is damaged or was edited: rerun the "
+                             "evaluation that wrote it")
+
+
 def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int = 0,
                   fit_tasks: Sequence[str] | None = None) -> dict:
     """Temperature scaling of lm-eval samples (the paper's Table 2 baseline, Sec. 6 of the paper).
@@ -235,6 +268,8 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
     if not 0 < fit_fraction <= 1:
         raise ValueError(f"fit fraction must be in (0, 1], got {fit_fraction}")
     allowed = set(in_domain_tasks() if fit_tasks is None else fit_tasks)
+    for path, items in {**fit, **apply}.items():
+        check_sample_items(path, items)
     rng = np.random.default_rng(seed)
     fit_items, fitted_keys, used, excluded = [], set(), [], {}
     for path, items in fit.items():

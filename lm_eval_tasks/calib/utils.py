@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -263,6 +264,7 @@ def _normalize_rows(rows, normalize, source: str, letters=DEFAULT_LETTERS) -> li
         d["letters"] = list(letters)
         d["id"] = str(row.get("id", i))
         d["source"] = source
+        d["where"] = where  # for messages only (to_dataset_dict keeps the doc fields)
         docs.append(d)
     raise_row_errors(errors, source)
     return docs
@@ -355,7 +357,37 @@ def _jsonl_paths(task: str, kwargs: dict) -> list[str]:
             f"or pass --metadata '{{\"{meta_key}\": \"/path/file.jsonl\"}}'"
         )
     paths = spec if isinstance(spec, (list, tuple)) else [p for p in str(spec).split(",") if p.strip()]
-    return [os.path.abspath(os.path.expanduser(str(p).strip())) for p in paths]
+    paths = [os.path.abspath(os.path.expanduser(str(p).strip())) for p in paths]
+    seen: dict[str, str] = {}
+    for p in paths:
+        same = seen.setdefault(os.path.realpath(p), p)
+        if same is not p:
+            raise CalibDataError(
+                f"{task}: {p} is listed twice in {meta_key} / ${env_key}" + (f" (as {same})" if same != p else "")
+                + ": each of its questions would be scored and counted twice; list each file once"
+            )
+    return paths
+
+
+def repeated_questions_warning(docs: list[dict]) -> str | None:
+    """A note when some docs ask a question an earlier doc already asked (same question text and choices):
+    each copy is scored and counted, so n and the width of every interval count that question more than once."""
+    first: dict[tuple, dict] = {}
+    repeats = []
+    for d in docs:
+        key = (d["question"].strip(), tuple(c.strip() for c in d["choices"]))
+        if key in first:
+            repeats.append((d, first[key]))
+        else:
+            first[key] = d
+    if not repeats:
+        return None
+    shown = "; ".join(f"{d.get('where', d['id'])} repeats {e.get('where', e['id'])}"
+                      + (" with another gold answer" if d["gold"] != e["gold"] else "") for d, e in repeats[:3])
+    return (f"{len(repeats)} of {len(docs)} questions repeat an earlier question and its choices ({shown}"
+            f"{'; ...' if len(repeats) > 3 else ''}): each copy is scored and counted, so n counts "
+            f"{len(docs)} for {len(docs) - len(repeats)} distinct questions. Unless the repeats are meant (answers "
+            "drawn afresh per row), remove them")
 
 
 def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
@@ -379,6 +411,9 @@ def load_suite(suite: str | list | None = None, split: str = "test", **kwargs):
             rows, is_csv = read_records(path)
             normalize = lambda row: _norm_mcq(row, answer_format, letters, fields, is_csv)  # noqa: E731
             docs += [dict(d, source=os.path.basename(path)) for d in _normalize_rows(rows, normalize, path, letters)]
+        note = repeated_questions_warning(docs)
+        if note:
+            warnings.warn(f"{suite}: {note}", stacklevel=2)
         return to_dataset_dict(docs, split)
     names = [suite] if isinstance(suite, str) else list(suite or [])
     unknown = [n for n in names if n not in SUITES]

@@ -452,15 +452,40 @@ def test_local_override_matches_fixtures_and_env(monkeypatch):
     assert pooled["source"][0] == "calib_mmlu" and pooled["source"][-1] == "calib_openbookqa"
 
 
-def test_calib_jsonl_answer_forms_and_multiple_files():
+def test_calib_jsonl_answer_forms_and_multiple_files(tmp_path):
     f = str(DATA / "mcq_sample.jsonl")
     raw = _rows(f)
     assert {type(r["answer"]) for r in raw} == {int, str}  # indices, letters and choice texts
     ds = U.load_suite("calib_jsonl", data_files=f)["test"]
     assert list(ds["gold"]) == [answer_to_index(r["answer"], r["choices"]) for r in raw]
     assert {len(c) for c in ds["choices"]} == {2, 3, 4, 5}
-    two = U.load_suite("calib_jsonl", data_files=f"{f},{f}")["test"]
-    assert len(two) == 2 * len(raw)
+    half = len(raw) // 2
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in raw[:half]))
+    b.write_text("".join(json.dumps(r) + "\n" for r in raw[half:]))
+    two = U.load_suite("calib_jsonl", data_files=f"{a},{b}")["test"]
+    assert list(two["question"]) == list(ds["question"]) and list(two["source"]) == ["a.jsonl"] * half + [
+        "b.jsonl"] * (len(raw) - half)
+
+
+def test_calib_jsonl_file_listed_twice_or_repeated_questions_are_not_counted_silently(tmp_path, monkeypatch):
+    """One file listed twice (a shell glob, a copied flag) would score and count every question twice: refused,
+    however the path is spelt. Rows repeating an earlier question and its choices are scored, with a warning that
+    names both lines (n would count them twice)."""
+    f = str(DATA / "mcq_sample.jsonl")
+    monkeypatch.chdir(DATA)
+    for spec in (f"{f},{f}", [f, "./mcq_sample.jsonl"]):
+        with pytest.raises(U.CalibDataError, match=r"calib_jsonl: .*mcq_sample\.jsonl is listed twice in data_files / "
+                                                  r"\$CALIB_JSONL.*counted twice; list each file once"):
+            U.load_suite("calib_jsonl", data_files=spec)
+    raw = _rows(f)
+    rep = tmp_path / "rep.jsonl"
+    rep.write_text("".join(json.dumps(r) + "\n" for r in raw + [raw[0], {**raw[1], "answer": 0}]))
+    with pytest.warns(UserWarning, match=rf"calib_jsonl: 2 of {len(raw) + 2} questions repeat an earlier question and "
+                                         rf"its choices \({rep} line {len(raw) + 1} repeats {rep} line 1; {rep} line "
+                                         rf"{len(raw) + 2} repeats {rep} line 2( with another gold answer)?\).*n counts "
+                                         rf"{len(raw) + 2} for {len(raw)} distinct questions"):
+        assert len(U.load_suite("calib_jsonl", data_files=str(rep))["test"]) == len(raw) + 2
 
 
 def test_sciq_shuffle_deterministic_and_spread():

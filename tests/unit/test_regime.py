@@ -109,6 +109,18 @@ def test_accuracy_above_oracle_is_non_calibratable():
     assert any("oracle" in r for r in d.reasons)
 
 
+def test_an_oracle_accuracy_outside_0_1_is_refused_not_ignored():
+    """``acc_star=65`` (a percentage) or nan would never be exceeded, so the oracle check would silently say
+    "not above the oracle" and the verdict could flip to calibratable; refused with the expected form."""
+    import pytest
+
+    z, p, y = _world(seed=4)
+    assert diagnose(p, y, acc_star=0.3).advice == "RCFT"
+    for bad in (30, 30.0, -0.1, float("nan"), float("inf"), "0.3"):
+        with pytest.raises(ValueError, match=r"acc_star is an accuracy in \[0, 1\] \(0\.65, not 65\), got"):
+            diagnose(p, y, acc_star=bad)
+
+
 def test_cross_fitted_temperature_on_a_tiny_set():
     q = _confident(np.zeros(3, dtype=int), np.full(3, 0.9))
     t, e = cross_fitted_ts_ece(q, np.array([0, 1, 0]))

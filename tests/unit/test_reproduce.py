@@ -151,7 +151,12 @@ def test_hostile_base_configs_and_output_dirs_are_usage_errors_before_anything(t
     a_file.write_text("")
     letters = tmp_path / "letters.yml"
     letters.write_text(yaml.safe_dump({"calib_option_letters": ["A", "A", "B", "C"]}))
+    typo = tmp_path / "typo.yml"  # copied into every run's config, it would be refused by each axolotl train only
+    typo.write_text(yaml.safe_dump({"calib_lamda": 0.5, "learning_rate": 1e-5}))
     for extra, msg in ((["--base-config", str(tagged), "--output-dir", str(tmp_path / "o1")], "no !!python tags"),
+                       (["--base-config", str(typo), "--output-dir", str(tmp_path / "o1")],
+                        f"--base-config {typo}: unknown calibration plugin key(s):\n  'calib_lamda' (did you mean "
+                        "'calib_lambda'?)"),
                        (["--base-config", str(letters), "--output-dir", str(tmp_path / "o1")],
                         f"--base-config {letters}: calib_option_letters has duplicates ['A']"),
                        (["--base-config", str(kernels), "--output-dir", str(tmp_path / "o2")],

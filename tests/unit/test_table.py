@@ -263,3 +263,21 @@ def test_comparison_diagram_draws_the_tables_questions(tmp_path):
     cell = table["rows"][0]["in"]
     assert entries[1] == f"BASE: conf-ECE {cell['conf_ece']:.4f}, acc {cell['acc']:.4f}, n = {cell['n']} questions"
     assert entries[1] == "BASE: conf-ECE 0.5000, acc 0.6667, n = 3 questions"
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"tasks": 5}, r"does not hold per-task metrics"),
+    ({"tasks": {TASK: {"acc": "x", "conf_ece": 0.1, "cw_ece": 0.1, "n": 4}}}, rf"{TASK} acc is 'x', not a number"),
+    ({"tasks": {TASK: {"acc": 0.5, "conf_ece": float("nan"), "cw_ece": 0.1, "n": 4}}}, rf"{TASK} conf_ece is nan"),
+])
+def test_table_names_a_damaged_report_file_instead_of_a_traceback(tmp_path, capsys, report, message):
+    """A calibration_report.json that parses but is not what an evaluation writes (edited, or another tool's JSON):
+    the run and the file are named with what to do, from build_table and from the command alike."""
+    base = _run(tmp_path / "base", {TASK: BASE})
+    bad = _run(tmp_path / "bad", {TASK: TS})
+    (tmp_path / "bad" / "calibration_report.json").write_text(json.dumps(report))
+    full = rf"run 'B': {tmp_path / 'bad' / 'calibration_report.json'}:? .*{message}.*rerun the evaluation that wrote it"
+    with pytest.raises(ValueError, match=full):
+        build_table([("A", base), ("B", bad)], TASK, OOD, n_boot=10)
+    with pytest.raises(SystemExit, match=full):
+        main(["table", "--run", f"A={base}", "--run", f"B={bad}", "--in-task", TASK])

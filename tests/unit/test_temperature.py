@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from axolotl_calib_plugin import metrics
-from axolotl_calib_plugin.eval.temperature import apply_temperature, fit_temperature, nll, probs_to_logits
+from axolotl_calib_plugin.eval.temperature import apply_temperature, fit_temperature, nll, probs_to_logits, softmax_rows
 
 
 def _sample(logits, rng):
@@ -125,5 +125,38 @@ def test_scored_questions_exclude_every_fitted_question_wherever_the_file_lies()
     assert scored["held_out"] is True and scored["held_out_only"] is True
     fitted_ids = {it["doc_id"] for it in mmlu} - {it["doc_id"] for it in scored["items"]}
     assert len(fitted_ids) == 30
-    other_model = [{**it, "logliks": [v + 0.5 * (j == 0) for j, v in enumerate(it["logliks"])]} for it in mmlu]
+    other_model = []
+    for it in mmlu:
+        z = [v + 0.5 * (j == 0) for j, v in enumerate(it["logliks"])]
+        other_model.append({**it, "logliks": z, "probs": softmax_rows([z], 1.0)[0]})
     assert scale_samples({MMLU: mmlu}, {f"c/{MMLU}": other_model})["apply"][f"c/{MMLU}"]["n_fitted"] == 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("appended", r"2 question\(s\) appear more than once \(doc_id 0, 1\).*appended to or concatenated"),
+    ("short", r"doc_id 1: 2 option log-likelihoods for 4 options; the file is damaged or was edited"),
+    ("nan", r"doc_id 1: option log-likelihoods \[nan, .*\] are not all finite"),
+    ("edited", r"doc_id 1: its option probabilities are not the softmax of its option log-likelihoods"),
+])
+def test_scale_samples_refuses_a_damaged_samples_file(damage, message):
+    """A samples file no evaluation wrote is refused with its path and question, never fitted: two runs appended
+    into one file (each question twice: n doubled), log-likelihoods cut short (T fitted on 2 of 4 options: on the
+    tiny model 0.68 instead of 0.59), not finite, or edited away from the probabilities the report reads."""
+    from axolotl_calib_plugin.eval.temperature import scale_samples
+
+    good = _items(2, 4, 2.0, seed=4)
+    bad = [dict(it) for it in good]
+    if damage == "appended":
+        bad = bad + [dict(it) for it in good]
+    elif damage == "short":
+        bad[1]["logliks"] = bad[1]["logliks"][:2]
+    elif damage == "nan":
+        bad[1]["logliks"] = [float("nan")] + bad[1]["logliks"][1:]
+    else:
+        bad[1]["logliks"] = [v * 2 for v in bad[1]["logliks"]]
+    path = f"damaged/{MMLU}"
+    with pytest.raises(ValueError, match=r"^damaged/samples_calib_mmlu_.*\.jsonl: " + message):
+        scale_samples({path: bad}, {path: bad})
+    with pytest.raises(ValueError, match=message):  # an --apply file is checked as well
+        scale_samples({MMLU: good}, {path: bad})
+    assert scale_samples({MMLU: good}, {MMLU: good})["fit"]["n"] == 2  # the intact file passes
