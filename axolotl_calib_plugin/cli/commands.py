@@ -166,12 +166,15 @@ def cmd_preference(a) -> int:
 
 def cmd_make_tiny(a) -> int:
     from ..prompts import format_mcq_prompt
-    from ..rows import read_jsonl
+    from ..rows import normalize_records, read_jsonl_records
     from ..testing import make_tiny_model_dir
 
+    if a.hidden % 4:
+        a.usage_error(f"--hidden must be a multiple of 4 (the tiny model's 4 attention heads), got {a.hidden}")
     corpus = None
-    if a.data_files:
-        corpus = [format_mcq_prompt(r["question"], r["choices"]) + " A" for f in a.data_files for r in read_jsonl(f)]
+    if a.data_files:  # every row checked as training checks it: a bad one is named by file and line
+        corpus = [format_mcq_prompt(r.question, r.choices) + " A" for f in a.data_files
+                  for _, r in normalize_records(read_jsonl_records(f), f)]
     path = make_tiny_model_dir(a.output_dir, corpus=corpus, hidden_size=a.hidden, num_layers=a.layers)
     print(f"tiny Llama + tokenizer written to {path}")
     return 0
@@ -294,7 +297,14 @@ def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[s
                               f"{samples_task(p)} to fit on it anyway")
             found = {t: f for t, f in found.items() if t in tasks}
         files += [f for f in found.values() if f not in files]
-    return {f: read_samples(f) for f in files}
+    out = {}
+    for f in files:
+        try:
+            out[f] = read_samples(f)
+        except ValueError as e:
+            a.usage_error(f"{flag} {e}: the file is damaged (an evaluation killed while writing it?) or not a calib "
+                          "task's samples file; rerun the evaluation that wrote it")
+    return out
 
 
 def cmd_temperature(a) -> int:

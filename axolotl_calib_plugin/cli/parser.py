@@ -12,6 +12,7 @@ here, so splitting them apart would put a flag's definition and its check in two
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -61,6 +62,16 @@ def _fraction(value: str) -> float:
         v = -1.0
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"needs a fraction in (0, 1], got {value!r}")
+    return v
+
+
+def _accuracy(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and 0 <= v <= 1):
+        raise argparse.ArgumentTypeError(f"needs an accuracy in [0, 1] (0.65, not 65), got {value!r}")
     return v
 
 
@@ -125,7 +136,7 @@ def check_args(cp: argparse.ArgumentParser, a) -> None:
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:
             samples_of(cp, f"--{flag}", path)
-    from ..eval.samples import load_results
+    from ..eval.table import read_run_results
 
     runs = []
     for spec in getattr(a, "run", None) or []:
@@ -139,7 +150,7 @@ def check_args(cp: argparse.ArgumentParser, a) -> None:
         if not os.path.exists(path):
             cp.error(f"--run {name}={path}: no such file or folder")
         try:
-            load_results(path)
+            read_run_results(name, path)
         except (FileNotFoundError, ValueError, KeyError) as e:
             cp.error(f"--run {name}={path}: {e}")
     a.runs = runs
@@ -377,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(g, "--train-data-files", "the questions you would fine-tune on (default: none). Recommended: the decisive "
          "check compares the model's accuracy there with its held-out accuracy")
     _add(g, "--tokenizer")
-    g.add_argument("--acc-star", type=float, default=None, help="known oracle accuracy acc* (default: unknown)")
+    g.add_argument("--acc-star", type=_accuracy, default=None, help="known oracle accuracy acc* (default: unknown)")
     _add(g, "--device")
     _add(g, "--dtype")
     _add(g, "--batch-size")
@@ -420,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
              "CPU.")
     _add(m, "--output-dir", "the model and tokenizer", required=True)
     _add(m, "--data-files", "the tokenizer is trained on their questions (default: a built-in corpus)")
-    m.add_argument("--hidden", type=int, default=64, help="hidden size")
-    m.add_argument("--layers", type=int, default=2, help="number of layers")
+    m.add_argument("--hidden", type=_positive_int, default=64, help="hidden size (a multiple of 4: 4 attention heads)")
+    m.add_argument("--layers", type=_positive_int, default=2, help="number of layers")
 
     q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / SFT / CFT / RCFT -> Table 2",
              "The paper's Table 2 for your model in one command: one Axolotl config per method (your --base-config "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from ..eval.evaluation import as_list, check_limit
 from ..prompts import DEFAULT_LETTERS, check_option_letters
@@ -260,6 +260,14 @@ class CalibrationArgs(BaseModel):
         if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
         raise ValueError(f"calib_refresh must be 'epoch' or a positive integer number of optimizer steps, got {value!r}")
+
+    @field_validator("calib_lambda", "calib_heldout_prior", "calib_bins", "calib_estep_batch_size",
+                     "calib_eval_batch_size", "calib_label_smoothing", mode="before")
+    @classmethod
+    def _refuse_bool(cls, value, info: ValidationInfo):
+        if isinstance(value, bool):  # YAML true / false would read as 1 / 0: a silent lambda 0 is plain SFT
+            raise ValueError(f"{info.field_name} is a number, got {value!r} (YAML true/false)")
+        return value
 
     @field_validator("calib_first_estep_fraction", mode="before")
     @classmethod

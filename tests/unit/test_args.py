@@ -201,3 +201,16 @@ def test_sample_packing_needs_an_attention_that_isolates_packed_samples(validate
     for ok in ({"attn_implementation": "sdpa"}, {"attn_implementation": "eager"},
                {"attn_implementation": "flex_attention"}, {"sdp_attention": True}):
         validate_cfg(tiny_cfg(sample_packing=True, **ok))
+
+
+@pytest.mark.parametrize("key", ["calib_lambda", "calib_heldout_prior", "calib_bins", "calib_estep_batch_size",
+                                 "calib_eval_batch_size", "calib_label_smoothing"])
+@pytest.mark.parametrize("value", [True, False])
+def test_a_yaml_bool_on_a_numeric_key_is_refused_naming_it(key, value):
+    """``calib_lambda: false`` would otherwise train plain SFT (0) and ``true`` lambda 1 without a word."""
+    from pydantic import ValidationError
+
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+
+    with pytest.raises(ValidationError, match=f"{key} is a number, got {value!r}"):
+        CalibrationArgs(**{key: value})

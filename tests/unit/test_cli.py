@@ -444,3 +444,39 @@ def test_unknown_tasks_and_bad_paths_fail_fast_with_the_commands_usage(argv, mes
     assert f"usage: axolotl-calib {argv[0]}" in proc.stderr and f"axolotl-calib {argv[0]}: error: " in proc.stderr
     assert message.format(**fill) in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["make-tiny", "--output-dir", "{tmp}/m", "--hidden", "0"], "--hidden: needs an integer >= 1"),
+    (["make-tiny", "--output-dir", "{tmp}/m", "--hidden", "6"], "--hidden must be a multiple of 4"),
+    (["make-tiny", "--output-dir", "{tmp}/m", "--layers", "-1"], "--layers: needs an integer >= 1"),
+    (["diagnose", "--model", "{tmp}", "--data-files", "{tmp}/ok.jsonl", "--acc-star", "65"],
+     "needs an accuracy in [0, 1] (0.65, not 65)"),
+    (["diagnose", "--model", "{tmp}", "--data-files", "{tmp}/ok.jsonl", "--acc-star", "nan"], "needs an accuracy"),
+    (["temperature", "--fit", "{tmp}/cut", "--apply", "{tmp}/cut"], "the file is damaged"),
+    (["table", "--run", "A={tmp}/badrun"], "is not valid JSON"),
+])
+def test_hostile_values_are_usage_errors_naming_the_flag_or_file(argv, message, tmp_path, capsys):
+    """A tiny model of zero width or no layers, a percentage as an oracle accuracy, a samples file or a run report
+    cut mid-write: each a usage error that says what is wrong, never a traceback or a silently wrong model/verdict."""
+    (tmp_path / "ok.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "samples_calib_jsonl_2026-01-01T00-00-00.jsonl").write_text('{"doc_id": 0, "conf_ece": {"probs": [0.5')
+    bad = tmp_path / "badrun"
+    bad.mkdir()
+    (bad / "calibration_report.json").write_text('{"tasks": {"calib_jsonl": {"acc": 0.5,')
+    with pytest.raises(SystemExit) as e:
+        main([x.replace("{tmp}", str(tmp_path)) for x in argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "m").exists()
+
+
+def test_make_tiny_names_a_bad_row_of_its_corpus(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"choices": ["a", "b"], "answer": 1}\n')
+    with pytest.raises(SystemExit) as e:
+        main(["make-tiny", "--output-dir", str(tmp_path / "m"), "--data-files", str(bad)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "line 2" in err and "question" in err and "Traceback" not in err, err
