@@ -21,6 +21,11 @@ It is the shared orchestration (:func:`axolotl_calib_plugin.orchestrate.execute`
 
 Everything is also written to ``<DIR>/reproduce.json``. A rerun reuses a finished run whose config, data files
 and code are unchanged (and its evaluation), and retrains the others.
+
+Why one module of this length: every part above is a step of one command whose pieces share the same run spec
+(methods, seeds, row settings, device lines); the generic machinery (launch, reuse keys, fork server) already lives
+in :mod:`axolotl_calib_plugin.orchestrate`, and what remains here is the method-specific config and the order of
+steps, which reads best top to bottom in one file.
 """
 
 from __future__ import annotations
@@ -722,7 +727,7 @@ def reproduce(model: str, out: str, *, train_data_files: Sequence[str] = (), tra
         with _step("table", table_argv(table_rows, spec, tdir, plot_format)):
             summary["tables"][str(s)] = write_table(table_rows, spec, tdir, plot_format)
     if multi:
-        summary["seed_summary"] = _seed_summary(summary["tables"])
+        summary["seed_summary"] = seed_summary_markdown(summary["tables"])
         path = os.path.join(out, "table_seeds.md")
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(summary["seed_summary"] + "\n")
@@ -739,7 +744,7 @@ def reproduce(model: str, out: str, *, train_data_files: Sequence[str] = (), tra
     return summary
 
 
-def _seed_summary(tables: Mapping[str, dict]) -> str:
+def seed_summary_markdown(tables: Mapping[str, dict]) -> str:
     """Mean ± sample standard deviation over seeds of every cell (rows by name)."""
     import numpy as np
 

@@ -1,5 +1,9 @@
 """MCQ rows: the one reader and normalizer of the dataset strategy, the lm-eval tasks and the demo.
 
+It is one module on purpose (about 470 lines, most of them the rules and their messages): the row contract must
+be read identically by training and evaluation, and keeping every rule for choices, answers and field names side
+by side is what makes a drift between them visible.
+
 Training (``type: axolotl_calib_plugin.mcq``) and evaluation (``calib_jsonl``, local and hub suites)
 read a row ``{question, choices, answer}`` through :func:`normalize_mcq_row`, so a row is either
 accepted with the same gold option by both, or rejected by both with the same message. Every error

@@ -29,7 +29,7 @@ PACKAGED_TASK_DIR = os.path.join(_PACKAGE, "lm_eval_tasks")
 #: tasks reading local MCQ files, and the lm-eval metadata key that names the files.
 JSONL_TASK_METADATA = {"calib_jsonl": "data_files", "calib_jsonl_ood": "ood_data_files"}
 
-__all__ = ["JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "as_list", "check_limit",
+__all__ = ["quiet_git_probe", "JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "as_list", "check_limit",
            "evaluate_files", "find_task_dir", "is_adapter_dir", "load_lm", "load_tokenizer", "make_hflm", "hflm_for_model",
            "NOISE", "NoiseFilter", "quiet_third_party_logs", "run_tasks", "task_utils", "samples_to_arrays", "task_index", "task_suites",
            "unknown_task_message"]
@@ -185,7 +185,7 @@ def evaluate_files(lm, files: Sequence[str], task_dir: str, batch_size: int = 64
         tasks.append(task)
     quiet_third_party_logs()
     tm = TaskManager(include_path=task_dir, include_defaults=False, metadata=dict(task_metadata or {}) or None)
-    with _quiet_git_probe():
+    with quiet_git_probe():
         res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, log_samples=True, batch_size=batch_size,
                                       num_fewshot=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                       fewshot_random_seed=0, apply_chat_template=apply_chat_template,
@@ -231,7 +231,7 @@ def quiet_third_party_logs() -> None:
             logger.addFilter(NoiseFilter(prefix))
 
 
-class _quiet_git_probe:
+class quiet_git_probe:
     """lm-eval records ``git describe`` of the working directory and lets git print ``fatal: not a git
     repository`` when there is none: run that probe with git's stderr discarded while our call runs."""
 
@@ -389,7 +389,7 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
         from lm_eval.loggers import EvaluationTracker
 
         tracker = EvaluationTracker(output_path=os.path.abspath(output_dir))
-    with _quiet_git_probe():
+    with quiet_git_probe():
         res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, limit=limit, log_samples=True,
                                       bootstrap_iters=0, apply_chat_template=apply_chat_template,
                                       system_instruction=system_instruction, evaluation_tracker=tracker,

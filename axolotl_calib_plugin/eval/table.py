@@ -36,7 +36,7 @@ from ..defaults import OUT_TASK as DEFAULT_OUT
 from .report import fmt_signed, fmt_value
 from .samples import METRICS, REPORT_JSON, find_samples, load_results, read_samples, stack_items
 
-__all__ = ["COLUMNS", "build_table", "check_same_questions", "column_items", "comparison_models", "metrics_of_items", "paired_differences",
+__all__ = ["fmt_diff", "COLUMNS", "build_table", "check_same_questions", "column_items", "comparison_models", "metrics_of_items", "paired_differences",
            "plot_runs", "question_keys", "read_run_results", "render_markdown", "shared_questions", "write_json"]
 
 #: (metric, domain, header) in the paper's order.
@@ -317,7 +317,7 @@ def build_table(runs: Sequence[tuple[str, str]], in_task: str = DEFAULT_IN, out_
             "shared": shared_info, "notes": notes}
 
 
-def _fmt_diff(d: Mapping | None) -> str:
+def fmt_diff(d: Mapping | None) -> str:
     if not d:
         return "-"
     return f"{fmt_signed(d['diff'])} [{fmt_signed(d['lo'])}, {fmt_signed(d['hi'])}]"
@@ -351,7 +351,7 @@ def render_markdown(table: dict) -> str:
                   "| model | " + " | ".join(f"Δ {h}" for h in table["columns"]) + " |",
                   "|---|" + "---:|" * len(COLUMNS)]
         for r in paired:
-            lines.append(f"| {r['name']} | " + " | ".join(_fmt_diff((r["paired"].get(dom) or {}).get(metric))
+            lines.append(f"| {r['name']} | " + " | ".join(fmt_diff((r["paired"].get(dom) or {}).get(metric))
                                                         for metric, dom, _ in COLUMNS) + " |")
     chance = [(r["name"], table[f"{dom}_task"], r[dom]["chance"]) for dom in ("in", "out") for r in table["rows"]
               if r[dom] and r[dom].get("chance")]

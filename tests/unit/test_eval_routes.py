@@ -204,12 +204,12 @@ def test_noise_filter_drops_exactly_the_known_lines():
 def test_git_probe_is_quiet_outside_a_repository(tmp_path, monkeypatch, capfd):
     import lm_eval.evaluator as ev
 
-    from axolotl_calib_plugin.eval.evaluation import _quiet_git_probe
+    from axolotl_calib_plugin.eval.evaluation import quiet_git_probe
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     original = ev.get_git_commit_hash
-    with _quiet_git_probe():
+    with quiet_git_probe():
         assert ev.get_git_commit_hash() is None
     assert ev.get_git_commit_hash is original
     assert "fatal" not in capfd.readouterr().err

@@ -207,7 +207,7 @@ def test_seed_summary_is_mean_and_sd_of_each_cell():
     def table(acc_in):
         return {"rows": [{"name": "CFT", "in": {"conf_ece": 0.1, "cw_ece": 0.2, "acc": acc_in}, "out": None}]}
 
-    md = rp._seed_summary({"0": table(0.5), "1": table(0.7)})
+    md = rp.seed_summary_markdown({"0": table(0.5), "1": table(0.7)})
     assert "| CFT | 0.1000 ± 0.0000 | - | 0.2000 ± 0.0000 | - | 0.6000 ± 0.1414 | - |" in md
 
 

@@ -4,6 +4,7 @@ cases: two options, 10 equal-width bins)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -160,14 +161,14 @@ def test_lm_eval_files_are_found_by_lm_eval_names(tmp_path):
 
 
 def test_signed_differences_that_round_to_zero_print_plus_zero():
-    from axolotl_calib_plugin.eval.table import _fmt_diff
+    from axolotl_calib_plugin.eval.table import fmt_diff
     from axolotl_calib_plugin.eval.report import fmt_signed
 
     assert fmt_signed(-0.00004) == "+0.0000" and fmt_signed(-0.0) == "+0.0000" and fmt_signed(0.0) == "+0.0000"
     assert fmt_signed(-0.00005001) == "-0.0001" and fmt_signed(0.01234) == "+0.0123"
     assert fmt_signed(-0.004, digits=2) == "+0.00"
-    assert _fmt_diff({"diff": -0.00001, "lo": -0.0123, "hi": 0.00002}) == "+0.0000 [-0.0123, +0.0000]"
-    assert _fmt_diff(None) == "-"
+    assert fmt_diff({"diff": -0.00001, "lo": -0.0123, "hi": 0.00002}) == "+0.0000 [-0.0123, +0.0000]"
+    assert fmt_diff(None) == "-"
 
 
 def test_table_refuses_runs_over_different_question_files(tmp_path, capsys):
@@ -279,5 +280,7 @@ def test_table_names_a_damaged_report_file_instead_of_a_traceback(tmp_path, caps
     full = rf"run 'B': {tmp_path / 'bad' / 'calibration_report.json'}:? .*{message}.*rerun the evaluation that wrote it"
     with pytest.raises(ValueError, match=full):
         build_table([("A", base), ("B", bad)], TASK, OOD, n_boot=10)
-    with pytest.raises(SystemExit, match=full):
+    with pytest.raises(SystemExit) as e:  # the pre-flight: a usage error before any pairing
         main(["table", "--run", f"A={base}", "--run", f"B={bad}", "--in-task", TASK])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and re.search(full, err) and "Traceback" not in err, err
