@@ -55,24 +55,23 @@ def parse_seeds(spec: str) -> list[int]:
     return list(range(n))
 
 
-def _fraction(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        v = -1.0
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"needs a fraction in (0, 1], got {value!r}")
-    return v
-
-
-def _accuracy(value: str) -> float:
+def _number_in(value: str, ok, what: str) -> float:
+    """argparse type body: ``value`` as a float that ``ok`` accepts, else a usage error saying what is wanted."""
     try:
         v = float(value)
     except ValueError:
         v = float("nan")
-    if not (math.isfinite(v) and 0 <= v <= 1):
-        raise argparse.ArgumentTypeError(f"needs an accuracy in [0, 1] (0.65, not 65), got {value!r}")
+    if not (math.isfinite(v) and ok(v)):
+        raise argparse.ArgumentTypeError(f"needs {what}, got {value!r}")
     return v
+
+
+def _fraction(value: str) -> float:
+    return _number_in(value, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+
+
+def _accuracy(value: str) -> float:
+    return _number_in(value, lambda v: 0 <= v <= 1, "an accuracy in [0, 1] (0.65, not 65)")
 
 
 def _positive_int(value: str) -> int:

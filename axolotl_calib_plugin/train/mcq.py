@@ -261,6 +261,27 @@ class MCQStrategy:
             )
 
 
+def length_census_lines(cfg, tokenizer, named: list, none_long_note: str = "") -> tuple[list[str], list[int]]:
+    """One line per ``(name, dataset config)`` saying how many of its rows are longer than ``sequence_len`` (the
+    rows Axolotl's length filter dropped), and the shortest dropped length of each: why a split came out empty."""
+    seq_len = cfg.get("sequence_len")
+    lines, shortest = [], []
+    for name, ds_cfg in named:
+        try:
+            lengths = _length_census(cfg, tokenizer, ds_cfg)
+        except Exception as exc:  # noqa: BLE001 - the census only explains; never hide the real problem
+            lines.append(f"{name}: could not be re-read to count its rows ({type(exc).__name__}: {exc})")
+            continue
+        long = [n for n in lengths if seq_len and n > seq_len]
+        if long:
+            shortest.append(min(long))
+            lines.append(f"{name}: {len(long)} of its {len(lengths)} rows are longer than sequence_len {seq_len} "
+                         f"tokens and were dropped (shortest of them {min(long)}, longest {max(long)} tokens)")
+        else:
+            lines.append(f"{name}: {len(lengths)} rows, none longer than sequence_len {seq_len}{none_long_note}")
+    return lines, shortest
+
+
 def _length_census(cfg, tokenizer, ds_cfg) -> list[int]:
     """Token length of every row of one calibration dataset, read and tokenized as Axolotl does."""
     from datasets import DatasetDict
@@ -290,24 +311,10 @@ def check_rows_left(cfg, tokenizer, train_dataset) -> None:
     if train_dataset is None or len(train_dataset) > 0:
         return
     seq_len = cfg.get("sequence_len")
-    lines, shortest = [], []
-    for i, ds_cfg in enumerate(cfg.get("datasets") or []):
-        if not is_calib_dataset_type(ds_cfg.get("type")):
-            continue
-        name = f"datasets[{i}] {ds_cfg.get('path')}" + (f" [split {ds_cfg['split']}]" if ds_cfg.get("split") else "")
-        try:
-            lengths = _length_census(cfg, tokenizer, ds_cfg)
-        except Exception as exc:  # noqa: BLE001 - the census only explains; never hide the real problem
-            lines.append(f"{name}: could not be re-read to count its rows ({type(exc).__name__}: {exc})")
-            continue
-        long = [n for n in lengths if seq_len and n > seq_len]
-        if long:
-            shortest.append(min(long))
-            lines.append(f"{name}: {len(long)} of its {len(lengths)} rows are longer than sequence_len {seq_len} "
-                         f"tokens and were dropped (shortest of them {min(long)}, longest {max(long)} tokens)")
-        else:
-            lines.append(f"{name}: {len(lengths)} rows, none longer than sequence_len {seq_len} (rows removed by "
-                         "another setting: min_sample_len, shards, val_set_size)")
+    named = [(f"datasets[{i}] {ds_cfg.get('path')}" + (f" [split {ds_cfg['split']}]" if ds_cfg.get("split") else ""),
+              ds_cfg) for i, ds_cfg in enumerate(cfg.get("datasets") or []) if is_calib_dataset_type(ds_cfg.get("type"))]
+    lines, shortest = length_census_lines(cfg, tokenizer, named, " (rows removed by another setting: min_sample_len, "
+                                          "shards, val_set_size)")
     fix = (f"Raise sequence_len to at least {min(shortest)} tokens or shorten those rows." if shortest
            else "Check the settings above.")
     raise CalibDataError(

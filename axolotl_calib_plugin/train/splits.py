@@ -58,33 +58,19 @@ def check_eval_rows_left(cfg: Mapping, tokenizer, eval_dataset) -> None:
     """Fail with numbers when the config has a calibration eval split but no eval row has an answer position left,
     e.g. every ``test_datasets`` row is longer than ``sequence_len`` (Axolotl drops them)."""
     from ..rows import CalibDataError
-    from .mcq import _length_census
+    from .mcq import length_census_lines
 
     tests = [(i, ds if isinstance(ds, Mapping) else ds.model_dump())
              for i, ds in enumerate(cfg.get("test_datasets") or []) if is_calib_dataset_type(config_value(ds, "type"))]
     if not tests or _pooled_eval_ids(eval_dataset).size:
         return
-    seq_len = cfg.get("sequence_len")
-    lines, shortest = [], []
-    for i, ds_cfg in tests:
-        name = f"test_datasets[{i}] {ds_cfg.get('path')}"
-        try:
-            lengths = _length_census(cfg, tokenizer, ds_cfg)
-        except Exception as exc:  # noqa: BLE001 - the census only explains; never hide the real problem
-            lines.append(f"{name}: could not be re-read to count its rows ({type(exc).__name__}: {exc})")
-            continue
-        long = [n for n in lengths if seq_len and n > seq_len]
-        if long:
-            shortest.append(min(long))
-            lines.append(f"{name}: {len(long)} of its {len(lengths)} rows are longer than sequence_len {seq_len} tokens "
-                         f"and were dropped (shortest of them {min(long)}, longest {max(long)} tokens)")
-        else:
-            lines.append(f"{name}: {len(lengths)} rows, none longer than sequence_len {seq_len}")
+    lines, shortest = length_census_lines(cfg, tokenizer, [(f"test_datasets[{i}] {ds_cfg.get('path')}", ds_cfg)
+                                                           for i, ds_cfg in tests])
     fix = (f"Raise sequence_len to at least {min(shortest)} tokens, or shorten those rows, or remove test_datasets."
            if shortest else "Check the eval files above.")
     raise CalibDataError(
         "the eval split has no rows left after Axolotl dropped the rows longer than sequence_len "
-        f"{seq_len} (excess_length_strategy: drop), so there is nothing to evaluate (eval_calib/*) or to take "
+        f"{cfg.get('sequence_len')} (excess_length_strategy: drop), so there is nothing to evaluate (eval_calib/*) or to take "
         "held-out targets from:\n  " + "\n  ".join(lines) + "\n" + fix)
 
 
