@@ -1,9 +1,9 @@
 """Pre-check of the real model before any method comparison: what the start model can do and what plain SFT buys.
 
-Per prompt format (plain, chat_template) the start model's letter accuracy, conf-ECE, spread of predicted
-letters, and cloze accuracy (each choice's own text scored after the question); then the learning curve of
-plain SFT (lambda 0, full fine-tune, answer tokens only: the loss the plugin trains at ``calib_lambda: 0``)
-with the CPU seconds of every epoch. The sequences are the ones the dataset strategy builds
+First the learning curve of plain SFT (lambda 0, full fine-tune, answer tokens only: the loss the plugin trains
+at ``calib_lambda: 0``) with the CPU seconds of every epoch, since it decides the fine-tune budget; then per
+prompt format (plain, chat_template) the start model's letter accuracy, conf-ECE, spread of predicted letters,
+and cloze accuracy (each choice's own text scored after the question). The sequences are the ones the dataset strategy builds
 (:func:`axolotl_calib_plugin.train.mcq.encode_mcq`); option probabilities are the softmax over the K letter
 logits at the answer position, as everywhere in the package. Resumable: every finished epoch saves the model,
 the optimizer and the curve so far.
@@ -143,7 +143,8 @@ def sft_step(model, opt, chunk, pad_id: int) -> float:
 
 
 def run(real_dir: str, out_dir: str, epochs: int = 8, lr: float = 1e-4, batch_size: int = 8, seed: int = 0,
-        target_accuracy: float = 0.5, cloze_rows: int = 100, log=print) -> dict:
+        target_accuracy: float = 0.5, eval_rows: int = 120, cloze_rows: int = 60, eval_every: int = 20,
+        log=print) -> dict:
     """The whole pre-check into ``out_dir/precheck.json`` (resumes from ``out_dir/ckpt``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,34 +156,16 @@ def run(real_dir: str, out_dir: str, epochs: int = 8, lr: float = 1e-4, batch_si
     tok = AutoTokenizer.from_pretrained(str(real / "model"))
     pad = tok.pad_token_id
     data = {s: read_jsonl(str(real / "data" / f"{s}.jsonl")) for s in ("train", "test_in", "test_out")}
+    for split in ("test_in", "test_out"):  # a seeded sample: one core of a shared machine is the budget
+        data[split] = random.Random(seed).sample(data[split], min(eval_rows, len(data[split])))
     result.setdefault("setup", {"rows": {s: len(v) for s, v in data.items()}, "lr": lr, "batch_size": batch_size,
-                                "seed": seed, "cloze_rows": cloze_rows, "threads": torch.get_num_threads(),
+                                "seed": seed, "eval_rows": eval_rows, "cloze_rows": cloze_rows, "eval_every_steps": eval_every, "threads": torch.get_num_threads(),
                                 "trainer": "plain SFT loop over the strategy's sequences (answer tokens only)"})
 
     def save():
         tmp = result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(result_path)
-
-    if "start" not in result:
-        model = AutoModelForCausalLM.from_pretrained(str(real / "model"), dtype=torch.float32)
-        start = {}
-        for fmt in FORMATS:
-            template = tok.chat_template if fmt == "chat_template" else None
-            start[fmt] = {}
-            for split in ("test_in", "test_out"):
-                t0 = time.process_time()
-                enc = encode_rows(tok, data[split], fmt, template)
-                m = letter_metrics(option_probs(model, enc, pad), [e["gold"] for e in enc])
-                sample = random.Random(seed).sample(data[split], min(cloze_rows, len(data[split])))
-                m["cloze_accuracy"] = cloze_accuracy(model, tok, sample, fmt, template)
-                m["cloze_n"] = len(sample)
-                m["cpu_s"] = round(time.process_time() - t0, 1)
-                start[fmt][split] = m
-                log(f"start {fmt} {split}: {m}")
-        result["start"] = start
-        save()
-        del model
 
     curve = result.setdefault("sft_plain", [])
     train = encode_rows(tok, data["train"], "plain")
@@ -204,7 +187,21 @@ def run(real_dir: str, out_dir: str, epochs: int = 8, lr: float = 1e-4, batch_si
         epoch = len(curve)
         rng = random.Random(seed * 1000 + epoch)
         t0, w0 = time.process_time(), time.time()
-        losses = [sft_step(model, opt, chunk, pad) for chunk in sft_batches(train, batch_size, rng)]
+        losses = []
+        for chunk in sft_batches(train, batch_size, rng):
+            losses.append(sft_step(model, opt, chunk, pad))
+            if len(losses) % 5 == 0:
+                result["progress"] = {"epoch": epoch, "steps": len(losses), "cpu_s": round(time.process_time() - t0, 1),
+                                      "wall_s": round(time.time() - w0, 1), "loss_last5": sum(losses[-5:]) / 5}
+                if len(losses) % eval_every == 0:  # the curve within an epoch (in-domain only: one core)
+                    e0 = time.process_time()
+                    result["progress"]["in"] = letter_metrics(option_probs(model, test_in, pad),
+                                                              [e["gold"] for e in test_in])
+                    result["progress"]["eval_cpu_s"] = round(time.process_time() - e0, 1)
+                    t0 += time.process_time() - e0
+                    result.setdefault("sft_plain_steps", []).append(dict(result["progress"]))
+                save()
+                log(f"epoch {epoch} step {len(losses)}: {result['progress']}")
         train_cpu, train_wall = time.process_time() - t0, time.time() - w0
         ev = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "steps": len(losses),
               "train_cpu_s": round(train_cpu, 1), "train_wall_s": round(train_wall, 1),
@@ -217,6 +214,25 @@ def run(real_dir: str, out_dir: str, epochs: int = 8, lr: float = 1e-4, batch_si
         log(f"epoch {epoch}: {ev}")
         if ev["in"]["accuracy"] >= target_accuracy + 0.1:
             break
+    del model, opt
+
+    start = result.setdefault("start", {})
+    todo = [(f, s) for f in FORMATS for s in ("test_in", "test_out") if s not in start.get(f, {})]
+    if todo:
+        model = AutoModelForCausalLM.from_pretrained(str(real / "model"), dtype=torch.float32)
+        for fmt, split in todo:
+            template = tok.chat_template if fmt == "chat_template" else None
+            t0 = time.process_time()
+            enc = encode_rows(tok, data[split], fmt, template)
+            m = letter_metrics(option_probs(model, enc, pad), [e["gold"] for e in enc])
+            sample = random.Random(seed).sample(data[split], min(cloze_rows, len(data[split])))
+            m["cloze_accuracy"] = cloze_accuracy(model, tok, sample, fmt, template)
+            m["cloze_n"] = len(sample)
+            m["cpu_s"] = round(time.process_time() - t0, 1)
+            start.setdefault(fmt, {})[split] = m
+            save()
+            log(f"start {fmt} {split}: {m}")
+        del model
     return result
 
 
