@@ -244,3 +244,42 @@ if __name__ == "__main__":  # nice -n 10 python -m axolotl_calib_plugin.demo.rea
     torch.set_num_threads(int(os.environ.get("PRECHECK_THREADS", "1")))
     run(sys.argv[1], sys.argv[2], epochs=int(os.environ.get("PRECHECK_EPOCHS", "8")),
         lr=float(os.environ.get("PRECHECK_LR", "1e-4")))
+
+
+def _fmt(m: dict) -> str:
+    letters = ", ".join(f"{k} {v}" for k, v in m["predicted_letters"].items())
+    return (f"{m['accuracy']:.3f} | {m['conf_ece']:.3f} | {m['cw_ece']:.3f} | {m['mean_confidence']:.3f} | "
+            f"{letters}")
+
+
+def render_markdown(result: dict) -> str:
+    """The pre-check's numbers as Markdown tables (from ``precheck.json`` alone)."""
+    setup = result.get("setup", {})
+    lines = ["# Real-model pre-check (SmolLM2-135M-Instruct, real facts)", "",
+             f"Rows: {setup.get('rows')} (test sets: a seeded sample of {setup.get('eval_rows')} rows each); "
+             f"plain SFT at lr {setup.get('lr')}, batch {setup.get('batch_size')}, AdamW, full fine-tune, "
+             f"{setup.get('threads')} torch thread; {setup.get('trainer')}.", ""]
+    steps = result.get("sft_plain_steps", [])
+    curve = result.get("sft_plain", [])
+    if curve or steps:
+        lines += ["## Plain SFT (λ=0) learning curve, held-out in-domain (test_in)", "",
+                  "| epoch | step | train loss (last 5 steps) | acc | conf-ECE | cw-ECE | mean conf | predicted letters | "
+                  "CPU s of training so far this epoch |", "|---|---|---|---|---|---|---|---|---|"]
+        if curve:
+            lines.append(f"| 0 | 0 | – | {_fmt(curve[0]['in'])} | – |")
+        points = [(p["epoch"], p["steps"], p) for p in steps]
+        for p in curve[1:]:
+            points.append((p["epoch"], p["steps"], {**p, "loss_last5": p["train_loss"], "cpu_s": p["train_cpu_s"]}))
+        for epoch, step, p in sorted(points, key=lambda t: (t[0], t[1])):
+            lines.append(f"| {epoch} | {step} | {p['loss_last5']:.3f} | {_fmt(p['in'])} | {p['cpu_s']} |")
+        lines.append("")
+    start = result.get("start", {})
+    if start:
+        lines += ["## Start model (as shipped) per prompt format", "",
+                  "| format | split | acc | conf-ECE | cw-ECE | mean conf | predicted letters | cloze acc (n) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for fmt, by_split in start.items():
+            for split, m in by_split.items():
+                lines.append(f"| {fmt} | {split} | {_fmt(m)} | {m['cloze_accuracy']:.3f} ({m['cloze_n']}) |")
+        lines.append("")
+    return "\n".join(lines) + "\n"

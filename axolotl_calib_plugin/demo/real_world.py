@@ -223,8 +223,15 @@ def prepare(output_dir: str | os.PathLike, seed: int = 0, gguf: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     want = {"build_version": BUILD_VERSION, "seed": seed, "versions": _versions(),
             "gguf": str(Path(gguf)) if gguf else None}
+    if gguf and not Path(gguf).is_file():
+        raise RealModelError(f"--gguf {gguf}: no such file")
     manifest_path = out / MANIFEST
-    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    try:
+        old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    except (OSError, ValueError):
+        old = None  # unreadable: rebuild everything
+    if not isinstance(old, dict) or not isinstance(old.get("data_sha256"), dict):
+        old = None
     model_dir, data_dir = out / MODEL_DIR, out / DATA_DIR
     if old is not None and {k: old.get(k) for k in want} == want and (model_dir / "config.json").is_file() and all(
             (data_dir / f"{s}.jsonl").is_file() and _digest(data_dir / f"{s}.jsonl") == old["data_sha256"].get(s)

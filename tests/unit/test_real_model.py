@@ -167,6 +167,19 @@ def test_rerun_is_a_no_op(real_dir):
     assert {p: p.stat().st_mtime_ns for p in real_dir.rglob("*") if p.is_file()} == before
 
 
+def test_edited_data_file_is_rebuilt_without_reconverting_the_model(real_dir):
+    from axolotl_calib_plugin.demo.real_world import MANIFEST, prepare
+
+    weights = real_dir / "model" / "model.safetensors"
+    stamp, data = weights.stat().st_mtime_ns, (real_dir / "data" / "test_in.jsonl").read_text()
+    (real_dir / "data" / "test_in.jsonl").write_text(data + data.splitlines()[0] + "\n")
+    said = []
+    prepare(real_dir, seed=0, log=said.append)
+    assert (real_dir / "data" / "test_in.jsonl").read_text() == data and weights.stat().st_mtime_ns == stamp
+    assert not any("converting" in s for s in said)
+    assert json.loads((real_dir / MANIFEST).read_text())["rows"]["test_in"] == len(data.splitlines())
+
+
 def test_missing_model_package_names_the_install_command(monkeypatch):
     import importlib.util
 
