@@ -65,7 +65,7 @@ def _require(module: str, dist: str) -> None:
 def fix_special_tokens(tokenizer) -> None:
     """Set the published special tokens (the GGUF export says eos = ``<|im_start|>``); never add a BOS."""
     for key, token in PUBLISHED_SPECIAL_TOKENS.items():
-        if tokenizer.convert_tokens_to_ids(token) is None:
+        if token not in tokenizer.get_vocab():
             raise RealModelError(f"the tokenizer has no {token!r} token: not the SmolLM2 vocabulary")
         setattr(tokenizer, key, token)
     if hasattr(tokenizer, "add_bos_token"):

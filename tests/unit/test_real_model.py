@@ -139,9 +139,12 @@ def test_special_tokens_are_the_published_ones(real_dir, tok, model):
 
 def test_fact_sets_are_split_by_fact_and_deterministic(real_dir):
     from axolotl_calib_plugin.demo.real_world import SPLITS, build_fact_sets
-    from axolotl_calib_plugin.rows import read_jsonl
+    from axolotl_calib_plugin.rows import normalize_records, read_jsonl, read_jsonl_records
 
     sets = {s: read_jsonl(str(real_dir / "data" / f"{s}.jsonl")) for s in SPLITS}
+    for s in SPLITS:  # every row passes the one row validator, gold as written
+        path = str(real_dir / "data" / f"{s}.jsonl")
+        assert [r.gold for _, r in normalize_records(read_jsonl_records(path), path)] == [x["answer"] for x in sets[s]]
     facts = {s: [r["fact"] for r in rows] for s, rows in sets.items()}
     for i, a in enumerate(SPLITS):
         assert len(set(facts[a])) == len(facts[a]), a
