@@ -282,4 +282,6 @@ def render_markdown(result: dict) -> str:
             for split, m in by_split.items():
                 lines.append(f"| {fmt} | {split} | {_fmt(m)} | {m['cloze_accuracy']:.3f} ({m['cloze_n']}) |")
         lines.append("")
+    if result.get("budget"):
+        lines += ["## Fine-tune budget picked from this (before any method comparison)", "", result["budget"], ""]
     return "\n".join(lines) + "\n"
