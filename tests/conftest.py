@@ -42,7 +42,7 @@ E2E = TESTS / "e2e"
 #: them; a file not listed keeps its place after them. Only the order changes, never what runs.
 SLOWEST_FIRST = ("e2e/test_demo.py", "e2e/test_heldout_study.py", "e2e/test_distributed.py", "e2e/test_train_e2e.py",
                  "e2e/test_resume.py", "e2e/test_reproduce_e2e.py", "unit/test_cli.py", "unit/test_bench_e2e.py",
-                 "unit/test_lm_eval_tasks.py", "unit/test_examples.py", "unit/test_packaging.py",
+                 "unit/test_lm_eval_tasks.py", "unit/test_real_model.py", "unit/test_examples.py", "unit/test_packaging.py",
                  "e2e/test_heldout_targets_e2e.py", "unit/test_collator.py", "e2e/test_fsdp.py",
                  "e2e/test_report_e2e.py")
 

@@ -62,6 +62,24 @@ def cmd_demo(a) -> int:
     return 1 if results["meta"]["errors"] else 0
 
 
+def cmd_real_model(a) -> int:
+    from ..demo.real_world import MODEL_DIR, RealModelError, prepare
+
+    try:
+        prepare(a.output_dir, seed=a.seed, gguf=a.gguf)
+        if a.precheck:
+            import torch
+
+            from ..demo.real_precheck import run
+
+            torch.set_num_threads(1)
+            run(a.output_dir, a.precheck)
+    except RealModelError as e:
+        a.parser.exit(1, f"axolotl-calib real-model: error: {e}\n")
+    print(f"model: {os.path.join(a.output_dir, MODEL_DIR)}")
+    return 0
+
+
 def cmd_reproduce(a) -> int:
     from ..orchestrate import StepFailed
     from ..reproduce import ReproduceError, reproduce
@@ -350,7 +368,7 @@ def cmd_table(a) -> int:
 #: command name -> its function (the names :func:`.parser.build_parser` defines)
 COMMANDS = {"eval": cmd_eval, "tasks-path": cmd_tasks_path, "temperature": cmd_temperature, "table": cmd_table,
             "diagnose": cmd_diagnose, "preference": cmd_preference, "make-tiny": cmd_make_tiny,
-            "reproduce": cmd_reproduce, "demo": cmd_demo}
+            "reproduce": cmd_reproduce, "real-model": cmd_real_model, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

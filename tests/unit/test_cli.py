@@ -90,7 +90,7 @@ def test_every_command_and_flag_has_help_and_shows_its_default():
 
     p, commands = _subparsers()
     assert set(commands) == {"eval", "tasks-path", "temperature", "table", "diagnose", "make-tiny", "demo",
-                             "preference", "reproduce"}
+                             "preference", "reproduce", "real-model"}
     top = p.format_help()
     for name, sub in commands.items():
         assert re.search(rf"^\s+{re.escape(name)}\s*\n?\s+\S", top, re.M), f"{name} has no help in `axolotl-calib --help`"
