@@ -7,7 +7,7 @@
     diagnose     conf-ECE / cw-ECE / acc of a model on an MCQ file and the calibratable-regime verdict
     preference   does the model still prefer the chosen responses of a held-out preference file (DPO check)
     make-tiny    a local tiny Llama + tokenizer (no hub) for trying configs on a CPU
-    reproduce    a DPO model + an MCQ calibration set -> TS / LS / CFT / RCFT trained, evaluated, Table 2
+    reproduce    a DPO model + an MCQ calibration set -> TS / LS / SFT / CFT / RCFT trained, evaluated, Table 2
     demo         the offline reproduction (world with known truth -> SFT -> DPO -> fixes -> lm-eval)
 
 Product commands import product modules only; ``demo`` is the one that imports the demo package.
@@ -22,9 +22,10 @@ import os
 import sys
 from typing import Sequence
 
+from . import defaults
 from .offline import OFFLINE_ENV
 
-DEFAULT_EVAL_TASKS = "calib_in_domain_pooled,calib_arc_challenge"
+DEFAULT_EVAL_TASKS = ",".join(defaults.EVAL_TASKS)
 
 
 def _offline_env() -> None:
@@ -110,10 +111,17 @@ def _check_args(cp: argparse.ArgumentParser, a) -> None:
     for path in getattr(a, "pairs", None) or []:
         if not os.path.isfile(path):
             cp.error(f"--pairs {path}: no such file (a preference file: prompt, chosen, rejected per row)")
-    for flag in ("data_dir", "include_path"):
+    for flag in ("data_dir", "include_path", "settings_from"):
         value = getattr(a, flag, None)
         if value and not os.path.isdir(value):
             cp.error(f"--{flag.replace('_', '-')} {value}: no such folder")
+    out_dir = getattr(a, "output_dir", None)
+    probe = os.path.abspath(out_dir) if out_dir else None
+    while probe and not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)  # a folder still to be made under a file fails as surely as the file
+    if probe and os.path.exists(probe) and not os.path.isdir(probe):
+        cp.error(f"--output-dir {out_dir}: {probe} is a file, not a folder (this command writes several files into "
+                 "it): pass a folder path")
     _check_tasks(cp, a)
     for flag in ("fit", "apply"):
         for path in getattr(a, flag, None) or []:
@@ -233,15 +241,13 @@ def cmd_reproduce(a) -> int:
     from .orchestrate import StepFailed
     from .reproduce import ReproduceError, reproduce
 
-    eval_flags = ["--batch-size", str(a.batch_size), "--plot-format", a.plot_format]
-    eval_flags += ["--device", a.device] if a.device else []
-    eval_flags += ["--dtype", a.dtype] if a.dtype else []
     try:
         summary = reproduce(a.model, a.output_dir, train_data_files=a.train_data_files or (),
                             train_dataset=a.train_dataset, train_split=a.train_split, methods=a.methods,
                             base_config=a.base_config, in_task=a.in_task, out_task=a.out_task, data_files=a.data_files,
                             ood_data_files=a.ood_data_files, seeds=a.seeds, ts_fit_fraction=a.ts_fit_fraction,
-                            eval_flags=eval_flags, plot_format=a.plot_format, dry_run=a.dry_run, reuse=not a.fresh)
+                            device=a.device, dtype=a.dtype, batch_size=a.batch_size, plot_format=a.plot_format,
+                            dry_run=a.dry_run, reuse=not a.fresh)
     except ReproduceError as e:
         a.usage_error(str(e))
     except StepFailed as e:
@@ -251,13 +257,40 @@ def cmd_reproduce(a) -> int:
 
 
 def _methods(value: str) -> list[str]:
-    from .reproduce import METHODS
-
     names = [m.strip().lower() for m in value.split(",") if m.strip()]
-    bad = [m for m in names if m not in METHODS]
+    bad = [m for m in names if m not in defaults.METHODS]
     if not names or bad or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(METHODS)}, got {value!r}")
+        raise argparse.ArgumentTypeError(f"needs distinct names among {','.join(defaults.METHODS)}, got {value!r}")
     return names
+
+
+def _same_questions(a) -> None:
+    """``diagnose``'s verdict compares held-out with training accuracy: a question in both files shrinks that gap
+    toward 0 (identical files: 0, "calibratable" by construction). Refused before any model loads, naming the
+    count; a question is the same when its text and options are (as the tasks read them)."""
+    from .eval.evaluation import task_utils
+
+    if not a.train_data_files:
+        return
+    utils = task_utils()
+    meta = dict(a.task_metadata)
+
+    def keys(task, files):
+        docs = utils.load_suite(task, **{"data_files" if task == "calib_jsonl" else "ood_data_files": list(files)},
+                                **meta)["test"]
+        return [(same(d["question"]), tuple(same(c) for c in d["choices"])) for d in docs]
+
+    def same(text: str) -> str:  # the same question up to case and spacing
+        return " ".join(str(text).split()).casefold()
+
+    held, train = keys("calib_jsonl", a.data_files), set(keys("calib_jsonl_ood", a.train_data_files))
+    both = [k for k in held if k in train]
+    if both:
+        a.usage_error(f"{len(both)} of the {len(held)} held-out questions (--data-files {' '.join(a.data_files)}) are "
+                      f"also in --train-data-files {' '.join(a.train_data_files)} (same question and options up to "
+                      f"case and spacing, e.g. "
+                      f"{both[0][0][:60]!r}): the verdict rests on the accuracy gap between the two sets, which such "
+                      "questions shrink toward 0. Pass held-out questions the model was not fine-tuned on")
 
 
 def cmd_diagnose(a) -> int:
@@ -267,12 +300,15 @@ def cmd_diagnose(a) -> int:
     from .eval.regime import diagnose
     from .eval.temperature import pad_ragged_logits
 
+    a.task_metadata = _trained_row_settings(a)
+    _same_questions(a)
     device, dtype = _device_dtype(a)
-    lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
-                   batch_size=a.batch_size)
+    lm = _load_scored_model(a, device, dtype)
     # one task per role; the tasks read a comma-separated list of files as one pooled set
     files = [",".join(os.path.abspath(f) for f in fs) for fs in (a.data_files, a.train_data_files) if fs]
-    res = evaluate_files(lm, files, a.include_path or find_task_dir(), a.batch_size)
+    res = evaluate_files(lm, files, a.include_path or find_task_dir(), a.batch_size,
+                         apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
+                         task_metadata=a.task_metadata)
     probs = softmax(pad_ragged_logits(res[0]["logliks"]), axis=1)  # mixed K: padded options get probability 0
     train = {}
     if a.train_data_files:
@@ -332,7 +368,6 @@ def cmd_tasks_path(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from .eval.evaluation import make_hflm
     from .eval.report import evaluate_to_report, markdown_table
 
     tasks = a.tasks
@@ -345,14 +380,15 @@ def cmd_eval(a) -> int:
         if task in tasks and not files:
             a.usage_error(f"--tasks {task} reads local MCQ files: pass {flag} FILE.jsonl")
     task_metadata = _trained_row_settings(a)
+    _check_eval_data(a, tasks, task_metadata)  # every data source readable before the model loads
     device, dtype = _device_dtype(a)
-    lm = make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
-                   batch_size=a.batch_size, trust_remote_code=a.trust_remote_code)
+    lm = _load_scored_model(a, device, dtype)
     title = os.path.basename(os.path.normpath(a.model)) or a.model
     summary, paths = evaluate_to_report(
         lm, tasks, a.output_dir, title=title, model_name=title,
         meta={"model": a.model, "adapter": bool(getattr(lm, "peft", None)), "device": str(lm.device), "dtype": dtype,
-              "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template},
+              "batch_size": a.batch_size, "apply_chat_template": a.apply_chat_template,
+              "add_bos_token": getattr(lm, "add_bos_token", None), "settings_file": a.settings_file},
         data_dir=a.data_dir, data_files=a.data_files, ood_data_files=a.ood_data_files, limit=a.limit,
         apply_chat_template=a.apply_chat_template, system_instruction=a.system_instruction,
         task_metadata=task_metadata, plot_format=a.plot_format,
@@ -362,20 +398,43 @@ def cmd_eval(a) -> int:
     return 0
 
 
-def _trained_row_settings(a) -> dict:
-    """Letters / answer format / fields for the tasks: the model folder's calib_settings.json (written by training),
-    else --option-letters; a flag that contradicts what the model was trained with is refused, naming both."""
-    import json
+def _settings_source(a) -> tuple[str, dict | None]:
+    """(folder, checked calib_settings.json contents or None) of the model being scored: ``--settings-from``, else
+    the model folder. A folder without one inside a folder that has one (``axolotl merge-lora`` writes
+    ``<output_dir>/merged``) is refused, pointing at ``--settings-from``: scoring it with default letters and
+    format would score another task than the one it was trained on."""
+    from .eval.report import SETTINGS_FILE, SettingsError, read_settings
 
+    folder = getattr(a, "settings_from", None) or a.model
+    try:
+        trained = read_settings(folder) if os.path.isdir(folder) else None
+        parent = os.path.dirname(os.path.abspath(a.model))
+        if trained is None and not getattr(a, "settings_from", None) and os.path.isdir(a.model) \
+                and read_settings(parent) is not None:
+            raise SystemExit(
+                f"{a.model} has no {SETTINGS_FILE}, but {parent} (a calibration-plugin training output_dir) has one: "
+                f"this looks like `axolotl merge-lora` output of that run, which does not copy it. Pass --settings-from "
+                f"{parent} to score it with the letters and prompt format it was trained with (or --settings-from "
+                f"{a.model} if it was not trained with those)")
+    except SettingsError as e:
+        raise SystemExit(f"axolotl-calib {getattr(a, 'cmd', 'eval')}: error: {e}") from None
+    return folder, trained
+
+
+def _trained_row_settings(a) -> dict:
+    """Letters / answer format / fields for the tasks: the model folder's calib_settings.json (written by training;
+    ``--settings-from`` names another folder), else --option-letters; a flag that contradicts what the model was
+    trained with is refused, naming both. Sets ``a.trained_add_bos`` (the recorded lm-eval ``add_bos_token``, or
+    None) and ``a.settings_file`` (where the settings came from, or None)."""
     from .prompts import check_option_letters
     from .eval.report import SETTINGS_FILE, row_metadata
 
-    path = os.path.join(a.model, SETTINGS_FILE)
+    folder, trained = _settings_source(a)
+    a.trained_add_bos, a.settings_file = None, None
     flag = check_option_letters(a.option_letters, "--option-letters") if a.option_letters else None
-    if not os.path.isfile(path):
+    if trained is None:
         return row_metadata({"calib_option_letters": flag})
-    with open(path, encoding="utf-8") as fh:
-        trained = json.load(fh)
+    a.trained_add_bos, a.settings_file = trained.get("add_bos_token"), os.path.join(folder, SETTINGS_FILE)
     meta = {k: trained[k] for k in row_metadata({}) if k in trained}
     problems = []
     if flag is not None and flag != meta.get("option_letters"):
@@ -389,9 +448,56 @@ def _trained_row_settings(a) -> dict:
         problems.append(f"it was trained with calib_system_prompt {trained.get('system_prompt')!r} but "
                         f"--system-instruction is {a.system_instruction!r}")
     if problems:
-        raise SystemExit(f"{a.model} ({SETTINGS_FILE}): " + "; ".join(problems) + ". Scoring other prompts than the "
+        raise SystemExit(f"{folder} ({SETTINGS_FILE}): " + "; ".join(problems) + ". Scoring other prompts than the "
                          "model was trained on gives numbers for a different task.")
     return meta
+
+
+def _load_scored_model(a, device: str, dtype: str):
+    """The lm-eval model of ``eval`` / ``diagnose``, scoring the token sequence training used (the recorded
+    ``add_bos_token`` of calib_settings.json, else the tokenizer's own rule)."""
+    from .eval.evaluation import make_hflm
+
+    try:
+        return make_hflm(a.model, base_model=a.base_model, tokenizer=a.tokenizer, device=device, dtype=dtype,
+                         batch_size=a.batch_size, trust_remote_code=getattr(a, "trust_remote_code", False),
+                         chat=bool(a.apply_chat_template), add_bos_token=getattr(a, "trained_add_bos", None))
+    except ValueError as e:  # the tokenizer cannot reproduce training's prompts
+        raise SystemExit(f"axolotl-calib {a.cmd}: error: {e}") from None
+
+
+def _check_eval_data(a, tasks: Sequence[str], task_metadata: dict) -> None:
+    """Every data source of ``tasks`` loads and parses (with the letters / fields the model was trained with)
+    before the model is loaded: a hub suite that cannot be reached (offline, no cache) names this command's own
+    flags; a bad row names its file and line; letters from calib_settings.json that the data cannot use name it."""
+    from .eval.evaluation import task_index, task_suites, task_utils
+    from .rows import CalibDataError
+
+    index = task_index()
+    suites: list[str] = []
+    for t in tasks:
+        suites += [s for s in task_suites(t, index) if s not in suites]
+    utils = task_utils()
+    letters_from = f" (option letters {task_metadata.get('option_letters')} from {a.settings_file})" \
+        if getattr(a, "settings_file", None) else ""
+    for suite, flag, files in (("calib_jsonl", "--data-files", a.data_files),
+                               ("calib_jsonl_ood", "--ood-data-files", a.ood_data_files)):
+        if suite in suites and files:
+            try:
+                utils.load_suite(suite, **{"data_files" if suite == "calib_jsonl" else "ood_data_files": list(files)},
+                                 **task_metadata)
+            except CalibDataError as e:
+                raise CalibDataError(f"{flag}: {e}{letters_from}") from None
+    hub = [s for s in suites if s in utils.SUITES]
+    own = ("pass --data-dir DIR with " + ", ".join(f"{s}.jsonl" for s in hub) + " (each in its hub schema), or score "
+           "your own questions with --tasks calib_jsonl --data-files FILE.jsonl")
+    for suite in hub:  # offline, the datasets cache may still hold them: try, and name the flags if it does not
+        try:
+            utils.load_suite_docs(suite, a.data_dir, task_metadata.get("option_letters") or utils.DEFAULT_LETTERS)
+        except CalibDataError as e:
+            where = f"--data-dir {a.data_dir}" if a.data_dir else f"--tasks {','.join(tasks)}"
+            a.usage_error(f"{where}: {str(e).split('. Without hub access')[0]}{letters_from}"
+                          + ("" if a.data_dir else f". {own}"))
 
 
 def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[str, list]:
@@ -413,11 +519,7 @@ def _read_samples_args(a, flag: str, paths: Sequence[str], tasks=None) -> dict[s
 
 
 def cmd_temperature(a) -> int:
-    from .eval.compare import metrics_of_items
-    from .eval.plots import plot_comparison
-    from .eval.report import write_report
-    from .eval.samples import samples_task, stack_items
-    from .eval.temperature import in_domain_tasks, scale_samples
+    from .eval.temperature import in_domain_tasks, scale_samples, temperature_report
 
     fit_tasks = a.fit_tasks or in_domain_tasks()
     fit = _read_samples_args(a, "--fit", a.fit, fit_tasks)
@@ -429,55 +531,10 @@ def cmd_temperature(a) -> int:
         res = scale_samples(fit, apply, fit_fraction=a.fit_fraction, seed=a.seed, fit_tasks=fit_tasks)
     except ValueError as e:
         a.usage_error(str(e))
-    t = res["temperature"]
-    f = res["fit"]
-    print(f"T = {t:.4f}  (fitted by NLL on {f['n']} questions of {len(f['files'])} file(s), tasks "
-          f"{', '.join(f['tasks'])}; NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})")
-    summary, items, notes = {}, {}, []
-    lines = ["| task | n | scored on | acc | conf-ECE before | conf-ECE after | cw-ECE before | cw-ECE after |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for path, r in res["apply"].items():
-        task = samples_task(path)
-        before = metrics_of_items(r["before"])
-        after = metrics_of_items(r["items"])
-        summary[task] = {"kind": "task", "acc": after["accuracy"], "conf_ece": after["conf_ece"],
-                         "cw_ece": after["cw_ece"], "n": len(r["items"]), "held_out": r["held_out"],
-                         "n_fitted": r["n_fitted"],
-                         "before": {"acc": before["accuracy"], "conf_ece": before["conf_ece"], "cw_ece": before["cw_ece"]},
-                         "source": os.path.abspath(path)}
-        items[task] = r["items"]
-        if r["held_out_only"]:
-            notes.append(f"{task}: scored on the {len(r['items'])} questions not used to fit T")
-        elif not r["held_out"]:
-            notes.append(f"{task}: IN-SAMPLE, not held-out: T was fitted on all {len(r['items'])} of these questions "
-                         "(use --fit-fraction < 1 to hold some out)")
-        lines.append(f"| {task} | {len(r['items'])} | {'held-out' if r['held_out'] else 'FITTED (in-sample)'} | "
-                     f"{after['accuracy']:.4f} | {before['conf_ece']:.4f} | {after['conf_ece']:.4f} | "
-                     f"{before['cw_ece']:.4f} | {after['cw_ece']:.4f} |")
-    print("\n".join(lines))
-    for n in notes:
-        print(f"* {n}")
-    if a.output_dir:
-        from datetime import datetime
-
-        meta = {"temperature": t, "fit_files": f["files"], "fit_tasks": f["tasks"], "fit_questions": f["n"],
-                "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
-        paths = write_report(a.output_dir, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta,
-                             notes=notes, plot_format=a.plot_format)
-        # lm-eval's samples layout (its EvaluationTracker's file name and date stamp), so `table` can pair the
-        # questions. Written here: EvaluationTracker.save_results_samples wants lm-eval's own request fields
-        # (arguments, resps, target), which temperature-scaled probabilities do not have.
-        stamp = datetime.now().isoformat().replace(":", "-")
-        for path, r in res["apply"].items():
-            task = samples_task(path)
-            with open(os.path.join(a.output_dir, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
-                for it in r["items"]:
-                    fh.write(json.dumps({"doc_id": it["doc_id"], "conf_ece": {k: it[k] for k in ("probs", "gold", "logliks")}})
-                             + "\n")
-            plot_comparison({"before": stack_items(r["before"]), f"T = {t:.3f}": stack_items(r["items"])},
-                            os.path.join(a.output_dir, f"reliability_before_after_{task}.{a.plot_format}"),
-                            title=f"temperature scaling: {task}")
-        print(f"\nreport: {paths['md']}")
+    report = temperature_report(res, output_dir=a.output_dir, plot_format=a.plot_format)
+    print(report["text"])
+    if report["report"]:
+        print(f"\nreport: {report['report']}")
     return 0
 
 
@@ -485,7 +542,7 @@ def cmd_table(a) -> int:
     from .eval.compare import build_table, plot_runs, render_markdown, write_json
 
     try:
-        table = build_table(a.runs, a.in_task, a.out_task)
+        table = build_table(a.runs, a.in_task, a.out_task, allow_different_prompts=a.allow_different_prompts)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"axolotl-calib table: error: {e}") from None
     md = render_markdown(table)
@@ -495,7 +552,8 @@ def cmd_table(a) -> int:
         print(f"\nJSON: {write_json(table, os.path.join(a.output_dir, 'calibration_table.json'))}")
         with open(os.path.join(a.output_dir, "calibration_table.md"), "w", encoding="utf-8") as fh:
             fh.write(md + "\n")
-        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format):
+        for p in plot_runs(a.runs, [a.in_task, a.out_task], a.output_dir, plot_format=a.plot_format,
+                           allow_different_prompts=a.allow_different_prompts):
             print(f"diagram: {p}")
     return 0
 
@@ -566,9 +624,9 @@ SHARED_FLAGS: dict[str, dict] = {
     "--fit-tasks": dict(type=_task_list, default=None, metavar="TASK[,TASK...]",
                         help=_TASK_NAMES),
     "--output-dir": dict(default=None, metavar="DIR", help="folder this command writes into (created if missing)"),
-    "--in-task": dict(default="calib_in_domain_pooled", metavar="TASK",
+    "--in-task": dict(default=defaults.IN_TASK, metavar="TASK",
                       help="name of the calib_* task of the in-domain columns"),
-    "--out-task": dict(default="calib_arc_challenge", metavar="TASK",
+    "--out-task": dict(default=defaults.OUT_TASK, metavar="TASK",
                        help="name of the calib_* task of the out-of-domain columns"),
     "--seeds": dict(type=_seeds, default=None, metavar="N|S,S,...",
                     help="a count N (seeds 0..N-1) or a comma-separated list of distinct seeds"),
@@ -578,6 +636,15 @@ SHARED_FLAGS: dict[str, dict] = {
     "--plot-format": dict(default="png", choices=("png", "pdf", "svg"), help="file format of the reliability diagrams"),
     "--apply-chat-template": dict(action="store_true", help="score through the tokenizer's chat template (models "
                                                             "trained with calib_prompt_format: chat_template)"),
+    "--system-instruction": dict(default=None, help="system turn with --apply-chat-template (your calib_system_prompt) "
+                                                    "(default: none)"),
+    "--option-letters": dict(default=None, help="option letters the model was trained with (calib_option_letters), "
+                                                "e.g. ABCDE or '1,2,3,4'; read from the model's calib_settings.json "
+                                                "when training wrote one (default: A..J)"),
+    "--settings-from": dict(default=None, metavar="DIR", help="folder whose calib_settings.json (letters, prompt "
+                                                              "format, BOS rule) the model was trained with, e.g. the "
+                                                              "training output_dir of an `axolotl merge-lora` output "
+                                                              "(default: the model folder's)"),
 }
 
 
@@ -620,12 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(e, "--base-model")
     _add(e, "--tokenizer")
     _add(e, "--apply-chat-template")
-    e.add_argument("--system-instruction", default=None, help="system turn with --apply-chat-template "
-                   "(your calib_system_prompt) (default: none)")
+    _add(e, "--system-instruction")
     e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
-    e.add_argument("--option-letters", default=None, help="option letters the model was trained with "
-                   "(calib_option_letters), e.g. ABCDE or '1,2,3,4'; read from the model's calib_settings.json when "
-                   "training wrote one (default: A..J)")
+    _add(e, "--option-letters")
+    _add(e, "--settings-from")
     e.set_defaults(func=cmd_eval)
 
     p = _sub(sub, "tasks-path", "print the lm-eval task folder (for lm_eval --include_path)",
@@ -675,13 +740,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add(c, "--out-task")
     _add(c, "--output-dir", "calibration_table.{json,md} and one comparison reliability diagram per column task "
          "(default: print only)")
+    c.add_argument("--allow-different-prompts", action="store_true",
+                   help="compare runs that asked the same questions with different prompts (chat template vs plain, "
+                        "other option letters or system prompt) with a note, instead of refusing")
     _add(c, "--plot-format")
     c.set_defaults(func=cmd_table)
 
     g = _sub(sub, "diagnose", "calibration metrics + calibratable / non-calibratable verdict",
              "conf-ECE / cw-ECE / accuracy of a model on held-out MCQ data (lm-eval task calib_jsonl) and our own, "
              "documented regime heuristic (axolotl_calib_plugin/eval/regime.py: not from the paper). Runs offline: "
-             "the model, adapter and tokenizer must be local folders.\n\n"
+             "the model, adapter and tokenizer must be local folders. Prompts as in training: the model's "
+             "calib_settings.json is read and contradicting flags are refused (a chat-trained model needs "
+             "--apply-chat-template); held-out and training files that share questions are refused.\n\n"
              "  axolotl-calib diagnose --model DIR --data-files heldout.jsonl --train-data-files train.jsonl",
              deprecated={"--data": "--data-files", "--train-data": "--train-data-files"})
     _add(g, "--model", required=True)
@@ -697,6 +767,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--include-path", default=None, metavar="DIR",
                    help="lm-eval task folder (default: the one axolotl-calib tasks-path prints)")
     g.add_argument("--json", action="store_true", help="print one JSON line instead of the text verdict")
+    _add(g, "--apply-chat-template")
+    _add(g, "--system-instruction")
+    _add(g, "--option-letters")
+    _add(g, "--settings-from")
     g.set_defaults(func=cmd_diagnose)
 
     r = _sub(sub, "preference", "does the model prefer the chosen responses of held-out preference pairs",
@@ -735,13 +809,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", type=int, default=2, help="number of layers")
     m.set_defaults(func=cmd_make_tiny)
 
-    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / CFT / RCFT -> Table 2",
+    q = _sub(sub, "reproduce", "a DPO model + MCQ calibration data -> TS / LS / SFT / CFT / RCFT -> Table 2",
              "The paper's Table 2 for your model in one command: one Axolotl config per method (your --base-config "
-             "plus only the calibration lines), a real axolotl train per method, axolotl-calib eval of every model on "
-             "the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
+             "plus only the calibration lines and the training device's precision / optimizer / LoRA kernels where it sets "
+             "none), a real axolotl train per method, an evaluation of every model (the start model too) with the "
+             "base config's row settings on the in- and out-of-domain sets, temperature scaling fitted on a held-out fraction of the DPO model's "
              "in-domain questions, and the axolotl-calib table of all of them (DIR/table/), with reliability diagrams "
-             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config and the code are "
-             "unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
+             "and DIR/reproduce.json. Rerun to resume: a finished method is reused while its config, data files and the "
+             "code are unchanged. --dry-run writes the configs and DIR/commands.sh and prints them (for a cluster scheduler).\n\n"
              "  axolotl-calib reproduce --model allenai/Llama-3.1-Tulu-3-8B-DPO \\\n"
              "      --train-dataset aaronwzl/mcqa_calibration_dataset --train-split calibration_train --output-dir repro\n"
              "  axolotl-calib reproduce --model ./my-dpo --train-data-files train.jsonl --data-files in.jsonl \\\n"
@@ -757,8 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(q, "--ood-data-files", "the out-of-domain column, scored as the calib_jsonl_ood task (default: --out-task)")
     _add(q, "--in-task")
     _add(q, "--out-task")
-    q.add_argument("--methods", type=_methods, default=["ts", "ls", "cft", "rcft"], metavar="M[,M...]",
-                   help="rows besides DPO: ts (temperature scaling), ls (label smoothing), cft, rcft")
+    q.add_argument("--methods", type=_methods, default=list(defaults.METHODS), metavar="M[,M...]",
+                   help="rows besides DPO: ts (temperature scaling), ls (label smoothing), sft (calib_lambda 0: SFT "
+                        "alone, what CFT adds the calibration loss to), cft, rcft")
     q.add_argument("--base-config", default=None, metavar="YAML",
                    help="your Axolotl config (model size, LoRA / full, precision, batch...); reproduce sets base_model, "
                         "datasets, output_dir, dataset_prepared_path, the plugin and the calib_* lines of each "
@@ -773,7 +849,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true",
                    help="write the configs and commands.sh and print them; train and evaluate nothing")
     _add(q, "--fresh", "evaluations too")
-    _add(q, "--device")
+    _add(q, "--device", "also picks the training settings: precision, optimizer, LoRA kernels (a key --base-config "
+         "sets is kept; --dry-run says which)")
     _add(q, "--dtype")
     _add(q, "--batch-size")
     _add(q, "--plot-format")
@@ -831,6 +908,9 @@ def command_parsers(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .eval.evaluation import quiet_third_party_logs
+
+    quiet_third_party_logs()  # before torchao / lm-eval are imported
     ap = build_parser()
     a = ap.parse_args(argv)
     cp = command_parsers(ap)[a.cmd]

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
 __all__ = ["DONE_FILE", "Outcome", "StepFailed", "axolotl_train", "check_exit", "code_files", "code_fingerprint",
-           "config_hash", "execute", "fingerprint_files", "has_weights", "run_logged", "train_all"]
+           "config_hash", "data_files", "execute", "files_digest", "fingerprint_files", "has_weights", "run_logged",
+           "train_all"]
 
 
 class StepFailed(RuntimeError):
@@ -31,10 +32,10 @@ class StepFailed(RuntimeError):
 
 #: source files that cannot change a trained model or an evaluation dump: the CLI's text, plots, and the summaries
 #: that are recomputed from the dumps on every invocation (tables, statistics, the studies' reports)
+#: (a folder: every file in it)
 _RESULT_NEUTRAL = ("cli.py", os.path.join("eval", "plots.py"), os.path.join("eval", "compare.py"),
                    os.path.join("demo", "report.py"), os.path.join("demo", "study.py"), os.path.join("demo", "stats.py"),
-                   os.path.join("demo", "analysis.py"), os.path.join("demo", "heldout_study.py"),
-                   os.path.join("demo", "alignment_study.py"), os.path.join("demo", "online_study.py"))
+                   os.path.join("demo", "analysis.py"), os.path.join("demo", "studies"))
 _PKG = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -52,7 +53,8 @@ def code_files() -> list[str]:
             dirs[:] = sorted(x for x in dirs if x != "__pycache__")
             for name in files:
                 path = os.path.join(d, name)
-                if name.endswith(exts) and os.path.relpath(path, _PKG) not in _RESULT_NEUTRAL:
+                rel = os.path.relpath(path, _PKG)
+                if name.endswith(exts) and not any(rel == n or rel.startswith(n + os.sep) for n in _RESULT_NEUTRAL):
                     out.append(os.path.relpath(path, base))
     return sorted(set(out))
 
@@ -71,9 +73,40 @@ def code_fingerprint() -> str:
     return fingerprint_files(os.path.dirname(_PKG), code_files())
 
 
+def files_digest(paths: Sequence[str]) -> str:
+    """Hash of the contents of ``paths`` (a folder: every file under it, by relative name); a path that is not on
+    this machine (a hub id) contributes its name only."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path).encode() + b"\0")
+        if os.path.isdir(path):
+            for d, dirs, files in sorted(os.walk(path)):
+                dirs.sort()
+                for name in sorted(files):
+                    with open(os.path.join(d, name), "rb") as f:
+                        h.update(os.path.relpath(os.path.join(d, name), path).encode() + b"\0" + f.read())
+        elif os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def data_files(cfg) -> list[str]:
+    """The local data an Axolotl config reads: ``datasets`` / ``test_datasets`` paths and the calib_eval files."""
+    if not isinstance(cfg, Mapping):
+        return []
+    out = [d.get("path") for key in ("datasets", "test_datasets") for d in (cfg.get(key) or [])
+           if isinstance(d, Mapping) and isinstance(d.get("path"), str)]
+    for key in ("calib_eval_data_files", "calib_eval_ood_data_files"):
+        value = cfg.get(key) or []
+        out += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+    return [p for p in out if os.path.exists(p)]
+
+
 def config_hash(cfg) -> str:
-    """The config (any JSON-able value) and the code that runs it (reusing a result needs both unchanged)."""
-    blob = json.dumps(cfg, sort_keys=True, default=str) + code_fingerprint()
+    """The config (any JSON-able value), the contents of the local data files it names (:func:`data_files`) and the
+    code that runs it: reusing a result needs all three unchanged."""
+    blob = json.dumps(cfg, sort_keys=True, default=str) + files_digest(data_files(cfg)) + code_fingerprint()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -26,6 +26,14 @@ shared with other jobs a 1-3 ms call that loses a time slice to them takes 2-5x 
 which calls lose one phase-locks with the rounds, while a multi-second loop averages the load out;
 CPU time charges neither side for the other jobs. On a quiet box the two ratios agree.
 
+The ratio depends on the CPU model as well as on our code, which is why the script prints the model, the
+SIMD extensions, the CPU numba compiles for and the thread settings first: the loop's speed is the
+interpreter's (1.9 us/sample on an Emerald Rapids core; the first records imply ~3 us), the core's
+is LLVM's code for the host model (numba compiles for it: a kernel that mixed its checks and its binning in one
+loop ran 1.5x slower tuned for Emerald Rapids than for x86-64-v3 on the same core; the current one runs alike
+under both). Both are single-threaded (numba's threads and torch's
+are not used by the measured calls), so thread settings and OPENBLAS_CORETYPE do not enter.
+
 Usage: python benchmarks/bench_metrics.py [--sizes 100000,1000000] [--scaling 10000,...] [--repeats N]
 """
 
@@ -40,7 +48,7 @@ import numpy as np
 import torch
 
 from axolotl_calib_plugin.metrics import DEFAULT_N_BINS, accuracy, calibration_metrics, conf_ece, cw_ece
-from common import timed_interleaved_cpu
+from common import machine_info, timed_interleaved_cpu
 
 K = 4
 N_BINS = DEFAULT_N_BINS
@@ -291,6 +299,8 @@ def main(argv=None) -> int:
     print("bench_metrics: metrics core (axolotl_calib_plugin.metrics) vs per-sample Python loop")
     print(f"torch {torch.__version__}, numpy {np.__version__}, torch threads {torch.get_num_threads()}, "
           f"cpu count {os.cpu_count()}")
+    for line in machine_info():
+        print(line)
     all_ok = True
     for n in [int(s) for s in args.sizes.split(",") if s]:
         all_ok &= compare(n, args.repeats)

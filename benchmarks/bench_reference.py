@@ -18,7 +18,7 @@ described to do, with its quirks:
     fine-tuning). Peak memory = the peak of the bytes of the tensors allocated while the term runs
     (a TorchDispatchMode tracker; weights and hidden states that exist before are not counted).
 (b) The E-step over the training set (tiny local Llama, hidden 256, 4 layers; 64 MCQ rows of ~120
-    tokens tokenized by ``MCQStrategy``, as in bench_train.py):
+    tokens tokenized by ``MCQStrategy``, as in bench_step.py):
     * reference-style: every prompt left-padded to a fixed max_length (1024 in their code; 256 here on
       CPU), rows in dataset order, batch 8, ``model(...)`` under ``no_grad`` returning full logits at
       every position, letter logits read at index -1;
@@ -31,7 +31,7 @@ described to do, with its quirks:
     ``calib_nonmax_split: reference`` targets reproduce the reference's tanh targets, so outside the top
     bin the two per-sample errors are the same numbers.
 
-Timing protocol (as bench_train.py): 1 torch thread, warm-up, then A/B runs that alternate (and
+Timing protocol (as bench_step.py): 1 torch thread, warm-up, then A/B runs that alternate (and
 alternate who goes first); the median of the per-pair ratios is reported with each side's median.
 Nothing here is a target: the ratios are "reported" lines. Exit status is non-zero only on a failed
 correctness check.

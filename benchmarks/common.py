@@ -7,9 +7,11 @@ median of the per-pair ratios B/A (each pair runs back to back, so a slow spell 
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -99,3 +101,215 @@ class HeadOnly(torch.nn.Module):
 
     def get_output_embeddings(self):
         return self.lm_head
+
+
+def machine_info() -> list[str]:
+    """What a timing depends on besides our code, as lines to print before the numbers: the CPU model (the
+    interpreter loop of a baseline and a compiled kernel speed up differently from one model to the next),
+    the SIMD extensions numpy dispatches to, the CPU numba compiles for (LLVM tunes the kernel to that model),
+    the thread settings, the BLAS core override and the load average."""
+    import platform
+
+    import numpy as np
+
+    cpu = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, val = line.partition(":")
+                cpu.setdefault(key.strip(), val.strip())
+    except OSError:
+        pass
+    model = cpu.get("model name") or platform.processor() or "unknown"
+    ident = f"family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')} stepping {cpu.get('stepping', '?')}"
+    flags = set(cpu.get("flags", "").split())
+    simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+                        "avx512_fp16", "amx_tile") if f in flags]
+    try:
+        from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_features__
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_baseline__, __cpu_features__
+    np_on = [k for k, v in __cpu_features__.items() if v and k not in __cpu_baseline__]
+    try:
+        import llvmlite.binding as llvm
+        import numba
+
+        jit = (f"numba {numba.__version__} compiles for CPU '{numba.config.CPU_NAME or llvm.get_host_cpu_name()}'"
+               f"{' (NUMBA_CPU_NAME)' if numba.config.CPU_NAME else ' (the host model)'}, "
+               f"NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS} (the metrics kernel runs on one)")
+    except ImportError:
+        jit = "numba not installed"
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                       "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "NUMBA_CPU_NAME") if k in os.environ}
+    mhz = cpu.get("cpu MHz")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
+    return [
+        f"cpu: {model} ({ident}{f', {float(mhz):.0f} MHz' if mhz else ''}), {os.cpu_count()} cores; "
+        f"python {platform.python_version()}; load average {', '.join(f'{x:.2f}' for x in load)}",
+        f"simd (/proc/cpuinfo): {' '.join(simd) or 'none of sse4_2..avx512'}; numpy {np.__version__} dispatches "
+        f"beyond its baseline to: {' '.join(np_on) or 'nothing'}",
+        f"threads: torch {torch.get_num_threads()}; {jit}; environment: "
+        + (", ".join(f"{k}={v}" for k, v in env.items()) or "no thread / BLAS variables set"),
+    ]
+
+
+# ----------------------------------------------------------------------------- the tiny-Llama training setup
+# Shared by bench_step.py, bench_estep.py and bench_memory.py: one model, one data set, one optimizer, and the
+# same batches for the plugin's trainer (with the calib_* columns) and Axolotl's stock trainer (without them).
+def add_model_args(ap) -> None:
+    """The model / data / thread options every tiny-Llama benchmark takes (defaults: ~2.6M parameters, 64 rows
+    of ~128 tokens, batch 8)."""
+    ap.add_argument("--rows", type=int, default=64, help="training rows (one epoch = rows / batch steps)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--words", type=int, default=75, help="question length in words (~128 tokens per row at 75)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (0: torch's default). Default 1: on a shared small CPU box two "
+                         "threads wait on each other and the run-to-run noise swamps a 5%% difference")
+    ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/axolotl_calib_bench"))
+
+
+def model_args(args) -> list[str]:
+    """:func:`add_model_args`'s options as a command line, for a benchmark's fresh child processes."""
+    return ["--rows", str(args.rows), "--batch", str(args.batch), "--hidden", str(args.hidden),
+            "--layers", str(args.layers), "--heads", str(args.heads), "--words", str(args.words),
+            "--threads", str(args.threads), "--workdir", args.workdir]
+
+
+def apply_threads(args) -> None:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.workdir, exist_ok=True)
+
+
+@dataclass
+class Setup:
+    tok: object
+    model: torch.nn.Module
+    device: torch.device
+    calib_trainer: object
+    plain_trainer: object
+    optimizer: torch.optim.Optimizer
+    dataset: object
+    calib_batches: list
+    plain_batches: list
+    estep_data: object
+    settings: object
+    seq_len: float
+
+
+def build(args) -> Setup:
+    """The tiny Llama, its MCQ rows and both trainers; the E-step targets installed as the callback would."""
+    import datasets
+    from axolotl.core.trainers.base import AxolotlTrainer
+    from axolotl.core.training_args import AxolotlTrainingArguments
+    from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
+    from axolotl.utils.dict import DictDefault
+
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.estep import EStepData
+    from axolotl_calib_plugin.train.collator import CalibDataCollatorForSeq2Seq
+    from axolotl_calib_plugin.train.columns import CALIB_COLUMNS
+    from axolotl_calib_plugin.train.context import CalibrationContext
+    from axolotl_calib_plugin.train.mcq import MCQStrategy
+    from axolotl_calib_plugin.testing import build_llama, build_tokenizer
+    from axolotl_calib_plugin.train.trainer import AxolotlCalibTrainer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = build_tokenizer()
+    model = build_llama(tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+                        max_position_embeddings=1024).to(device)
+    cfg = DictDefault({
+        "plugins": ["axolotl_calib_plugin.CalibrationPlugin"],
+        "calib_mode": "cft",
+        "calib_lambda": 1.0,
+        "calib_option_letters": list("ABCDE"),  # the tiny tokenizer has single-token " A".." E"
+    })
+    settings = CalibrationArgs.from_cfg(cfg)
+    strategy = MCQStrategy(tok, settings, train_on_inputs=settings.train_on_inputs, sequence_len=1024)
+    rows = [strategy.tokenize_row(r, i) for i, r in enumerate(make_rows(args.rows, args.words))]
+    dataset = datasets.Dataset.from_list(rows)
+    plain_dataset = dataset.remove_columns(list(CALIB_COLUMNS))
+
+    targs = AxolotlTrainingArguments(
+        output_dir=os.path.join(args.workdir, "out"), per_device_train_batch_size=args.batch,
+        learning_rate=1e-5, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+        remove_unused_columns=False, use_cpu=device.type == "cpu", dataloader_num_workers=0,
+    )
+    calib_coll = CalibDataCollatorForSeq2Seq(tokenizer=tok, padding=True, return_tensors="pt")
+    plain_coll = DataCollatorForSeq2Seq(tokenizer=tok, padding=True, return_tensors="pt")
+    calib_trainer = AxolotlCalibTrainer(model=model, args=targs, train_dataset=dataset, data_collator=calib_coll,
+                                        processing_class=tok)
+    calib_trainer.attach_calibration(CalibrationContext.from_cfg(cfg, tok, [dataset]))
+    plain_trainer = AxolotlTrainer(model=model, args=targs, train_dataset=plain_dataset, data_collator=plain_coll,
+                                   processing_class=tok)
+    from transformers.trainer_callback import PrinterCallback
+
+    for tr in (calib_trainer, plain_trainer):
+        tr.current_gradient_accumulation_steps = 1  # normally set by the training loop
+        tr.remove_callback(PrinterCallback)  # the refreshes' log dicts would interleave with the tables
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def batches(ds, coll):
+        out = []
+        for s in range(0, len(ds) - args.batch + 1, args.batch):
+            b = coll([ds[i] for i in range(s, s + args.batch)])
+            out.append({k: v.to(device) for k, v in b.items()})
+        return out
+
+    calib_batches = batches(dataset, calib_coll)
+    plain_batches = batches(plain_dataset, plain_coll)
+    for cb, pb in zip(calib_batches, plain_batches):
+        assert torch.equal(cb["input_ids"], pb["input_ids"]) and torch.equal(cb["labels"], pb["labels"])
+
+    estep_data = EStepData(dataset)
+    setup = Setup(tok, model, device, calib_trainer, plain_trainer, optimizer, dataset, calib_batches,
+                  plain_batches, estep_data, settings,
+                  seq_len=statistics.mean(len(r["input_ids"]) for r in rows))
+    calib_trainer.calib.em_state = em_refresh(setup)  # targets for the ECE term, as the callback would install
+    return setup
+
+
+def em_refresh(s: Setup):
+    """One EM refresh as ``EMRefreshCallback.refresh_now`` does it (minus logging)."""
+    from axolotl_calib_plugin.train.estep import run_estep
+    from axolotl_calib_plugin.train.em import EMState
+
+    was_training = s.model.training
+    s.model.eval()
+    try:
+        out = run_estep(s.model, s.estep_data, list(s.calib_trainer.calib.option_ids),
+                        batch_size=s.settings.calib_estep_batch_size, device=s.device,
+                        pad_id=int(s.tok.pad_token_id), show_progress=False)
+    finally:
+        s.model.train(was_training)
+    return EMState.from_estep(out["sample_ids"], out["probs"], out["labels"], out["num_options"],
+                              n_bins=s.settings.calib_bins, split=s.settings.calib_nonmax_split)
+
+
+def step(s: Setup, trainer, batch) -> None:
+    """forward + backward (the trainer's own training_step) + optimizer step."""
+    trainer.training_step(s.model, batch)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+
+
+def sync(s: Setup) -> None:
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def banner(s: Setup, args, title: str, setup_seconds: float) -> None:
+    import transformers
+
+    n_params = sum(p.numel() for p in s.model.parameters())
+    print("=" * 100)
+    print(title)
+    print(f"device {s.device}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
+          f"{transformers.__version__}; model hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.1f}M params; "
+          f"{len(s.dataset)} rows, mean {s.seq_len:.0f} tokens, batch {args.batch} "
+          f"(padded width {s.calib_batches[0]['input_ids'].shape[1]}); setup {setup_seconds:.1f}s")
+    for line in machine_info():
+        print(line)

@@ -1,4 +1,4 @@
-"""Quality of the online E-step: online − exact CFT (aligned arm) on a study's seeds, against issue 25's margins.
+"""Quality of the online E-step: online − exact CFT (aligned arm) on a study's seeds, against the online study's margins.
 
 Reads a study result with, per seed, the runs ``aligned.cft`` and ``aligned.cft_online`` (same seed, world and start
 model): ``study/online.json`` (``make study-online``: the online run at today's defaults, its first E-step over 10 % of
@@ -6,7 +6,7 @@ the prompts) by default, or ``study/study.json`` (the main study's online arm). 
 difference with its 95 % t interval, whether the whole interval lies inside the margin (|Δ conf-ECE| ≤ 0.01,
 |Δ cw-ECE| ≤ 0.01, |Δ acc| ≤ 0.005), and how many seeds would make that likely (80 % of simulated studies, normal
 per-seed differences with the observed sd), if the true difference is 0 and if it is the observed mean. The
-computation is ``axolotl_calib_plugin.demo.online_study`` (what the study's own summary uses). Not a timing
+computation is ``axolotl_calib_plugin.demo.studies.online`` (what the study's own summary uses). Not a timing
 benchmark (so not named bench_*).
 
 Usage: python benchmarks/online_vs_exact.py [--study study/online.json] [--power 0.8]
@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from axolotl_calib_plugin.demo.online_study import compare, render_lines, seeds_needed
+from axolotl_calib_plugin.demo.stats import seeds_needed
+from axolotl_calib_plugin.demo.studies.online import compare, render_lines
 
 __all__ = ["main", "seeds_needed"]
 

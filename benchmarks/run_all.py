@@ -7,7 +7,7 @@ lines and repeats them in a banner at the end, so a regression cannot scroll by 
 ``make bench`` runs this. Usage:
 
     python benchmarks/run_all.py                 # all of them
-    python benchmarks/run_all.py metrics train   # only bench_metrics.py and bench_train.py
+    python benchmarks/run_all.py metrics step    # only bench_metrics.py and bench_step.py
     python benchmarks/run_all.py --list
 """
 

@@ -27,7 +27,7 @@ from axolotl_calib_plugin.offline import OFFLINE_ENV
 __all__ = ["OFFLINE_ENV", "CPU_SETTINGS", "PLUGIN", "LETTERS", "ROOT", "load_task_utils", "make_mcq_rows",
            "write_mcq_rows", "tiny_config", "letter_ids", "run_train", "log_history", "refresh_logs", "loss_logs",
            "prepared_train_dataset", "hand_estep", "refresh_records", "check_refresh_against_hand", "expected_targets",
-           "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN", "A100", "validate_on_gpu_box"]
+           "CPU_DEVICE_MAP_FIX", "TRAIN_MAIN", "A100", "validate_on_gpu_box", "validate_on_this_box"]
 
 #: the repository root
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def letter_ids(tokenizer, cfg, num_options=None) -> list[int]:
 def _train_child(cfg_path: str, log_path: str, env: dict, cwd: str) -> None:
     """The demo launcher's child (``python -m axolotl.cli.train cfg_path``'s ``do_cli``, output to ``log_path``) in
     the caller's working directory and exact environment, with torch's default thread count (a subprocess's)."""
-    from axolotl_calib_plugin.demo.launcher import _train_child as run
+    from axolotl_calib_plugin.demo.launcher import train_child as run
 
     os.chdir(cwd)
     os.environ.clear()
@@ -159,13 +159,13 @@ def _train_child(cfg_path: str, log_path: str, env: dict, cwd: str) -> None:
 
 
 def _forked_train(cfg_path: str, env: dict, cwd: str, timeout: float) -> tuple[int, str]:
-    """(exit code, output) of :func:`_train_child` run from the demo's preloaded fork server."""
-    from axolotl_calib_plugin.demo.launcher import _context
+    """(exit code, output) of :func:`train_child` run from the demo's preloaded fork server."""
+    from axolotl_calib_plugin.demo.launcher import forkserver_context
 
     log_path = os.path.join(cwd, os.path.basename(cfg_path) + ".log")
     if os.path.exists(log_path):
         os.remove(log_path)
-    proc = _context().Process(target=_train_child, args=(cfg_path, log_path, env, cwd))
+    proc = forkserver_context().Process(target=_train_child, args=(cfg_path, log_path, env, cwd))
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
@@ -312,3 +312,19 @@ def validate_on_gpu_box(path, monkeypatch) -> tuple[dict, object]:
     cfg = DictDefault(raw)
     prepare_plugins(cfg)
     return raw, validate_config(cfg, capabilities=A100, env_capabilities={"torch_version": torch.__version__.split("+")[0]})
+
+
+def validate_on_this_box(path) -> tuple[dict, object]:
+    """(raw YAML, validated cfg) of a config as ``axolotl train`` checks it on this machine before loading the model:
+    its plugins registered (their ``register`` hooks see the raw config) and Axolotl's validation against this
+    machine's capabilities (on a CPU box: no bf16, no tf32, no GPU)."""
+    from axolotl.cli.config import gpu_capabilities, prepare_plugins
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    cfg = DictDefault(raw)
+    prepare_plugins(cfg)
+    capabilities, env_capabilities = gpu_capabilities()
+    return raw, validate_config(cfg, capabilities=capabilities, env_capabilities=env_capabilities)

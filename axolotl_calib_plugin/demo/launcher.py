@@ -13,13 +13,13 @@ import multiprocessing as mp
 import os
 import sys
 
-__all__ = ["train_in_forked_process"]
+__all__ = ["forkserver_context", "train_child", "train_in_forked_process"]
 
 _PRELOAD = "axolotl_calib_plugin.demo._axolotl_preload"
 _CTX = None
 
 
-def _context():
+def forkserver_context():
     global _CTX
     if _CTX is None:
         ctx = mp.get_context("forkserver")
@@ -28,7 +28,7 @@ def _context():
     return _CTX
 
 
-def _train_child(cfg_path: str, log_path: str, env: dict) -> None:
+def train_child(cfg_path: str, log_path: str, env: dict) -> None:
     # multiprocessing makes a fork-server child's default start method "forkserver": every DataLoader worker of
     # the run (one per epoch and per evaluation) would then come from a new server and re-import Axolotl to
     # unpickle the dataset (~10-25 s each). Back to the interpreter's default, as in `python -m axolotl.cli.train`.
@@ -52,7 +52,7 @@ def _train_child(cfg_path: str, log_path: str, env: dict) -> None:
 def train_in_forked_process(cfg_path: str, log_path: str, env: dict) -> int:
     """Run ``axolotl.cli.train.do_cli(cfg_path)`` in a process forked from the preloaded server; output is
     appended to ``log_path``; returns the exit code (0 on success)."""
-    proc = _context().Process(target=_train_child, args=(cfg_path, log_path, dict(env)))
+    proc = forkserver_context().Process(target=train_child, args=(cfg_path, log_path, dict(env)))
     proc.start()
     proc.join()
     return int(proc.exitcode if proc.exitcode is not None else 1)

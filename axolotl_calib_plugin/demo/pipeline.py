@@ -205,10 +205,6 @@ def train_logged(cfg_path: str, log_path: str, what: str) -> float:
     return orchestrate.check_exit(train_in_forked_process(cfg_path, log_path, _env()), t0, log_path, what)
 
 
-# the reuse rule lives in the shared orchestration (the demo and ``axolotl-calib reproduce`` reuse a run alike)
-code_files, fingerprint_files = orchestrate.code_files, orchestrate.fingerprint_files
-_code_fingerprint, _config_hash = orchestrate.code_fingerprint, orchestrate.config_hash
-DONE_FILE = orchestrate.DONE_FILE
 
 
 def _stale_evals(out: str, name: str) -> list[str]:
@@ -281,7 +277,7 @@ class _Paths:
         return os.path.join(self.out, "prepared", name)
 
 
-def _run_config(run: Run, p: _Paths, s: DemoSettings, seed: int) -> dict:
+def run_config(run: Run, p: _Paths, s: DemoSettings, seed: int) -> dict:
     start = os.path.join(p.out, "models", "init") if run.start == "init" else p.models[run.start]
     common = dict(seq_len=s.seq_len, batch=s.batch, seed=seed)
     out, prep = p.model(run.name), p.prepared(run.name)
@@ -306,7 +302,7 @@ def _run_config(run: Run, p: _Paths, s: DemoSettings, seed: int) -> dict:
 def train_all(runs: list[Run], p: _Paths, s: DemoSettings, seed: int, parallel: int, reuse: bool,
               timings: dict, errors: dict, reused: set | None = None) -> None:
     """Train ``runs``, up to ``parallel`` at a time (1 thread each), each as soon as its start model exists."""
-    orchestrate.train_all(runs, lambda run: _run_config(run, p, s, seed), p.out, train_logged, configs.write_config,
+    orchestrate.train_all(runs, lambda run: run_config(run, p, s, seed), p.out, train_logged, configs.write_config,
                           parallel, reuse, _outcome(p, timings, errors, reused), lambda name: _stale_evals(p.out, name),
                           _log)
 
@@ -460,7 +456,7 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
         build_init_model(world, s, init, seed, pref)
     runs = plan_runs(plan)
     reused: set = set()
-    orchestrate.execute(runs, lambda run: _run_config(run, p, s, seed), out, launch=train_logged,
+    orchestrate.execute(runs, lambda run: run_config(run, p, s, seed), out, launch=train_logged,
                         write_config=configs.write_config, evaluate=lambda _: evaluate_all(p, parallel),
                         parallel=parallel, reuse=reuse, stale=lambda name: _stale_evals(out, name), required=("base",),
                         eval_timing="lm_eval", log=_log, outcome=_outcome(p, timings, errors, reused))

@@ -166,7 +166,7 @@ def checks(rows: dict) -> list[dict]:
     return out
 
 
-def _reuse_note(meta: dict) -> str:
+def reuse_note(meta: dict) -> str:
     """Says when the wall time is a resumed invocation's: reused runs keep their original training seconds."""
     reused = meta.get("reused_runs") or []
     if not reused:
@@ -181,7 +181,7 @@ def markdown_report(results: dict) -> str:
     lines = [
         "# axolotl-calib demo results",
         "",
-        f"Seed {m['seed']}, {m['world']} world, wall time {m.get('wall_time_s', 0):.0f} s{_reuse_note(m)}. In-domain eval: "
+        f"Seed {m['seed']}, {m['world']} world, wall time {m.get('wall_time_s', 0):.0f} s{reuse_note(m)}. In-domain eval: "
         f"{s['n_eval_in']} questions, out-domain: {s['n_eval_out']}; 10 equal-width bins. One seed: the numbers vary "
         "by machine and seed; the multi-seed study says which differences are significant.",
         "",

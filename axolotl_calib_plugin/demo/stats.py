@@ -1,4 +1,5 @@
-"""Across-seed statistics of the study: means with t confidence intervals and paired differences.
+"""Across-seed statistics of the studies: means with t confidence intervals, paired differences, verdicts,
+Holm's adjustment, the seeds a margin needs, and the text formats every study renders them in.
 
 Each seed is one independent replicate of the whole experiment (its own world, data draws, initial
 weights and training order), so the seeds' values of a cell are i.i.d. draws of a random variable whose
@@ -17,7 +18,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["mean_ci", "paired_difference", "verdict"]
+__all__ = ["equivalence", "fmt_ci", "fmt_diff", "fmt_pm", "fmt_pt", "holm", "mean_ci", "non_inferior",
+           "paired_difference", "seeds_needed", "verdict"]
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
@@ -64,3 +66,85 @@ def verdict(diff: dict, direction: str) -> str:
         return "inconclusive"
     below = diff["hi"] < 0
     return "reproduced" if below == (direction == "<0") else "not reproduced"
+
+
+def non_inferior(diff: dict, margin: float) -> str:
+    """Non-inferiority of a paired difference (a - b, higher is better) at ``margin``: "reproduced" when the
+    interval's lower end lies above ``-margin``, "not reproduced" when its upper end lies below it, else
+    "inconclusive" (also with fewer than two seeds)."""
+    if diff["n"] < 2 or math.isnan(diff["lo"]):
+        return "inconclusive"
+    if diff["lo"] > -margin:
+        return "reproduced"
+    return "not reproduced" if diff["hi"] < -margin else "inconclusive"
+
+
+def equivalence(diff: dict, margin: float) -> str:
+    """Equivalence of a paired difference at ``±margin``: "equivalent" when the whole 95% interval lies inside
+    (-margin, +margin), "different" when it lies wholly outside on one side, else "inconclusive" (also with fewer
+    than two seeds). The 95% interval is stricter than the 90% one of two one-sided tests at 5%."""
+    if diff["n"] < 2 or math.isnan(diff["lo"]):
+        return "inconclusive"
+    if -margin < diff["lo"] and diff["hi"] < margin:
+        return "equivalent"
+    return "different" if diff["lo"] >= margin or diff["hi"] <= -margin else "inconclusive"
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN / None entries stay NaN and do not count toward the family size)."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    m, out, running = len(order), [float("nan")] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def seeds_needed(mu: float, sd: float, margin: float, power: float = 0.8, reps: int = 20000, max_n: int = 400,
+                 seed: int = 0) -> int | None:
+    """Smallest n with P(95 % t interval of n normal(mu, sd) differences inside +-margin) >= power (None: > max_n)."""
+    if sd == 0:
+        return 2 if abs(mu) <= margin else None
+    rng = np.random.default_rng(seed)
+    for n in range(2, max_n + 1):
+        # a study's mean and sd of n normal differences, drawn from their exact distributions (independent:
+        # mean ~ N(mu, sd^2/n), s^2 ~ sd^2 chi2(n-1)/(n-1)) instead of n draws each
+        m = rng.normal(mu, sd / math.sqrt(n), size=reps)
+        s = sd * np.sqrt(rng.chisquare(n - 1, size=reps) / (n - 1))
+        half = stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)
+        if np.mean((m - half >= -margin) & (m + half <= margin)) >= power:
+            return n
+    return None
+
+
+# ------------------------------------------------------------------------------------------- text formats
+def fmt_pm(c: dict | None, digits: int = 3) -> str:
+    """A cell of :func:`mean_ci` as ``mean ± half`` (``-`` when empty; the mean alone with one seed)."""
+    if c is None or c["n"] == 0 or math.isnan(c["mean"]):
+        return "-"
+    if math.isnan(c["half"]):
+        return f"{c['mean']:.{digits}f}"
+    return f"{c['mean']:.{digits}f} ± {c['half']:.{digits}f}"
+
+
+def fmt_ci(d: dict | None, digits: int = 3) -> str:
+    """A paired difference as ``+mean [+lo, +hi]`` (``-`` when empty; ``+mean (n=1)`` with one seed)."""
+    if d is None or d["n"] < 2 or math.isnan(d["lo"]):
+        return "-" if d is None or d["n"] == 0 else f"{d['mean']:+.{digits}f} (n=1)"
+    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+
+
+def fmt_pt(d: dict | None) -> str:
+    """A paired difference of accuracies in points: ``+mean pt [+lo, +hi]`` (2 decimals)."""
+    if d is None or d["n"] < 2 or math.isnan(d["lo"]):
+        return "-" if d is None or d["n"] == 0 else f"{100 * d['mean']:+.2f} pt (n=1)"
+    return f"{100 * d['mean']:+.2f} pt [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
+
+
+def fmt_diff(d: dict, digits: int = 3) -> str:
+    """A paired difference as ``+mean [+lo, +hi]``, `` *`` when the interval excludes 0 (``-`` under two seeds)."""
+    if d["n"] < 2:
+        return "-"
+    star = " *" if d["significant"] else ""
+    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]{star}"

@@ -28,7 +28,8 @@ PACKAGED_TASK_DIR = os.path.join(_PACKAGE, "lm_eval_tasks")
 JSONL_TASK_METADATA = {"calib_jsonl": "data_files", "calib_jsonl_ood": "ood_data_files"}
 
 __all__ = ["JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "as_list", "check_limit",
-           "evaluate_files", "find_task_dir", "is_adapter_dir", "load_lm", "make_hflm", "run_tasks", "samples_to_arrays", "task_index", "task_suites",
+           "evaluate_files", "find_task_dir", "is_adapter_dir", "load_lm", "load_tokenizer", "make_hflm", "hflm_for_model",
+           "training_add_bos_token", "NOISE", "NoiseFilter", "quiet_third_party_logs", "run_tasks", "task_utils", "samples_to_arrays", "task_index", "task_suites",
            "unknown_task_message"]
 
 
@@ -81,6 +82,18 @@ def _yaml_loader():
 
     _TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
     return _TagTolerantLoader
+
+
+def task_utils():
+    """The task folder's ``calib/utils.py`` (the tasks' own readers and row checks), loaded by path as lm-eval
+    loads it: data can be read and checked before any model is loaded."""
+    import importlib.util
+
+    path = os.path.join(find_task_dir(), "calib", "utils.py")
+    spec = importlib.util.spec_from_file_location("_axolotl_calib_task_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def task_index(task_dir: str | None = None) -> dict[str, dict]:
@@ -150,11 +163,14 @@ def samples_to_arrays(task_samples: list[dict]) -> dict:
     return {"logliks": logliks, "labels": labels, "ids": ids}
 
 
-def evaluate_files(lm, files: Sequence[str], task_dir: str, batch_size: int = 64) -> list[dict]:
+def evaluate_files(lm, files: Sequence[str], task_dir: str, batch_size: int = 64, *, apply_chat_template: bool = False,
+                   system_instruction: str | None = None, task_metadata: dict | None = None) -> list[dict]:
     """Evaluate one loaded ``HFLM`` on up to two MCQ JSONL files in ONE ``simple_evaluate`` call.
 
-    Returns, per file, ``{"metrics": {acc, conf_ece, cw_ece} (lm-eval's aggregates), "logliks": (n, K)
-    full-vocabulary log-likelihoods of the option letters, "labels": (n,), "ids": (n,)}``.
+    ``apply_chat_template`` / ``system_instruction`` / ``task_metadata`` (the training row settings: letters,
+    answer format, fields) as in :func:`run_tasks`. Returns, per file, ``{"metrics": {acc, conf_ece, cw_ece}
+    (lm-eval's aggregates), "logliks": (n, K) full-vocabulary log-likelihoods of the option letters,
+    "labels": (n,), "ids": (n,)}``.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -165,10 +181,13 @@ def evaluate_files(lm, files: Sequence[str], task_dir: str, batch_size: int = 64
     for (task, env), path in zip(TASK_ENV, files):
         os.environ[env] = os.path.abspath(path)
         tasks.append(task)
-    tm = TaskManager(include_path=task_dir, include_defaults=False)
-    res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, log_samples=True, batch_size=batch_size,
-                                  num_fewshot=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                                  fewshot_random_seed=0)
+    quiet_third_party_logs()
+    tm = TaskManager(include_path=task_dir, include_defaults=False, metadata=dict(task_metadata or {}) or None)
+    with _quiet_git_probe():
+        res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, log_samples=True, batch_size=batch_size,
+                                      num_fewshot=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                      fewshot_random_seed=0, apply_chat_template=apply_chat_template,
+                                      system_instruction=system_instruction)
     out = []
     for task in tasks:
         r = res["results"][task]
@@ -178,16 +197,106 @@ def evaluate_files(lm, files: Sequence[str], task_dir: str, batch_size: int = 64
     return out
 
 
+# ----------------------------------------------------------------------------------- known third-party noise
+#: (logger, message start) of third-party log lines that say nothing to a user of these tasks: torchao's
+#: optional CUDA kernels that a CPU or other-arch install cannot load, and lm-eval's per-task notice that a
+#: ``custom_dataset`` task takes metadata (ours are passed by the caller).
+NOISE = (("torchao", "Failed to load "), ("lm_eval.api.task", None))
+_NOISE_TEXT = "Custom kwargs can be passed to `--metadata`"
+
+
+class NoiseFilter:
+    """``logging`` filter dropping exactly the :data:`NOISE` lines of one logger; every other record passes."""
+
+    def __init__(self, prefix: str | None) -> None:
+        self.prefix = prefix
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        if self.prefix is not None:
+            return not (msg.startswith(self.prefix) and "_C" in msg)
+        return _NOISE_TEXT not in msg
+
+
+def quiet_third_party_logs() -> None:
+    """Install :class:`NoiseFilter` on the loggers of :data:`NOISE` (idempotent; works before the libraries are
+    imported, as ``logging.getLogger`` creates the logger they will use)."""
+    import logging
+
+    for name, prefix in NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, NoiseFilter) for f in logger.filters):
+            logger.addFilter(NoiseFilter(prefix))
+
+
+class _quiet_git_probe:
+    """lm-eval records ``git describe`` of the working directory and lets git print ``fatal: not a git
+    repository`` when there is none: run that probe with git's stderr discarded while our call runs."""
+
+    def __enter__(self):
+        import subprocess
+
+        import lm_eval.evaluator as ev
+
+        self._ev, self._orig = ev, getattr(ev, "get_git_commit_hash", None)
+
+        def quiet():
+            try:
+                out = subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL)
+                return out.strip().decode()
+            except (subprocess.CalledProcessError, FileNotFoundError, OSError):
+                return None
+
+        if self._orig is not None:
+            ev.get_git_commit_hash = quiet
+        return self
+
+    def __exit__(self, *exc):
+        if self._orig is not None:
+            self._ev.get_git_commit_hash = self._orig
+        return False
+
+
 def load_lm(path: str, batch_size: int = 64, tokenizer: str | None = None):
-    """lm-eval's ``HFLM`` for a local model directory on CPU in float32.
+    """lm-eval's ``HFLM`` for a local model directory on CPU in float32, scoring plain prompts with the token
+    sequence training used (:func:`training_add_bos_token`)."""
+    return make_hflm(path, tokenizer=tokenizer, device="cpu", dtype="float32", batch_size=batch_size)
 
-    ``add_bos_token=True``: the model sees the BOS the tokenizer adds in training (Axolotl tokenizes
-    with the tokenizer's own special tokens).
+
+#: a neutral prompt: how the tokenizer treats plain text is asked of it (the training strategy's probe).
+_PROBE_PROMPT = "Which option?\nA. first\nB. second\nAnswer:"
+
+
+def training_add_bos_token(tokenizer, chat: bool) -> bool:
+    """lm-eval's ``add_bos_token`` that makes ``HFLM`` score the token sequence training used.
+
+    The one rule of every evaluation route (``axolotl-calib eval`` / ``diagnose`` / ``reproduce``, the
+    post-training report, and the value to put in ``lm_eval --model_args``): training (the strategy
+    ``axolotl_calib_plugin.mcq``) encodes a plain prompt with the tokenizer's own special tokens, so the
+    prompt starts with a BOS exactly when the tokenizer adds one (Llama: yes; GPT-2 / SmolLM2 style: no),
+    and renders a chat prompt with the template alone (whatever BOS the template writes, nothing added).
+    ``HFLM`` with ``add_bos_token=True`` adds special tokens to every request; with ``False`` none. A
+    tokenizer that appends an EOS to plain text cannot be scored like training (lm-eval's context would end
+    with it): ``ValueError``.
     """
-    from lm_eval.models.huggingface import HFLM
+    if chat:
+        return False
 
-    return HFLM(pretrained=path, tokenizer=tokenizer or path, dtype="float32", device="cpu", batch_size=batch_size,
-                add_bos_token=True, trust_remote_code=False)
+    def ids(special: bool) -> list[int]:
+        out = tokenizer(_PROBE_PROMPT, add_special_tokens=special)
+        return [int(t) for t in (out["input_ids"] if hasattr(out, "keys") else out)]
+
+    with_special, bare = ids(True), ids(False)
+    if with_special == bare:
+        return False
+    eos = tokenizer.eos_token_id
+    if with_special[-len(bare):] != bare or (eos is not None and with_special[-1] == eos and bare[-1] != eos):
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} adds tokens after plain text "
+            f"({with_special[-3:]} vs {bare[-3:]}; e.g. add_eos_token: true): lm-eval would score prompts that end "
+            "in them, unlike training. Turn that off in the tokenizer's tokenizer_config.json"
+        )
+    return True
 
 
 def is_adapter_dir(path: str) -> bool:
@@ -222,15 +331,26 @@ def adapter_base_problem(model: str) -> str | None:
     return None
 
 
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The tokenizer saved in ``path`` exactly as saved (no ``add_bos_token`` override: passing one to
+    ``from_pretrained`` rewrites what a fast tokenizer adds)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
 def make_hflm(model: str, *, base_model: str | None = None, tokenizer: str | None = None, device: str | None = None,
-              dtype: str = "auto", batch_size: int = 8, trust_remote_code: bool = False):
+              dtype: str = "auto", batch_size: int = 8, trust_remote_code: bool = False, chat: bool = False,
+              add_bos_token: bool | None = None):
     """lm-eval's ``HFLM`` for a model folder (or hub id), or for a peft adapter folder on its base model.
 
     An adapter folder (``adapter_config.json``) is loaded on ``base_model`` (default: the adapter's
     ``base_model_name_or_path``) through HFLM's own ``peft=`` argument; its tokenizer is the adapter
     folder's when it has one (Axolotl saves it there), else the base model's. ``device`` defaults to
-    ``cuda`` when available, else ``cpu``. ``add_bos_token=True``: the model sees the BOS its tokenizer
-    adds in training (Axolotl tokenizes with the tokenizer's special tokens).
+    ``cuda`` when available, else ``cpu``. ``add_bos_token``: the run's recorded rule
+    (``calib_settings.json``), else :func:`training_add_bos_token` of the tokenizer for ``chat`` (the
+    token sequence training used). The tokenizer is loaded here and handed to ``HFLM`` as an object, so the
+    flag only says whether each request gets the tokenizer's special tokens.
     """
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -247,9 +367,27 @@ def make_hflm(model: str, *, base_model: str | None = None, tokenizer: str | Non
             raise ValueError(problem)
         pretrained, kw["peft"] = base, model
         tokenizer = tokenizer or (model if _has_tokenizer(model) else base)
+    tok = load_tokenizer(tokenizer or pretrained, trust_remote_code)
+    rule = training_add_bos_token(tok, chat)
+    if add_bos_token is not None and bool(add_bos_token) != rule:
+        if add_bos_token and not rule:
+            raise ValueError(
+                f"training prompts began with the tokenizer's BOS (calib_settings.json add_bos_token: true), but the "
+                f"tokenizer {tokenizer or pretrained} adds none: evaluate with the tokenizer the model was trained "
+                "with (--tokenizer)")
+        rule = False  # recorded: nothing added (a template or tokenizer that writes no BOS in training)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return HFLM(pretrained=pretrained, tokenizer=tokenizer or pretrained, device=device, dtype=dtype,
-                batch_size=batch_size, add_bos_token=True, trust_remote_code=trust_remote_code, **kw)
+    return HFLM(pretrained=pretrained, tokenizer=tok, device=device, dtype=dtype, batch_size=batch_size,
+                add_bos_token=rule, trust_remote_code=trust_remote_code, **kw)
+
+
+def hflm_for_model(model, tokenizer, *, chat: bool = False, batch_size: int = 8):
+    """lm-eval's ``HFLM`` around a model already in memory (the post-training report's trained model) and its
+    training tokenizer, scoring the token sequence training used (:func:`training_add_bos_token`)."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                add_bos_token=training_add_bos_token(tokenizer, chat))
 
 
 def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir: str | None = None,
@@ -272,6 +410,7 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    quiet_third_party_logs()
     metadata: dict = dict(task_metadata or {})
     if data_dir:
         metadata["calib_data_dir"] = os.path.abspath(data_dir)
@@ -284,10 +423,11 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
         from lm_eval.loggers import EvaluationTracker
 
         tracker = EvaluationTracker(output_path=os.path.abspath(output_dir))
-    res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, limit=limit, log_samples=True,
-                                  bootstrap_iters=0, apply_chat_template=apply_chat_template,
-                                  system_instruction=system_instruction, evaluation_tracker=tracker,
-                                  random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+    with _quiet_git_probe():
+        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, limit=limit, log_samples=True,
+                                      bootstrap_iters=0, apply_chat_template=apply_chat_template,
+                                      system_instruction=system_instruction, evaluation_tracker=tracker,
+                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
     if tracker is not None:
         if model_name:
             from lm_eval.utils import sanitize_model_name

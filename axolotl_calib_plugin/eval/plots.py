@@ -201,10 +201,19 @@ def _draw_classwise(ax, axc, probs, labels, n_bins, num_options) -> list:
     how = "mean of the per-option ECEs" if same_k else "per-option ECEs weighted by their rows"
     _frame(ax, edges, "observed frequency (option is the gold one)",
            f"Class-wise: cw-ECE = {rb.ece:.4f} ({how})\n{int(pooled.sum())} option probabilities of {rb.n} "
-           "questions; marker area = share of the option's probabilities")
+           "questions\nmarker area = share of the option's probabilities in the bin")
     _count_strip(axc, edges, pooled, "option probs", _XLABELS["class"])
     handles, _ = ax.get_legend_handles_labels()
     return handles + ([_empty_patch()] if has_empty else [])
+
+
+def _suptitle(title: str, n_bins: int, width: int = 110) -> str:
+    """The figure's title with its binning, wrapped so that a long one (task, run names, counts) stays inside
+    the 13.5-inch figure instead of running past its edges."""
+    import textwrap
+
+    text = f"{title}  ({n_bins} equal-width bins)" if title else f"Reliability ({n_bins} equal-width bins)"
+    return textwrap.fill(text, width)
 
 
 def _figure(figsize):
@@ -250,7 +259,7 @@ def plot_reliability(probs, labels, path: str | None = None, *, title: str = "",
                 seen.add(h.get_label())
                 handles.append(h)
         fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), framealpha=0.92)
-        fig.suptitle(f"{title}  ({n_bins} equal-width bins)" if title else f"Reliability ({n_bins} equal-width bins)")
+        fig.suptitle(_suptitle(title, n_bins))
     if path:
         save_figure(fig, path)
     return fig
@@ -328,9 +337,9 @@ def plot_comparison(models: Mapping[str, tuple], path: str | None = None, *, tit
                 share = view.count / max(view.count.sum(), 1)
                 color = colors[j % len(colors)]
                 if kind == "conf":
-                    label = f"{name}: conf-ECE {view.ece:.4f}, acc {view.model_accuracy:.3f}"
+                    label = f"{name}: conf-ECE {view.ece:.4f}, acc {view.model_accuracy:.4f}, n = {view.n} questions"
                 else:
-                    label = f"{name}: cw-ECE {view.ece:.4f}, pooled ECE {_pooled_ece(view):.4f}"
+                    label = f"{name}: cw-ECE {view.ece:.4f}, pooled ECE {_pooled_ece(view):.4f}, n = {view.n} questions"
                 ax.plot(view.confidence[filled], view.accuracy[filled], color=color, lw=1.6, zorder=3 + j,
                         ls=_LINESTYLES[j % 4], label=label)
                 ax.scatter(view.confidence[filled], view.accuracy[filled], s=25 + 500 * share[filled], color=color,
@@ -360,7 +369,7 @@ def plot_comparison(models: Mapping[str, tuple], path: str | None = None, *, tit
         (h_conf, l_conf), (h_cls, l_cls) = legends
         fig.legend(handles=[ax.lines[0]] + h_conf + h_cls, labels=["perfect calibration"] + l_conf + l_cls,
                    loc="outside lower center", ncols=2, framealpha=0.92)
-        fig.suptitle(f"{title}  ({n_bins} equal-width bins)" if title else f"Reliability ({n_bins} equal-width bins)")
+        fig.suptitle(_suptitle(title, n_bins))
     if path:
         save_figure(fig, path)
     return fig

@@ -32,6 +32,12 @@ TRAINING SET (Algorithm 1). So:
 Verdict: non-calibratable (RCFT advised) if 1 or 2 fires; otherwise calibratable (CFT advised) -- except
 that without training-set predictions a failed temperature test also gives non-calibratable. Every
 number and the reason is returned, so the CLI prints the reasoning.
+
+Before any of that, the model must be answering. With accuracy within noise of chance, one letter taking most
+answers (:mod:`.chance`: chance level, predicted letters) or a fitted temperature ``T >= FLAT_T`` (dividing the
+scores by a large T leaves near-uniform probabilities: the model cannot separate its options), the rule's
+verdict is kept in the fields but not printed as advice: ``caveat`` says that calibrating such a model only
+flattens its probabilities (low ECE at the same useless accuracy) and what to fix first.
 """
 
 from __future__ import annotations
@@ -41,12 +47,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
+from scipy.special import softmax
 from scipy.stats import norm
 
 from .. import metrics
 from .temperature import apply_temperature, fit_temperature, probs_to_logits
 
 N_BINS = metrics.DEFAULT_N_BINS
+
+#: a fitted temperature from which the scaled probabilities count as near-uniform. T divides the option
+#: log-likelihoods: at T = 4 a model whose raw top option is 20 times likelier than the next one (log-odds 3)
+#: keeps a ratio of 2.1, and the T ~ 40 seen on models that answer one letter everywhere leaves every option at
+#: about 1/K.
+FLAT_T = 4.0
 
 
 @dataclass
@@ -68,8 +81,12 @@ class Diagnosis:
     gap: Optional[float]
     gap_z: Optional[float]
     verdict: str  # "calibratable" | "non-calibratable"
-    advice: str  # "CFT" | "RCFT"
+    advice: str  # "CFT" | "RCFT" (what the rule gives; read ``caveat`` first)
     reasons: list[str] = field(default_factory=list)
+    chance: dict = field(default_factory=dict)  # ChanceCheck.as_dict(): chance level, predicted letters, warnings
+    ts_mean_conf: Optional[float] = None  # mean confidence after dividing the logits by ts_temperature
+    flat: bool = False  # ts_temperature >= FLAT_T: the fitted temperature makes the probabilities near-uniform
+    caveat: Optional[str] = None  # set when the verdict must not be read as advice (model at chance, T >> 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,14 +101,22 @@ class Diagnosis:
         if self.train_acc is not None:
             lines.append(f"training data: n = {self.train_n}, acc {self.train_acc:.4f}, conf-ECE {self.train_conf_ece:.4f}; "
                          f"accuracy gap train - held-out {self.gap:+.4f} (z = {self.gap_z:.2f})")
+        if self.chance:
+            from .chance import ChanceCheck
+
+            lines += ChanceCheck(**self.chance).lines("held-out")
         lines.append(f"2-fold temperature test: T ~ {self.ts_temperature:.3f}, held-out conf-ECE {self.ts_conf_ece:.4f} "
                      f"(threshold {self.ts_threshold:.4f}; a calibrated model would show ~{self.noise:.4f} at this n)")
         if self.acc_star is not None:
             lines.append(f"oracle accuracy acc* = {self.acc_star:.4f}")
         lines.append("Reasoning (heuristic of axolotl-calib, not from the paper; see axolotl_calib_plugin/eval/regime.py):")
         lines += [f"  - {r}" for r in self.reasons]
-        lines.append(f"Verdict: {self.verdict} -> {self.advice} advised "
-                     f"({'calib_mode: cft' if self.advice == 'CFT' else 'calib_mode: rcft'})")
+        if self.caveat:
+            lines.append(f"Verdict: none to act on. {self.caveat}. (The rule alone would give: {self.verdict} -> "
+                         f"{self.advice}.)")
+        else:
+            lines.append(f"Verdict: {self.verdict} -> {self.advice} advised "
+                         f"({'calib_mode: cft' if self.advice == 'CFT' else 'calib_mode: rcft'})")
         return "\n".join(lines)
 
 
@@ -106,12 +131,18 @@ def ece_noise(probs, labels, n_bins: int = N_BINS) -> float:
     return float(np.sum(rb.weight * np.sqrt(2 * c * (1 - c) / (np.pi * nm))))
 
 
+#: the logit given to an option of probability exactly 0 (a zero-padded option of a row with fewer options):
+#: divided by any fitted T (at most 100) it stays below -100, so the option keeps probability ~0 under scaling.
+_ZERO_LOGIT = -1e4
+
+
 def cross_fitted_ts_ece(probs, labels, n_bins: int = N_BINS, seed: int = 0) -> tuple[float, float]:
-    """2-fold cross-fitted temperature scaling: (geometric-mean T, conf-ECE of the held-out halves pooled)."""
+    """2-fold cross-fitted temperature scaling: (geometric-mean T, conf-ECE of the held-out halves pooled).
+    Zero-padded options (mixed option counts) stay at probability 0 under every T: padding does not change T."""
     p, y = metrics.validate_probs_labels(probs, labels)
     p, y = p.numpy(), y.numpy()
     n = len(y)
-    z = probs_to_logits(p)
+    z = np.where(p > 0, probs_to_logits(p), _ZERO_LOGIT)
     if n < 4:
         t = fit_temperature(z, y)
         return t, metrics.conf_ece(apply_temperature(z, t), y, n_bins)
@@ -135,11 +166,14 @@ def accuracy_gap_z(acc_a: float, n_a: int, acc_b: float, n_b: int) -> float:
 
 def diagnose(probs, labels, *, train_probs=None, train_labels=None, acc_star: float | None = None,
              n_bins: int = N_BINS, abs_tol: float = 0.05, rel_tol: float = 0.5, noise_mult: float = 2.0,
-             gap_tol: float = 0.05, alpha: float = 0.01, acc_tol: float = 0.02) -> Diagnosis:
+             gap_tol: float = 0.05, alpha: float = 0.01, acc_tol: float = 0.02,
+             num_options=None) -> Diagnosis:
     """Apply the rule of the module docstring.
 
     ``probs`` (n, K) / ``labels``: the model's option probabilities and golds on HELD-OUT questions;
     ``train_probs`` / ``train_labels`` (optional, recommended): the same on the data (R)CFT would train on.
+    ``num_options``: each row's own K where rows are zero-padded to the largest (default: the row's nonzero
+    probabilities, which is what softmax of -inf-padded log-likelihoods leaves); it sets the chance level.
     """
     p, y = metrics.validate_probs_labels(probs, labels)
     m = metrics.calibration_metrics(p, y, n_bins)
@@ -159,23 +193,23 @@ def diagnose(probs, labels, *, train_probs=None, train_labels=None, acc_star: fl
         reasons.append(f"the best single temperature leaves held-out conf-ECE {ts_ece:.4f} > {thr:.4f}: the confidence "
                        "ranking itself is off")
     non_calibratable = False
-    train_acc = train_ece = gap = z = None
+    train_acc = train_ece = gap = z_gap = None
     train_n = None
     if train_probs is not None:
         tp, ty = metrics.validate_probs_labels(train_probs, train_labels)
         tm = metrics.calibration_metrics(tp, ty, n_bins)
         train_acc, train_ece, train_n = tm["accuracy"], tm["conf_ece"], int(len(ty))
         gap = train_acc - acc
-        z = accuracy_gap_z(train_acc, train_n, acc, int(len(y)))
+        z_gap = accuracy_gap_z(train_acc, train_n, acc, int(len(y)))
         z_crit = float(norm.ppf(1 - alpha))
-        if gap > gap_tol and z > z_crit:
+        if gap > gap_tol and z_gap > z_crit:
             non_calibratable = True
             reasons.append(f"accuracy on the training data {train_acc:.4f} exceeds held-out accuracy {acc:.4f} by {gap:.4f} "
-                           f"(> {gap_tol}, z = {z:.1f} > {z_crit:.2f}): the model has fitted those questions, so the "
+                           f"(> {gap_tol}, z = {z_gap:.1f} > {z_crit:.2f}): the model has fitted those questions, so the "
                            "E-step's bin accuracies (the M-step's targets) overstate what it achieves on new questions")
         else:
             reasons.append(f"accuracy on the training data {train_acc:.4f} is not significantly above held-out accuracy "
-                           f"{acc:.4f} (gap {gap:+.4f}, z = {z:.1f}): the E-step's targets reflect held-out accuracy")
+                           f"{acc:.4f} (gap {gap:+.4f}, z = {z_gap:.1f}): the E-step's targets reflect held-out accuracy")
     elif not ts_passes:
         non_calibratable = True
         reasons.append("no training-set predictions given (--train-data): the failed temperature test decides; "
@@ -192,8 +226,38 @@ def diagnose(probs, labels, *, train_probs=None, train_labels=None, acc_star: fl
             reasons.append(f"accuracy {acc:.4f} is not above the oracle's {acc_star:.4f} (+{acc_tol})")
     reasons.append("paper's take-away: preference-aligned models are typically calibratable (CFT); over-fine-tuned "
                    "models non-calibratable (RCFT)")
+    from .chance import chance_check
+
+    pn = p.numpy()
+    ks = (pn > 0).sum(axis=1) if num_options is None else np.asarray(num_options, dtype=np.int64)
+    chance = chance_check(pn, y.numpy(), ks)
+    pad = np.arange(pn.shape[1])[None, :] >= ks[:, None]
+    scaled = softmax(np.where(pad, -np.inf, probs_to_logits(pn) / t), axis=1)  # padding stays at 0 under any T
+    ts_mean_conf = float(scaled.max(axis=1).mean())
+    flat = t >= FLAT_T
+    if flat:
+        reasons.append(f"the fitted temperature T ~ {t:.1f} (>= {FLAT_T:g}) divides the option scores by {t:.1f}: the "
+                       f"scaled probabilities are near-uniform (mean confidence {ts_mean_conf:.4f} against chance "
+                       f"{chance.chance:.4f}). The model's scores barely separate its answers, so the lowest ECE it can "
+                       "reach comes from saying 'unsure' about every question; CFT would get there the same way, by "
+                       "flattening every answer, which lowers ECE without making any answer more useful")
+    caveat = None
+    if chance.near_chance or chance.below_chance or chance.one_letter or flat:
+        why = []
+        if chance.near_chance or chance.below_chance:
+            why.append(f"accuracy {acc:.4f} is not distinguishable from chance {chance.chance:.4f}"
+                       if chance.near_chance else f"accuracy {acc:.4f} is below chance {chance.chance:.4f}")
+        if chance.one_letter:
+            why.append(f"{chance.top_letter} is its answer on {chance.top_share:.0%} of the questions")
+        if flat:
+            why.append(f"the fitted T ~ {t:.1f} flattens every answer")
+        caveat = ("The model is not answering these questions (" + "; ".join(why) + "). Calibrating it (CFT or RCFT) "
+                  "would only make its probabilities near-uniform, a low ECE at the same useless accuracy. First make "
+                  "it answer: the chat template for an instruct model (--apply-chat-template / calib_prompt_format: "
+                  "chat_template), the option letters it was trained with, or a stronger model; then diagnose again")
     verdict = "non-calibratable" if non_calibratable else "calibratable"
     return Diagnosis(conf_ece=ece, cw_ece=m["cw_ece"], acc=acc, mean_conf=mean_conf, n=int(len(y)),
                      n_options=int(p.shape[1]), ts_temperature=t, ts_conf_ece=ts_ece, ts_threshold=thr, noise=noise,
                      acc_star=acc_star, train_acc=train_acc, train_conf_ece=train_ece, train_n=train_n, gap=gap,
-                     gap_z=z, verdict=verdict, advice="RCFT" if non_calibratable else "CFT", reasons=reasons)
+                     gap_z=z_gap, verdict=verdict, advice="RCFT" if non_calibratable else "CFT", reasons=reasons,
+                     chance=chance.as_dict(), ts_mean_conf=ts_mean_conf, flat=flat, caveat=caveat)

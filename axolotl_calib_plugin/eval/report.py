@@ -26,8 +26,9 @@ from typing import Any, Mapping, Sequence
 
 from .samples import EVAL_SUBDIR, REPORT_JSON, REPORT_MD, items_from_samples, stack_items, summarize
 
-__all__ = ["ROW_METADATA", "SETTINGS_FILE", "evaluate_to_report", "fmt_signed", "fmt_value", "markdown_table", "row_metadata",
-           "training_settings", "write_report"]
+__all__ = ["ROW_METADATA", "SETTINGS_FILE", "SettingsError", "add_chance", "chance_lines", "evaluate_to_report",
+           "fmt_signed", "fmt_value", "markdown_table", "read_settings", "row_metadata", "training_settings",
+           "write_report"]
 
 
 def fmt_value(v) -> str:
@@ -41,12 +42,45 @@ def fmt_signed(v: float, digits: int = 4) -> str:
     return f"{0.0:+.{digits}f}" if float(text) == 0.0 else text
 
 
+def add_chance(tasks: Mapping[str, Mapping], items: Mapping[str, Sequence[Mapping]]) -> dict[str, dict]:
+    """``tasks`` with a ``chance`` entry (:class:`axolotl_calib_plugin.eval.chance.ChanceCheck` as a dict: chance
+    level, accuracy interval, predicted letters, warnings) for every task whose per-question items are at hand."""
+    from .chance import chance_of_items
+
+    out = {k: dict(v) for k, v in tasks.items()}
+    for task, its in items.items():
+        if task in out and its and "chance" not in out[task]:
+            out[task]["chance"] = chance_of_items(its).as_dict()
+    return out
+
+
+def chance_lines(tasks: Mapping[str, Mapping]) -> list[str]:
+    """Per task with a ``chance`` entry: accuracy interval vs chance and the predicted letters, then its warnings."""
+    from .chance import ChanceCheck
+
+    lines = []
+    for name, t in tasks.items():
+        if isinstance(t.get("chance"), Mapping):
+            lines += ChanceCheck(**t["chance"]).lines(name)
+    return lines
+
+
 def markdown_table(tasks: Mapping[str, Mapping]) -> str:
-    lines = ["| task | n | acc | conf-ECE | cw-ECE |", "|---|---:|---:|---:|---:|"]
+    """The per-task numbers with the chance level (1/K; mean over the questions for mixed K) where the
+    questions' items were at hand, followed by each task's predicted letters and chance warnings."""
+    lines = ["| task | n | acc | chance (1/K) | conf-ECE | cw-ECE |", "|---|---:|---:|---:|---:|---:|"]
     for name, t in tasks.items():
         label = f"{name} (group: mean of its tasks)" if t.get("kind") == "group" else name
-        lines.append(f"| {label} | {t.get('n', '-')} | {fmt_value(t.get('acc'))} | {fmt_value(t.get('conf_ece'))} | "
-                     f"{fmt_value(t.get('cw_ece'))} |")
+        ch = t.get("chance") if isinstance(t.get("chance"), Mapping) else {}
+        flag = " (!)" if ch.get("near_chance") or ch.get("below_chance") or ch.get("one_letter") else ""
+        lines.append(f"| {label} | {t.get('n', '-')} | {fmt_value(t.get('acc'))}{flag} | {fmt_value(ch.get('chance'))} | "
+                     f"{fmt_value(t.get('conf_ece'))} | {fmt_value(t.get('cw_ece'))} |")
+    extra = chance_lines(tasks)
+    if extra:
+        lines += ["", "Chance level and predicted letters ((!) = warned below: the 95 % interval of the accuracy "
+                  "contains chance, or one letter is the answer on at least max(50 %, 1.5 x chance) of the questions "
+                  "and 10 points more often than it is the gold one):", ""]
+        lines += [f"* {x}" for x in extra]
     return "\n".join(lines)
 
 
@@ -54,13 +88,15 @@ def write_report(out_dir: str, tasks: Mapping[str, Mapping], items: Mapping[str,
                  title: str, meta: Mapping | None = None, notes: Sequence[str] = (), plot_format: str = "png") -> dict:
     """Write ``calibration_report.json`` / ``.md`` and one ``reliability_<task>.png`` per task with items.
 
-    ``tasks``: :func:`summarize` output; ``items``: per-question items by task (diagrams); ``meta``:
-    what was evaluated (model, data, settings), stored in the JSON and listed in the Markdown.
-    Returns the written paths.
+    ``tasks``: :func:`summarize` output; ``items``: per-question items by task (diagrams, chance level and
+    predicted letters: :func:`add_chance`); ``meta``: what was evaluated (model, data, settings), stored in the
+    JSON and listed in the Markdown. A task at chance or answering one letter gets its warning at the top of
+    the Markdown (and in the JSON's ``warnings``) as well as under the table. Returns the written paths.
     """
     from . import plots
 
     os.makedirs(out_dir, exist_ok=True)
+    tasks = add_chance(tasks, items)
     paths: dict[str, Any] = {"plots": {}}
     for task, its in items.items():
         if not its:
@@ -69,12 +105,15 @@ def write_report(out_dir: str, tasks: Mapping[str, Mapping], items: Mapping[str,
         name = f"reliability_{task}.{plot_format}"
         plots.plot_reliability(probs, labels, os.path.join(out_dir, name), title=f"{title}: {task}", num_options=ks)
         paths["plots"][task] = name
+    warnings = [f"{task}: {w}" for task, t in tasks.items() for w in (t.get("chance") or {}).get("warnings", [])]
     doc = {"title": title, "created": _dt.datetime.now().isoformat(timespec="seconds"), "n_bins": 10,
-           "meta": dict(meta or {}), "tasks": {k: dict(v) for k, v in tasks.items()}, "plots": paths["plots"]}
+           "meta": dict(meta or {}), "tasks": tasks, "warnings": warnings, "plots": paths["plots"]}
     paths["json"] = os.path.join(out_dir, REPORT_JSON)
     with open(paths["json"], "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
     md = [f"# Calibration report: {title}", ""]
+    if warnings:
+        md += [f"> **{w}**\n>" for w in warnings] + [""]
     md += [f"* {k}: `{v}`" for k, v in (meta or {}).items() if v not in (None, "", [], {})]
     md += ["", markdown_table(tasks), "",
            "conf-ECE: confidence (max option probability) vs accuracy; cw-ECE: every option's probability vs "
@@ -108,6 +147,7 @@ def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, me
     summary = {n: summary[n] for n in order + [n for n in summary if n not in order]}
     samples = res.get("samples") or {}
     items = {task: items_from_samples(samples[task]) for task in summary if task in samples}
+    summary = add_chance(summary, items)  # the caller prints markdown_table(summary): chance level and warnings
     meta = {**dict(meta or {}), "tasks": list(tasks), "lm_eval_outputs": EVAL_SUBDIR,
             **{k: v for k, v in run_kw.items() if k in ("data_dir", "data_files", "ood_data_files", "limit",
                                                          "task_metadata") and v}}
@@ -134,8 +174,72 @@ def row_metadata(cfg: Mapping) -> dict:
     return out
 
 
-def training_settings(settings) -> dict:
-    """The contents of :data:`SETTINGS_FILE`: row metadata plus the prompt format and system prompt."""
+def training_settings(settings, tokenizer=None) -> dict:
+    """The contents of :data:`SETTINGS_FILE`: row metadata plus the prompt format, system prompt and, given the
+    training tokenizer, ``add_bos_token`` (:func:`axolotl_calib_plugin.eval.evaluation.training_add_bos_token`:
+    whether lm-eval adds the tokenizer's special tokens, so every route scores training's token sequence)."""
     cfg = {k: getattr(settings, k, None) for k in ROW_METADATA}
-    return {**row_metadata(cfg), "prompt_format": settings.calib_prompt_format,
-            "system_prompt": settings.calib_system_prompt}
+    out = {**row_metadata(cfg), "prompt_format": settings.calib_prompt_format,
+           "system_prompt": settings.calib_system_prompt}
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor carries its tokenizer
+    if tokenizer is not None:
+        from .evaluation import training_add_bos_token
+
+        try:
+            out["add_bos_token"] = training_add_bos_token(tokenizer, settings.calib_prompt_format == "chat_template")
+        except (ValueError, TypeError):  # no rule lm-eval can follow: every evaluation route refuses and says why
+            pass
+    return out
+
+
+class SettingsError(ValueError):
+    """A ``calib_settings.json`` that cannot be used: the message names the file, the key and what to do."""
+
+
+#: key -> (accepted types, what the value must be), for every key :func:`training_settings` writes.
+_SETTINGS_TYPES = {"option_letters": ((list,), "a list of option letters"),
+                   "answer_format": ((str,), "one of auto, index, letter, text"),
+                   "question_field": ((str,), "a column name"), "choices_field": ((str,), "a column name"),
+                   "answer_field": ((str,), "a column name"),
+                   "prompt_format": ((str,), "plain or chat_template"),
+                   "system_prompt": ((str, type(None)), "a string or null"),
+                   "add_bos_token": ((bool,), "true or false")}
+
+
+def read_settings(folder: str) -> dict | None:
+    """The checked contents of ``folder``'s :data:`SETTINGS_FILE` (None when there is none).
+
+    The file is written by training; an edited or damaged one is refused with the file, the key and the remedy
+    (rather than scoring with letters it never trained on, or failing later with a message about the data).
+    """
+    from ..prompts import check_option_letters
+    from ..rows import ANSWER_FORMATS
+
+    path = os.path.join(folder, SETTINGS_FILE)
+    if not os.path.exists(path):
+        return None
+    fix = (f"it is written by training (the calibration plugin): restore it from the training output_dir or a "
+           f"checkpoint, or delete it and pass the settings as flags")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as e:  # a folder of that name, no permission
+        raise SettingsError(f"{path}: cannot be read ({e}); {fix}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SettingsError(f"{path}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise SettingsError(f"{path}: expected a JSON object, got {type(doc).__name__}; {fix}")
+    for key, (types, what) in _SETTINGS_TYPES.items():
+        if key in doc and not isinstance(doc[key], types):
+            raise SettingsError(f"{path}: {key} must be {what}, got {type(doc[key]).__name__} {doc[key]!r}; {fix}")
+    try:
+        if "option_letters" in doc:
+            doc["option_letters"] = check_option_letters(doc["option_letters"], "option_letters")
+    except ValueError as e:
+        raise SettingsError(f"{path}: {e}; {fix}") from None
+    if "answer_format" in doc and doc["answer_format"] not in ANSWER_FORMATS:
+        raise SettingsError(f"{path}: answer_format must be one of {list(ANSWER_FORMATS)}, got {doc['answer_format']!r}; "
+                            f"{fix}")
+    if doc.get("prompt_format", "plain") not in ("plain", "chat_template"):
+        raise SettingsError(f"{path}: prompt_format must be plain or chat_template, got {doc['prompt_format']!r}; {fix}")
+    return doc

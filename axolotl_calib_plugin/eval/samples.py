@@ -16,7 +16,9 @@ is imported only once a file passed that check (:func:`_lm_eval_utils`).
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import math
 import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
@@ -24,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["EVAL_SUBDIR", "METRICS", "REPORT_JSON", "REPORT_MD", "find_samples", "items_from_samples", "load_results",
-           "read_samples", "samples_task", "stack_items", "summarize"]
+           "question_hash", "read_samples", "sample_record", "samples_task", "stack_items", "summarize"]
 
 REPORT_JSON = "calibration_report.json"
 
@@ -60,12 +62,60 @@ def stack_items(items: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.nd
     return probs, labels, ks
 
 
+def question_hash(doc: Mapping) -> str | None:
+    """The identity of a question across runs: a SHA-256 of its text, options and gold index as the task's
+    document holds them. Unlike lm-eval's ``doc_hash`` it leaves out what says how the question was *asked*
+    (option letters, source file name, row id), so two runs that asked the same question differently pair up
+    and their differing prompts are named (:func:`axolotl_calib_plugin.eval.compare.build_table`) instead of
+    looking like other questions. ``None`` for a document without those fields."""
+    if not isinstance(doc, Mapping) or not all(k in doc for k in ("question", "choices", "gold")):
+        return None
+    text = json.dumps([doc["question"], doc["choices"], doc["gold"]], ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _prompt_of(sample: Mapping) -> str | None:
+    """The prompt text of a sample's first request (lm-eval logs ``arguments`` = [[context, continuation], ...];
+    its ``prompt_hash`` is the SHA-256 of that context)."""
+    try:
+        ctx = sample["arguments"][0][0]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return ctx if isinstance(ctx, str) else None
+
+
 def _sample_item(sample: Mapping) -> dict:
     item = sample.get("conf_ece")
     if not isinstance(item, Mapping) or "probs" not in item:
         raise ValueError("sample has no 'conf_ece' item with option probabilities: is this a calib_* task's samples file?")
-    return {"doc_id": int(sample.get("doc_id", 0)), "probs": [float(p) for p in item["probs"]],
-            "gold": int(item["gold"]), "logliks": [float(v) for v in item.get("logliks") or []]}
+    probs = [float(p) for p in item["probs"]]
+    gold = int(item["gold"])
+    if len(probs) < 2:
+        raise ValueError(f"{len(probs)} option probabilities (a question needs at least 2 options)")
+    if not all(math.isfinite(p) and p >= 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-4:
+        raise ValueError(f"option probabilities {probs} are not a distribution (finite, >= 0, summing to 1): "
+                         "the file is damaged or was not written by a calib_* task")
+    if not 0 <= gold < len(probs):
+        raise ValueError(f"gold {gold} is not one of the question's {len(probs)} options")
+    doc = sample.get("doc")
+    letters = sample.get("letters") or (doc.get("letters") if isinstance(doc, Mapping) else None)
+    return {"doc_id": int(sample.get("doc_id", 0)), "probs": probs, "gold": gold,
+            "logliks": [float(v) for v in item.get("logliks") or []],
+            "question_hash": sample.get("question_hash") or question_hash(doc),
+            "prompt_hash": sample.get("prompt_hash"), "prompt": _prompt_of(sample),
+            "letters": [str(x) for x in letters] if letters else None}
+
+
+def sample_record(item: Mapping) -> dict:
+    """One line of a samples file written from an item (temperature-scaled probabilities): what
+    :func:`read_samples` reads back, the question and prompt identities included, so ``axolotl-calib table``
+    pairs the scaled run with the runs it came from."""
+    out = {"doc_id": item["doc_id"]}
+    for key in ("question_hash", "prompt_hash", "letters"):
+        if item.get(key) is not None:
+            out[key] = item[key]
+    out["conf_ece"] = {k: item[k] for k in ("probs", "gold", "logliks")}
+    return out
 
 
 def items_from_samples(samples: Iterable[Mapping]) -> list[dict]:

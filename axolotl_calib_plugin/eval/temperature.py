@@ -28,7 +28,7 @@ import torch
 from ..metrics import ArrayLike
 
 __all__ = ["fit_temperature", "apply_temperature", "in_domain_tasks", "probs_to_logits", "nll", "pad_ragged_logits",
-           "scale_samples", "softmax_rows"]
+           "scale_samples", "softmax_rows", "temperature_report"]
 
 
 def _logits_tensor(logits: ArrayLike) -> torch.Tensor:
@@ -215,3 +215,83 @@ def scale_samples(fit: dict, apply: dict, fit_fraction: float = 1.0, seed: int =
         result["apply"][path] = {"items": scaled, "before": before, "n_fitted": n_fitted, "held_out": bool(unseen),
                                  "held_out_only": bool(unseen) and n_fitted > 0, "overlaps_fit": not unseen}
     return result
+
+
+def temperature_bound_note(t: float, n: int, bounds: tuple[float, float] = (1e-2, 1e2)) -> str | None:
+    """A sentence when the fitted T sits on a bound of the fit (then T is the bound, not an estimate: one question,
+    or questions all right or all wrong, carry no temperature), else None."""
+    import math
+
+    lo, hi = bounds
+    for edge, what in ((lo, "near one-hot: the fitted questions were all answered right, or nearly"),
+                       (hi, "near uniform: the fitted questions look like noise to the model, e.g. all wrong")):
+        if abs(math.log(t) - math.log(edge)) < 1e-6:
+            return (f"T = {t:g} is the fit's bound, not an estimate (probabilities {what}; {n} question(s) fitted). "
+                    "Fit on more questions (a larger --fit-fraction) that the model gets both right and wrong")
+    return None
+
+
+def temperature_report(res: dict, output_dir: str | None = None, plot_format: str = "png") -> dict:
+    """The text of ``axolotl-calib temperature`` for a :func:`scale_samples` result (T, one row per scored task:
+    before / after, held-out or in-sample) and, with ``output_dir``, the folder ``axolotl-calib table`` reads:
+    ``calibration_report.{md,json}``, the scaled samples in lm-eval's layout and a before/after diagram per task.
+    Returns ``{"temperature", "text", "report": the Markdown report's path or None, "meta"}``."""
+    import json
+    import os
+
+    from .compare import metrics_of_items
+    from .samples import sample_record, samples_task, stack_items
+
+    t, f = res["temperature"], res["fit"]
+    bound = f.get("bound_warning") or temperature_bound_note(t, f["n"])
+    text = [f"T = {t:.4f}  (fitted by NLL on {f['n']} questions of {len(f['files'])} file(s), tasks "
+            f"{', '.join(f['tasks'])}; NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})"]
+    text += [f"WARNING: {bound}"] if bound else []
+    text += [
+            "| task | n | scored on | acc | conf-ECE before | conf-ECE after | cw-ECE before | cw-ECE after |",
+            "|---|---:|---|---:|---:|---:|---:|---:|"]
+    summary, items, notes = {}, {}, []
+    for path, r in res["apply"].items():
+        task = samples_task(path)
+        before = metrics_of_items(r["before"])
+        after = metrics_of_items(r["items"])
+        summary[task] = {"kind": "task", "acc": after["accuracy"], "conf_ece": after["conf_ece"],
+                         "cw_ece": after["cw_ece"], "n": len(r["items"]), "held_out": r["held_out"],
+                         "n_fitted": r["n_fitted"],
+                         "before": {"acc": before["accuracy"], "conf_ece": before["conf_ece"], "cw_ece": before["cw_ece"]},
+                         "source": os.path.abspath(path)}
+        items[task] = r["items"]
+        if r["held_out_only"]:
+            notes.append(f"{task}: scored on the {len(r['items'])} questions not used to fit T")
+        elif not r["held_out"]:
+            notes.append(f"{task}: IN-SAMPLE, not held-out: T was fitted on all {len(r['items'])} of these questions "
+                         "(use --fit-fraction < 1 to hold some out)")
+        text.append(f"| {task} | {len(r['items'])} | {'held-out' if r['held_out'] else 'FITTED (in-sample)'} | "
+                    f"{after['accuracy']:.4f} | {before['conf_ece']:.4f} | {after['conf_ece']:.4f} | "
+                    f"{before['cw_ece']:.4f} | {after['cw_ece']:.4f} |")
+    text += [f"* {n}" for n in notes]
+    meta = {"temperature": t, "temperature_at_bound": bool(bound), "fit_files": f["files"], "fit_tasks": f["tasks"], "fit_questions": f["n"],
+            "fit_fraction": f["fraction"], "seed": f["seed"], "nll_before": f["nll_before"], "nll_after": f["nll_after"]}
+    out = {"temperature": t, "text": "\n".join(text), "report": None, "meta": meta}
+    if output_dir:
+        from datetime import datetime
+
+        from .plots import plot_comparison
+        from .report import write_report
+
+        paths = write_report(output_dir, summary, items, title=f"temperature scaling (T = {t:.4f})", meta=meta,
+                             notes=([f"WARNING: {bound}"] if bound else []) + notes, plot_format=plot_format)
+        # lm-eval's samples layout (its EvaluationTracker's file name and date stamp), so `table` can pair the
+        # questions. Written here: EvaluationTracker.save_results_samples wants lm-eval's own request fields
+        # (arguments, resps, target), which temperature-scaled probabilities do not have.
+        stamp = datetime.now().isoformat().replace(":", "-")
+        for path, r in res["apply"].items():
+            task = samples_task(path)
+            with open(os.path.join(output_dir, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as fh:
+                for it in r["items"]:
+                    fh.write(json.dumps(sample_record(it)) + "\n")
+            plot_comparison({"before": stack_items(r["before"]), f"T = {t:.3f}": stack_items(r["items"])},
+                            os.path.join(output_dir, f"reliability_before_after_{task}.{plot_format}"),
+                            title=f"temperature scaling: {task}")
+        out["report"] = paths["md"]
+    return out

@@ -34,8 +34,12 @@ def default_corpus(n: int = 400) -> list[str]:
     return out
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 600, chat_template: bool = True):
-    """Train a byte-level BPE tokenizer on ``corpus`` and wrap it as a ``PreTrainedTokenizerFast``."""
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 600, chat_template: bool = True,
+                    add_bos: bool = True):
+    """Train a byte-level BPE tokenizer on ``corpus`` and wrap it as a ``PreTrainedTokenizerFast``.
+
+    ``add_bos=False``: the tokenizer still names ``<s>`` as its BOS token but adds nothing to plain text
+    (as GPT-2 style tokenizers such as SmolLM2's do), so the prompt paths of both kinds can be tested."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,8 +57,10 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 600, 
         show_progress=False,
     )
     tk.train_from_iterator(corpus, trainer=trainer)
-    bos = tk.token_to_id("<s>")
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    if add_bos:
+        bos = tk.token_to_id("<s>")
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                          special_tokens=[("<s>", bos)])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
@@ -94,10 +100,11 @@ def build_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads
     return model.to(torch.float32)
 
 
-def make_tiny_model_dir(path: str | os.PathLike, corpus: Iterable[str] | None = None, seed: int = 0, **model_kw) -> str:
+def make_tiny_model_dir(path: str | os.PathLike, corpus: Iterable[str] | None = None, seed: int = 0,
+                        add_bos: bool = True, **model_kw) -> str:
     """Build a tokenizer + tiny Llama and ``save_pretrained`` both into ``path``; returns the path."""
     path = os.fspath(path)
-    tok = build_tokenizer(corpus)
+    tok = build_tokenizer(corpus, add_bos=add_bos)
     model = build_llama(tok, seed=seed, **model_kw)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)

@@ -230,7 +230,17 @@ class EMRefreshCallback(TrainerCallback):
                 self.refresh_now(state, epoch)
         elif cur is None:
             self.refresh_now(state, epoch)
+        self._restart_training_bar()
         return control
+
+    def _restart_training_bar(self) -> None:
+        """Restart the clock of the training progress bar while it still stands at 0 steps: the bar starts before
+        the first E-step (and the evaluation Axolotl runs at step 0 with eval_steps), which have bars of their own;
+        counted in the first step, they made the first ETA several times the real one."""
+        for cb in getattr(getattr(self.trainer, "callback_handler", None), "callbacks", ()):
+            bar = getattr(cb, "training_bar", None)
+            if bar is not None and getattr(bar, "n", None) == 0 and callable(getattr(bar, "reset", None)):
+                bar.reset()
 
     def on_step_end(self, args, state, control, **kwargs):
         cur = self.calib.em_state
@@ -271,7 +281,7 @@ class EMRefreshCallback(TrainerCallback):
     def _write_settings(self, folder: str) -> None:
         """The row settings ``axolotl-calib eval`` reads to score this model with its training letters / format."""
         with open(os.path.join(folder, SETTINGS_FILE), "w", encoding="utf-8") as fh:
-            json.dump(training_settings(self.settings), fh, indent=1)
+            json.dump(training_settings(self.settings, getattr(self.trainer, "processing_class", None)), fh, indent=1)
 
     def _resume_candidates(self, args, state) -> list[str]:
         out = []

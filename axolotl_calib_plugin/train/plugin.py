@@ -3,6 +3,8 @@
 Enable with ``plugins: [axolotl_calib_plugin.CalibrationPlugin]`` and ``type: axolotl_calib_plugin.mcq``
 datasets. What each hook contributes:
 
+* ``register`` (the raw config, before Axolotl validates it): the plugin listed once, and on a machine without
+  CUDA Axolotl's GPU-only fused LoRA kernels off (:func:`lora_kernels_off_without_cuda`);
 * ``get_input_args``: the ``calib_*`` keys and their checks (:mod:`.args`);
 * ``get_trainer_cls``: :class:`~axolotl_calib_plugin.train.trainer.AxolotlCalibTrainer` (SFT + lambda * ECE);
 * ``get_collator_cls_and_kwargs``: collators that pad the per-token ``calib_*`` columns, packing included
@@ -33,10 +35,37 @@ from .args import is_plugin_listed
 
 LOG = get_logger(__name__)
 
+#: Axolotl's fused LoRA kernels (Triton, CUDA only). Its config validation turns every one of them on for a LoRA /
+#: QLoRA config that sets none of them, whatever the device.
+LORA_KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
 
 def is_active(cfg: Any) -> bool:
     """True when this config lists the calibration plugin under ``plugins:``."""
     return cfg is not None and is_plugin_listed(cfg.get("plugins"))
+
+
+def lora_kernels_off_without_cuda(cfg: Any, cuda: bool | None = None) -> list[str]:
+    """A LoRA / QLoRA config on a machine without CUDA (``cuda``: default ``torch.cuda.is_available()``): its unset
+    :data:`LORA_KERNEL_KEYS` become ``false``, since Axolotl would turn them on and the first forward would fail in
+    Triton ("Torch not compiled with CUDA enabled"); returns the keys set. One the config turns on is refused here,
+    before the model loads (ValueError naming it). Any other config is left as it is."""
+    if cfg.get("adapter") not in ("lora", "qlora"):
+        return []
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return []
+    on = [k for k in LORA_KERNEL_KEYS if cfg.get(k)]
+    if on:
+        raise ValueError(f"{', '.join(on)}: true, but this machine has no CUDA device and Axolotl's fused LoRA kernels "
+                         "need one (Triton): set them to false (or remove them) to train here")
+    unset = [k for k in LORA_KERNEL_KEYS if cfg.get(k) is None]
+    for k in unset:
+        cfg[k] = False
+    return unset
 
 
 class CalibrationPlugin(BasePlugin):
@@ -56,6 +85,11 @@ class CalibrationPlugin(BasePlugin):
         registered = PluginManager.get_instance().plugins
         for name in [n for n in registered if is_plugin_listed([n]) and n not in names]:
             del registered[name]  # left over from an earlier config of this process, under the other spelling
+        if names:
+            turned_off = lora_kernels_off_without_cuda(cfg)
+            if turned_off:
+                LOG.warning("calib: no CUDA device: turning off Axolotl's fused LoRA kernels (%s: false); they need a "
+                            "GPU", ", ".join(turned_off))
 
     def get_input_args(self) -> str:
         return "axolotl_calib_plugin.train.args.CalibrationArgs"

@@ -141,27 +141,25 @@ class PostTrainingReport:
         """Evaluate ``model`` (or the saved ``output_dir``) on ``calib_eval_tasks`` and write the report."""
         from axolotl.utils.logging import get_logger
 
-        from ..eval.evaluation import make_hflm
+        from ..eval.evaluation import hflm_for_model, make_hflm
 
         log = get_logger(__name__)
         out = cfg.output_dir
         tasks = list(cfg.calib_eval_tasks)
         batch_size = int(cfg.get("calib_eval_batch_size") or 8)
+        chat = cfg.get("calib_prompt_format") == "chat_template"
         log.info("calibration report: evaluating %s on %s", "the trained model" if model is not None else out, tasks)
         if model is not None:
-            from lm_eval.models.huggingface import HFLM
-
             tokenizer = getattr(trainer, "processing_class", None) if trainer is not None else None
             if tokenizer is None:
                 from transformers import AutoTokenizer
 
                 tokenizer = AutoTokenizer.from_pretrained(out)
             was_training = model.training
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=True)
+            lm = hflm_for_model(model, tokenizer, chat=chat, batch_size=batch_size)
         else:
             was_training = None
-            lm = make_hflm(out, dtype=_dtype_name(cfg), batch_size=batch_size)
-        chat = cfg.get("calib_prompt_format") == "chat_template"
+            lm = make_hflm(out, dtype=_dtype_name(cfg), batch_size=batch_size, chat=chat)
         try:
             summary, paths = evaluate_to_report(
                 lm, tasks, out, title=os.path.basename(os.path.normpath(out)) or "model", model_name="model",

@@ -350,8 +350,8 @@ CLI_ENV = "AXOLOTL_CALIB_TEST_FSDP_CLI"
 @pytest.mark.skipif(os.environ.get(CLI_ENV) != "1",
                     reason=f"two 2-process `axolotl train` runs (~3-5 min on 2 cores); set {CLI_ENV}=1 to run")
 def test_axolotl_cli_fsdp2_trains_checkpoints_and_resumes(tmp_path, tiny_cfg, mcq_rows):
-    """`axolotl train` with Axolotl's FSDP2 settings, 2 CPU processes: it trains (it stopped at the first
-    ECE term before the fix), both ranks hold the same EM state, and a run resumed from a sharded checkpoint
+    """`axolotl train` with Axolotl's FSDP2 settings, 2 CPU processes: it trains past the first
+    ECE term, both ranks hold the same EM state, and a run resumed from a sharded checkpoint
     restores calib_state.pt and ends with the same targets as the uninterrupted run."""
     import shutil
 

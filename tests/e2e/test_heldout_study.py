@@ -14,7 +14,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_fast_heldout_study_end_to_end(tmp_path):
-    from axolotl_calib_plugin.demo import heldout_study
+    from axolotl_calib_plugin.demo.studies import heldout as heldout_study
     from axolotl_calib_plugin.demo.pipeline import FAST
     from axolotl_calib_plugin.demo.study import run_study
 

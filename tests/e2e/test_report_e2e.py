@@ -63,6 +63,10 @@ def test_post_training_report_equals_direct_eval_of_saved_adapter_and_reaches_te
     assert "| calib_arc_challenge | 24 |" in md and "![calib_jsonl](reliability_calib_jsonl.png)" in md
     assert glob.glob(os.path.join(out, "calibration_eval", "**", "samples_calib_jsonl_*.jsonl"), recursive=True)
 
+    # training recorded the token-sequence rule every evaluation route follows (the tiny tokenizer adds a BOS)
+    with open(os.path.join(out, "calib_settings.json"), encoding="utf-8") as fh:
+        assert json.load(fh)["add_bos_token"] is True
+
     # the same numbers from an independent lm-eval run of the adapter SAVED in output_dir
     assert os.path.isfile(os.path.join(out, "adapter_config.json"))
     lm = make_hflm(out, device="cpu", dtype="float32", batch_size=4)

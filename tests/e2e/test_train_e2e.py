@@ -87,7 +87,8 @@ def test_cft_run_logs_ece_and_refreshes_targets_each_epoch(cft_run, tiny_model_d
 def test_rcft_run_with_sample_packing_and_lora_on_lm_head(tmp_path, tiny_cfg, tiny_model_dir, mcq_rows):
     """RCFT trains prompt + answer; with sample packing several answer positions share a row in
     training, while the E-step still sees one sample per dataset row (packing is in the sampler).
-    LoRA also adapts lm_head, so the option logits must include the adapter's rows. With the online
+    LoRA also adapts lm_head (and every linear layer, with no lora_*_kernel key: the plugin turns Axolotl's
+    auto-enabled GPU kernels off on a CPU), so the option logits must include the adapter's rows. With the online
     E-step and learning rate 0 the second refresh, built from the PACKED training forwards without a
     forward of its own, must reproduce the first (exact) one."""
     from axolotl_calib_plugin.train.callbacks import DEBUG_DUMP_ENV
@@ -100,10 +101,12 @@ def test_rcft_run_with_sample_packing_and_lora_on_lm_head(tmp_path, tiny_cfg, ti
         sample_packing=True, pad_to_sequence_len=True, calib_estep="online", calib_first_estep_fraction=1.0,
         learning_rate=0.0,
         attn_implementation="sdpa",
-        adapter="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj", "lm_head"],
+        adapter="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_linear=True,
+        lora_target_modules=["lm_head"],  # no lora_*_kernel keys: Axolotl would auto-enable its GPU-only kernels
     )
     dump = tmp_path / "dump"
     out = run_train(cfg, tmp_path, env_extra={DEBUG_DUMP_ENV: str(dump)})
+    assert "no CUDA device: turning off Axolotl's fused LoRA kernels" in out
     assert "disagree with the model's logits" not in out  # hidden x K head rows (+ LoRA) == model logits
     assert os.path.exists(os.path.join(cfg.output_dir, "adapter_model.safetensors"))
     history = log_history(cfg.output_dir)

@@ -63,7 +63,11 @@ def test_make_tiny_and_diagnose(tmp_path, mcq_rows, capsys):
     model.save_pretrained(adapter)
     AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
     assert not (adapter / "model.safetensors").exists()
-    train = str(mcq_rows(40, num_options=4, seed=2, name="train.jsonl"))
+    from helpers import make_mcq_rows
+
+    # other questions than the held-out file's (diagnose refuses files that share questions)
+    train = str(mcq_rows(rows=[dict(r, question="Train: " + r["question"]) for r in make_mcq_rows(40, seed=2)],
+                         name="train.jsonl"))
     capsys.readouterr()
     assert main(["diagnose", "--model", str(adapter), "--data-files", data, "--train-data-files", train, "--json"]) == 0
     lora = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -207,6 +211,10 @@ def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_
     assert table["rows"][1]["in"]["held_out"] is False and "TS: calib_jsonl is IN-SAMPLE" in md
     assert f"{table['rows'][1]['in']['conf_ece']:.4f}*" in md  # the fitted cell is marked, not passed off as held-out
     assert table["shared"]["in"]["n"] == 12 and table["rows"][1]["paired"]["in"]["vs"] == "adapter"
+    # lm-eval's samples (and the temperature-scaled ones written from them) carry the question and prompt
+    # identities: paired by content, prompts compared, chance level on every cell
+    assert "question hashes" not in md and "no recorded prompt" not in md
+    assert table["rows"][1]["in"]["chance"]["chance"] == pytest.approx(sum(1 / k for k in (4, 3, 5) * 4) / 12)
     with pytest.raises(SystemExit, match="has neither calib_mmlu nor calib_sciq"):
         main(["table", "--run", f"adapter={ev}", "--in-task", "calib_mmlu", "--out-task", "calib_sciq"])
 
@@ -227,7 +235,7 @@ def test_eval_of_an_adapter_temperature_and_table(tmp_path, tiny_model_dir, mcq_
 ])
 def test_bad_arguments_are_usage_errors_naming_the_flag(argv, message, capsys, tmp_path, monkeypatch):
     """Hostile input stops at argument parsing (exit 2, the flag and value named), never a traceback or a run
-    that starts with a silently corrected value (``--parallel 0`` used to train with 1)."""
+    that starts with a silently corrected value (``--parallel 0`` must not train with 1)."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(argv + (["--out", str(tmp_path / "out")] if argv[0] == "demo" else []))
@@ -268,7 +276,8 @@ def test_bad_rows_end_with_the_row_error_not_a_traceback(content, message, tmp_p
 
 
 def test_temperature_fits_on_in_domain_samples_only_unless_told(tmp_path, capsys):
-    """The issue's leak: ``--fit eval/base`` used every task in the folder, the out-of-domain ARC included."""
+    """``--fit eval/base`` fits T on the in-domain task only: fitting on every task in the folder would leak the
+    out-of-domain ARC into the fit."""
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -375,7 +384,7 @@ def test_old_spellings_the_docs_used_still_work_with_a_deprecation_note(capsys):
     assert a.data_files == ["d.jsonl"] and a.train_data_files == ["t.jsonl"]
     assert p.parse_args(["table", "--run", "A=x", "--plots", "cmp"]).output_dir == "cmp"
     with pytest.raises(SystemExit):
-        p.parse_args(["table", "--run", "A=x", "--out", "calib_sciq"])  # neither the old task flag nor an abbreviation
+        p.parse_args(["table", "--run", "A=x", "--out", "calib_sciq"])  # neither a task flag --out nor an abbreviation
     assert "unrecognized arguments: --out calib_sciq" in capsys.readouterr().err
 
 

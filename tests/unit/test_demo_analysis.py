@@ -65,8 +65,8 @@ def test_table_renders_every_row_in_arm_order_with_checks():
 
 
 def test_reuse_note_says_a_resumed_seed_reused_runs():
-    from axolotl_calib_plugin.demo.report import _reuse_note
+    from axolotl_calib_plugin.demo.report import reuse_note
 
-    assert _reuse_note({"runs": [{}, {}, {}], "reused_runs": []}) == ""
-    assert _reuse_note({"runs": [{}, {}, {}], "reused_runs": ["base", "aligned"], "train_seconds_total": 250.4}) == (
+    assert reuse_note({"runs": [{}, {}, {}], "reused_runs": []}) == ""
+    assert reuse_note({"runs": [{}, {}, {}], "reused_runs": ["base", "aligned"], "train_seconds_total": 250.4}) == (
         " (2 of 3 training runs reused from an earlier invocation; training time of all runs, summed: 250 s)")

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from axolotl_calib_plugin.demo.stats import mean_ci, paired_difference, verdict
-from axolotl_calib_plugin.demo.study import render_markdown, summarize
+from axolotl_calib_plugin.demo.studies.main import render_markdown, summarize
 
 
 def test_mean_ci_by_hand():
@@ -126,7 +126,7 @@ def test_every_run_of_a_seed_trains_with_that_seed(tmp_path):
     p.sft_base = p.sft_train = str(tmp_path / "sft.jsonl")
     for r in runs:
         p.models.setdefault(r.start, str(tmp_path / "models" / r.start))
-        cfg = pipeline._run_config(r, p, pipeline.FAST, seed=7)
+        cfg = pipeline.run_config(r, p, pipeline.FAST, seed=7)
         assert cfg["seed"] == 7, r.name
         if r.kind == "calib":
             assert cfg["calib_lambda"] == r.lam and cfg["calib_mode"] == r.mode
@@ -136,24 +136,25 @@ def test_every_run_of_a_seed_trains_with_that_seed(tmp_path):
 def test_resumed_study_states_the_wall_time_of_seeds_run_from_scratch():
     """A resumed invocation's wall time is not what a fresh study takes: the summary says so and gives the
     per-seed times of the seeds that reused nothing."""
-    from axolotl_calib_plugin.demo.study import _wall_time_text
+    from axolotl_calib_plugin.demo.studies.main import wall_time_text
 
     meta = {"wall_time_s": 600, "machine": "2 CPU cores"}
     per_seed = {"0": {"wall_time_s": 7.0, "reused_runs": ["base", "aligned"]},
                 "1": {"wall_time_s": 1260.0, "reused_runs": []}, "2": {"wall_time_s": 1380.0}}
-    text = _wall_time_text({"meta": meta, "per_seed": per_seed})
+    text = wall_time_text({"meta": meta, "per_seed": per_seed})
     assert text == ("Wall time 10 min on 2 CPU cores (resumed: some runs were reused from an earlier invocation); "
                     "a seed run from scratch took 21-23 min (2 of 3 seeds).")
-    fresh = _wall_time_text({"meta": meta, "per_seed": {"1": per_seed["1"]}})
+    fresh = wall_time_text({"meta": meta, "per_seed": {"1": per_seed["1"]}})
     assert fresh == "Wall time 10 min on 2 CPU cores; a seed run from scratch took 21-21 min (1 of 1 seeds)."
 
 
 @pytest.mark.parametrize("plan_name", ["heldout", "alignment"])
 def test_every_calib_run_names_its_bin_accuracy_source_explicitly(tmp_path, plan_name):
     """With an eval split, the plugin's default (auto) reads held-out rows: a run meant to use training-row bins
-    (Algorithm 1) must say so in its config, else it silently becomes a held-out run (the alignment study's first
-    run at 1ea0247 had aligned.cft == aligned.cft_heldout for exactly this reason)."""
-    from axolotl_calib_plugin.demo import alignment_study, heldout_study, pipeline
+    (Algorithm 1) must say so in its config, else it silently becomes a held-out run (and aligned.cft would equal
+    aligned.cft_heldout)."""
+    from axolotl_calib_plugin.demo import pipeline
+    from axolotl_calib_plugin.demo.studies import alignment as alignment_study, heldout as heldout_study
     from axolotl_calib_plugin.demo.world import TopicWorld, generate
 
     plan = {"heldout": heldout_study.PLAN, "alignment": alignment_study.PLAN}[plan_name]
@@ -163,10 +164,22 @@ def test_every_calib_run_names_its_bin_accuracy_source_explicitly(tmp_path, plan
     seen = {}
     for r in pipeline.plan_runs(plan):
         p.models.setdefault(r.start, str(tmp_path / "models" / r.start))
-        cfg = pipeline._run_config(r, p, pipeline.FAST, seed=7)
+        cfg = pipeline.run_config(r, p, pipeline.FAST, seed=7)
         if r.kind == "calib" and r.lam:
             assert "test_datasets" in cfg, r.name
             assert cfg["calib_bin_accuracy"] == pipeline.VARIANTS[r.variant][0], r.name
             seen[r.name] = cfg["calib_bin_accuracy"]
     assert seen[f"{'overfit' if plan_name == 'heldout' else 'aligned'}.cft"] == "train"
     assert "heldout" in seen.values()
+
+
+def test_holm_and_non_inferiority_by_hand():
+    from axolotl_calib_plugin.demo.stats import holm, non_inferior
+
+    # sorted 0.01, 0.02, 0.04 of a family of 3 (NaN not counted): 3*0.01, max(0.03, 2*0.02), max(0.04, 1*0.04)
+    assert holm([0.04, float("nan"), 0.01, 0.02]) == pytest.approx([0.04, float("nan"), 0.03, 0.04], nan_ok=True)
+    assert holm([0.5, 0.6]) == [1.0, 1.0]
+    d = {"n": 5, "mean": -0.002, "lo": -0.008, "hi": 0.004}
+    assert non_inferior(d, 0.01) == "reproduced" and non_inferior(d, 0.005) == "inconclusive"
+    assert non_inferior({"n": 5, "mean": -0.03, "lo": -0.04, "hi": -0.02}, 0.01) == "not reproduced"
+    assert non_inferior({"n": 1, "mean": 0.0, "lo": float("nan"), "hi": float("nan")}, 0.01) == "inconclusive"

@@ -372,7 +372,7 @@ def test_mixed_k_cw_ece_is_continuous_in_one_extra_option():
     p5[1000] = [0.1, 0.1, 0.1, 0.1, 0.6]
     y5 = np.append(y4, 4)
     k5 = np.append(np.full(1000, 4), 5)
-    assert cw_ece(p5, y5) == pytest.approx(base * 4 / 5, rel=0.01)  # the old, discontinuous reading
+    assert cw_ece(p5, y5) == pytest.approx(base * 4 / 5, rel=0.01)  # without num_options: the plain mean over all 5 columns (jumps with one K=5 row)
     assert abs(cw_ece(p5, y5, num_options=k5) - base) < 2e-3
     assert conf_ece(p5, y5, num_options=k5) == conf_ece(p5, y5)
 
@@ -653,8 +653,8 @@ def test_row_sum_tolerance_by_dtype():
 
 
 def test_low_precision_softmax_is_accepted_and_logits_still_refused():
-    # issue 22 U5: calibration_metrics(torch.softmax(x, 1).bfloat16(), y) was refused ("row sums to
-    # 0.998...; pass probabilities, not logits") though it is softmax output
+    # softmax output rounded to bf16/fp16 sums to 1 only within the dtype's precision (0.998... is common):
+    # it is probabilities and must be accepted, while logits are still refused
     g = torch.Generator().manual_seed(0)
     worst = {torch.bfloat16: 0.0, torch.float16: 0.0}
     for k in (2, 4, 5, 10, 32):
@@ -923,3 +923,31 @@ def test_calibration_metrics_identical_to_single_functions(case):
     got = calibration_metrics(probs, labels, m)
     assert got == {"conf_ece": conf_ece(probs, labels, m), "cw_ece": cw_ece(probs, labels, m),
                    "accuracy": accuracy(probs, labels)}
+
+
+@pytest.mark.parametrize("m", [1, 3, 7, 10, 20, 97])
+def test_every_public_function_bins_edge_values_like_the_reference(m):
+    # the public functions run different compiled kernels (some with their options constant); all, with and without
+    # num_options, must put every edge, its float neighbours and 0 in the reference's right-closed bin
+    edges = [j / m for j in range(m + 1)]
+    vals = [0.0, 1.0, *edges, *(math.nextafter(e, 2.0) for e in edges[:-1]),
+            *(math.nextafter(e, -1.0) for e in edges[1:]), float(np.float32(0.3)), 5e-324]
+    rng = np.random.default_rng(m)
+    rows = []
+    for v in vals:  # each value once as the max (3 options) and once beside a larger one (4 options, 1 padding)
+        rows.append([v, (1.0 - v) / 2, (1.0 - v) / 2, 0.0])
+        rows.append([v / 4, v / 4, 1.0 - v / 2, 0.0] if v > 0.5 else [v, 1.0 - v, 0.0, 0.0])
+    probs = np.array(rows)
+    labels = rng.integers(0, 2, len(rows))
+    k = np.where(probs[:, 2] > 0, 3, 2)
+    want = {"conf_ece": ref_conf_ece(probs, labels, m), "cw_ece": ref_cw_ece(probs, labels, m),
+            "accuracy": ref_accuracy(probs, labels)}
+    got = calibration_metrics(probs, labels, m)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert conf_ece(probs, labels, m) == got["conf_ece"] and cw_ece(probs, labels, m) == got["cw_ece"]
+    assert accuracy(probs, labels) == got["accuracy"]
+    mixed = calibration_metrics(probs, labels, m, num_options=k)
+    assert mixed["cw_ece"] == pytest.approx(ref_cw_ece_mixed(probs, labels, k, m), abs=1e-12)
+    assert cw_ece(probs, labels, m, num_options=k) == mixed["cw_ece"]
+    assert conf_ece(probs, labels, m, num_options=k) == mixed["conf_ece"] == got["conf_ece"]

@@ -114,7 +114,8 @@ def test_comparison_labels_each_model_with_its_ece_and_keeps_identical_runs_visi
     gap = np.nan_to_num(np.abs(pooled.accuracy - pooled.confidence))
     want_pooled = (pooled.count * gap).sum() / pooled.count.sum()
     assert entries[4] == (f"aligned: cw-ECE {metrics.cw_ece(sharp, labels, num_options=ks):.4f}, "
-                          f"pooled ECE {want_pooled:.4f}")
+                          f"pooled ECE {want_pooled:.4f}, n = {len(labels)} questions")
+    assert entries[1].endswith(f", acc {metrics.accuracy(sharp, labels):.4f}, n = {len(labels)} questions")
     assert "pooled over options" in fig.axes[2].get_title()
     # identical runs: same points, told apart by line style and marker
     lines = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("CFT")]
@@ -135,3 +136,50 @@ def test_stats_view_and_bins_figure_hand_case():
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["training rows: conf-ECE = 0.1250, accuracy = 0.6667, n = 3",
                       "held-out rows: conf-ECE = 0.1250, accuracy = 0.5000, n = 2"]
+
+
+def _clipped_texts(fig) -> list[str]:
+    """What of ``fig`` (drawn as ``save_figure`` draws it: Agg canvas, 120 dpi) leaves the figure: any panel's
+    drawn texts (``get_tightbbox``: title, axis labels, the tick labels drawn), each legend, the figure title;
+    and any two panel titles that overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    FigureCanvasAgg(fig)
+    fig.set_dpi(120)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+
+    def outside(bb) -> bool:
+        return bb.x0 < box.x0 - 1 or bb.x1 > box.x1 + 1 or bb.y0 < box.y0 - 1 or bb.y1 > box.y1 + 1
+
+    bad = [f"panel {ax.get_title()!r}" for ax in fig.axes if outside(ax.get_tightbbox(renderer))]
+    bad += [f"legend {[t.get_text() for t in lg.get_texts()]}" for lg in fig.legends if outside(lg.get_window_extent(renderer))]
+    bad += [f"figure text {t.get_text()!r}" for t in fig.get_children()
+            if isinstance(t, Text) and t.get_text() and outside(t.get_window_extent(renderer))]  # the suptitle
+    titles = [ax.title for ax in fig.axes if ax.get_title()]
+    for i, a in enumerate(titles):
+        for b in titles[i + 1:]:
+            if a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer)):
+                bad.append(f"{a.get_text()!r} overlaps {b.get_text()!r}")
+    return bad
+
+
+def test_no_text_is_clipped_at_the_default_size():
+    """Every title, subtitle, label, tick and legend entry of the three figures lies inside the figure at the
+    size the reports write (the class-wise subtitle with its marker note; a comparison of five runs with a long
+    title and a report title naming a long model path)."""
+    probs, labels, ks = _mixed_k(seed=3)
+    flat = np.where(probs > 0, 1.0, 0.0)
+    flat /= flat.sum(1, keepdims=True)
+    fig = plots.plot_reliability(probs, labels, title="outputs/smollm2-135m-instruct-cft-lambda10-seed3: "
+                                 "calib_in_domain_pooled", num_options=ks)
+    assert _clipped_texts(fig) == []
+    assert "marker area = share of the option's probabilities in the bin" in fig.axes[2].get_title()
+    models = {name: (probs if i % 2 else flat, labels, ks) for i, name in enumerate(("DPO", "TS", "CFT", "RCFT", "SFT"))}
+    fig = plots.plot_comparison(models, title="calib_in_domain_pooled on the 89 questions all runs scored (of DPO 99, "
+                                "TS 89, CFT 99, RCFT 99, SFT 99)")
+    assert _clipped_texts(fig) == []
+    v = plots.stats_view([0, 2, 1, 0], [np.nan, 0.5, 1.0, np.nan], [np.nan, 0.625, 0.875, np.nan])
+    assert _clipped_texts(plots.plot_bins({"training rows": v, "held-out rows": v}, title="refresh 1")) == []

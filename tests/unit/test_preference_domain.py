@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from axolotl_calib_plugin.demo import alignment_study
+from axolotl_calib_plugin.demo.studies import AlignmentStudy
+from axolotl_calib_plugin.demo.studies import alignment as alignment_study
 from axolotl_calib_plugin.demo.analysis import reward_bounds, reward_stats
 from axolotl_calib_plugin.demo.world import PreferenceDomain, TopicWorld, generate, preference_domain_for
 from axolotl_calib_plugin.rows import CalibDataError, read_jsonl
@@ -181,7 +182,7 @@ def test_alignment_study_writes_calibration_and_alignment_sections(tmp_path):
     study = {"meta": {"seeds": [0, 1, 2], "n_seeds": 3, "commit": "x", "machine": "test",
                       "settings": {"world": "topic", "n_train": 30, "n_ts": 10, "n_eval_in": 20, "n_eval_out": 10}},
              "per_seed": per_seed}
-    alignment_study.write(study, str(tmp_path))
+    AlignmentStudy().write(study, str(tmp_path))
     md = (tmp_path / "alignment.md").read_text()
     saved = json.loads((tmp_path / "alignment.json").read_text())
     comp = {c["key"]: c for c in saved["summary"]["comparisons"]}
@@ -197,7 +198,7 @@ def test_runs_are_labelled_by_the_bins_their_config_read(tmp_path):
     explicit held-out run it duplicates skipped; with the key explicit nothing changes."""
     import yaml
 
-    from axolotl_calib_plugin.demo.study import bin_accuracy_as_run
+    from axolotl_calib_plugin.demo.studies.alignment import bin_accuracy_as_run
 
     cfgs = {"aligned.cft": {"calib_mode": "cft", "test_datasets": [{"path": "h.jsonl"}]},
             "aligned.cft_heldout": {"calib_mode": "cft", "calib_bin_accuracy": "heldout"},

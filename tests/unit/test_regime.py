@@ -26,7 +26,7 @@ def _confident(pred, conf, k=4):
 
 
 def test_constant_remap_reaches_zero_ece_at_unchanged_accuracy():
-    """Why the old 'accuracy-preserving floor' (bins with accuracy below 1/K) was not a lower bound:
+    """Why an 'accuracy-preserving floor' (bins with accuracy below 1/K) is not a lower bound:
     mapping every confidence to the overall accuracy keeps every argmax and gives conf-ECE exactly 0."""
     rng = np.random.default_rng(3)
     n = 4000
@@ -41,7 +41,7 @@ def test_constant_remap_reaches_zero_ece_at_unchanged_accuracy():
     remap = _confident(pred, np.full(n, acc))  # every row at the overall accuracy, same argmax
     assert metrics.accuracy(remap, y) == acc
     assert metrics.conf_ece(remap, y) < 1e-12
-    # the verdict no longer rests on that floor: same accuracy on its training data -> calibratable
+    # so the verdict does not rest on such a floor: same accuracy on its training data -> calibratable
     d = diagnose(q, y, train_probs=q, train_labels=y)
     assert d.verdict == "calibratable" and not hasattr(d, "floor")
 
@@ -122,3 +122,47 @@ def test_noise_estimate_matches_calibrated_sampling_noise():
         eces.append(metrics.conf_ece(p, y))
         noises.append(ece_noise(p, y))
     assert 0.6 < np.mean(eces) / np.mean(noises) < 1.5
+
+
+def test_a_model_at_chance_gets_no_advice_and_its_large_temperature_is_explained():
+    """A model that prefers option A slightly on every question (99 questions, golds 24/25/25/25): accuracy 0.2424
+    is chance, A takes 100 % of the answers, and the fitted T is large (the probabilities it leaves are near 1/4).
+    The rule alone says calibratable -> CFT; the diagnosis must not print that as advice, and must say what the
+    large T means. A model that answers (same n) keeps its plain verdict line."""
+    import json
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 24 + [1] * 25 + [2] * 25 + [3] * 25)
+    z = rng.normal(0, 0.05, (99, 4))
+    z[:, 0] += 0.3
+    d = diagnose(softmax(z, axis=1), y)
+    assert d.chance["near_chance"] and d.chance["one_letter"] and d.chance["predicted"] == [99, 0, 0, 0]
+    assert d.ts_temperature > 10 and d.flat and abs(d.ts_mean_conf - 0.25) < 0.01
+    text = d.render()
+    assert "held-out: WARNING: accuracy 0.2424 is within noise of chance 0.2500 (1/K)" in text
+    assert "predicted letters: A 99 (100%), B 0 (0%), C 0 (0%), D 0 (0%)" in text
+    assert "scaled probabilities are near-uniform (mean confidence 0.25" in text and "flattening every answer" in text
+    assert "Verdict: none to act on. The model is not answering these questions" in text
+    assert "CFT advised" not in text and "(The rule alone would give: calibratable -> CFT.)" in text
+    assert json.loads(json.dumps(d.as_dict()))["caveat"] == d.caveat  # --json carries it
+    good = diagnose(_confident(y, np.full(99, 0.7)), y)
+    assert good.caveat is None and not good.chance["warnings"] and "Verdict: calibratable -> CFT advised" in good.render()
+    # zero-padded mixed option counts (K = 2 and 4): chance is the mean of 1/K, padding stays at probability 0
+    mixed = diagnose(np.array([[0.9, 0.1, 0, 0], [0.1, 0.7, 0.1, 0.1]] * 10), np.array([0, 1] * 10))
+    assert mixed.chance["chance"] == (1 / 2 + 1 / 4) / 2 and mixed.chance["mixed_k"]
+
+
+def test_zero_padding_does_not_change_the_fitted_temperature():
+    """Rows of 3 options zero-padded to 5 (as mixed option counts are stacked) give the temperature and scaled
+    conf-ECE of the unpadded rows, also for a flat model whose T is large (there the padded options used to
+    take probability once divided by T)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    for scale in (1.0, 4.0):
+        z = rng.normal(0, scale, (400, 3))
+        z[np.arange(400), y] += 0.3 * scale
+        p = softmax(z, axis=1)
+        padded = np.hstack([p, np.zeros((400, 2))])
+        t, ece = cross_fitted_ts_ece(p, y)
+        t_pad, ece_pad = cross_fitted_ts_ece(padded, y)
+        assert abs(t_pad - t) < 1e-6 * t and abs(ece_pad - ece) < 1e-9, (scale, t, t_pad)

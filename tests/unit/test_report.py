@@ -106,3 +106,38 @@ def test_figures_are_tagged_like_the_scalars_hf_shows():
     assert has_image_logger([tb]) and not has_image_logger([object()])
     tb.tb_writer = None  # HF closed its writer at the end of training
     assert not has_image_logger([tb])
+
+
+def test_report_of_a_model_answering_one_letter_carries_the_chance_warning(tmp_path):
+    """A model whose argmax is option A on all 99 questions (golds spread over 4 options, 24 of them A):
+    accuracy 24/99 = 0.2424 is chance (0.25 inside its Wilson interval) and A takes 100 % of the answers. The
+    report's JSON, the Markdown's top and its table say so; a model that knows the answers is not flagged; the
+    chance level of mixed option counts is the mean of 1/K."""
+    import json
+
+    from axolotl_calib_plugin.eval.chance import chance_check
+    from axolotl_calib_plugin.eval.report import markdown_table, write_report
+
+    golds = [0] * 24 + [1] * 25 + [2] * 25 + [3] * 25
+    one = [{"doc_id": i, "probs": [0.31, 0.23, 0.23, 0.23], "gold": g, "logliks": []} for i, g in enumerate(golds)]
+    good = [{"doc_id": i, "probs": [0.8 if j == g else 0.2 / 3 for j in range(4)], "gold": g, "logliks": []}
+            for i, g in enumerate(golds)]
+    tasks = {"calib_jsonl": {"kind": "task", "acc": 24 / 99, "conf_ece": 0.07, "cw_ece": 0.1, "n": 99},
+             "calib_arc_challenge": {"kind": "task", "acc": 1.0, "conf_ece": 0.2, "cw_ece": 0.1, "n": 99}}
+    paths = write_report(str(tmp_path), tasks, {"calib_jsonl": one, "calib_arc_challenge": good}, title="one letter")
+    doc = json.loads(open(paths["json"]).read())
+    ch = doc["tasks"]["calib_jsonl"]["chance"]
+    assert (ch["chance"], ch["correct"], ch["predicted"], ch["top_letter"]) == (0.25, 24, [99, 0, 0, 0], "A")
+    assert ch["near_chance"] and ch["one_letter"] and ch["ci_low"] < 0.25 < ch["ci_high"]
+    assert not doc["tasks"]["calib_arc_challenge"]["chance"]["warnings"]
+    assert len(doc["warnings"]) == 2 and all(w.startswith("calib_jsonl: WARNING") for w in doc["warnings"])
+    md = open(paths["md"]).read()
+    top = md.split("| task |")[0]
+    assert "within noise of chance 0.2500 (1/K)" in top and "A is the model's answer on 99 of 99 questions (100%" in top
+    assert "| calib_jsonl | 99 | 0.2424 (!) | 0.2500 |" in md and "| calib_arc_challenge | 99 | 1.0000 | 0.2500 |" in md
+    assert "calib_jsonl: accuracy 0.2424 (95 % CI [" in md and "predicted letters: A 99 (100%), B 0 (0%)" in md
+    assert "(!)" in markdown_table(doc["tasks"])  # what `axolotl-calib eval` prints from the same entries
+    # mixed K: chance = mean 1/K (threshold 1.5 x 0.375); K = 2 rows flag one letter from 75 % of the answers
+    mixed = chance_check([[0.6, 0.4, 0, 0], [0.5, 0.2, 0.2, 0.1]], [0, 1], num_options=[2, 4])
+    assert mixed.chance == (1 / 2 + 1 / 4) / 2 and mixed.mixed_k and mixed.one_letter_threshold == 1.5 * 0.375
+    assert chance_check([[0.6, 0.4]] * 4, [0, 1, 0, 1]).one_letter_threshold == 0.75

@@ -1,4 +1,4 @@
-"""Issue 22: the same row gives the same prompt, answer position and gold in training (Axolotl's loader +
+"""The same row gives the same prompt, answer position and gold in training (Axolotl's loader +
 the strategy) and evaluation (the lm-eval tasks, the post-training report, ``axolotl-calib eval``), whatever
 the file format; the prepared-data cache and resume notice every change that alters a row or a target."""
 
@@ -358,3 +358,132 @@ def test_non_calib_test_dataset_says_why_it_has_no_calib_metrics(tiny_cfg, valid
     with caplog.at_level(logging.WARNING):
         validate_cfg(tiny_cfg(test_datasets=[{"path": str(path), "type": "alpaca", "split": "train"}]))
     assert "test_datasets[0] is not type: axolotl_calib_plugin.mcq, so evaluation reports no eval_calib/*" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ S7 every evaluation route
+ROUTE_ROWS = [{"question": "Which is red?", "choices": ["red cat", "blue dog", "green"], "answer": 0},
+              {"question": "What is true?", "choices": ["alpha", "beta"], "answer": 1},
+              {"question": "Pick the atom?", "choices": ["atom", "cell", "light", "mass"], "answer": 0}]
+
+
+@pytest.fixture(scope="module")
+def bos_and_plain_dirs(tmp_path_factory):
+    """Two tiny models: a tokenizer that adds a BOS to plain text (Llama style) and one that adds none (SmolLM2
+    style, BOS token still named)."""
+    from axolotl_calib_plugin.testing.tiny import make_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("routes")
+    return {bos: make_tiny_model_dir(root / f"bos{int(bos)}", add_bos=bos) for bos in (True, False)}
+
+
+def _route_lms(model_dir, chat):
+    """The lm-eval model of every evaluation route: ``axolotl-calib eval`` / ``diagnose`` / ``reproduce`` with the
+    run's calib_settings.json and without one (a base model), the post-training report (model in memory) and the
+    README's ``lm_eval --model hf --model_args ...`` command."""
+    from lm_eval.api.registry import get_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_calib_plugin.eval.evaluation import hflm_for_model, make_hflm
+    from axolotl_calib_plugin.eval.report import training_settings
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    settings = CalibrationArgs.from_cfg({"calib_prompt_format": "chat_template" if chat else "plain"})
+    recorded = training_settings(settings, tok)["add_bos_token"]
+    readme_args = f"pretrained={model_dir},dtype=float32,device=cpu" + (",add_bos_token=False" if chat else "")
+    return {"cli (calib_settings.json)": make_hflm(model_dir, device="cpu", dtype="float32", batch_size=4, chat=chat,
+                                                   add_bos_token=recorded),
+            "cli (no settings)": make_hflm(model_dir, device="cpu", dtype="float32", batch_size=4, chat=chat),
+            "post-training report": hflm_for_model(AutoModelForCausalLM.from_pretrained(model_dir), tok, chat=chat,
+                                                   batch_size=4),
+            "README lm_eval": get_model("hf").create_from_arg_string(readme_args, {"batch_size": 4})}
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.parametrize("bos", [True, False], ids=["bos-tokenizer", "no-bos-tokenizer"])
+def test_every_route_scores_the_training_token_sequence(tmp_path, bos_and_plain_dirs, bos, chat):
+    """Each route's lm-eval request (context, continuation), tokenized as lm-eval does, is exactly the training
+    prompt up to the answer position followed by the gold letter's token; nothing added, nothing missing. (lm-eval
+    moves a context's trailing whitespace, e.g. the chat generation prompt's newline, into the continuation: the
+    sequence is the same, and that shared token's log-likelihood cancels in the softmax over the options.)"""
+    from transformers import AutoTokenizer
+
+    model_dir = bos_and_plain_dirs[bos]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    path = write(tmp_path / "d.jsonl", ROUTE_ROWS, "jsonl")
+    fmt = "chat_template" if chat else "plain"
+    train = train_side(tok, path, calib_prompt_format=fmt)
+    assert (train[0][0][0] == tok.bos_token_id) == (bos and not chat)  # the two cases really differ
+    docs = U.load_suite("calib_jsonl", data_files=[str(path)])["test"]
+    for route, lm in _route_lms(model_dir, chat).items():
+        for (prompt_ids, gold), doc in zip(train, docs):
+            letter = U.doc_to_choice(doc)[gold]
+            context = U.doc_to_text(doc)
+            if chat:  # lm-eval renders the user turn + generation prompt and scores the bare letter
+                context, cont = lm.apply_chat_template([{"role": "user", "content": context}]), letter
+            else:
+                cont = " " + letter
+            ctx_ids, cont_ids = lm._encode_pair(context, cont)
+            scored = ctx_ids + cont_ids
+            assert scored[:-1] == prompt_ids, (route, tok.convert_ids_to_tokens(scored[:3]),
+                                               tok.convert_ids_to_tokens(prompt_ids[:3]))
+            assert tok.decode(scored[-1:]).strip() == letter, route
+
+
+def _training_probs(model_dir, path, fmt):
+    """Option probabilities as training computes them (the strategy's tokens, softmax over the K letter logits at
+    the answer position): what eval_calib/* and the E-step see."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_calib_plugin.train.args import CalibrationArgs
+    from axolotl_calib_plugin.train.mcq import option_token_ids
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    letters = option_token_ids(tok, CalibrationArgs.from_cfg({"calib_prompt_format": fmt}))
+    out = []
+    for (prompt_ids, _), row in zip(train_side(tok, path, calib_prompt_format=fmt), ROUTE_ROWS):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids])).logits[0, -1, letters[: len(row["choices"])]]
+        out.append(torch.softmax(logits.double(), 0).tolist())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.parametrize("bos", [True, False], ids=["bos-tokenizer", "no-bos-tokenizer"])
+def test_every_route_gives_the_training_option_probabilities(tmp_path, bos_and_plain_dirs, bos, chat):
+    """Real lm-eval runs through every route give the option probabilities training computes, to 1e-6."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from scipy.special import softmax
+
+    from axolotl_calib_plugin.cli import main
+    from axolotl_calib_plugin.eval.evaluation import evaluate_files, find_task_dir, run_tasks
+    from axolotl_calib_plugin.eval.samples import find_samples, read_samples
+
+    model_dir = bos_and_plain_dirs[bos]
+    path = write(tmp_path / "d.jsonl", ROUTE_ROWS, "jsonl")
+    want = _training_probs(model_dir, path, "chat_template" if chat else "plain")
+    got = {}
+    out = tmp_path / "cli"
+    assert main(["eval", "--model", model_dir, "--tasks", "calib_jsonl", "--data-files", str(path), "--output-dir",
+                 str(out), "--device", "cpu", "--dtype", "float32", "--batch-size", "4"]
+                + (["--apply-chat-template"] if chat else [])) == 0
+    got["axolotl-calib eval"] = [it["probs"] for it in read_samples(find_samples(str(out))["calib_jsonl"])]
+    lms = _route_lms(model_dir, chat)
+    res = evaluate_files(lms["cli (no settings)"], [str(path)], find_task_dir(), 4, apply_chat_template=chat)
+    got["diagnose"] = [softmax(r).tolist() for r in res[0]["logliks"]]
+    res = run_tasks(lms["post-training report"], ["calib_jsonl"], data_files=[str(path)], apply_chat_template=chat)
+    got["post-training report"] = [s["conf_ece"]["probs"] for s in sorted(res["samples"]["calib_jsonl"],
+                                                                           key=lambda s: s["doc_id"])]
+    tm = TaskManager(include_path=find_task_dir(), include_defaults=False, metadata={"data_files": [str(path)]})
+    readme = f"pretrained={model_dir},dtype=float32,device=cpu" + (",add_bos_token=False" if chat else "")
+    res = lm_eval.simple_evaluate(model="hf", model_args=readme, tasks=["calib_jsonl"], task_manager=tm,
+                                  log_samples=True, apply_chat_template=chat, batch_size=4)
+    got["README lm_eval"] = [s["conf_ece"]["probs"] for s in sorted(res["samples"]["calib_jsonl"],
+                                                                     key=lambda s: s["doc_id"])]
+    for route, probs in got.items():
+        assert len(probs) == len(want), route
+        for p, w in zip(probs, want):
+            assert p == pytest.approx(w, abs=1e-6), route

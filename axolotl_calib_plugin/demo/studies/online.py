@@ -13,16 +13,12 @@ differences of the observed sd), if the true difference is 0 and if it is the ob
 
 from __future__ import annotations
 
-import json
-import math
-import os
+from ...eval.report import fmt_signed
+from ..pipeline import DEFAULT_LAMBDA, Plan, calib_name
+from ..stats import paired_difference, seeds_needed
+from .base import Study
 
-import numpy as np
-from scipy import stats
-
-from ..eval.report import fmt_signed
-from .pipeline import DEFAULT_LAMBDA, Plan, calib_name
-from .stats import paired_difference
+__all__ = ["ARM", "MARGINS", "OnlineStudy", "PLAN", "RUNS", "SPLITS", "compare", "render_lines", "training_seconds"]
 
 ARM = "aligned"
 PLAN = Plan(arms=(ARM,), lambdas=(DEFAULT_LAMBDA,), label_smoothing=False, online=True, modes=("cft",),
@@ -31,23 +27,6 @@ PLAN = Plan(arms=(ARM,), lambdas=(DEFAULT_LAMBDA,), label_smoothing=False, onlin
 RUNS = (calib_name(ARM, "cft", DEFAULT_LAMBDA, "online"), calib_name(ARM, "cft", DEFAULT_LAMBDA))
 MARGINS = {"conf_ece": 0.01, "cw_ece": 0.01, "acc": 0.005}
 SPLITS = ("in", "out")
-
-
-def seeds_needed(mu: float, sd: float, margin: float, power: float = 0.8, reps: int = 20000, max_n: int = 400,
-                 seed: int = 0) -> int | None:
-    """Smallest n with P(95 % t interval of n normal(mu, sd) differences inside +-margin) >= power (None: > max_n)."""
-    if sd == 0:
-        return 2 if abs(mu) <= margin else None
-    rng = np.random.default_rng(seed)
-    for n in range(2, max_n + 1):
-        # a study's mean and sd of n normal differences, drawn from their exact distributions (independent:
-        # mean ~ N(mu, sd^2/n), s^2 ~ sd^2 chi2(n-1)/(n-1)) instead of n draws each
-        m = rng.normal(mu, sd / math.sqrt(n), size=reps)
-        s = sd * np.sqrt(rng.chisquare(n - 1, size=reps) / (n - 1))
-        half = stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)
-        if np.mean((m - half >= -margin) & (m + half <= margin)) >= power:
-            return n
-    return None
 
 
 def compare(per_seed: dict, runs: tuple[str, str] = RUNS, power: float = 0.8) -> dict:
@@ -90,15 +69,18 @@ def render_lines(study: dict) -> list[str]:
     return lines
 
 
-def write(study: dict, summary_dir: str) -> dict:
-    """Summarise, then write online.json and online.md into ``summary_dir``."""
-    study["summary"] = {"online_vs_exact": compare(study["per_seed"]),
-                        "training_seconds": training_seconds(study["per_seed"])}
-    with open(os.path.join(summary_dir, "online.json"), "w", encoding="utf-8") as f:
-        json.dump(study, f, indent=1)
-    md = ["# The online E-step (first E-step over 10 % of the prompts) against the exact one", "",
-          f"Commit {study['meta'].get('commit')}, {study['meta'].get('machine')}; "
-          f"wall time {study['meta'].get('wall_time_s')} s.", "", "```", *render_lines(study), "```", ""]
-    with open(os.path.join(summary_dir, "online.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
-    return study
+class OnlineStudy(Study):
+    """``--study online``: ``online.json``, ``online.md``."""
+
+    name = "online"
+    stem = "online"
+    plan = PLAN
+
+    def summarize(self, per_seed: dict) -> dict:
+        return {"online_vs_exact": compare(per_seed), "training_seconds": training_seconds(per_seed)}
+
+    def render(self, study: dict) -> str:
+        md = ["# The online E-step (first E-step over 10 % of the prompts) against the exact one", "",
+              f"Commit {study['meta'].get('commit')}, {study['meta'].get('machine')}; "
+              f"wall time {study['meta'].get('wall_time_s')} s.", "", "```", *render_lines(study), "```", ""]
+        return "\n".join(md)

@@ -9,21 +9,25 @@ lambda 1 and 10, their shared lambda-0 run (plain SFT through the plugin), held-
 
 Reported: the pre-check (per-bin accuracy of each start model on its training rows vs held-out rows), every
 variant minus its lambda-0 run (paired over seeds, 95% t intervals, Holm-adjusted p-values over the family of
-in-domain conf-ECE comparisons), accuracy non-inferiority within 1 point, the comparison with temperature
-scaling, and a figure of the paired differences.
+in-domain conf-ECE comparisons), and per variant three verdicts from the pre-registered margins of :mod:`.base`
+(an ECE gain, after Holm or not; accuracy non-inferior within 1 point; no worse than / level with temperature
+scaling at +-0.01 conf-ECE), the variants that meet all three, and a figure of the paired differences.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 
-from . import report
-from .pipeline import ARMS, Plan, calib_name
-from .stats import mean_ci, paired_difference
+from .. import report
+from ..pipeline import ARMS, Plan, calib_name
+from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference
+from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
+
+__all__ = ["ARM_TEXT", "FIX_ARM", "HeldoutStudy", "LAMBDAS", "PLAN", "TITLE", "VARIANT_LABEL", "VARIANT_ORDER",
+           "plot_deltas", "render_markdown", "summarize", "variant_verdict"]
 
 LAMBDAS = (1.0, 10.0)
 VARIANT_ORDER = ("train", "heldout", "heldout_auto", "heldout_kl", "temp")
@@ -35,22 +39,7 @@ PLAN = Plan(arms=ARMS, lambdas=(0.0,) + LAMBDAS, label_smoothing=False, online=F
             heldout_eval=True)
 FIX_ARM = "overfit"
 ARM_TEXT = {"overfit": "over-fine-tuned arm", "aligned": "aligned (DPO) arm"}
-ACC_MARGIN = 0.01
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count toward the family size)."""
-    idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
-    order = sorted(idx, key=lambda i: pvalues[i])
-    m, out, running = len(order), [float("nan")] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        out[i] = running
-    return out
-
-
-def _vals(per_seed: dict, key: str, dom: str, metric: str) -> list:
-    return [s["rows"].get(key, {}).get(dom, {}).get(metric) for s in per_seed.values()]
+TITLE = "# Does the ECE term earn its place? Held-out bin accuracies and temperature targets"
 
 
 def _bins_mean(per_seed: dict, arm: str, split: str) -> dict:
@@ -76,14 +65,14 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = 
         train, held = _bins_mean(per_seed, arm, "train"), _bins_mean(per_seed, arm, "heldout")
         if train:
             precheck[arm] = {"train_bins": train, "heldout_bins": held,
-                             "conf_ece_train": mean_ci([v for v in _vals(per_seed, arm, "train", "conf_ece") if v is not None]),
-                             "conf_ece_heldout": mean_ci([v for v in _vals(per_seed, arm, "heldout", "conf_ece") if v is not None]),
-                             "acc_train": mean_ci([v for v in _vals(per_seed, arm, "train", "acc") if v is not None]),
-                             "acc_heldout": mean_ci([v for v in _vals(per_seed, arm, "heldout", "acc") if v is not None])}
+                             "conf_ece_train": mean_ci([v for v in seed_values(per_seed, arm, "train", "conf_ece") if v is not None]),
+                             "conf_ece_heldout": mean_ci([v for v in seed_values(per_seed, arm, "heldout", "conf_ece") if v is not None]),
+                             "acc_train": mean_ci([v for v in seed_values(per_seed, arm, "train", "acc") if v is not None]),
+                             "acc_heldout": mean_ci([v for v in seed_values(per_seed, arm, "heldout", "acc") if v is not None])}
     cells, comps = {}, []
     keys = sorted({k for s in per_seed.values() for k in s["rows"]})
     for k in keys:
-        cells[k] = {f"{m}_{d}": mean_ci([v for v in _vals(per_seed, k, d, m) if v is not None])
+        cells[k] = {f"{m}_{d}": mean_ci([v for v in seed_values(per_seed, k, d, m) if v is not None])
                     for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}
     ts_key = f"{fix_arm}.ts"
     for mode in ("cft", "rcft"):
@@ -94,45 +83,83 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = 
                 if key not in keys or base not in keys or key in skip:
                     continue
                 c = {"key": key, "mode": mode, "variant": (variant_of or {}).get(key, variant), "lambda": lam, "base": base,
-                     "vs_lam0": {f"{m}_{d}": paired_difference(_vals(per_seed, key, d, m), _vals(per_seed, base, d, m))
+                     "vs_lam0": {f"{m}_{d}": paired_difference(seed_values(per_seed, key, d, m), seed_values(per_seed, base, d, m))
                                  for m in ("conf_ece", "cw_ece", "acc") for d in ("in", "out")}}
                 if ts_key in keys:
-                    c["vs_ts"] = {f"{m}_{d}": paired_difference(_vals(per_seed, key, d, m), _vals(per_seed, ts_key, d, m))
+                    c["vs_ts"] = {f"{m}_{d}": paired_difference(seed_values(per_seed, key, d, m), seed_values(per_seed, ts_key, d, m))
                                   for m in ("conf_ece",) for d in ("in", "out")}
                 comps.append(c)
     adj = holm([c["vs_lam0"]["conf_ece_in"].get("p", float("nan")) for c in comps])
     for c, p in zip(comps, adj):
         c["vs_lam0"]["conf_ece_in"]["p_holm"] = p
-    verdicts = {}
-    for mode in ("cft", "rcft"):
-        mine = [c for c in comps if c["mode"] == mode and c["vs_lam0"]["conf_ece_in"]["n"] >= 2]
-        if not mine:
-            continue
-        best = min(mine, key=lambda c: c["vs_lam0"]["conf_ece_in"]["mean"])
-        d, a = best["vs_lam0"]["conf_ece_in"], best["vs_lam0"]["acc_in"]
-        t = best.get("vs_ts", {}).get("conf_ece_in")
-        verdicts[mode] = {
-            "best": best["key"], "variant": best["variant"], "lambda": best["lambda"],
-            "conf_ece_in": d, "acc_in": a,
-            "ece_gain": bool(d["hi"] < 0), "ece_gain_holm": bool(d["hi"] < 0 and d.get("p_holm", 1) < 0.05),
-            "acc_kept": bool(a["lo"] > -ACC_MARGIN),
-            "vs_ts": t, "no_worse_than_ts": None if t is None else bool(t["mean"] <= 0 or t["lo"] <= 0),
-        }
+    for c in comps:
+        c["verdict"] = variant_verdict(c)
     return {"fix_arm": fix_arm, "keys": keys, "cells": cells, "precheck": precheck, "comparisons": comps,
-            "verdicts": verdicts,
+            "margins": {"acc_noninferiority": ACC_NONINFERIORITY_MARGIN, "ts_equivalence": TS_EQUIVALENCE_MARGIN,
+                        "holm_alpha": HOLM_ALPHA},
+            "all_three": [c["key"] for c in comps if c["verdict"]["all_three"]],
+            "all_three_unadjusted": [c["key"] for c in comps if c["verdict"]["all_three_unadjusted"]],
             "family_size": sum(1 for c in comps if not math.isnan(c["vs_lam0"]["conf_ece_in"].get("p", float("nan"))))}
 
 
-def _ci(d: dict, digits: int = 3) -> str:
-    if d is None or d["n"] < 2 or math.isnan(d["lo"]):
-        return "-" if d is None or d["n"] == 0 else f"{d['mean']:+.{digits}f} (n=1)"
-    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+def variant_verdict(c: dict) -> dict:
+    """The three criteria for one variant, from the pre-registered margins: an ECE gain over its lambda-0 run (the
+    in-domain conf-ECE interval below 0; after Holm: its adjusted p below ``HOLM_ALPHA`` too), accuracy
+    non-inferior within ``ACC_NONINFERIORITY_MARGIN``, and no worse than temperature scaling (the upper end of
+    its conf-ECE difference from TS below ``TS_EQUIVALENCE_MARGIN``; "level" when the interval lies inside the
+    +- margin). ``all_three`` needs the gain after Holm; ``all_three_unadjusted`` the unadjusted gain."""
+    d, a = c["vs_lam0"]["conf_ece_in"], c["vs_lam0"]["acc_in"]
+    t = c.get("vs_ts", {}).get("conf_ece_in")
+    enough = d["n"] >= 2 and not math.isnan(d["hi"])
+    gain = bool(enough and d["hi"] < 0)
+    gain_holm = bool(gain and d.get("p_holm", float("nan")) < HOLM_ALPHA)
+    acc = non_inferior(a, ACC_NONINFERIORITY_MARGIN)
+    if t is None:
+        ts, no_worse = "no TS run", None
+    elif t["n"] < 2 or math.isnan(t["hi"]):
+        ts, no_worse = "not shown level with TS", None
+    else:
+        no_worse = bool(t["hi"] < TS_EQUIVALENCE_MARGIN)
+        if equivalence(t, TS_EQUIVALENCE_MARGIN) == "equivalent":
+            ts = "level with TS"
+        elif t["lo"] > 0:
+            ts = "worse than TS"
+        elif t["hi"] < 0:
+            ts = "better than TS"
+        else:
+            ts = "no worse than TS, not shown level" if no_worse else "not shown level with TS"
+    return {"ece_gain": gain, "ece_gain_holm": gain_holm, "acc": acc, "vs_ts": ts, "no_worse_than_ts": no_worse,
+            "all_three": bool(gain_holm and acc == "reproduced" and no_worse),
+            "all_three_unadjusted": bool(gain and acc == "reproduced" and no_worse)}
 
 
-def _pm(c: dict) -> str:
-    if c is None or c["n"] == 0:
-        return "-"
-    return f"{c['mean']:.3f}" + ("" if math.isnan(c["half"]) else f" ± {c['half']:.3f}")
+_ACC_WORD = {"reproduced": "accuracy non-inferior", "not reproduced": "accuracy inferior",
+             "inconclusive": "accuracy not shown non-inferior"}
+
+
+def _variant_text(c: dict) -> str:
+    return f"{c['mode'].upper()}, {VARIANT_LABEL[c['variant']]}, λ={c['lambda']:g}"
+
+
+def verdict_lines(s: dict) -> list[str]:
+    """One line per variant (its three criteria), then which variants meet all three, with and without Holm."""
+    lines = []
+    for c in s["comparisons"]:
+        v, d = c["verdict"], c["vs_lam0"]
+        ph = d["conf_ece_in"].get("p_holm", float("nan"))
+        gain = ("ECE gain after Holm" if v["ece_gain_holm"] else "ECE gain, not after Holm" if v["ece_gain"]
+                else "ECE gain not shown")
+        lines.append(f"* {_variant_text(c)}: {gain} (Δ conf-ECE in {fmt_ci(d['conf_ece_in'])}, Holm p "
+                     f"{'-' if math.isnan(ph) else f'{ph:.3g}'}); {_ACC_WORD[v['acc']]} (Δ acc in {fmt_pt(d['acc_in'])}); "
+                     f"{v['vs_ts']} (Δ conf-ECE in vs TS {fmt_ci(c.get('vs_ts', {}).get('conf_ece_in'))}).")
+    by_key = {c["key"]: c for c in s["comparisons"]}
+    names = lambda keys: "; ".join(_variant_text(by_key[k]) for k in keys) or "none"  # noqa: E731
+    n = len(s["comparisons"])
+    lines += ["", f"**Variants that meet all three criteria** (ECE gain after Holm, accuracy non-inferior, no worse "
+                  f"than TS): {names(s['all_three'])} (of {n}).", "",
+              f"**Without the Holm adjustment** (a gain interval below 0 is enough): {names(s['all_three_unadjusted'])} "
+              f"(of {n}; picked after looking at {n} variants, so this is not a finding on its own)."]
+    return lines
 
 
 def _cost_text(study: dict) -> str:
@@ -146,8 +173,7 @@ def _cost_text(study: dict) -> str:
     return text
 
 
-def render_markdown(study: dict, title: str = "# Does the ECE term earn its place? Held-out bin accuracies and "
-                                               "temperature targets") -> str:
+def render_markdown(study: dict, title: str = TITLE) -> str:
     m, s = study["meta"], study["summary"]
     arm_text = ARM_TEXT[s.get("fix_arm", FIX_ARM)]
     lines = [title, "",
@@ -161,8 +187,8 @@ def render_markdown(study: dict, title: str = "# Does the ECE term earn its plac
     lines += ["## Pre-check (no training): per-bin accuracy of the start model, training rows vs held-out rows", "",
               "Counts summed and accuracies pooled over seeds; `–` = empty bin.", ""]
     for arm, pc in s["precheck"].items():
-        lines += [f"**{report.row_label(arm)}**: conf-ECE on its training rows {_pm(pc['conf_ece_train'])} vs held-out "
-                  f"{_pm(pc['conf_ece_heldout'])}; accuracy {_pm(pc['acc_train'])} vs {_pm(pc['acc_heldout'])}.", "",
+        lines += [f"**{report.row_label(arm)}**: conf-ECE on its training rows {fmt_pm(pc['conf_ece_train'])} vs held-out "
+                  f"{fmt_pm(pc['conf_ece_heldout'])}; accuracy {fmt_pm(pc['acc_train'])} vs {fmt_pm(pc['acc_heldout'])}.", "",
                   "| bin | train n | train acc | train conf | held-out n | held-out acc | held-out conf |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         tb, hb = pc["train_bins"], pc["heldout_bins"] or {"count": [0] * 10, "acc": [None] * 10, "conf": [None] * 10}
@@ -180,24 +206,17 @@ def render_markdown(study: dict, title: str = "# Does the ECE term earn its plac
     for c in s["comparisons"]:
         d = c["vs_lam0"]
         ph = d["conf_ece_in"].get("p_holm", float("nan"))
-        lines.append(f"| {c['mode'].upper()} | {VARIANT_LABEL[c['variant']]} | {c['lambda']:g} | {_ci(d['conf_ece_in'])} | "
-                     f"{'-' if math.isnan(ph) else f'{ph:.3g}'} | {_ci(d['conf_ece_out'])} | {_ci(d['cw_ece_in'])} | "
-                     f"{_ci(d['acc_in'])} | {_ci(c.get('vs_ts', {}).get('conf_ece_in'))} |")
+        lines.append(f"| {c['mode'].upper()} | {VARIANT_LABEL[c['variant']]} | {c['lambda']:g} | {fmt_ci(d['conf_ece_in'])} | "
+                     f"{'-' if math.isnan(ph) else f'{ph:.3g}'} | {fmt_ci(d['conf_ece_out'])} | {fmt_ci(d['cw_ece_in'])} | "
+                     f"{fmt_ci(d['acc_in'])} | {fmt_ci(c.get('vs_ts', {}).get('conf_ece_in'))} |")
     lines += ["", "## Absolute values (mean ± 95% half-width)", "", "| model | conf-ECE in | conf-ECE out | acc in | acc out |",
               "|---|---:|---:|---:|---:|"]
     for k in report.ordered_keys(s["keys"]):
         if k == "oracle" or k in s["cells"]:
             c = s["cells"].get(k)
             if c:
-                lines.append(f"| {k} | {_pm(c['conf_ece_in'])} | {_pm(c['conf_ece_out'])} | {_pm(c['acc_in'])} | {_pm(c['acc_out'])} |")
-    lines += ["", "## Verdict per mode (best variant by mean Δ in-domain conf-ECE vs its λ=0 run)", ""]
-    for mode, v in s["verdicts"].items():
-        lines.append(f"* **{mode.upper()}**: best {VARIANT_LABEL[v['variant']]}, λ={v['lambda']:g}: Δ conf-ECE in "
-                     f"{_ci(v['conf_ece_in'])} -> ECE gain {'shown' if v['ece_gain'] else 'not shown'} "
-                     f"({'survives' if v['ece_gain_holm'] else 'does not survive'} Holm); Δ acc in {_ci(v['acc_in'])} -> "
-                     f"accuracy {'kept' if v['acc_kept'] else 'not shown kept'} (1-point margin); vs TS "
-                     f"{_ci(v['vs_ts'])}. The best of several variants is picked after the fact: read its interval "
-                     "with the Holm column.")
+                lines.append(f"| {k} | {fmt_pm(c['conf_ece_in'])} | {fmt_pm(c['conf_ece_out'])} | {fmt_pm(c['acc_in'])} | {fmt_pm(c['acc_out'])} |")
+    lines += ["", "## Verdicts per variant", "", MARGINS_TEXT, "", *verdict_lines(s)]
     lines.append("")
     return "\n".join(lines)
 
@@ -238,13 +257,21 @@ def plot_deltas(study: dict, path: str) -> str:
     return path
 
 
-def write(study: dict, summary_dir: str) -> dict:
-    """Summarise, then write heldout.json, heldout.md and heldout_deltas.png into ``summary_dir``."""
-    study["summary"] = summarize(study["per_seed"])
-    with open(os.path.join(summary_dir, "heldout.json"), "w", encoding="utf-8") as f:
-        json.dump(study, f, indent=1)
-    with open(os.path.join(summary_dir, "heldout.md"), "w", encoding="utf-8") as f:
-        f.write(render_markdown(study))
-    if study["summary"]["comparisons"]:
-        plot_deltas(study, os.path.join(summary_dir, "heldout_deltas.png"))
-    return study
+class HeldoutStudy(Study):
+    """``--study heldout``: ``heldout.json``, ``heldout.md``, ``heldout_deltas.png``."""
+
+    name = "heldout"
+    stem = "heldout"
+    plan = PLAN
+    title = TITLE
+
+    def summarize(self, per_seed: dict) -> dict:
+        return summarize(per_seed)
+
+    def render(self, study: dict) -> str:
+        return render_markdown(study, title=self.title)
+
+    def figures(self, study: dict, summary_dir: str) -> list[str]:
+        if not study["summary"]["comparisons"]:
+            return []
+        return [plot_deltas(study, os.path.join(summary_dir, f"{self.stem}_deltas.png"))]
