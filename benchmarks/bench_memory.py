@@ -27,7 +27,8 @@ os.environ.update(OFFLINE_ENV)
 
 import torch  # noqa: E402
 
-from common import add_model_args, apply_threads, build, em_refresh, machine_info, model_args, step  # noqa: E402
+from common import (add_model_args, apply_threads, build, data_file, em_refresh, machine_info,  # noqa: E402
+                    model_args, step)
 
 
 def _vm_kb(field: str) -> int:
@@ -110,7 +111,10 @@ def main(argv=None) -> int:
         memory_child(args)
         return 0
     print("=" * 100)
-    print("bench_memory: peak memory of training with / without the ECE term and of the E-step, on a local tiny Llama")
+    print("bench_memory: peak memory of training with / without the ECE term and of the E-step, on "
+          + (f"the model folder {args.model}" if args.model else "a local tiny Llama")
+          + f"; {args.rows} rows" + (f" of {data_file(args)}" if data_file(args) else " (synthetic)")
+          + f", batch {args.batch}")
     for line in machine_info():
         print(line)
     memory_report(args)
