@@ -30,8 +30,11 @@ other jobs' time slices inflate wall time, not the work done) and wall time on a
 Target: online / SFT <= 1.05 at 1, 2 and 5 epochs (calibration cheap enough to leave on) (PASS/FAIL; run_all exits 2 on a FAIL);
 exact and held-out are reported beside it.
 
+``--model DIR`` (e.g. the real model, ``axolotl-calib real-model``'s model/ folder) runs the same variants on that
+model and on ``--data`` rows (default: data/train.jsonl beside it; the held-out rows follow the training rows).
+
 Usage: python benchmarks/bench_e2e.py [--repeats 3] [--epochs 1 2 5] [--no-balance] [--variants sft exact online heldout]
-       [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--threads 1]
+       [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--threads 1] [--model DIR] [--data FILE.jsonl]
 """
 
 from __future__ import annotations

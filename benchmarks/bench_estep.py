@@ -16,8 +16,10 @@ On the tiny Llama of bench_step.py (same model, data and batches; benchmarks/com
 
 Timing protocol as in bench_step.py (alternating runs, verdicts on the median of per-pair ratios).
 
+``--model DIR`` / ``--data FILE.jsonl`` / ``--clock cpu``: as in bench_step.py.
+
 Usage: python benchmarks/bench_estep.py [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--words 75]
-       [--repeats 5] [--threads 1]
+       [--repeats 5] [--threads 1] [--model DIR] [--data FILE.jsonl] [--clock wall|cpu]
 """
 
 from __future__ import annotations

@@ -14,7 +14,15 @@ median is compared (target: calib / stock <= 1.05). A forward pre-hook counts mo
 check that HFLM's one-token-continuation cache gives ONE forward row per question for both tasks (K=4
 requests per question), and both tasks must report the same accuracy (identical prompts and logits).
 
+Then ``axolotl-calib eval`` against its floor (:func:`cli_vs_floor`): the whole command as a user runs it (model
+load, lm-eval, report, diagrams; in this process) on the same questions as ``calib_jsonl``, per question, against a
+bare batched forward over the same prompts (one row per question, logits at the answer position only), with the
+forward counted inside the command. Reported, no target. ``--model DIR`` runs both parts on a model folder (e.g. the
+real model of ``axolotl-calib real-model``), ``--data-files`` names the questions of the second (default with
+``--model``: data/test_in.jsonl beside it).
+
 Usage: python benchmarks/bench_eval.py [--n 400] [--repeats 5] [--hidden 128] [--layers 2] [--batch-size 16] [--threads 1]
+       [--model DIR] [--data-files FILE.jsonl] [--cli-repeats 3] [--skip-stock]
 """
 
 from __future__ import annotations

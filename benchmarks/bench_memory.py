@@ -8,8 +8,10 @@ steps with the ECE term (``AxolotlCalibTrainer``), and one E-step (``run_estep``
 * on a GPU: ``torch.cuda.max_memory_allocated`` growth.
 Reported, no target.
 
+``--model DIR`` / ``--data FILE.jsonl``: as in bench_step.py (each child loads the folder).
+
 Usage: python benchmarks/bench_memory.py [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--words 75]
-       [--mem-steps 3] [--mem-repeats 3] [--threads 1]
+       [--mem-steps 3] [--mem-repeats 3] [--threads 1] [--model DIR] [--data FILE.jsonl]
 """
 
 from __future__ import annotations
