@@ -227,10 +227,14 @@ def data_file(args) -> str | None:
 def load_model_and_rows(args, n_rows: int):
     """(tokenizer, float32 model on the CPU, ``n_rows`` raw MCQ rows, the calib_* keys the rows need, a one-line
     description): ``--model``'s folder or the tiny Llama; ``--data``'s rows or the synthetic ones."""
-    from axolotl_calib_plugin.rows import read_jsonl
+    from axolotl_calib_plugin.rows import CalibDataError, read_jsonl
 
     if args.model:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not os.path.isfile(os.path.join(args.model, "config.json")):
+            raise SystemExit(f"--model {args.model}: not a model folder (no config.json); make the real model with "
+                             "`axolotl-calib real-model --output-dir DIR` and pass DIR/model")
 
         tok = AutoTokenizer.from_pretrained(args.model)
         torch.manual_seed(0)
@@ -250,7 +254,10 @@ def load_model_and_rows(args, n_rows: int):
     what += f", {n_params / 1e6:.1f}M params, {str(next(model.parameters()).dtype).removeprefix('torch.')})"
     path = data_file(args)
     if path:
-        rows = read_jsonl(path)
+        try:
+            rows = read_jsonl(path)
+        except CalibDataError as e:
+            raise SystemExit(f"--data: {e}") from None
         if len(rows) < n_rows:
             raise SystemExit(f"{path}: {len(rows)} rows, the benchmark needs {n_rows} (lower --rows)")
         rows = [{k: r[k] for k in ("question", "choices", "answer")} for r in rows[:n_rows]]
