@@ -259,8 +259,9 @@ def main(argv=None) -> int:
     print("bench_e2e: whole Trainer.train() runs, calibration (CFT, calib_lambda=1) vs plain SFT, on "
           + (f"the model folder {args.model}" if args.model else "a local tiny Llama"))
     print(f"device {b.device}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
-          f"{transformers.__version__}; {b.what}; mean {b.seq_len:.0f} tokens; {args.rows} training rows, batch {args.batch} ({steps} steps per epoch), {len(b.heldout)} held-out "
-          f"rows (heldout variant); setup {time.perf_counter() - t0:.1f}s")
+          f"{transformers.__version__}; {b.what}; mean {b.seq_len:.0f} tokens; {args.rows} training rows, batch "
+          f"{args.batch} ({steps} steps per epoch), {len(b.heldout)} held-out rows (heldout variant); setup "
+          f"{time.perf_counter() - t0:.1f}s")
     print(f"{args.repeats} rounds x epochs {args.epochs} (blocks per round {blocks_per_round(args.epochs, args.balance)})"
           f" x variants {args.variants}, variant order rotating per block; "
           f"{args.warmup} untimed 1-epoch warm-up run(s) per variant; load average at start "

@@ -235,7 +235,6 @@ def load_model_and_rows(args, n_rows: int):
         if not os.path.isfile(os.path.join(args.model, "config.json")):
             raise SystemExit(f"--model {args.model}: not a model folder (no config.json); make the real model with "
                              "`axolotl-calib real-model --output-dir DIR` and pass DIR/model")
-
         tok = AutoTokenizer.from_pretrained(args.model)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -403,6 +402,7 @@ def banner(s: Setup, args, title: str, setup_seconds: float) -> None:
     print(f"device {s.device}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
           f"{transformers.__version__}; {s.what}; "
           f"{len(s.dataset)} rows, mean {s.seq_len:.0f} tokens, batch {args.batch} "
-          f"(padded width {s.calib_batches[0]['input_ids'].shape[1]}); setup {setup_seconds:.1f}s; timings: {clock_name()}")
+          f"(padded width {s.calib_batches[0]['input_ids'].shape[1]}); setup {setup_seconds:.1f}s; "
+          f"timings: {clock_name()}")
     for line in machine_info():
         print(line)
