@@ -314,7 +314,7 @@ def main(argv=None) -> int:
             p = pairs[clock][("online", e)]
             gm, lo, hi = ratio_interval(p)
             print(f"   {e} epoch(s): online / SFT {ratio[('online', e)]:.3f}x (target <= {TARGET:.2f}x: {verdict}; "
-                  f"n {len(p)}, {gm:.3f}x [{lo:.3f}, {hi:.3f}]); beside it: {', '.join(parts)}")
+                  f"n {len(p)}, {gm:.3f}x [{lo:.3f}, {hi:.3f}])" + (f"; beside it: {', '.join(parts)}" if parts else ""))
         else:
             print(f"   {e} epoch(s): {', '.join(parts)} (online not run: no verdict)")
     if args.out:
