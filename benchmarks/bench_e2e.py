@@ -30,8 +30,11 @@ other jobs' time slices inflate wall time, not the work done) and wall time on a
 Target: online / SFT <= 1.05 at 1, 2 and 5 epochs (calibration cheap enough to leave on) (PASS/FAIL; run_all exits 2 on a FAIL);
 exact and held-out are reported beside it.
 
+``--model DIR`` (e.g. the real model, ``axolotl-calib real-model``'s model/ folder) runs the same variants on that
+model and on ``--data`` rows (default: data/train.jsonl beside it; the held-out rows follow the training rows).
+
 Usage: python benchmarks/bench_e2e.py [--repeats 3] [--epochs 1 2 5] [--no-balance] [--variants sft exact online heldout]
-       [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--threads 1]
+       [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--threads 1] [--model DIR] [--data FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ os.environ.update(OFFLINE_ENV)
 
 import torch  # noqa: E402
 
-from common import make_rows  # noqa: E402
+from common import add_model_source_args, load_model_and_rows  # noqa: E402
 
 VARIANTS = ("sft", "exact", "online", "heldout")
 TARGET = 1.05  # online total / plain SFT total: at most 5 % over plain SFT
@@ -82,27 +85,24 @@ class Bench:
 
         from axolotl.utils.dict import DictDefault
 
-        from axolotl_calib_plugin.testing import build_llama, build_tokenizer
         from axolotl_calib_plugin.train.args import CalibrationArgs
         from axolotl_calib_plugin.train.columns import CALIB_COLUMNS
         from axolotl_calib_plugin.train.mcq import MCQStrategy
 
         self.args = args
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tok = build_tokenizer()
+        n_held = max(2, args.rows // 4)
+        self.tok, first, raw_rows, letters, self.what = load_model_and_rows(args, args.rows + n_held)
         base = {"plugins": ["axolotl_calib_plugin.CalibrationPlugin"], "calib_mode": "cft", "calib_lambda": 1.0,
-                "calib_option_letters": list("ABCDE")}
+                **letters}
         self.cfgs = {v: DictDefault({**base, **extra}) for v, extra in VARIANT_CFG.items()}
         strategy = MCQStrategy(self.tok, CalibrationArgs.from_cfg(self.cfgs["exact"]), train_on_inputs=False,
                                sequence_len=1024)
-        n_held = max(2, args.rows // 4)
-        rows = [strategy.tokenize_row(r, i) for i, r in enumerate(make_rows(args.rows + n_held, args.words))]
+        rows = [strategy.tokenize_row(r, i) for i, r in enumerate(raw_rows)]
+        self.seq_len = statistics.mean(len(r["input_ids"]) for r in rows[: args.rows])
         self.train = datasets.Dataset.from_list(rows[: args.rows])
         self.heldout = datasets.Dataset.from_list(rows[args.rows:])
         self.plain_train = self.train.remove_columns(list(CALIB_COLUMNS))
-        torch.manual_seed(0)
-        first = build_llama(self.tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-                            max_position_embeddings=1024)
         self.init = copy.deepcopy(first.state_dict())
         self.model = first.to(self.device)
         self.n_params = sum(p.numel() for p in first.parameters())
@@ -236,6 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed 1-epoch runs of each variant before round 1")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default); see "
                     "benchmarks/README.md for why 1 on a shared small CPU box")
+    add_model_source_args(ap)
     ap.add_argument("--out", help="also write the times, ratios and per-run refresh counts here as JSON")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("BENCH_WORKDIR", "/tmp/axolotl_calib_bench"),
                                                       "e2e"))
@@ -255,11 +256,12 @@ def main(argv=None) -> int:
     b = Bench(args)
     steps = -(-args.rows // args.batch)
     print("=" * 100)
-    print("bench_e2e: whole Trainer.train() runs, calibration (CFT, calib_lambda=1) vs plain SFT, on a local tiny Llama")
+    print("bench_e2e: whole Trainer.train() runs, calibration (CFT, calib_lambda=1) vs plain SFT, on "
+          + (f"the model folder {args.model}" if args.model else "a local tiny Llama"))
     print(f"device {b.device}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
-          f"{transformers.__version__}; model hidden {args.hidden}, {args.layers} layers, {b.n_params / 1e6:.1f}M "
-          f"params; {args.rows} training rows, batch {args.batch} ({steps} steps per epoch), {len(b.heldout)} held-out "
-          f"rows (heldout variant); setup {time.perf_counter() - t0:.1f}s")
+          f"{transformers.__version__}; {b.what}; mean {b.seq_len:.0f} tokens; {args.rows} training rows, batch "
+          f"{args.batch} ({steps} steps per epoch), {len(b.heldout)} held-out rows (heldout variant); setup "
+          f"{time.perf_counter() - t0:.1f}s")
     print(f"{args.repeats} rounds x epochs {args.epochs} (blocks per round {blocks_per_round(args.epochs, args.balance)})"
           f" x variants {args.variants}, variant order rotating per block; "
           f"{args.warmup} untimed 1-epoch warm-up run(s) per variant; load average at start "
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
             p = pairs[clock][("online", e)]
             gm, lo, hi = ratio_interval(p)
             print(f"   {e} epoch(s): online / SFT {ratio[('online', e)]:.3f}x (target <= {TARGET:.2f}x: {verdict}; "
-                  f"n {len(p)}, {gm:.3f}x [{lo:.3f}, {hi:.3f}]); beside it: {', '.join(parts)}")
+                  f"n {len(p)}, {gm:.3f}x [{lo:.3f}, {hi:.3f}])" + (f"; beside it: {', '.join(parts)}" if parts else ""))
         else:
             print(f"   {e} epoch(s): {', '.join(parts)} (online not run: no verdict)")
     if args.out:

@@ -16,8 +16,10 @@ On the tiny Llama of bench_step.py (same model, data and batches; benchmarks/com
 
 Timing protocol as in bench_step.py (alternating runs, verdicts on the median of per-pair ratios).
 
+``--model DIR`` / ``--data FILE.jsonl`` / ``--clock cpu``: as in bench_step.py.
+
 Usage: python benchmarks/bench_estep.py [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--words 75]
-       [--repeats 5] [--threads 1]
+       [--repeats 5] [--threads 1] [--model DIR] [--data FILE.jsonl] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ os.environ.update(OFFLINE_ENV)
 import torch  # noqa: E402
 
 from common import (Setup, ab_timings, add_model_args, apply_threads, banner, build, em_refresh,  # noqa: E402
-                    report_ratio, step, sync)
+                    now, report_ratio, step, sync)
 
 
 # ----------------------------------------------------------------------------- (b') the E-step's floor
@@ -78,10 +80,10 @@ def estep_floor_report(s: Setup, reps: int) -> float:
     bare(); estep(d)  # noqa: E702  (warm-up)
     for r in range(reps):
         for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
+            t0 = now()
             fns[k]()
             sync(s)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(now() - t0)
     med = statistics.median
     e_over_epoch = med(a / b for a, b in zip(times["estep"], times["epoch"]))
     bare_over_epoch = med(a / b for a, b in zip(times["bare"], times["epoch"]))
@@ -124,23 +126,23 @@ def online_report(s: Setup, reps: int, exact_epochs: list, exact_refreshes: list
     t_epoch, t_refresh, t_plain = [], [], []
 
     def online_epoch(r):
-        t0 = time.perf_counter()
+        t0 = now()
         for b in s.calib_batches:
             step(s, s.calib_trainer, b)
         sync(s)
-        t_epoch.append(time.perf_counter() - t0)
+        t_epoch.append(now() - t0)
         assert len(calib.online) == len(s.calib_batches) * s.calib_batches[0]["input_ids"].shape[0]
-        t0 = time.perf_counter()
+        t0 = now()
         cb.refresh_now(st, r + 1)
-        t_refresh.append(time.perf_counter() - t0)
+        t_refresh.append(now() - t0)
         assert cb.history[-1]["calib/estep_online"] == 1
 
     def plain_epoch():
-        t0 = time.perf_counter()
+        t0 = now()
         for b in s.plain_batches:
             step(s, s.plain_trainer, b)
         sync(s)
-        t_plain.append(time.perf_counter() - t0)
+        t_plain.append(now() - t0)
 
     for r in range(reps):
         for side in ((plain_epoch, lambda: online_epoch(r)) if r % 2 == 0 else (lambda: online_epoch(r), plain_epoch)):
@@ -210,10 +212,10 @@ def heldout_report(s: Setup, reps: int, epoch_times: list) -> dict:
         fn()  # warm-up
         times = []
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
             sync(s)
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
         ratios[label] = statistics.median(times) / epoch
         print(f"   {label:<62s} {statistics.median(times) * 1e3:9.2f} ms  = {ratios[label]:.4f}x an epoch")
     return ratios
@@ -250,10 +252,10 @@ def main(argv=None) -> int:
                            unit="ms")
     from axolotl_calib_plugin.train.estep import EStepData
 
-    t1 = time.perf_counter()
+    t1 = now()
     EStepData(s.dataset)
     print(f"   (not included above: EStepData(train_dataset), built once per run and cached: "
-          f"{(time.perf_counter() - t1) * 1e3:.1f} ms)")
+          f"{(now() - t1) * 1e3:.1f} ms)")
     ratio_first, ratio_exact_first = estep_floor_report(s, reps)
     # (e) the online E-step, (f) the held-out M-step variants -------------------------------------------
     ratio_online, totals = online_report(s, reps, te, tr_, ratio_first)

@@ -14,7 +14,15 @@ median is compared (target: calib / stock <= 1.05). A forward pre-hook counts mo
 check that HFLM's one-token-continuation cache gives ONE forward row per question for both tasks (K=4
 requests per question), and both tasks must report the same accuracy (identical prompts and logits).
 
+Then ``axolotl-calib eval`` against its floor (:func:`cli_vs_floor`): the whole command as a user runs it (model
+load, lm-eval, report, diagrams; in this process) on the same questions as ``calib_jsonl``, per question, against a
+bare batched forward over the same prompts (one row per question, logits at the answer position only), with the
+forward counted inside the command. Reported, no target. ``--model DIR`` runs both parts on a model folder (e.g. the
+real model of ``axolotl-calib real-model``), ``--data-files`` names the questions of the second (default with
+``--model``: data/test_in.jsonl beside it).
+
 Usage: python benchmarks/bench_eval.py [--n 400] [--repeats 5] [--hidden 128] [--layers 2] [--batch-size 16] [--threads 1]
+       [--model DIR] [--data-files FILE.jsonl] [--cli-repeats 3] [--skip-stock]
 """
 
 from __future__ import annotations
@@ -109,59 +117,146 @@ class ForwardCounter:
         self.seconds = 0.0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=400, help="number of questions (default 400)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per task, interleaved (default 5)")
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared CPU; 0 = torch default)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+# ----------------------------------------------------------------------------- axolotl-calib eval vs its floor
+def cli_vs_floor(model_dir: str, questions: list[dict], batch_size: int, repeats: int, workdir: Path) -> dict:
+    """``axolotl-calib eval --tasks calib_jsonl`` (in this process, as a user runs it: model load, lm-eval, report,
+    diagrams) on ``questions`` against the floor of any evaluation: a bare batched ``inference_mode`` forward over
+    the same prompts (the training token sequence up to the answer position, one row per question, batched alike,
+    logits at that position only), and the same forward with every position's logits (what lm-eval's HFLM
+    computes). Interleaved rounds after one warm-up of each. Returns the medians."""
+    import shutil
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import axolotl_calib_plugin.eval.evaluation as evaluation
+    from axolotl_calib_plugin.cli import main as cli_main
+    from axolotl_calib_plugin.prompts import DEFAULT_LETTERS, format_mcq_prompt
+    from axolotl_calib_plugin.train.mcq import encode_mcq
+
+    qfile = workdir / "questions.jsonl"
+    with open(qfile, "w", encoding="utf-8") as fh:
+        for r in questions:
+            fh.write(json.dumps({k: r[k] for k in ("question", "choices", "answer")}) + "\n")
+    n = len(questions)
+    seen = {}
+    make_hflm = evaluation.make_hflm
+
+    def counted_make_hflm(*a, **kw):  # the CLI's model load, timed, and a forward counter on the model it scores
+        t0 = time.perf_counter()
+        lm = make_hflm(*a, **kw)
+        seen["load_s"] = time.perf_counter() - t0
+        seen["counter"] = ForwardCounter(lm.model)
+        return lm
+
+    def run_cli():
+        out = workdir / "eval"
+        shutil.rmtree(out, ignore_errors=True)
+        evaluation.make_hflm = counted_make_hflm
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                rc = cli_main(["eval", "--model", model_dir, "--tasks", "calib_jsonl", "--data-files", str(qfile),
+                               "--output-dir", str(out), "--device", "cpu", "--batch-size", str(batch_size)])
+        finally:
+            evaluation.make_hflm = make_hflm
+        if rc:
+            raise RuntimeError(f"axolotl-calib eval exited {rc}")
+        c = seen["counter"]
+        return {"load_s": seen["load_s"], "fwd_s": c.seconds, "rows": c.rows}
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = sorted((encode_mcq(tok, format_mcq_prompt(r["question"], r["choices"], DEFAULT_LETTERS),
+                                 DEFAULT_LETTERS[0], "plain")[0] for r in questions), key=len, reverse=True)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    batches = []
+    for i in range(0, n, batch_size):
+        chunk = prompts[i:i + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, p in enumerate(chunk):
+            ids[j, :len(p)] = torch.tensor(p)
+            mask[j, :len(p)] = 1
+        batches.append((ids, mask))
+
+    def bare(keep):
+        with torch.inference_mode():
+            for ids, mask in batches:
+                model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep)
+
+    fns = {"cli": run_cli, "floor": lambda: bare(1), "all_logits": lambda: bare(0)}
+    times = {k: [] for k in fns}
+    info = []
+    for k, fn in fns.items():  # warm-up: imports, lm-eval's task index, allocator
+        fn()
+    for r in range(repeats):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            out = fns[k]()
+            times[k].append(time.perf_counter() - t0)
+            if k == "cli":
+                info.append(out)
+    med = statistics.median
+    res = {"n": n, "batch_size": batch_size, "tokens_mean": statistics.mean(len(p) for p in prompts),
+           "cli_s": med(times["cli"]), "floor_s": med(times["floor"]), "all_logits_s": med(times["all_logits"]),
+           "load_s": med(i["load_s"] for i in info), "fwd_s": med(i["fwd_s"] for i in info),
+           "rows_per_question": info[-1]["rows"] / n,
+           "ratio": med(c / f for c, f in zip(times["cli"], times["floor"])),
+           "ratio_no_load": med((c - i["load_s"]) / f for c, i, f in zip(times["cli"], info, times["floor"])),
+           "ratio_fwd": med(i["fwd_s"] / f for i, f in zip(info, times["floor"]))}
+    ms = lambda x: f"{x / n * 1e3:.2f} ms"  # noqa: E731
+    print(f"\naxolotl-calib eval vs a bare batched forward (the floor: one forward row per question): {n} questions "
+          f"(mean {res['tokens_mean']:.0f} prompt tokens), batch {batch_size}, {repeats} interleaved rounds after one "
+          f"warm-up each; per question:")
+    print(f"   axolotl-calib eval --tasks calib_jsonl, whole command    {ms(res['cli_s'])}   (runs: "
+          f"{', '.join(f'{t:.1f}' for t in times['cli'])} s)")
+    print(f"     of which loading the model (make_hflm)                 {ms(res['load_s'])}")
+    print(f"     of which inside model.forward                          {ms(res['fwd_s'])}   "
+          f"({res['rows_per_question']:.3f} forward rows per question)")
+    print(f"   bare forward, logits at the answer position only (floor) {ms(res['floor_s'])}")
+    print(f"   bare forward, every position's logits (as lm-eval)       {ms(res['all_logits_s'])}")
+    print(f"   ratio eval / floor: {res['ratio']:.2f}x whole command, {res['ratio_no_load']:.2f}x without the model "
+          f"load, {res['ratio_fwd']:.2f}x inside model.forward (median of the per-round ratios; reported, no target)")
+    return res
+
+
+def stock_vs_calib(args, tok, model, what: str, rows: list[dict], tmp: Path) -> bool:
+    """calib_mmlu vs the stock lm-eval MMLU task on ``rows`` (written to ``tmp``/data/calib_mmlu.jsonl); prints the
+    table and the verdict; returns whether both correctness checks held (same accuracy, one forward row per
+    question)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-    from lm_eval.utils import setup_logging
 
-    setup_logging("ERROR")
-    tok, model = build_model(args.hidden, args.layers)
     counter = ForwardCounter(model)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)
 
-    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
-        tmp = Path(tmp)
-        (tmp / "data").mkdir()
-        (tmp / "tasks").mkdir()
-        rows = write_questions(tmp / "data" / "calib_mmlu.jsonl", args.n)
-        (tmp / "tasks" / "bench_stock_mmlu.yaml").write_text(stock_task_yaml(tmp / "data" / "calib_mmlu.jsonl"))
-        os.environ["CALIB_LM_EVAL_DATA_DIR"] = str(tmp / "data")
-        tm = TaskManager(include_path=[str(TASKS), str(tmp / "tasks")], include_defaults=False)
+    (tmp / "tasks" / "bench_stock_mmlu.yaml").write_text(stock_task_yaml(tmp / "data" / "calib_mmlu.jsonl"))
+    os.environ["CALIB_LM_EVAL_DATA_DIR"] = str(tmp / "data")
+    tm = TaskManager(include_path=[str(TASKS), str(tmp / "tasks")], include_defaults=False)
 
-        tasks = {"stock": "bench_stock_mmlu", "calib": "calib_mmlu"}
-        times = {k: [] for k in tasks}
-        fwd = {k: [] for k in tasks}
-        results = {}
+    tasks = {"stock": "bench_stock_mmlu", "calib": "calib_mmlu"}
+    times = {k: [] for k in tasks}
+    fwd = {k: [] for k in tasks}
+    results = {}
 
-        def run(kind):
-            counter.reset()
-            with contextlib.redirect_stderr(io.StringIO()):  # HFLM's progress bars ignore TQDM_DISABLE
-                t0 = time.perf_counter()
-                res = lm_eval.simple_evaluate(model=lm, tasks=[tasks[kind]], task_manager=tm, bootstrap_iters=0,
-                                              log_samples=False, verbosity="ERROR")
-                dt = time.perf_counter() - t0
-            results[kind] = res["results"][tasks[kind]]
-            return dt, (counter.calls, counter.rows, counter.seconds)
+    def run(kind):
+        counter.reset()
+        with contextlib.redirect_stderr(io.StringIO()):  # HFLM's progress bars ignore TQDM_DISABLE
+            t0 = time.perf_counter()
+            res = lm_eval.simple_evaluate(model=lm, tasks=[tasks[kind]], task_manager=tm, bootstrap_iters=0,
+                                          log_samples=False, verbosity="ERROR")
+            dt = time.perf_counter() - t0
+        results[kind] = res["results"][tasks[kind]]
+        return dt, (counter.calls, counter.rows, counter.seconds)
 
-        for kind in tasks:  # warm-up (HF json cache for the stock task, lazy imports, allocator)
-            run(kind)
-        for _ in range(args.repeats):
-            for kind in tasks:
-                dt, f = run(kind)
-                times[kind].append(dt)
-                fwd[kind].append(f)
+    for kind in tasks:  # warm-up (HF json cache for the stock task, lazy imports, allocator)
+        run(kind)
+    for _ in range(args.repeats):
+        for kind in tasks:
+            dt, f = run(kind)
+            times[kind].append(dt)
+            fwd[kind].append(f)
 
     n_prompts = len({(r["question"], tuple(r["choices"])) for r in rows})
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -171,7 +266,7 @@ def main(argv=None) -> int:
     ratio = med["calib"] / med["stock"]
     print()
     print(f"calib_mmlu vs stock lm-eval MMLU task: {args.n} questions (K=4, {4 * args.n} loglikelihood requests), "
-          f"tiny Llama hidden={args.hidden} layers={args.layers}, batch {args.batch_size}, "
+          f"{what}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} torch thread(s), lm_eval {getattr(lm_eval, '__version__', '?')}")
     print(f"{args.repeats} interleaved timed runs per task after 1 warm-up each; wall time of simple_evaluate "
           "(task build + requests + forwards + metrics); 'outside forward' = total - time inside model.forward")
@@ -201,8 +296,71 @@ def main(argv=None) -> int:
     one_fwd = all(f[1] == n_prompts for k in tasks for f in fwd[k])
     print(f"same accuracy from both tasks (same prompts, same logits): {same_acc}")
     print(f"one forward row per question for both tasks ({n_prompts} distinct questions, 4 requests each): {one_fwd}")
-    return 0 if same_acc and one_fwd else 1
+    return same_acc and one_fwd
 
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=400, help="number of questions (default 400)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per task, interleaved (default 5)")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared CPU; 0 = torch default)")
+    ap.add_argument("--model", default=None, metavar="DIR",
+                    help="a model folder (tokenizer included) instead of the tiny Llama, e.g. the real model of "
+                         "`axolotl-calib real-model` (its model/ folder)")
+    ap.add_argument("--data-files", default=None, metavar="FILE.jsonl",
+                    help="MCQ rows (question, choices, answer) for the axolotl-calib eval comparison, its first --n "
+                         "(default: the synthetic questions; with --model, data/test_in.jsonl beside it when there)")
+    ap.add_argument("--cli-repeats", type=int, default=3,
+                    help="interleaved rounds of axolotl-calib eval vs the bare forward (0: skip that comparison)")
+    ap.add_argument("--skip-stock", action="store_true", help="only the axolotl-calib eval comparison")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.skip_stock and not args.cli_repeats:
+        ap.error("--skip-stock with --cli-repeats 0 leaves nothing to measure")
+
+    from lm_eval.utils import setup_logging
+
+    setup_logging("ERROR")
+    from axolotl_calib_plugin.rows import read_jsonl
+
+    if args.model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+        what = f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, float32)"
+    else:
+        tok, model = build_model(args.hidden, args.layers)
+        what = f"tiny Llama hidden={args.hidden} layers={args.layers}"
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
+        tmp = Path(tmp)
+        (tmp / "data").mkdir()
+        (tmp / "tasks").mkdir()
+        rows = write_questions(tmp / "data" / "calib_mmlu.jsonl", args.n)
+        if not args.skip_stock:
+            ok = stock_vs_calib(args, tok, model, what, rows, tmp)
+        if args.cli_repeats:
+            model_dir = args.model
+            if not model_dir:  # the same tiny model as a folder, as a user would pass it
+                model_dir = str(tmp / "tiny_model")
+                model.save_pretrained(model_dir)
+                tok.save_pretrained(model_dir)
+            qfile = args.data_files
+            if not qfile and args.model:
+                beside = Path(args.model).resolve().parent / "data" / "test_in.jsonl"
+                qfile = str(beside) if beside.is_file() else None
+            questions = read_jsonl(qfile)[:args.n] if qfile else rows
+            print(f"\n{what}; questions: " + (f"the first {len(questions)} of {qfile}" if qfile else
+                                              f"the {len(questions)} synthetic ones above"))
+            del model  # the comparison loads the folder itself
+            cli_vs_floor(model_dir, questions, args.batch_size, args.cli_repeats, tmp)
+    return 0 if ok else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,8 +8,10 @@ steps with the ECE term (``AxolotlCalibTrainer``), and one E-step (``run_estep``
 * on a GPU: ``torch.cuda.max_memory_allocated`` growth.
 Reported, no target.
 
+``--model DIR`` / ``--data FILE.jsonl``: as in bench_step.py (each child loads the folder).
+
 Usage: python benchmarks/bench_memory.py [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--words 75]
-       [--mem-steps 3] [--mem-repeats 3] [--threads 1]
+       [--mem-steps 3] [--mem-repeats 3] [--threads 1] [--model DIR] [--data FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ os.environ.update(OFFLINE_ENV)
 
 import torch  # noqa: E402
 
-from common import add_model_args, apply_threads, build, em_refresh, machine_info, model_args, step  # noqa: E402
+from common import (add_model_args, apply_threads, build, data_file, em_refresh, machine_info,  # noqa: E402
+                    model_args, step)
 
 
 def _vm_kb(field: str) -> int:
@@ -110,7 +113,10 @@ def main(argv=None) -> int:
         memory_child(args)
         return 0
     print("=" * 100)
-    print("bench_memory: peak memory of training with / without the ECE term and of the E-step, on a local tiny Llama")
+    print("bench_memory: peak memory of training with / without the ECE term and of the E-step, on "
+          + (f"the model folder {args.model}" if args.model else "a local tiny Llama")
+          + f"; {args.rows} rows" + (f" of {data_file(args)}" if data_file(args) else " (synthetic)")
+          + f", batch {args.batch}")
     for line in machine_info():
         print(line)
     memory_report(args)

@@ -10,8 +10,12 @@ drift from other processes hits both sides. The verdict uses the median of the p
 runs back to back, so a slow spell of the machine cancels); the medians of each side are printed too. Nothing
 here asserts a time; the target is printed as PASS/FAIL.
 
+``--model DIR`` (e.g. the real model, ``axolotl-calib real-model``'s model/ folder) measures that model on its
+``--data`` rows (default: data/train.jsonl beside it) with the same code; ``--clock cpu`` times this process's CPU
+time instead of wall time (a busy shared CPU box).
+
 Usage: python benchmarks/bench_step.py [--rows 64] [--batch 8] [--hidden 256] [--layers 4] [--words 75]
-       [--repeats 15] [--steps-per-run 2] [--threads 1]
+       [--repeats 15] [--steps-per-run 2] [--threads 1] [--model DIR] [--data FILE.jsonl] [--clock wall|cpu]
 """
 
 from __future__ import annotations

@@ -30,6 +30,24 @@ def make_rows(n: int, words: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+_CLOCK = {"clock": time.perf_counter}
+
+
+def now() -> float:
+    """The benchmarks' clock: wall time (``time.perf_counter``), or with ``--clock cpu`` this process's CPU time
+    (``time.process_time``). On a CPU box shared with other jobs, their time slices inflate wall times at random;
+    with one torch thread the CPU time keeps the work done (bench_e2e.py's verdicts use it too). Never on a GPU."""
+    return _CLOCK["clock"]()
+
+
+def set_clock(name: str) -> None:
+    _CLOCK["clock"] = {"wall": time.perf_counter, "cpu": time.process_time}[name]
+
+
+def clock_name() -> str:
+    return "CPU time of this process" if _CLOCK["clock"] is time.process_time else "wall time"
+
+
 def ab_timings(fn_a, fn_b, repeats: int, warmup: int, sync_fn=lambda: None):
     """Alternate A and B (and who goes first) ``repeats`` times after ``warmup`` rounds of each."""
     for _ in range(warmup):
@@ -39,10 +57,10 @@ def ab_timings(fn_a, fn_b, repeats: int, warmup: int, sync_fn=lambda: None):
     for r in range(repeats):
         pair = ((fn_a, ta), (fn_b, tb)) if r % 2 == 0 else ((fn_b, tb), (fn_a, ta))
         for fn, acc in pair:
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
             sync_fn()
-            acc.append(time.perf_counter() - t0)
+            acc.append(now() - t0)
     return ta, tb
 
 
@@ -169,16 +187,91 @@ def add_model_args(ap) -> None:
                     help="torch intra-op threads (0: torch's default). Default 1: on a shared small CPU box two "
                          "threads wait on each other and the run-to-run noise swamps a 5%% difference")
     ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/axolotl_calib_bench"))
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="what the timings measure: wall time (default) or this process's CPU time (a busy shared "
+                         "CPU box, 1 thread; not on a GPU, whose work the CPU time does not see)")
+    add_model_source_args(ap)
+
+
+def add_model_source_args(ap) -> None:
+    """``--model`` / ``--data``: the same benchmark on a model folder (e.g. the real model) and real MCQ rows."""
+    ap.add_argument("--model", default=None, metavar="DIR",
+                    help="a model folder (tokenizer included) to measure instead of the tiny Llama, e.g. the "
+                         "`axolotl-calib real-model` output's model/ (float32, plain prompts); --hidden, --layers and "
+                         "--heads are then unused")
+    ap.add_argument("--data", default=None, metavar="FILE.jsonl",
+                    help="MCQ rows (question, choices, answer) instead of the synthetic ones, the first --rows of "
+                         "them (default with --model: data/train.jsonl beside the model folder, when there)")
 
 
 def model_args(args) -> list[str]:
     """:func:`add_model_args`'s options as a command line, for a benchmark's fresh child processes."""
     return ["--rows", str(args.rows), "--batch", str(args.batch), "--hidden", str(args.hidden),
             "--layers", str(args.layers), "--heads", str(args.heads), "--words", str(args.words),
-            "--threads", str(args.threads), "--workdir", args.workdir]
+            "--threads", str(args.threads), "--workdir", args.workdir, "--clock", args.clock,
+            *(["--model", args.model] if args.model else []), *(["--data", args.data] if args.data else [])]
+
+
+def data_file(args) -> str | None:
+    """The rows file: ``--data``, else with ``--model`` the ``data/train.jsonl`` that ``axolotl-calib real-model``
+    writes beside its ``model/`` folder (None: synthetic rows)."""
+    if args.data:
+        return args.data
+    if args.model:
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.model)), "data", "train.jsonl")
+        if os.path.isfile(beside):
+            return beside
+    return None
+
+
+def load_model_and_rows(args, n_rows: int):
+    """(tokenizer, float32 model on the CPU, ``n_rows`` raw MCQ rows, the calib_* keys the rows need, a one-line
+    description): ``--model``'s folder or the tiny Llama; ``--data``'s rows or the synthetic ones."""
+    from axolotl_calib_plugin.rows import CalibDataError, read_jsonl
+
+    if args.model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not os.path.isfile(os.path.join(args.model, "config.json")):
+            raise SystemExit(f"--model {args.model}: not a model folder (no config.json); make the real model with "
+                             "`axolotl-calib real-model --output-dir DIR` and pass DIR/model")
+        tok = AutoTokenizer.from_pretrained(args.model)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        what = f"model {args.model} ({type(model).__name__}"
+        extra = {}  # the default letters A-J: a K-option row uses the first K
+    else:
+        from axolotl_calib_plugin.testing import build_llama, build_tokenizer
+
+        tok = build_tokenizer()
+        torch.manual_seed(0)
+        model = build_llama(tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+                            max_position_embeddings=1024)
+        what = f"tiny Llama (hidden {args.hidden}, {args.layers} layers"
+        extra = {"calib_option_letters": list("ABCDE")}  # the tiny tokenizer has single-token " A".." E"
+    n_params = sum(p.numel() for p in model.parameters())
+    what += f", {n_params / 1e6:.1f}M params, {str(next(model.parameters()).dtype).removeprefix('torch.')})"
+    path = data_file(args)
+    if path:
+        try:
+            rows = read_jsonl(path)
+        except CalibDataError as e:
+            raise SystemExit(f"--data: {e}") from None
+        if len(rows) < n_rows:
+            raise SystemExit(f"{path}: {len(rows)} rows, the benchmark needs {n_rows} (lower --rows)")
+        rows = [{k: r[k] for k in ("question", "choices", "answer")} for r in rows[:n_rows]]
+        what += f"; rows: the first {n_rows} of {path}"
+    else:
+        rows = make_rows(n_rows, args.words)
+        what += f"; rows: {n_rows} synthetic ({args.words}-word questions)"
+    return tok, model, rows, extra, what
 
 
 def apply_threads(args) -> None:
+    """Thread count, work folder and clock of :func:`add_model_args`'s options."""
+    set_clock(args.clock)
+    if args.clock == "cpu" and torch.cuda.is_available():
+        raise SystemExit("--clock cpu on a GPU would time the host's waiting, not the GPU's work: use --clock wall")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     os.makedirs(args.workdir, exist_ok=True)
@@ -198,10 +291,12 @@ class Setup:
     estep_data: object
     settings: object
     seq_len: float
+    what: str = ""
 
 
 def build(args) -> Setup:
-    """The tiny Llama, its MCQ rows and both trainers; the E-step targets installed as the callback would."""
+    """The model (tiny Llama or ``--model``), its MCQ rows and both trainers; the E-step targets installed as the
+    callback would."""
     import datasets
     from axolotl.core.trainers.base import AxolotlTrainer
     from axolotl.core.training_args import AxolotlTrainingArguments
@@ -214,22 +309,20 @@ def build(args) -> Setup:
     from axolotl_calib_plugin.train.columns import CALIB_COLUMNS
     from axolotl_calib_plugin.train.context import CalibrationContext
     from axolotl_calib_plugin.train.mcq import MCQStrategy
-    from axolotl_calib_plugin.testing import build_llama, build_tokenizer
     from axolotl_calib_plugin.train.trainer import AxolotlCalibTrainer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = build_tokenizer()
-    model = build_llama(tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-                        max_position_embeddings=1024).to(device)
+    tok, model, raw_rows, extra, what = load_model_and_rows(args, args.rows)
+    model = model.to(device)
     cfg = DictDefault({
         "plugins": ["axolotl_calib_plugin.CalibrationPlugin"],
         "calib_mode": "cft",
         "calib_lambda": 1.0,
-        "calib_option_letters": list("ABCDE"),  # the tiny tokenizer has single-token " A".." E"
+        **extra,
     })
     settings = CalibrationArgs.from_cfg(cfg)
     strategy = MCQStrategy(tok, settings, train_on_inputs=settings.train_on_inputs, sequence_len=1024)
-    rows = [strategy.tokenize_row(r, i) for i, r in enumerate(make_rows(args.rows, args.words))]
+    rows = [strategy.tokenize_row(r, i) for i, r in enumerate(raw_rows)]
     dataset = datasets.Dataset.from_list(rows)
     plain_dataset = dataset.remove_columns(list(CALIB_COLUMNS))
 
@@ -267,7 +360,7 @@ def build(args) -> Setup:
     estep_data = EStepData(dataset)
     setup = Setup(tok, model, device, calib_trainer, plain_trainer, optimizer, dataset, calib_batches,
                   plain_batches, estep_data, settings,
-                  seq_len=statistics.mean(len(r["input_ids"]) for r in rows))
+                  seq_len=statistics.mean(len(r["input_ids"]) for r in rows), what=what)
     calib_trainer.calib.em_state = em_refresh(setup)  # targets for the ECE term, as the callback would install
     return setup
 
@@ -304,12 +397,12 @@ def sync(s: Setup) -> None:
 def banner(s: Setup, args, title: str, setup_seconds: float) -> None:
     import transformers
 
-    n_params = sum(p.numel() for p in s.model.parameters())
     print("=" * 100)
-    print(title)
+    print(title if not args.model else title.replace("a local tiny Llama", "the model folder below"))
     print(f"device {s.device}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
-          f"{transformers.__version__}; model hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.1f}M params; "
+          f"{transformers.__version__}; {s.what}; "
           f"{len(s.dataset)} rows, mean {s.seq_len:.0f} tokens, batch {args.batch} "
-          f"(padded width {s.calib_batches[0]['input_ids'].shape[1]}); setup {setup_seconds:.1f}s")
+          f"(padded width {s.calib_batches[0]['input_ids'].shape[1]}); setup {setup_seconds:.1f}s; "
+          f"timings: {clock_name()}")
     for line in machine_info():
         print(line)

@@ -48,6 +48,30 @@ def test_bench_e2e_runs_every_variant_with_the_plugins_refresh_schedule(tmp_path
     assert "n 2, " in text and "n 1, " in text
 
 
+def test_bench_e2e_measures_a_model_folder_on_the_rows_beside_it(tmp_path, capsys, tiny_model_dir):
+    """--model DIR trains that folder's model on the data/train.jsonl that `axolotl-calib real-model` writes beside
+    it (the same code as the tiny Llama); a file with too few rows is named."""
+    import shutil
+
+    model = tmp_path / "real" / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (tmp_path / "real" / "data").mkdir()
+    train = tmp_path / "real" / "data" / "train.jsonl"
+    train.write_text("".join(json.dumps({"question": f"What is fact {i}?", "choices": ["one", "two", "three", "four"],
+                                         "answer": i % 4, "id": f"train-{i}"}) + "\n" for i in range(10)))
+    mod = _load("bench_e2e")
+    out = tmp_path / "e2e.json"
+    common = ["--model", str(model), "--repeats", "1", "--epochs", "1", "--variants", "sft", "online", "--batch",
+              "4", "--warmup", "0", "--workdir", str(tmp_path / "w"), "--out", str(out)]
+    assert mod.main(common + ["--rows", "8"]) == 0  # 8 training rows + 2 held-out rows: all 10 of the file
+    text = capsys.readouterr().out
+    assert f"the model folder {model}" in text and f"rows: the first 10 of {train}" in text
+    runs = {(r["variant"], r["epochs"]): r for r in json.loads(out.read_text())["runs"]}
+    assert runs[("sft", 1)]["steps"] == runs[("online", 1)]["steps"] == 2 and runs[("online", 1)]["refreshes"] == 1
+    with pytest.raises(SystemExit, match=f"{train}: 10 rows, the benchmark needs 15 \\(lower --rows\\)"):
+        mod.main(common + ["--rows", "12"])
+
+
 def test_bench_e2e_blocks_per_round_and_the_ratio_interval():
     mod = _load("bench_e2e")
     assert mod.blocks_per_round([1, 2, 5], True) == {1: 5, 2: 3, 5: 1}
