@@ -64,8 +64,10 @@ def test_optimism_is_report_minus_target_conf_ece_paired_over_seeds_and_net_of_t
     sd = np.std([0.04, 0.03, 0.005], ddof=1)
     assert t["net"]["half"] == pytest.approx(4.302652729749464 * sd / np.sqrt(3))
     assert by_key["overfit.cft_lam0"]["optimism"]["mean"] == pytest.approx(-0.005)
-    assert "net" not in by_key["overfit.cft_lam0"] and "net" not in by_key["overfit.ts"]
-    assert by_key["overfit.ts"]["optimism"]["mean"] == pytest.approx(0.01)
+    assert "net" not in by_key["overfit.cft_lam0"] and "net" not in by_key["overfit"]
+    ts = by_key["overfit.ts"]  # per seed 0.01, 0.0, 0.02; its start model's -0.01 each: net 0.02, 0.01, 0.03
+    assert ts["optimism"]["mean"] == pytest.approx(0.01)
+    assert ts["base"] == "overfit" and ts["net"]["mean"] == pytest.approx(0.02)
 
 
 def test_without_fit_split_scores_the_summary_and_markdown_are_those_of_before():
@@ -92,6 +94,7 @@ def test_the_held_out_study_and_the_optimism_study_print_the_optimism_with_its_n
     assert "| CFT, λ=0 (plain SFT through the plugin) | 0 | 500 | 0.115 ± 0.012 | 1500 | 0.110 ± 0.025 | -0.005 [" in md
     md2 = get_study("heldout_optimism").render(study)
     assert md2.startswith(optimism.TITLE) and "* CFT, held-out temperature targets, KL, λ=1: optimism +0.020" in md2
+    assert "* temperature scaling (T fitted on the fit split): optimism +0.010 [-0.015, +0.035], net of its start model +0.020" in md2
     assert "## Verdicts per variant" not in md2 and "## Absolute values" in md2
 
 

@@ -138,7 +138,8 @@ def summarize_optimism(per_seed: dict, comps: list[dict], fix_arm: str = FIX_ARM
     rows minus conf-ECE on target rows, paired over seeds (> 0: the target rows flatter the model). The start
     model and the lambda-0 run are controls (their fit rows set no target: their difference is what two held-out
     splits of these sizes differ by, finite-sample ECE bias included); each variant's ``net`` is its optimism minus
-    its lambda-0 run's, paired over seeds. Empty when no seed has fit-split scores."""
+    its lambda-0 run's, temperature scaling's minus its start model's, paired over seeds. Empty when no seed has
+    fit-split scores."""
     if not any(s.get("fit") for s in per_seed.values()):
         return []
     keys = [fix_arm] + list(dict.fromkeys(c["base"] for c in comps)) + [c["key"] for c in comps] + [f"{fix_arm}.ts"]
@@ -161,9 +162,10 @@ def summarize_optimism(per_seed: dict, comps: list[dict], fix_arm: str = FIX_ARM
              "conf_ece_report": mean_ci([v for v, t in zip(seed_values(per_seed, key, "in", "conf_ece"), target)
                                          if v is not None and t is not None]),
              "optimism": paired_difference(seed_values(per_seed, key, "in", "conf_ece"), target)}
-        if key in by_key:
-            e["net"] = paired_difference(optimism(key), optimism(by_key[key]["base"]))
-            e["base"] = by_key[key]["base"]
+        control = by_key[key]["base"] if key in by_key else fix_arm if key == f"{fix_arm}.ts" else None
+        if control is not None:
+            e["net"] = paired_difference(optimism(key), optimism(control))
+            e["base"] = control
         out.append(e)
     return out
 
@@ -285,7 +287,7 @@ def _optimism_label(key: str, by_key: dict, fix_arm: str) -> str:
     if key == f"{fix_arm}.ts":
         return "temperature scaling (T fitted on the fit split)"
     if key == fix_arm:
-        return f"{report.row_label(key)} (start model)"
+        return f"{report.row_label(key)}: the start model"
     arm, _, method = key.partition(".")
     return f"{method.split('_')[0].upper()}, λ=0 (plain SFT through the plugin)"
 
@@ -311,9 +313,10 @@ def optimism_lines(s: dict) -> list[str]:
              "(`calib_target_fraction` 1: every row) and temperature scaling's T; report rows: `eval_in`, which set no "
              "target. The start model and the λ=0 run read no fit row (target share 0): their difference is what two "
              "held-out splits of these sizes differ by (a 10-bin ECE on fewer rows is biased upward), so each variant's "
-             "**net** optimism is its optimism minus its λ=0 run's, paired over seeds.", "",
-             f"| run | share of fit rows that set its targets | n target rows | conf-ECE on target rows | n report rows | "
-             f"conf-ECE on report rows | optimism | net of λ=0 | seeds |",
+             "**net** optimism is its optimism minus its λ=0 run's (temperature scaling's: minus its start model's), "
+             "paired over seeds.", "",
+             "| run | share of fit rows that set its targets | n target rows | conf-ECE on target rows | n report rows | "
+             "conf-ECE on report rows | optimism | net of its control | seeds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in entries:
         share = "/".join(f"{v:g}" for v in e["target_fraction"]) or "?"
@@ -323,8 +326,9 @@ def optimism_lines(s: dict) -> list[str]:
     lines.append("")
     for e in entries:
         if "net" in e:
+            control = "its λ=0 run" if e["key"] in by_key else "its start model"
             lines.append(f"* {_optimism_label(e['key'], by_key, fix_arm)}: optimism {fmt_ci(e['optimism'])}, net of "
-                         f"its λ=0 run {fmt_ci(e['net'])} (n = {e['net']['n']} seed(s); {_rows_text(e['n_target_rows'])} "
+                         f"{control} {fmt_ci(e['net'])} (n = {e['net']['n']} seed(s); {_rows_text(e['n_target_rows'])} "
                          f"target rows, {_rows_text(e['n_report_rows'])} report rows).")
     if n_seeds < 2:
         lines += ["", "One seed: no interval."]
