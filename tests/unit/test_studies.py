@@ -82,7 +82,7 @@ def test_a_new_study_is_one_registered_subclass_and_runs_through_run_study(tmp_p
 
 ROOT = STUDY_DIR.parent
 #: a verdict quoted in a doc: ``> [study/heldout.md](...): <the line, verbatim>``
-QUOTE = re.compile(r"^\s*> \[(study/[a-z]+\.md)\]\([^)]*\): (.+)$", re.M)
+QUOTE = re.compile(r"^\s*> \[(study/[a-z_]+\.md)\]\([^)]*\): (.+)$", re.M)
 DOCS = ("README.md", "study/README.md", "axolotl_calib_plugin/README.md")
 
 
