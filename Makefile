@@ -51,7 +51,7 @@ study-heldout: $(STAMP)
 
 # The optimism of scoring on target rows (study/heldout_optimism.md): a reduced held-out study (CFT at lambda 0 and
 # the held-out variants at lambda 1, TS; 1000 training questions) in its own output folder, since its data differ
-# from the other studies' seeds (~15 min per seed on one core).
+# from the other studies' seeds (2-11 min per seed on one core).
 study-heldout-optimism: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study heldout_optimism --output-dir $(STUDY_OUT)/heldout_optimism --summary-dir study --parallel 1
 

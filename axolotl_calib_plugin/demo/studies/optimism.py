@@ -8,7 +8,7 @@ with both held-out variants at lambda 1, its lambda-0 run (plain SFT through the
 rows) and on ``eval_in`` (report rows, which set no target), and prints the optimism (:func:`.heldout.optimism_lines`).
 
 A reduced plan of the held-out study (CFT only, lambda 0 and 1, 1000 training questions, no preference domain) so
-that a seed fits in about 20 minutes on one core; the held-out study (``study/heldout.md``) is not affected by this
+that a seed fits in 2-11 minutes of one core (measured, on a shared machine); the held-out study (``study/heldout.md``) is not affected by this
 optimism: its targets come from the TS-fit split and its numbers from ``eval_in``.
 """
 
@@ -21,7 +21,7 @@ __all__ = ["OptimismStudy", "PLAN", "SETTINGS", "TITLE"]
 
 PLAN = Plan(arms=("overfit",), lambdas=(0.0, 1.0), label_smoothing=False, online=False, sweep_overfit=True,
             variants=("heldout", "temp"), fix_arms=("overfit",), heldout_eval=True, modes=("cft",))
-#: the DemoSettings fields this study changes (a seed in ~20 min on one core; the MCQ files of a seed are the same
+#: the DemoSettings fields this study changes (a seed in 2-11 min on one core; the MCQ files of a seed are the same
 #: questions as the held-out study's apart from the training set's size)
 SETTINGS = {"n_train": 1000, "n_pref_base": 0, "n_pref_dpo": 0, "n_pref_eval": 0}
 TITLE = "# Optimism of scoring on target rows: the held-out M-step's fit split vs rows that set no target"
