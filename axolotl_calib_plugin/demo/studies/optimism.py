@@ -21,8 +21,8 @@ __all__ = ["OptimismStudy", "PLAN", "SETTINGS", "TITLE"]
 
 PLAN = Plan(arms=("overfit",), lambdas=(0.0, 1.0), label_smoothing=False, online=False, sweep_overfit=True,
             variants=("heldout", "temp"), fix_arms=("overfit",), heldout_eval=True, modes=("cft",))
-#: the DemoSettings fields this study changes (a seed in 2-11 min on one core; the MCQ files of a seed are the same
-#: questions as the held-out study's apart from the training set's size)
+#: the DemoSettings fields this study changes (a seed in 2-11 min on one core); the smaller training set changes every
+#: later draw of a seed's data, so its TS-fit and eval questions are not the held-out study's
 SETTINGS = {"n_train": 1000, "n_pref_base": 0, "n_pref_dpo": 0, "n_pref_eval": 0}
 TITLE = "# Optimism of scoring on target rows: the held-out M-step's fit split vs rows that set no target"
 
