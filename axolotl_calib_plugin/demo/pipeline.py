@@ -320,17 +320,24 @@ def _outcome(p: _Paths, timings: dict, errors: dict, reused: set | None) -> orch
 
 def evaluate_all(p: _Paths, parallel: int) -> None:
     """lm-eval every model on the eval sets (+ the TS fit set and the training set for the arms' start
-    models), split over ``parallel`` processes; writes ``eval/<model>__<set>.json``."""
+    models), split over ``parallel`` processes; writes ``eval/<model>__<set>.json``. With held-out evaluation
+    (``Plan.heldout_eval``) every model is scored on the TS-fit split too: the rows that set the held-out
+    variants' targets, so a study can compare a model's calibration there with its calibration on rows that set
+    no target (the optimism of scoring on target rows)."""
     eval_dir = os.path.join(p.out, "eval")
     names = list(p.models)
     starts = ",".join(n for n in names if n in ("base",) + ARMS)
+    fit_models = ",".join(names) if p.heldout_eval else starts
     sets = ["--set", f"in={p.data.eval_in}", "--set", f"out={p.data.eval_out}"]
+    if fit_models:
+        sets += ["--set", f"ts_fit={p.data.ts_fit}:{fit_models}"]
     if starts:
-        sets += ["--set", f"ts_fit={p.data.ts_fit}:{starts}", "--set", f"train={p.data.train}:{starts}"]
+        sets += ["--set", f"train={p.data.train}:{starts}"]
     if p.data.pref_eval:
         sets += ["--replies", p.data.pref_eval]
     todo = [n for n in names if not all(os.path.exists(os.path.join(eval_dir, f"{n}__{d}.json")) for d in ("in", "out"))
             or (n in starts.split(",") and not os.path.exists(os.path.join(eval_dir, f"{n}__train.json")))
+            or (n in fit_models.split(",") and not os.path.exists(os.path.join(eval_dir, f"{n}__ts_fit.json")))
             or (p.data.pref_eval and not os.path.exists(os.path.join(eval_dir, f"{n}__replies.json")))]
     if not todo:
         return

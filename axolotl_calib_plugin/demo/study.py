@@ -3,8 +3,8 @@
 ``axolotl-calib demo --seeds N --out DIR [--study NAME]`` runs :func:`run_study`: for each seed the whole pipeline
 of :mod:`axolotl_calib_plugin.demo.pipeline` (its own world, data, initial weights and training order) with the
 study's plan, keeps each seed's compact numbers, and hands ``{"meta", "per_seed"}`` to the study registered as NAME
-in :mod:`axolotl_calib_plugin.demo.studies` (the main study, ``heldout``, ``alignment``, ``online``), which
-summarises it and writes its JSON, Markdown and figures.
+in :mod:`axolotl_calib_plugin.demo.studies` (the main study, ``heldout``, ``alignment``, ``online``,
+``heldout_optimism``), which summarises it and writes its JSON, Markdown and figures.
 
 Each seed's runs live in ``DIR/runs/seed<k>/`` and are reused when their config is unchanged, so a killed
 study resumes where it stopped. The summaries are small and are what the README quotes.
@@ -16,7 +16,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Sequence
 
 from .pipeline import FULL, DemoSettings, Plan, calib_name, run_seed
@@ -60,10 +60,12 @@ def commit() -> str:
 
 def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, plan: Plan | None = None,
               parallel: int = 2, reuse: bool = True, summary_dir: str | None = None, kind: str = "main") -> dict:
-    """Run (or resume) every seed of the study registered as ``kind`` (its ``plan`` unless one is given), then
-    let it write its summary files into ``summary_dir`` (default ``out``)."""
+    """Run (or resume) every seed of the study registered as ``kind`` (its ``plan`` unless one is given, and
+    ``settings`` with the study's own ``settings`` fields set), then let it write its summary files into
+    ``summary_dir`` (default ``out``)."""
     study_def = get_study(kind)
     plan = study_def.plan if plan is None else plan
+    settings = replace(settings, **study_def.settings)
     t0 = time.time()
     out = os.path.abspath(out)
     summary_dir = os.path.abspath(summary_dir or out)

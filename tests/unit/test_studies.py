@@ -16,7 +16,7 @@ from axolotl_calib_plugin.demo.studies import STUDIES, Study, get_study, registe
 STUDY_DIR = Path(__file__).resolve().parents[2] / "study"
 
 
-@pytest.mark.parametrize("name", ["main", "heldout", "alignment", "online"])
+@pytest.mark.parametrize("name", ["main", "heldout", "alignment", "online", "heldout_optimism"])
 def test_committed_summary_rerenders_byte_identical_from_its_json(tmp_path, name):
     """study/<stem>.md is what the study code renders from study/<stem>.json (re-summarised from the per-seed
     numbers), and the JSON itself round-trips: nothing in the committed summary is hand-edited or stale."""
@@ -27,11 +27,11 @@ def test_committed_summary_rerenders_byte_identical_from_its_json(tmp_path, name
     assert (tmp_path / f"{s.stem}.json").read_bytes() == (STUDY_DIR / f"{s.stem}.json").read_bytes()
 
 
-def test_the_four_studies_are_registered_study_subclasses_with_their_own_files():
-    assert set(STUDIES) == {"main", "heldout", "alignment", "online"}
+def test_the_five_studies_are_registered_study_subclasses_with_their_own_files():
+    assert set(STUDIES) == {"main", "heldout", "alignment", "online", "heldout_optimism"}
     assert all(issubclass(cls, Study) for cls in STUDIES.values())
-    assert sorted(cls.stem for cls in STUDIES.values()) == ["alignment", "heldout", "online", "study"]
-    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online"):
+    assert sorted(cls.stem for cls in STUDIES.values()) == ["alignment", "heldout", "heldout_optimism", "online", "study"]
+    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online, heldout_optimism"):
         get_study("nope")
 
 
@@ -82,7 +82,7 @@ def test_a_new_study_is_one_registered_subclass_and_runs_through_run_study(tmp_p
 
 ROOT = STUDY_DIR.parent
 #: a verdict quoted in a doc: ``> [study/heldout.md](...): <the line, verbatim>``
-QUOTE = re.compile(r"^\s*> \[(study/[a-z]+\.md)\]\([^)]*\): (.+)$", re.M)
+QUOTE = re.compile(r"^\s*> \[(study/[a-z_]+\.md)\]\([^)]*\): (.+)$", re.M)
 DOCS = ("README.md", "study/README.md", "axolotl_calib_plugin/README.md")
 
 

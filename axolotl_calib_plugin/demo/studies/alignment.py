@@ -167,8 +167,9 @@ class AlignmentStudy(HeldoutStudy):
     title = "# The aligned arm: alignment kept, and the ECE term with held-out bins"
 
     def seed_extras(self, seed_dir: str) -> dict:
-        """Which bins each run read, from the configs it trained with (see :func:`as_run`)."""
-        return {"bin_accuracy": bin_accuracy_as_run(os.path.join(seed_dir, "configs"))}
+        """Which bins each run read, from the configs it trained with (see :func:`as_run`), and the held-out
+        study's fit-split scores."""
+        return {**super().seed_extras(seed_dir), "bin_accuracy": bin_accuracy_as_run(os.path.join(seed_dir, "configs"))}
 
     def summarize(self, per_seed: dict) -> dict:
         variant_of, skip = as_run(per_seed)

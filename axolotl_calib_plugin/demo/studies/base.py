@@ -38,12 +38,14 @@ def seed_values(per_seed: dict, key: str, dom: str, metric: str) -> list:
 
 class Study:
     """Subclass and set ``name`` (the ``--study`` value and registry key), ``stem`` (the output file names),
-    ``plan``; override :meth:`summarize` and :meth:`render`, and :meth:`figures` / :meth:`seed_extras` when the
+    ``plan`` (and ``settings`` to change the data / model sizes); override :meth:`summarize` and :meth:`render`, and :meth:`figures` / :meth:`seed_extras` when the
     study has them. Register the subclass with :func:`axolotl_calib_plugin.demo.studies.register`."""
 
     name: str = ""
     stem: str = ""
     plan: Plan = Plan()
+    #: ``DemoSettings`` fields the study sets over the runner's settings (a reduced study); none by default
+    settings: dict = {}
 
     def seed_extras(self, seed_dir: str) -> dict:
         """Anything beyond the run rows a seed's entry in ``per_seed`` keeps, read from the seed's folder."""

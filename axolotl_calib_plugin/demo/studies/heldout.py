@@ -16,18 +16,27 @@ scaling at +-0.01 conf-ECE), the variants that meet all three, and a figure of t
 
 from __future__ import annotations
 
+import glob
+import json
 import math
 import os
 
 import numpy as np
+import yaml
+from scipy.special import softmax
 
 from .. import seed_results
+from ...eval.temperature import apply_temperature
+from ...rows import read_jsonl
+from ...train.eval_calibration import DEFAULT_TARGET_FRACTION
+from ..analysis import scores
 from ..pipeline import ARMS, Plan, calib_name
 from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference
 from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
 
 __all__ = ["ARM_TEXT", "FIX_ARM", "HeldoutStudy", "LAMBDAS", "PLAN", "TITLE", "VARIANT_LABEL", "VARIANT_ORDER",
-           "plot_deltas", "render_markdown", "summarize", "variant_verdict"]
+           "absolute_lines", "fit_split_scores", "header_lines", "optimism_lines", "plot_deltas", "render_markdown", "summarize", "summarize_optimism",
+           "variant_verdict"]
 
 LAMBDAS = (1.0, 10.0)
 VARIANT_ORDER = ("train", "heldout", "heldout_auto", "heldout_kl", "temp")
@@ -54,6 +63,111 @@ def _bins_mean(per_seed: dict, arm: str, split: str) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"count": count.tolist(), "acc": [None if c == 0 else float(a / c) for a, c in zip(acc, count)],
                 "conf": [None if c == 0 else float(a / c) for a, c in zip(conf, count)], "seeds": len(tables)}
+
+
+#: the split whose rows set the held-out variants' targets (and temperature scaling's T), as the demo names it
+FIT_SPLIT = "ts_fit"
+
+
+def _target_fraction(cfg_path: str, fit_path: str) -> float:
+    """The share of the fit split's rows that set this run's targets: ``calib_target_fraction`` when the run's
+    M-step reads held-out rows from that split (``calib_bin_accuracy: heldout`` or ``auto`` with an eval split, or
+    ``calib_targets: temperature``), else 0 (its targets come from training rows, or it has none)."""
+    if not os.path.exists(cfg_path):
+        return 0.0
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    evals = [os.path.abspath(d.get("path", "")) for d in cfg.get("test_datasets") or [] if isinstance(d, dict)]
+    if os.path.abspath(fit_path) not in evals or not float(cfg.get("calib_lambda") or 0):
+        return 0.0
+    bins = cfg.get("calib_bin_accuracy", "auto")
+    if bins in ("heldout", "auto") or cfg.get("calib_targets") == "temperature":
+        return float(cfg.get("calib_target_fraction", DEFAULT_TARGET_FRACTION))
+    return 0.0
+
+
+def fit_split_scores(seed_dir: str) -> dict:
+    """Per model of a seed that was scored on the fit split (``eval/<model>__ts_fit.json``; every model when its
+    plan has ``heldout_eval``): conf-ECE, cw-ECE, accuracy and row count there, the row count of its report split
+    (``eval_in``) and ``target_fraction`` (the share of those rows that set its targets, from its config); the
+    arms' temperature-scaled rows (T from ``results.json``, fitted on every fit row: ``target_fraction`` 1). Empty
+    when the seed has no such evaluation. A dump whose gold labels differ from the fit split's file is an error."""
+    eval_dir, data = os.path.join(seed_dir, "eval"), os.path.join(seed_dir, "data", f"{FIT_SPLIT}.jsonl")
+    dumps = sorted(glob.glob(os.path.join(glob.escape(eval_dir), f"*__{FIT_SPLIT}.json")))
+    if not dumps or not os.path.exists(data):
+        return {}
+    gold = np.array([r["answer"] for r in read_jsonl(data)], dtype=np.int64)
+    out, logliks = {}, {}
+    for path in dumps:
+        name = os.path.basename(path)[: -len(f"__{FIT_SPLIT}.json")]
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        z, y = np.asarray(d["logliks"], dtype=np.float64), np.asarray(d["labels"], dtype=np.int64)
+        if not np.array_equal(y, gold):
+            raise ValueError(f"{path}: its gold labels differ from {data}; delete the dump and rerun the study to "
+                             "re-evaluate it")
+        report_path = os.path.join(eval_dir, f"{name}__in.json")
+        if not os.path.exists(report_path):
+            continue
+        with open(report_path, encoding="utf-8") as f:
+            n_report = len(json.load(f)["labels"])
+        logliks[name] = z
+        sc = scores(softmax(z, axis=1), y).as_dict()
+        out[name] = {**{m: sc[m] for m in ("conf_ece", "cw_ece", "acc", "n")}, "report_n": n_report,
+                     "target_fraction": _target_fraction(os.path.join(seed_dir, "configs", f"{name}.yml"), data)}
+    results = os.path.join(seed_dir, "results.json")
+    if os.path.exists(results):
+        with open(results, encoding="utf-8") as f:
+            rows = json.load(f).get("rows", {})
+        for arm in ARMS:
+            t = rows.get(f"{arm}.ts", {}).get("temperature")
+            if t is not None and arm in logliks:
+                sc = scores(apply_temperature(logliks[arm], t), gold).as_dict()
+                out[f"{arm}.ts"] = {**{m: sc[m] for m in ("conf_ece", "cw_ece", "acc", "n")},
+                                    "report_n": out[arm]["report_n"], "target_fraction": 1.0}
+    return out
+
+
+def _fit_values(per_seed: dict, key: str, field: str) -> list:
+    return [s.get("fit", {}).get(key, {}).get(field) for s in per_seed.values()]
+
+
+def summarize_optimism(per_seed: dict, comps: list[dict], fix_arm: str = FIX_ARM) -> list[dict]:
+    """How much better a model looks on the rows that set its targets than on rows that set none: per run, the
+    conf-ECE on the fit split (target rows) and on ``eval_in`` (report rows), and the optimism, conf-ECE on report
+    rows minus conf-ECE on target rows, paired over seeds (> 0: the target rows flatter the model). The start
+    model and the lambda-0 run are controls (their fit rows set no target: their difference is what two held-out
+    splits of these sizes differ by, finite-sample ECE bias included); each variant's ``net`` is its optimism minus
+    its lambda-0 run's, temperature scaling's minus its start model's, paired over seeds. Empty when no seed has
+    fit-split scores."""
+    if not any(s.get("fit") for s in per_seed.values()):
+        return []
+    keys = [fix_arm] + list(dict.fromkeys(c["base"] for c in comps)) + [c["key"] for c in comps] + [f"{fix_arm}.ts"]
+    by_key = {c["key"]: c for c in comps}
+    out = []
+
+    def optimism(key):
+        return [None if r is None or t is None else r - t
+                for r, t in zip(seed_values(per_seed, key, "in", "conf_ece"), _fit_values(per_seed, key, "conf_ece"))]
+
+    for key in dict.fromkeys(keys):
+        target = _fit_values(per_seed, key, "conf_ece")
+        if all(v is None for v in target):
+            continue
+        fractions = sorted({v for v in _fit_values(per_seed, key, "target_fraction") if v is not None})
+        e = {"key": key, "target_fraction": fractions,
+             "n_target_rows": sorted({v for v in _fit_values(per_seed, key, "n") if v is not None}),
+             "n_report_rows": sorted({v for v in _fit_values(per_seed, key, "report_n") if v is not None}),
+             "conf_ece_target": mean_ci([v for v in target if v is not None]),
+             "conf_ece_report": mean_ci([v for v, t in zip(seed_values(per_seed, key, "in", "conf_ece"), target)
+                                         if v is not None and t is not None]),
+             "optimism": paired_difference(seed_values(per_seed, key, "in", "conf_ece"), target)}
+        control = by_key[key]["base"] if key in by_key else fix_arm if key == f"{fix_arm}.ts" else None
+        if control is not None:
+            e["net"] = paired_difference(optimism(key), optimism(control))
+            e["base"] = control
+        out.append(e)
+    return out
 
 
 def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = None, skip: tuple = ()) -> dict:
@@ -94,12 +208,17 @@ def summarize(per_seed: dict, fix_arm: str = FIX_ARM, variant_of: dict | None = 
         c["vs_lam0"]["conf_ece_in"]["p_holm"] = p
     for c in comps:
         c["verdict"] = variant_verdict(c)
+    extra = {}
+    optimism = summarize_optimism(per_seed, comps, fix_arm)
+    if optimism:  # only seeds scored on the fit split have it; older summaries stay as they were
+        extra["optimism"] = optimism
     return {"fix_arm": fix_arm, "keys": keys, "cells": cells, "precheck": precheck, "comparisons": comps,
             "margins": {"acc_noninferiority": ACC_NONINFERIORITY_MARGIN, "ts_equivalence": TS_EQUIVALENCE_MARGIN,
                         "holm_alpha": HOLM_ALPHA},
             "all_three": [c["key"] for c in comps if c["verdict"]["all_three"]],
             "all_three_unadjusted": [c["key"] for c in comps if c["verdict"]["all_three_unadjusted"]],
-            "family_size": sum(1 for c in comps if not math.isnan(c["vs_lam0"]["conf_ece_in"].get("p", float("nan"))))}
+            "family_size": sum(1 for c in comps if not math.isnan(c["vs_lam0"]["conf_ece_in"].get("p", float("nan")))),
+            **extra}
 
 
 def variant_verdict(c: dict) -> dict:
@@ -162,6 +281,61 @@ def verdict_lines(s: dict) -> list[str]:
     return lines
 
 
+def _optimism_label(key: str, by_key: dict, fix_arm: str) -> str:
+    if key in by_key:
+        return _variant_text(by_key[key])
+    if key == f"{fix_arm}.ts":
+        return "temperature scaling (T fitted on the fit split)"
+    if key == fix_arm:
+        return f"{seed_results.row_label(key)}: the start model"
+    arm, _, method = key.partition(".")
+    return f"{method.split('_')[0].upper()}, λ=0 (plain SFT through the plugin)"
+
+
+def _rows_text(values: list) -> str:
+    return "/".join(str(v) for v in values) or "?"
+
+
+def optimism_lines(s: dict) -> list[str]:
+    """The optimism section (empty without fit-split scores): per run, conf-ECE on the rows that set its targets
+    and on the report rows, their paired difference, and for each variant that difference net of its lambda-0
+    run's."""
+    entries = s.get("optimism") or []
+    if not entries:
+        return []
+    by_key = {c["key"]: c for c in s["comparisons"]}
+    fix_arm = s.get("fix_arm", FIX_ARM)
+    n_seeds = max(e["optimism"]["n"] for e in entries)
+    lines = ["## Optimism: conf-ECE on the rows that set the targets vs on rows that set none", "",
+             "**optimism = conf-ECE on report rows − conf-ECE on target rows** (paired over seeds, mean [95% CI]; "
+             "> 0: scored on its own target rows, a model looks better calibrated than it is). Target rows: the "
+             f"fit split (`{FIT_SPLIT}`), whose rows set the held-out variants' bin accuracies / temperature targets "
+             "(`calib_target_fraction` 1: every row) and temperature scaling's T; report rows: `eval_in`, which set no "
+             "target. The start model and the λ=0 run read no fit row (target share 0): their difference is what two "
+             "held-out splits of these sizes differ by (a 10-bin ECE on fewer rows is biased upward), so each variant's "
+             "**net** optimism is its optimism minus its λ=0 run's (temperature scaling's: minus its start model's), "
+             "paired over seeds.", "",
+             "| run | share of fit rows that set its targets | n target rows | conf-ECE on target rows | n report rows | "
+             "conf-ECE on report rows | optimism | net of its control | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in entries:
+        share = "/".join(f"{v:g}" for v in e["target_fraction"]) or "?"
+        lines.append(f"| {_optimism_label(e['key'], by_key, fix_arm)} | {share} | {_rows_text(e['n_target_rows'])} | "
+                     f"{fmt_pm(e['conf_ece_target'])} | {_rows_text(e['n_report_rows'])} | {fmt_pm(e['conf_ece_report'])} | "
+                     f"{fmt_ci(e['optimism'])} | {fmt_ci(e['net']) if 'net' in e else ''} | {e['optimism']['n']} |")
+    lines.append("")
+    for e in entries:
+        if "net" in e:
+            control = "its λ=0 run" if e["key"] in by_key else "its start model"
+            lines.append(f"* {_optimism_label(e['key'], by_key, fix_arm)}: optimism {fmt_ci(e['optimism'])}, net of "
+                         f"{control} {fmt_ci(e['net'])} (n = {e['net']['n']} seed(s); {_rows_text(e['n_target_rows'])} "
+                         f"target rows, {_rows_text(e['n_report_rows'])} report rows).")
+    if n_seeds < 2:
+        lines += ["", "One seed: no interval."]
+    lines.append("")
+    return lines
+
+
 def _cost_text(study: dict) -> str:
     """Training time per seed as the runs recorded it (a resumed invocation reuses runs, so its wall time says
     little): the sum of every run's own seconds, one torch thread each."""
@@ -173,9 +347,9 @@ def _cost_text(study: dict) -> str:
     return text
 
 
-def render_markdown(study: dict, title: str = TITLE) -> str:
-    m, s = study["meta"], study["summary"]
-    arm_text = ARM_TEXT[s.get("fix_arm", FIX_ARM)]
+def header_lines(study: dict, title: str = TITLE) -> list[str]:
+    """The title, the settings line and the meta's note."""
+    m = study["meta"]
     lines = [title, "",
              f"{m['n_seeds']} seed(s) ({', '.join(map(str, m['seeds']))}), {m['settings']['world']} world, "
              f"{m['settings']['n_train']} training questions; held-out rows: the {m['settings']['n_ts']}-question "
@@ -184,6 +358,25 @@ def render_markdown(study: dict, title: str = TITLE) -> str:
              f"{_cost_text(study)}", ""]
     if m.get("note"):
         lines += [m["note"], ""]
+    return lines
+
+
+def absolute_lines(s: dict) -> list[str]:
+    """The table of every run's absolute values (mean ± 95% half-width)."""
+    lines = ["## Absolute values (mean ± 95% half-width)", "", "| model | conf-ECE in | conf-ECE out | acc in | acc out |",
+             "|---|---:|---:|---:|---:|"]
+    for k in seed_results.ordered_keys(s["keys"]):
+        if k == "oracle" or k in s["cells"]:
+            c = s["cells"].get(k)
+            if c:
+                lines.append(f"| {k} | {fmt_pm(c['conf_ece_in'])} | {fmt_pm(c['conf_ece_out'])} | {fmt_pm(c['acc_in'])} | {fmt_pm(c['acc_out'])} |")
+    return lines
+
+
+def render_markdown(study: dict, title: str = TITLE) -> str:
+    s = study["summary"]
+    arm_text = ARM_TEXT[s.get("fix_arm", FIX_ARM)]
+    lines = header_lines(study, title)
     lines += ["## Pre-check (no training): per-bin accuracy of the start model, training rows vs held-out rows", "",
               "Counts summed and accuracies pooled over seeds; `–` = empty bin.", ""]
     for arm, pc in s["precheck"].items():
@@ -210,15 +403,11 @@ def render_markdown(study: dict, title: str = TITLE) -> str:
         lines.append(f"| {c['mode'].upper()} | {VARIANT_LABEL[c['variant']]} | {c['lambda']:g} | {fmt_ci(d['conf_ece_in'])} | "
                      f"{'-' if math.isnan(ph) else f'{ph:.3g}'} | {fmt_ci(d['conf_ece_out'])} | {fmt_ci(d['cw_ece_in'])} | "
                      f"{fmt_ci(d['acc_in'])} | {fmt_ci(c.get('vs_ts', {}).get('conf_ece_in'))} |")
-    lines += ["", "## Absolute values (mean ± 95% half-width)", "", "| model | conf-ECE in | conf-ECE out | acc in | acc out |",
-              "|---|---:|---:|---:|---:|"]
-    for k in seed_results.ordered_keys(s["keys"]):
-        if k == "oracle" or k in s["cells"]:
-            c = s["cells"].get(k)
-            if c:
-                lines.append(f"| {k} | {fmt_pm(c['conf_ece_in'])} | {fmt_pm(c['conf_ece_out'])} | {fmt_pm(c['acc_in'])} | {fmt_pm(c['acc_out'])} |")
+    lines += ["", *absolute_lines(s)]
     lines += ["", "## Verdicts per variant", "", MARGINS_TEXT, "", *verdict_lines(s)]
     lines.append("")
+    if s.get("optimism"):
+        lines += ["", *optimism_lines(s)]
     return "\n".join(lines)
 
 
@@ -265,6 +454,11 @@ class HeldoutStudy(Study):
     stem = "heldout"
     plan = PLAN
     title = TITLE
+
+    def seed_extras(self, seed_dir: str) -> dict:
+        """The seed's scores on the fit split (:func:`fit_split_scores`), where it was evaluated there."""
+        fit = fit_split_scores(seed_dir)
+        return {"fit": fit} if fit else {}
 
     def summarize(self, per_seed: dict) -> dict:
         return summarize(per_seed)
