@@ -27,11 +27,11 @@ def test_committed_summary_rerenders_byte_identical_from_its_json(tmp_path, name
     assert (tmp_path / f"{s.stem}.json").read_bytes() == (STUDY_DIR / f"{s.stem}.json").read_bytes()
 
 
-def test_the_four_studies_are_registered_study_subclasses_with_their_own_files():
-    assert set(STUDIES) == {"main", "heldout", "alignment", "online"}
+def test_the_five_studies_are_registered_study_subclasses_with_their_own_files():
+    assert set(STUDIES) == {"main", "heldout", "alignment", "online", "real"}
     assert all(issubclass(cls, Study) for cls in STUDIES.values())
-    assert sorted(cls.stem for cls in STUDIES.values()) == ["alignment", "heldout", "online", "study"]
-    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online"):
+    assert sorted(cls.stem for cls in STUDIES.values()) == ["alignment", "heldout", "online", "real_model", "study"]
+    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online, real"):
         get_study("nope")
 
 

@@ -11,8 +11,9 @@ from .base import Study, seed_values
 from .heldout import HeldoutStudy
 from .main import MainStudy
 from .online import OnlineStudy
+from .real import RealStudy
 
-__all__ = ["STUDIES", "AlignmentStudy", "HeldoutStudy", "MainStudy", "OnlineStudy", "Study", "get_study", "register",
+__all__ = ["STUDIES", "AlignmentStudy", "HeldoutStudy", "MainStudy", "OnlineStudy", "RealStudy", "Study", "get_study", "register",
            "seed_values"]
 
 #: ``--study`` name -> Study subclass
@@ -37,5 +38,5 @@ def get_study(name: str) -> Study:
     return STUDIES[name]()
 
 
-for _cls in (MainStudy, HeldoutStudy, AlignmentStudy, OnlineStudy):
+for _cls in (MainStudy, HeldoutStudy, AlignmentStudy, OnlineStudy, RealStudy):
     register(_cls)
