@@ -150,3 +150,13 @@ def test_real_study_is_registered_and_run_study_runs_it_per_seed_pair(tmp_path, 
 def test_cli_reaches_the_real_study():
     a = build_parser().parse_args(["demo", "--seeds", "5", "--study", "real", "--parallel", "1", "--output-dir", "x"])
     assert (a.study, a.seeds, a.parallel) == ("real", [0, 1, 2, 3, 4], 1)
+
+
+@pytest.mark.parametrize("extra", [["--fast"], ["--world", "sampled"], []])
+def test_cli_refuses_settings_the_real_study_does_not_use(extra, capsys):
+    from axolotl_calib_plugin.cli import main
+
+    seeds = [] if extra == [] else ["--seeds", "2"]
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--study", "real", "--output-dir", "x", *seeds, *extra])
+    assert e.value.code == 2 and "--study real runs the real-model study" in capsys.readouterr().err
