@@ -118,9 +118,12 @@ def render(study: dict) -> str:
         md += [f"TS: T fitted on the shipped model's `target` logits, {fmt_pm(t)} over the seeds.", ""]
     for dom, label in DOMAINS.items():
         md += [f"## {label[0].upper() + label[1:]}", "", *_table(study, dom), "", *_diff_table(study, dom), ""]
-    md += ["## Verdicts (pre-registered margins)", "",
-           "| row | domain | conf-ECE below SFT λ=0 | conf-ECE vs TS (±0.01) | no worse than TS | accuracy vs SFT λ=0 "
-           "(−1 pt) |", "|---|---|---|---|---|---|"]
+    md += ["## Verdicts (pre-registered margins)", ""]
+    if not s["verdicts"]:
+        md.append("None: no CFT / RCFT row has both SFT λ=0 and TS beside it yet.")
+    else:
+        md += ["| row | domain | conf-ECE below SFT λ=0 | conf-ECE vs TS (±0.01) | no worse than TS | accuracy vs "
+               "SFT λ=0 (−1 pt) |", "|---|---|---|---|---|---|"]
     for r, v in s["verdicts"].items():
         for dom in DOMAINS:
             x = v[dom]
