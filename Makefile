@@ -19,12 +19,14 @@ export PYTHONUNBUFFERED := 1
 DEMO_OUT ?= demo_out
 STUDY_OUT ?= study_out
 STUDY_SEEDS ?= 5
+REAL_STUDY_OUT ?= real_study_out
+REAL_STUDY_SEEDS ?= 5
 PYTEST_ARGS ?=
 # pytest-xdist workers of `make test`: one per CPU this process may use (nproc; xdist's own `auto` counts only
 # physical cores, 1 on a 2-vCPU runner)
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo study study-heldout study-heldout-optimism study-alignment study-online test bench bench-gpu clean
+.PHONY: install demo study study-heldout study-heldout-optimism study-alignment study-online study-real test bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -61,6 +63,11 @@ study-alignment: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study alignment --output-dir $(STUDY_OUT) --summary-dir study
 study-online: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study online --output-dir $(STUDY_OUT) --summary-dir study
+
+# The method study on the real model (study/real_model_plan.md: 5 seeds, ~82 CPU min per seed; the real extra;
+# resumable: rerun to continue). The shipped model is built once in $(REAL_STUDY_OUT)/real.
+study-real: $(STAMP)
+	$(VENV)/bin/axolotl-calib demo --seeds $(REAL_STUDY_SEEDS) --study real --parallel 1 --output-dir $(REAL_STUDY_OUT) --summary-dir study
 
 # Whole files per worker (a file's tests share its trained runs), in collection order (tests/conftest.py puts the
 # slowest files first).

@@ -36,7 +36,11 @@ def _device_dtype(a) -> tuple[str, str]:
 
 def cmd_demo(a) -> int:
     from ..demo.pipeline import FAST, FULL, StepFailed, print_summary, run_demo
+    from ..demo.real_world import RealModelError
 
+    if a.study == "real" and (a.fast or not a.seeds or a.world != "topic"):
+        a.usage_error("--study real runs the real-model study (study/real_model_plan.md): give --seeds N, and no "
+                      "--fast or --world (its budget and data are the plan's)")
     try:
         if a.seeds:
             from dataclasses import replace
@@ -47,15 +51,16 @@ def cmd_demo(a) -> int:
             study = run_study(a.output_dir, a.seeds, settings, parallel=a.parallel, reuse=not a.fresh,
                               summary_dir=a.summary_dir, kind=a.study)
             summary = a.summary_dir or a.output_dir
-            md = "study.md" if a.study == "main" else f"{a.study}.md"
-            print(open(os.path.join(summary, md), encoding="utf-8").read())
+            from ..demo.studies import get_study
+
+            print(open(get_study(a.study).paths(summary)["md"], encoding="utf-8").read())
             errors = {k: v["errors"] for k, v in study["per_seed"].items() if v["errors"]}
             for seed, errs in errors.items():
                 for name, msg in errs.items():
                     print(f"[FAILED] seed {seed} {name}: {msg.splitlines()[0]}", file=sys.stderr)
             return 1 if errors else 0
         results = run_demo(a.output_dir, fast=a.fast, seed=a.seed, reuse=not a.fresh, parallel=a.parallel, world=a.world)
-    except StepFailed as e:
+    except (StepFailed, RealModelError) as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     print_summary(results, os.path.abspath(a.output_dir))

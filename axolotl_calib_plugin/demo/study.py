@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Sequence
 
-from .pipeline import FULL, DemoSettings, Plan, calib_name, run_seed
+from .pipeline import FULL, DemoSettings, Plan, run_seed  # noqa: F401 - run_seed: Study.run_seed's default
 from .studies import get_study
 
 __all__ = ["commit", "compact_rows", "rerender", "run_study"]
@@ -73,13 +73,12 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
     per_seed = {}
     for seed in seeds:
         seed_dir = os.path.join(out, "runs", f"seed{seed}")
-        res = run_seed(seed_dir, seed, settings, plan, parallel=parallel, reuse=reuse, plots=False)
+        res = study_def.run_seed(seed_dir, seed, settings, plan, parallel, reuse)
         per_seed[str(seed)] = {"rows": compact_rows(res["rows"]), "errors": res["meta"]["errors"],
                                "timings_s": res["meta"]["timings_s"], "wall_time_s": res["meta"]["wall_time_s"],
                                "reused_runs": res["meta"].get("reused_runs", []), **study_def.seed_extras(seed_dir)}
     study = {
-        "meta": {"seeds": list(seeds), "n_seeds": len(seeds), "settings": asdict(settings), "plan": asdict(plan),
-                 "lambda_key": {str(lam): calib_name("aligned", "cft", lam) for lam in plan.lambdas},
+        "meta": {"seeds": list(seeds), "n_seeds": len(seeds), **study_def.describe(settings, plan),
                  "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), 1 torch thread per run, "
                             f"{parallel} runs at a time",
                  "wall_time_s": round(time.time() - t0, 1), "commit": commit(),

@@ -28,10 +28,11 @@ def test_committed_summary_rerenders_byte_identical_from_its_json(tmp_path, name
 
 
 def test_the_five_studies_are_registered_study_subclasses_with_their_own_files():
-    assert set(STUDIES) == {"main", "heldout", "alignment", "online", "heldout_optimism"}
+    assert set(STUDIES) == {"main", "heldout", "alignment", "online", "heldout_optimism", "real"}
     assert all(issubclass(cls, Study) for cls in STUDIES.values())
-    assert sorted(cls.stem for cls in STUDIES.values()) == ["alignment", "heldout", "heldout_optimism", "online", "study"]
-    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online, heldout_optimism"):
+    assert sorted(cls.stem for cls in STUDIES.values()) == ["alignment", "heldout", "heldout_optimism", "online",
+                                                              "real_model", "study"]
+    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online, heldout_optimism, real"):
         get_study("nope")
 
 

@@ -12,8 +12,10 @@ from .heldout import HeldoutStudy
 from .main import MainStudy
 from .online import OnlineStudy
 from .optimism import OptimismStudy
+from .real import RealStudy
 
-__all__ = ["STUDIES", "AlignmentStudy", "HeldoutStudy", "MainStudy", "OnlineStudy", "OptimismStudy", "Study", "get_study", "register",
+__all__ = ["STUDIES", "AlignmentStudy", "HeldoutStudy", "MainStudy", "OnlineStudy", "OptimismStudy", "RealStudy", "Study",
+           "get_study", "register",
            "seed_values"]
 
 #: ``--study`` name -> Study subclass
@@ -38,5 +40,5 @@ def get_study(name: str) -> Study:
     return STUDIES[name]()
 
 
-for _cls in (MainStudy, HeldoutStudy, AlignmentStudy, OnlineStudy, OptimismStudy):
+for _cls in (MainStudy, HeldoutStudy, AlignmentStudy, OnlineStudy, OptimismStudy, RealStudy):
     register(_cls)

@@ -47,6 +47,22 @@ class Study:
     #: ``DemoSettings`` fields the study sets over the runner's settings (a reduced study); none by default
     settings: dict = {}
 
+    def run_seed(self, seed_dir: str, seed: int, settings, plan: Plan, parallel: int, reuse: bool) -> dict:
+        """Run (or resume) one seed into ``seed_dir``; returns ``{"meta": {errors, timings_s, wall_time_s,
+        reused_runs}, "rows"}``. Default: the synthetic world's pipeline with ``plan`` (the runner's ``run_seed``)."""
+        from .. import study as runner
+
+        return runner.run_seed(seed_dir, seed, settings, plan, parallel=parallel, reuse=reuse, plots=False)
+
+    def describe(self, settings, plan: Plan) -> dict:
+        """What the study's meta records of its settings and plan."""
+        from dataclasses import asdict
+
+        from ..pipeline import calib_name
+
+        return {"settings": asdict(settings), "plan": asdict(plan),
+                "lambda_key": {str(lam): calib_name("aligned", "cft", lam) for lam in plan.lambdas}}
+
     def seed_extras(self, seed_dir: str) -> dict:
         """Anything beyond the run rows a seed's entry in ``per_seed`` keeps, read from the seed's folder."""
         return {}
