@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Sequence
 
-from .pipeline import FULL, DemoSettings, Plan, run_seed  # noqa: F401 - run_seed: Study.run_seed's default
+from .pipeline import FULL, DemoSettings, Plan
 from .studies import get_study
 
 __all__ = ["commit", "compact_rows", "rerender", "run_study"]

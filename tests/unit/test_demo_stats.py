@@ -91,7 +91,7 @@ def test_summarize_builds_cells_comparisons_claims_and_lambda_curve():
 
 def test_study_runs_every_seed_in_its_own_folder_and_aggregates(tmp_path, monkeypatch):
     """Seed plumbing: each seed is its own replicate (own folder, world, data, training seed)."""
-    from axolotl_calib_plugin.demo import study
+    from axolotl_calib_plugin.demo import pipeline, study
 
     calls = []
 
@@ -104,7 +104,7 @@ def test_study_runs_every_seed_in_its_own_folder_and_aggregates(tmp_path, monkey
                             "out": {"conf_ece": ece, "cw_ece": 0.1, "acc": 0.58, "mean_conf": 0.8}}}
         return {"rows": rows, "meta": {"errors": {}, "timings_s": {}, "wall_time_s": 1.0}}
 
-    monkeypatch.setattr(study, "run_seed", fake_run_seed)
+    monkeypatch.setattr(pipeline, "run_seed", fake_run_seed)  # the synthetic seed pipeline every Study uses by default
     res = study.run_study(str(tmp_path / "out"), seeds=[3, 5, 8], summary_dir=str(tmp_path / "summary"))
     assert [(c[1], c[2]) for c in calls] == [(3, False), (5, False), (8, False)]
     assert [c[0] for c in calls] == [str(tmp_path / "out" / "runs" / f"seed{s}") for s in (3, 5, 8)]

@@ -174,7 +174,7 @@ def test_the_optimism_study_runs_its_reduced_plan_and_settings(tmp_path, monkeyp
         seen.append((settings, plan))
         return {"rows": {}, "meta": {"errors": {}, "timings_s": {}, "wall_time_s": 1.0}}
 
-    monkeypatch.setattr(runner, "run_seed", fake_run_seed)
+    monkeypatch.setattr(pipeline, "run_seed", fake_run_seed)  # the synthetic seed pipeline every Study uses by default
     res = runner.run_study(str(tmp_path / "out"), [0], summary_dir=str(tmp_path / "sum"), kind="heldout_optimism")
     settings, plan = seen[0]
     assert plan == optimism.PLAN and settings.n_train == 1000 and settings.n_pref_base == 0

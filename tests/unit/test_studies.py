@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from axolotl_calib_plugin.demo import pipeline
 from axolotl_calib_plugin.demo import study as runner
 from axolotl_calib_plugin.demo.studies import STUDIES, Study, get_study, register, seed_values
 
@@ -64,7 +65,7 @@ def test_a_new_study_is_one_registered_subclass_and_runs_through_run_study(tmp_p
             (Path(summary_dir) / "toy.png").write_bytes(b"png")
             return [str(Path(summary_dir) / "toy.png")]
 
-    monkeypatch.setattr(runner, "run_seed", fake_run_seed)
+    monkeypatch.setattr(pipeline, "run_seed", fake_run_seed)  # the synthetic seed pipeline every Study uses by default
     monkeypatch.delitem(STUDIES, "toy-test", raising=False)
     register(Toy)
     try:

@@ -50,9 +50,9 @@ class Study:
     def run_seed(self, seed_dir: str, seed: int, settings, plan: Plan, parallel: int, reuse: bool) -> dict:
         """Run (or resume) one seed into ``seed_dir``; returns ``{"meta": {errors, timings_s, wall_time_s,
         reused_runs}, "rows"}``. Default: the synthetic world's pipeline with ``plan`` (the runner's ``run_seed``)."""
-        from .. import study as runner
+        from ..pipeline import run_seed
 
-        return runner.run_seed(seed_dir, seed, settings, plan, parallel=parallel, reuse=reuse, plots=False)
+        return run_seed(seed_dir, seed, settings, plan, parallel=parallel, reuse=reuse, plots=False)
 
     def describe(self, settings, plan: Plan) -> dict:
         """What the study's meta records of its settings and plan."""

@@ -153,16 +153,16 @@ class RealStudy(Study):
 
     name = "real"
     stem = "real_model"
-    settings = REAL
+    real_settings = REAL  # its own budget (not DemoSettings overrides: the synthetic pipeline is not used)
 
     def run_seed(self, seed_dir, seed, settings, plan, parallel, reuse) -> dict:
         real_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(seed_dir))), "real")
-        return run_real_seed(seed_dir, seed, real_dir, self.settings, parallel=parallel, reuse=reuse)
+        return run_real_seed(seed_dir, seed, real_dir, self.real_settings, parallel=parallel, reuse=reuse)
 
     def describe(self, settings, plan) -> dict:
         from dataclasses import asdict
 
-        return {"settings": asdict(self.settings), "runs": [asdict(r) for r in RUNS], "primary": PRIMARY}
+        return {"settings": asdict(self.real_settings), "runs": [asdict(r) for r in RUNS], "primary": PRIMARY}
 
     def summarize(self, per_seed: dict) -> dict:
         return summarize(per_seed)
