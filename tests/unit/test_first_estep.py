@@ -169,6 +169,8 @@ for step in steps:
         out.append(st.fill_live(st.lookup(rows + 0), p, k[rows], labels[rows]))
     st.sync_live(lambda t: all_reduce_sum(t))
 torch.save({"count": st.extra["live_bin_count"], "hits": st.extra["live_bin_hits"], "out": out}, sys.argv[1] + f"/rank{rank}.pt")
+dist.barrier()
+dist.destroy_process_group()  # exiting with gloo's threads alive can abort a rank ("terminate called ...")
 """
 
 
