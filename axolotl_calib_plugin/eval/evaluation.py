@@ -14,7 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..encoding import training_add_bos_token
 
@@ -29,7 +29,7 @@ PACKAGED_TASK_DIR = os.path.join(_PACKAGE, "lm_eval_tasks")
 #: tasks reading local MCQ files, and the lm-eval metadata key that names the files.
 JSONL_TASK_METADATA = {"calib_jsonl": "data_files", "calib_jsonl_ood": "ood_data_files"}
 
-__all__ = ["quiet_git_probe", "JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "as_list", "check_limit",
+__all__ = ["truncated_prompts", "quiet_git_probe", "JSONL_TASK_METADATA", "PACKAGED_TASK_DIR", "TASK_ENV", "TASKS_ENV", "as_list", "check_limit",
            "evaluate_files", "find_task_dir", "is_adapter_dir", "load_lm", "load_tokenizer", "make_hflm", "hflm_for_model",
            "NOISE", "NoiseFilter", "quiet_third_party_logs", "run_tasks", "task_utils", "samples_to_arrays", "task_index", "task_suites",
            "unknown_task_message"]
@@ -402,6 +402,31 @@ def run_tasks(lm, tasks: Sequence[str], *, task_dir: str | None = None, data_dir
             tracker.general_config_tracker.model_name_sanitized = sanitize_model_name(model_name)
         _save_lm_eval_outputs(tracker, res, output_dir)
     return res
+
+
+def truncated_prompts(lm, samples: Mapping[str, Sequence[Mapping]]) -> dict[str, list]:
+    """``{task: [doc_id, ...]}`` of the questions whose prompt plus answer is longer than the model's context:
+    lm-eval scores them with the beginning of the prompt cut off (HFLM keeps the last ``max_length + 1`` tokens),
+    where training drops such rows. Empty when every question fits."""
+    max_len = getattr(lm, "max_length", None)
+    if not max_len:
+        return {}
+    out = {}
+    for task, rows in samples.items():
+        cut = []
+        for row in rows:
+            args = row.get("arguments") or []
+            if isinstance(args, Mapping):  # lm-eval logs {"gen_args_0": {"arg_0": context, "arg_1": continuation}, ...}
+                args = [list(a.values()) if isinstance(a, Mapping) else a for a in args.values()]
+            first = args[0] if args else None
+            ctx, cont = (first[0], first[1]) if isinstance(first, (list, tuple)) and len(first) >= 2 else (None, None)
+            if not isinstance(ctx, str) or not isinstance(cont, str):
+                continue
+            if len(lm.tok_encode(ctx)) + len(lm.tok_encode(cont, add_special_tokens=False)) > max_len + 1:
+                cut.append(row.get("doc_id"))
+        if cut:
+            out[task] = cut
+    return out
 
 
 def _save_lm_eval_outputs(tracker, res: dict, output_dir: str) -> None:

@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 from typing import Any, Mapping, Sequence
 
 from .samples import EVAL_SUBDIR, REPORT_JSON, REPORT_MD, items_from_samples, stack_items, summarize
@@ -136,7 +137,7 @@ def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, me
     ``run_kw`` goes to :func:`axolotl_calib_plugin.eval.evaluation.run_tasks` (data, limit, chat template).
     Returns ``(per-task summary, written paths)``.
     """
-    from .evaluation import run_tasks
+    from .evaluation import run_tasks, truncated_prompts
 
     res = run_tasks(lm, tasks, output_dir=os.path.join(out_dir, EVAL_SUBDIR), model_name=model_name, **run_kw)
     summary = summarize(res)
@@ -150,5 +151,15 @@ def evaluate_to_report(lm, tasks: Sequence[str], out_dir: str, *, title: str, me
     meta = {**dict(meta or {}), "tasks": list(tasks), "lm_eval_outputs": EVAL_SUBDIR,
             **{k: v for k, v in run_kw.items() if k in ("data_dir", "data_files", "ood_data_files", "limit",
                                                          "task_metadata") and v}}
-    paths = write_report(out_dir, summary, items, title=title, meta=meta, plot_format=plot_format)
+    notes = []
+    for task, ids in truncated_prompts(lm, samples).items():
+        notes.append(f"WARNING: {task}: {len(ids)} of {len(samples[task])} questions are longer than the model's context "
+                     f"({lm.max_length} tokens) and were scored with the beginning of the prompt cut off (doc_id "
+                     f"{', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''}); training drops such rows: "
+                     "shorten them or use a model with a longer context")
+        if task in summary:
+            summary[task]["truncated_prompts"] = len(ids)
+    for n in notes:
+        print(n, file=sys.stderr)
+    paths = write_report(out_dir, summary, items, title=title, meta=meta, notes=notes, plot_format=plot_format)
     return summary, paths

@@ -213,3 +213,26 @@ def test_git_probe_is_quiet_outside_a_repository(tmp_path, monkeypatch, capfd):
         assert ev.get_git_commit_hash() is None
     assert ev.get_git_commit_hash is original
     assert "fatal" not in capfd.readouterr().err
+
+
+def test_questions_longer_than_the_context_are_counted_not_silently_cut():
+    """lm-eval keeps the last max_length + 1 tokens of prompt + answer: a longer question is scored with its beginning
+    cut off (training drops such rows), so the report must say which (hand-made samples, a whitespace tokenizer)."""
+    from axolotl_calib_plugin.eval.evaluation import truncated_prompts
+
+    class WordLM:
+        max_length = 8
+
+        def tok_encode(self, text, add_special_tokens=None):
+            return text.split()
+
+    def sample(doc_id, words):
+        q = " ".join(["w"] * words) + " Answer:"
+        return {"doc_id": doc_id, "arguments": [[q, " A"], [q, " B"]]}
+
+    logged = sample(3, 20)  # the form lm-eval 0.4 writes into its samples
+    logged["arguments"] = {f"gen_args_{i}": {"arg_0": c, "arg_1": x} for i, (c, x) in enumerate(logged["arguments"])}
+    samples = {"calib_jsonl": [sample(0, 3), sample(1, 7), sample(2, 8), logged], "calib_jsonl_ood": [sample(0, 2)]}
+    # prompt words + "Answer:" + the letter: 3+1+1 = 5, 7+1+1 = 9 (fits: max_length + 1), 10 and 22 do not
+    assert truncated_prompts(WordLM(), samples) == {"calib_jsonl": [2, 3]}
+    assert truncated_prompts(type("NoLength", (), {"max_length": None})(), samples) == {}
