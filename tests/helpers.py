@@ -328,3 +328,23 @@ def validate_on_this_box(path) -> tuple[dict, object]:
     prepare_plugins(cfg)
     capabilities, env_capabilities = gpu_capabilities()
     return raw, validate_config(cfg, capabilities=capabilities, env_capabilities=env_capabilities)
+
+
+def direct_option_probs(model, ds, letters):
+    """An independent E-step over a tokenized calibration dataset: one row at a time, the FULL sequence, the
+    softmax over the row's K letter logits at its answer position t* (float64, padded options 0). Returns
+    ``(sample ids, golds, Ks, probs)``; the model's train/eval mode is left as it was."""
+    was_training = model.training
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for row in ds:
+            sid = np.asarray(row["calib_sample_id"])
+            t = int(np.nonzero(sid >= 0)[0][0])
+            k = row["calib_num_options"][t]
+            p = torch.zeros(len(letters), dtype=torch.float64)
+            p[:k] = torch.softmax(model(input_ids=torch.tensor([row["input_ids"]])).logits[0, t, letters[:k]].double(), -1)
+            out.append((int(sid[t]), row["calib_answer_idx"][t], k, p))
+    model.train(was_training)
+    return (np.array([o[0] for o in out]), np.array([o[1] for o in out]), np.array([o[2] for o in out]),
+            torch.stack([o[3] for o in out]))

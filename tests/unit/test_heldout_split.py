@@ -19,7 +19,7 @@ import torch
 from axolotl_calib_plugin import metrics
 from axolotl_calib_plugin.train import em, em_state
 from axolotl_calib_plugin.train.eval_calibration import TargetSplitError, missing_entries, target_sample_ids
-from helpers import PLUGIN, make_mcq_rows
+from helpers import PLUGIN, direct_option_probs, make_mcq_rows
 
 LETTERS = list("ABCDE")
 
@@ -92,22 +92,6 @@ def _trainer(tmp_path, model_dir, cfg, train_rows, eval_rows, *, drop_last=False
     return tr, held
 
 
-def _direct(model, ds, letters):
-    """Per-row forward of the whole sequence: (ids, golds, Ks, probs) at each row's answer position."""
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for row in ds:
-            sid = np.asarray(row["calib_sample_id"])
-            t = int(np.nonzero(sid >= 0)[0][0])
-            k = row["calib_num_options"][t]
-            p = torch.zeros(len(letters), dtype=torch.float64)
-            p[:k] = torch.softmax(model(input_ids=torch.tensor([row["input_ids"]])).logits[0, t, letters[:k]].double(), -1)
-            out.append((int(sid[t]), row["calib_answer_idx"][t], k, p))
-    return (np.array([o[0] for o in out]), np.array([o[1] for o in out]), np.array([o[2] for o in out]),
-            torch.stack([o[3] for o in out]))
-
-
 def _refresh(tr, step):
     from axolotl_calib_plugin.train.callbacks import EMRefreshCallback
 
@@ -124,7 +108,7 @@ def test_eval_calib_scores_only_rows_that_never_set_a_target(tmp_path, tiny_mode
     tr, held = _trainer(tmp_path, tiny_model_dir, {"calib_bin_accuracy": "heldout", "calib_heldout_prior": 1.0},
                         rows[:8], rows[8:])
     out = tr.evaluate()
-    ids, gold, ks, probs = _direct(tr.model, held, list(tr.calib.option_ids))
+    ids, gold, ks, probs = direct_option_probs(tr.model, held, list(tr.calib.option_ids))
     target = target_sample_ids(ids, 0.5)
     fit = np.isin(ids, target)
     assert fit.sum() == 5 and (~fit).sum() == 5
@@ -154,7 +138,7 @@ def test_eval_rows_the_sampler_dropped_still_count(tmp_path, tiny_model_dir):
                         eval_bs=2)
     assert len(tr.get_eval_dataloader()) == 3  # 7 rows, batches of 2, the last partial one dropped
     out = tr.evaluate()
-    _, gold, ks, probs = _direct(tr.model, held, list(tr.calib.option_ids))
+    _, gold, ks, probs = direct_option_probs(tr.model, held, list(tr.calib.option_ids))
     want = metrics.calibration_metrics(probs, gold, 10, num_options=ks)
     assert out["eval_calib/n"] == 7
     assert out["eval_calib/conf_ece"] == pytest.approx(want["conf_ece"], abs=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import PLUGIN, make_mcq_rows
+from helpers import PLUGIN, direct_option_probs, make_mcq_rows
 
 LETTERS = list("ABCDE")
 
@@ -55,20 +55,11 @@ def _trainer(tmp_path, tiny_model_dir, cfg, rows, *, mb=2, ga=1, seed=0):
 
 
 def _direct_probs(model, ds, letters):
-    """Independent E-step: one sample at a time, FULL sequence, full logits at t*."""
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for row in ds:
-            sid = np.asarray(row["calib_sample_id"])
-            t = int(np.nonzero(sid >= 0)[0][0])
-            k = row["calib_num_options"][t]
-            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, t, letters[:k]]
-            p = torch.zeros(len(letters))
-            p[:k] = torch.softmax(logits.double(), -1).float()
-            out.append(p)
+    """Independent E-step (one sample at a time, FULL sequence, full logits at t*), float32 like the trainer's;
+    the model is left in training mode."""
+    probs = direct_option_probs(model, ds, letters)[3].float()
     model.train()
-    return torch.stack(out)
+    return probs
 
 
 def _refresh(tr, cfg):
