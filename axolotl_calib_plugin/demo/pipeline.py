@@ -185,7 +185,7 @@ def _env() -> dict:
     return env
 
 
-def _log(msg: str) -> None:
+def log_step(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
@@ -220,7 +220,7 @@ def axolotl_train(cfg: dict, name: str, out: str, reuse: bool = True) -> tuple[s
     """Train ``cfg`` unless a finished model of the SAME config exists (``reuse``); returns (dir, seconds of its
     training -- the original run's when reused --, reused)."""
     return orchestrate.axolotl_train(cfg, name, out, train_logged, configs.write_config, reuse,
-                                     _stale_evals(out, name), log=_log)
+                                     _stale_evals(out, name), log=log_step)
 
 
 def build_init_model(world, s: DemoSettings, path: str, seed: int, pref=None) -> str:
@@ -258,7 +258,7 @@ def _sft_jsonl(mcq_path: str, out_path: str, extra: str | None = None) -> str:
     return out_path
 
 
-def _load_eval(path: str) -> dict:
+def load_eval(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         d = json.load(f)
     d["logliks"] = np.asarray(d["logliks"], dtype=np.float64)
@@ -309,7 +309,7 @@ def train_all(runs: list[Run], p: _Paths, s: DemoSettings, seed: int, parallel: 
     """Train ``runs``, up to ``parallel`` at a time (1 thread each), each as soon as its start model exists."""
     orchestrate.train_all(runs, lambda run: run_config(run, p, s, seed), p.out, train_logged, configs.write_config,
                           parallel, reuse, _outcome(p, timings, errors, reused), lambda name: _stale_evals(p.out, name),
-                          _log)
+                          log_step)
 
 
 def _outcome(p: _Paths, timings: dict, errors: dict, reused: set | None) -> orchestrate.Outcome:
@@ -351,7 +351,7 @@ def evaluate_all(p: _Paths, parallel: int) -> None:
             cmd += ["--model", f"{n}={p.models[n]}"]
         return run_logged(cmd, os.path.join(p.out, "logs", f"lm_eval_{i}.log"), "lm-eval")
 
-    _log(f"lm-eval: {len(todo)} models x (in, out) with the calib_jsonl / calib_jsonl_ood tasks")
+    log_step(f"lm-eval: {len(todo)} models x (in, out) with the calib_jsonl / calib_jsonl_ood tasks")
     with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
         list(pool.map(one, enumerate(chunks)))
 
@@ -376,7 +376,7 @@ def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
     probs["oracle"] = {"in": {"probs": ps_in, "labels": y_in}, "out": {"probs": ps_out, "labels": y_out}}
     evals = {}
     for name in p.models:
-        ev = {d: _load_eval(os.path.join(eval_dir, f"{name}__{d}.json")) for d in ("in", "out")}
+        ev = {d: load_eval(os.path.join(eval_dir, f"{name}__{d}.json")) for d in ("in", "out")}
         for d, y in (("in", y_in), ("out", y_out)):
             if not np.array_equal(ev[d]["labels"], y):
                 raise StepFailed(f"lm-eval's gold labels for {name}/{d} do not match the data file")
@@ -391,7 +391,7 @@ def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
         row["pairs"] = analysis.pair_stats(ev["in"]["logliks"], pairs, ps_in).as_dict()
         train_path = os.path.join(eval_dir, f"{name}__train.json")
         if os.path.exists(train_path):
-            tr = _load_eval(train_path)
+            tr = load_eval(train_path)
             row["train"] = analysis.scores(softmax(tr["logliks"], axis=1), y_train).as_dict()
             probs[name]["train"] = {"probs": softmax(tr["logliks"], axis=1), "labels": y_train}
         rows[name] = row
@@ -399,7 +399,7 @@ def analyse(p: _Paths, world, with_probs: bool = False) -> tuple[dict, dict]:
         ts_path = os.path.join(eval_dir, f"{arm}__ts_fit.json")
         if arm not in evals or not os.path.exists(ts_path):
             continue
-        ts = _load_eval(ts_path)
+        ts = load_eval(ts_path)
         # the held-out M-step's pre-check: per-bin accuracy of the start model on its training rows vs on
         # held-out rows (the TS-fit split, which the held-out variants read)
         p_fit = softmax(ts["logliks"], axis=1)
@@ -461,7 +461,7 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
                       pref, s.n_pref_base, s.n_pref_dpo, s.n_pref_eval)
     p.sft_base = _sft_jsonl(p.data.base_train, os.path.join(out, "data", "base_train_sft.jsonl"), p.data.pref_base)
     p.sft_train = _sft_jsonl(p.data.train, os.path.join(out, "data", "train_sft.jsonl"))
-    _log(f"seed {seed}: {s.world} world (tau {world.tau:.3f}); {s.n_base} base / {s.n_train} train / {s.n_dpo} DPO / "
+    log_step(f"seed {seed}: {s.world} world (tau {world.tau:.3f}); {s.n_base} base / {s.n_train} train / {s.n_dpo} DPO / "
          f"{s.n_eval_in} in- + {s.n_eval_out} out-domain eval questions -> {os.path.join(out, 'data')}")
     init = os.path.join(out, "models", "init")
     if not (reuse and os.path.exists(os.path.join(init, "model.safetensors"))):
@@ -471,7 +471,7 @@ def run_seed(out: str, seed: int = 0, settings: DemoSettings = FULL, plan: Plan 
     orchestrate.execute(runs, lambda run: run_config(run, p, s, seed), out, launch=train_logged,
                         write_config=configs.write_config, evaluate=lambda _: evaluate_all(p, parallel),
                         parallel=parallel, reuse=reuse, stale=lambda name: _stale_evals(out, name), required=("base",),
-                        eval_timing="lm_eval", log=_log, outcome=_outcome(p, timings, errors, reused))
+                        eval_timing="lm_eval", log=log_step, outcome=_outcome(p, timings, errors, reused))
     rows, probs = analyse(p, world, with_probs=plots)
     results = {
         "meta": {"seed": seed, "settings": asdict(s), "plan": asdict(plan), "world": world.describe()["kind"],

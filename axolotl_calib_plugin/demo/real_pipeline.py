@@ -30,7 +30,7 @@ from .. import orchestrate
 from ..orchestrate import StepFailed
 from ..rows import read_jsonl
 from . import analysis, configs
-from .pipeline import DEFAULT_LAMBDA, VARIANTS, _load_eval, _log, run_logged, train_logged
+from .pipeline import DEFAULT_LAMBDA, VARIANTS, load_eval, log_step, run_logged, train_logged
 
 __all__ = ["REAL", "ROWS", "RUNS", "RealRun", "RealSettings", "TRAINED", "analyse", "evaluate", "run_config",
            "run_real_seed", "write_split"]
@@ -159,7 +159,7 @@ def evaluate(out: str, models: dict, data: dict, s: RealSettings) -> None:
            "--set", f"target={data['target']}:dpo"]
     for name, path in models.items():
         cmd += ["--model", f"{name}={path}"]
-    _log(f"lm-eval: {len(models)} models x (test_in, test_out)")
+    log_step(f"lm-eval: {len(models)} models x (test_in, test_out)")
     run_logged(cmd, os.path.join(out, "logs", "lm_eval.log"), "lm-eval")
     with open(key_path, "w") as f:
         f.write(key)
@@ -172,7 +172,7 @@ def analyse(eval_dir: str, names, data: dict) -> dict:
     labels = {d: np.array([r["answer"] for r in read_jsonl(data[f])]) for d, f in (("in", "test_in"), ("out", "test_out"))}
     rows, evals = {}, {}
     for name in names:
-        ev = {d: _load_eval(os.path.join(eval_dir, f"{name}__{d}.json")) for d in ("in", "out")}
+        ev = {d: load_eval(os.path.join(eval_dir, f"{name}__{d}.json")) for d in ("in", "out")}
         for d in ("in", "out"):
             if not np.array_equal(ev[d]["labels"], labels[d]):
                 raise StepFailed(f"lm-eval's gold labels for {name}/{d} do not match {data['test_' + d]}")
@@ -180,7 +180,7 @@ def analyse(eval_dir: str, names, data: dict) -> dict:
         rows[name] = {d: analysis.scores(softmax(ev[d]["logliks"], axis=1), ev[d]["labels"]).as_dict()
                       for d in ("in", "out")}
     if "dpo" in evals:
-        fit = _load_eval(os.path.join(eval_dir, "dpo__target.json"))
+        fit = load_eval(os.path.join(eval_dir, "dpo__target.json"))
         t, (p_in, p_out), _ = analysis.temperature_scale(fit["logliks"], fit["labels"], evals["dpo"]["in"]["logliks"],
                                                          evals["dpo"]["out"]["logliks"])
         rows["dpo"]["heldout"] = analysis.scores(softmax(fit["logliks"], axis=1), fit["labels"]).as_dict()
@@ -199,16 +199,16 @@ def run_real_seed(out: str, seed: int, real_dir: str, settings: RealSettings = R
     out = os.path.abspath(out)
     for sub in ("configs", "logs", "models", "eval", "prepared"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
-    prepare(real_dir, seed=0, log=_log)
+    prepare(real_dir, seed=0, log=log_step)
     model = os.path.join(os.path.abspath(real_dir), MODEL_DIR)
     data = write_split(os.path.join(out, "data"), seed)
-    _log(f"seed {seed}: {model}, fact sets of split seed {seed} -> {os.path.join(out, 'data')}")
+    log_step(f"seed {seed}: {model}, fact sets of split seed {seed} -> {os.path.join(out, 'data')}")
     outcome = orchestrate.Outcome(models={"dpo": model})
     orchestrate.execute(list(runs), lambda run: run_config(run, model, data, out, settings, seed), out,
                         launch=train_logged, write_config=configs.write_config,
                         evaluate=lambda o: evaluate(out, o.models, data, settings), parallel=parallel, reuse=reuse,
                         stale=lambda name: [os.path.join(out, "eval", f"{glob.escape(name)}__*.json")],
-                        eval_timing="lm_eval", log=_log, outcome=outcome)
+                        eval_timing="lm_eval", log=log_step, outcome=outcome)
     rows = analyse(os.path.join(out, "eval"), list(outcome.models), data)
     results = {"meta": {"seed": seed, "split_seed": seed, "training_seed": seed, "settings": asdict(settings),
                         "model": model, "timings_s": outcome.timings, "errors": outcome.errors,
