@@ -173,12 +173,12 @@ def plan_runs(plan: Plan) -> list[Run]:
     return runs
 
 
-def _env() -> dict:
+def _env(threads: Optional[int] = None) -> dict:
     env = dict(os.environ)
     env.update(OFFLINE_ENV)
     # One intra-op thread per process: the tiny model's ops are too small to share, and on a busy
     # 2-core machine two threads per process made a training step ~5x slower (spin-waiting).
-    threads = os.environ.get("AXOLOTL_CALIB_DEMO_THREADS", "1")
+    threads = str(threads) if threads else os.environ.get("AXOLOTL_CALIB_DEMO_THREADS", "1")
     env["OMP_NUM_THREADS"] = threads
     env["MKL_NUM_THREADS"] = threads
     env.setdefault("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "axolotl_calib_demo_hf"))
@@ -189,9 +189,10 @@ def log_step(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_logged(cmd: list[str], log_path: str, what: str) -> float:
-    """Run ``cmd`` with the offline env, output to ``log_path``; raise :class:`StepFailed` with the log tail."""
-    return orchestrate.run_logged(cmd, log_path, what, _env())
+def run_logged(cmd: list[str], log_path: str, what: str, threads: Optional[int] = None) -> float:
+    """Run ``cmd`` with the offline env (``threads`` torch threads; default ``AXOLOTL_CALIB_DEMO_THREADS`` or 1),
+    output to ``log_path``; raise :class:`StepFailed` with the log tail."""
+    return orchestrate.run_logged(cmd, log_path, what, _env(threads))
 
 
 def train_logged(cfg_path: str, log_path: str, what: str) -> float:

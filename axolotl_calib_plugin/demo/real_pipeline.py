@@ -132,6 +132,9 @@ def run_config(run: RealRun, model: str, data: dict, out: str, s: RealSettings, 
         raise ValueError(f"unknown run kind {run.kind!r}")
     cfg["calib_prompt_format"] = s.prompt_format
     cfg["per_device_eval_batch_size"] = s.eval_batch
+    # Axolotl pads every batch to a multiple of 64 unless told otherwise: 64 tokens for rows of 36 on average, ~1.5x
+    # the compute of padding to the batch's longest row (the plan's cost table assumes the latter)
+    cfg["pad_to_sequence_len"] = False
     if s.max_steps:
         cfg["max_steps"] = int(s.max_steps)
     return cfg
@@ -144,10 +147,11 @@ def _eval_key(model: str, data: dict) -> str:
         orchestrate.code_fingerprint()
 
 
-def evaluate(out: str, models: dict, data: dict, s: RealSettings) -> None:
-    """lm-eval (the demo's evaluate CLI, one process) of every model on test_in / test_out, and of the shipped model
-    on ``target`` (the TS fit); a dump that exists is kept (``--only-missing``), the shipped model's only while its
-    inputs are unchanged."""
+def evaluate(out: str, models: dict, data: dict, s: RealSettings, threads: int = 1) -> None:
+    """lm-eval (the demo's evaluate CLI, one process with ``threads`` torch threads: it runs once a seed's training
+    is over, so the training processes' cores are free) of every model on test_in / test_out, and of the shipped
+    model on ``target`` (the TS fit); a dump that exists is kept (``--only-missing``), the shipped model's only while
+    its inputs are unchanged."""
     eval_dir = os.path.join(out, "eval")
     os.makedirs(eval_dir, exist_ok=True)
     key_path, key = os.path.join(eval_dir, "dpo_inputs.key"), _eval_key(models["dpo"], data)
@@ -160,7 +164,7 @@ def evaluate(out: str, models: dict, data: dict, s: RealSettings) -> None:
     for name, path in models.items():
         cmd += ["--model", f"{name}={path}"]
     log_step(f"lm-eval: {len(models)} models x (test_in, test_out)")
-    run_logged(cmd, os.path.join(out, "logs", "lm_eval.log"), "lm-eval")
+    run_logged(cmd, os.path.join(out, "logs", "lm_eval.log"), "lm-eval", threads=threads)
     with open(key_path, "w") as f:
         f.write(key)
 
@@ -206,7 +210,7 @@ def run_real_seed(out: str, seed: int, real_dir: str, settings: RealSettings = R
     outcome = orchestrate.Outcome(models={"dpo": model})
     orchestrate.execute(list(runs), lambda run: run_config(run, model, data, out, settings, seed), out,
                         launch=train_logged, write_config=configs.write_config,
-                        evaluate=lambda o: evaluate(out, o.models, data, settings), parallel=parallel, reuse=reuse,
+                        evaluate=lambda o: evaluate(out, o.models, data, settings, threads=max(1, parallel)), parallel=parallel, reuse=reuse,
                         stale=lambda name: [os.path.join(out, "eval", f"{glob.escape(name)}__*.json")],
                         eval_timing="lm_eval", log=log_step, outcome=outcome)
     rows = analyse(os.path.join(out, "eval"), list(outcome.models), data)

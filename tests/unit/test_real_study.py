@@ -48,6 +48,8 @@ def test_each_rows_config_is_the_plans(run):
     assert cfg["output_dir"] == f"/out/runs/seed3/models/{run.name}"
     # the SFT scope comes from calib_mode (cft: answer only, rcft: prompt and answer), never set against it
     assert "calib_sft_scope" not in cfg and "train_on_inputs" not in cfg
+    # batches padded to their longest row, not to Axolotl's default multiple of 64 (~1.5x the compute here)
+    assert cfg["pad_to_sequence_len"] is False
 
 
 def test_the_study_has_the_plans_rows_in_order():
