@@ -49,7 +49,7 @@ def cmd_demo(a) -> int:
 
             settings = replace(FAST if a.fast else FULL, world=a.world)
             study = run_study(a.output_dir, a.seeds, settings, parallel=a.parallel, reuse=not a.fresh,
-                              summary_dir=a.summary_dir, kind=a.study)
+                              summary_dir=a.summary_dir, kind=a.study, summary_only=a.summary_only)
             summary = a.summary_dir or a.output_dir
             from ..demo.studies import get_study
 
@@ -59,6 +59,8 @@ def cmd_demo(a) -> int:
                 for name, msg in errs.items():
                     print(f"[FAILED] seed {seed} {name}: {msg.splitlines()[0]}", file=sys.stderr)
             return 1 if errors else 0
+        if a.summary_only:
+            a.usage_error("--summary-only summarises a study: give --seeds N")
         results = run_demo(a.output_dir, fast=a.fast, seed=a.seed, reuse=not a.fresh, parallel=a.parallel, world=a.world)
     except (StepFailed, RealModelError) as e:
         print(f"demo failed: {e}", file=sys.stderr)

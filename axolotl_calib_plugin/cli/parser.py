@@ -519,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--summary-dir", default=None,
                    help="where the study writes study.json, study.md and lambda_curve.png (default: --output-dir)")
     d.add_argument("--parallel", type=_positive_int, default=2, help="training runs at a time (1 torch thread each)")
+    d.add_argument("--summary-only", action="store_true",
+                   help="with --seeds: run nothing; summarise the seeds that already ran in OUTPUT_DIR/runs/seed<k> "
+                        "(refused, naming what is missing, when a seed has not finished; the real study also "
+                        "refuses runs trained by other code, config or data)")
     _add(d, "--fresh")
     return ap
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Sequence
 
+from ..orchestrate import code_fingerprint
 from .pipeline import FULL, DemoSettings, Plan
 from .studies import get_study
 
@@ -59,10 +60,12 @@ def commit() -> str:
 
 
 def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, plan: Plan | None = None,
-              parallel: int = 2, reuse: bool = True, summary_dir: str | None = None, kind: str = "main") -> dict:
+              parallel: int = 2, reuse: bool = True, summary_dir: str | None = None, kind: str = "main",
+              summary_only: bool = False) -> dict:
     """Run (or resume) every seed of the study registered as ``kind`` (its ``plan`` unless one is given, and
     ``settings`` with the study's own ``settings`` fields set), then let it write its summary files into
-    ``summary_dir`` (default ``out``)."""
+    ``summary_dir`` (default ``out``). ``summary_only``: run nothing, summarise seeds that already ran
+    (:meth:`~.studies.base.Study.finished_seed`); the wall time is then the sum of theirs."""
     study_def = get_study(kind)
     plan = study_def.plan if plan is None else plan
     settings = replace(settings, **study_def.settings)
@@ -73,7 +76,8 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
     per_seed = {}
     for seed in seeds:
         seed_dir = os.path.join(out, "runs", f"seed{seed}")
-        res = study_def.run_seed(seed_dir, seed, settings, plan, parallel, reuse)
+        res = (study_def.finished_seed(seed_dir, seed) if summary_only
+               else study_def.run_seed(seed_dir, seed, settings, plan, parallel, reuse))
         per_seed[str(seed)] = {"rows": compact_rows(res["rows"]), "errors": res["meta"]["errors"],
                                "timings_s": res["meta"]["timings_s"], "wall_time_s": res["meta"]["wall_time_s"],
                                "reused_runs": res["meta"].get("reused_runs", []), **study_def.seed_extras(seed_dir)}
@@ -81,7 +85,9 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
         "meta": {"seeds": list(seeds), "n_seeds": len(seeds), **study_def.describe(settings, plan),
                  "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), 1 torch thread per run, "
                             f"{parallel} runs at a time",
-                 "wall_time_s": round(time.time() - t0, 1), "commit": commit(),
+                 "wall_time_s": round(sum(v["wall_time_s"] for v in per_seed.values()) if summary_only
+                                      else time.time() - t0, 1), "commit": commit(),
+                 "code_fingerprint": code_fingerprint(),
                  "seed_wall_time_s": {k: v["wall_time_s"] for k, v in per_seed.items()}},
         "per_seed": per_seed,
     }

@@ -162,3 +162,112 @@ def test_cli_refuses_settings_the_real_study_does_not_use(extra, capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--study", "real", "--output-dir", "x", *seeds, *extra])
     assert e.value.code == 2 and "--study real runs the real-model study" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- finished seeds, bins and figures
+
+#: two questions: A at 0.72 (gold A: right), C at 0.46 (gold A: wrong); every row of the fake seed scores them so
+PROBS = [[0.72, 0.12, 0.10, 0.06], [0.25, 0.24, 0.46, 0.05]]
+
+
+def _fake_seed(seed_dir, seed: int, real_dir) -> None:
+    """A seed folder as a finished run leaves it: data, a done marker per trained run (the reuse key this checkout
+    computes), every lm-eval dump and results.json (T = 2)."""
+    from axolotl_calib_plugin import orchestrate
+    from axolotl_calib_plugin.demo.real_world import MODEL_DIR
+
+    data = {}
+    for split in ("train", "target", "report", "test_in", "test_out"):
+        path = seed_dir / "data" / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"question": f"{split} {seed}", "choices": ["a", "b"], "answer": 0}) + "\n")
+        data[split] = str(path)
+    for run in RUNS:
+        cfg = run_config(run, os.path.join(str(real_dir), MODEL_DIR), data, str(seed_dir), REAL, seed)
+        os.makedirs(cfg["output_dir"])
+        with open(os.path.join(cfg["output_dir"], orchestrate.DONE_FILE), "w") as f:
+            json.dump({"config_hash": orchestrate.config_hash(cfg), "seconds": 1.0}, f)
+    (seed_dir / "eval").mkdir()
+    dump = {"logliks": [[math.log(p) for p in row] for row in PROBS], "labels": [0, 0]}
+    for name in ("dpo",) + tuple(r.name for r in RUNS):
+        for dom in ("in", "out"):
+            (seed_dir / "eval" / f"{name}__{dom}.json").write_text(json.dumps(dump))
+    (seed_dir / "eval" / "dpo__target.json").write_text(json.dumps(dump))
+    rows = _per_seed(BASE_OVER)[str(seed)]["rows"]
+    rows["ts"]["temperature"] = 2.0
+    (seed_dir / "results.json").write_text(json.dumps(
+        {"meta": {"errors": {}, "timings_s": {}, "wall_time_s": 100.0 + seed, "reused_runs": []}, "rows": rows}))
+
+
+def test_seed_reliability_and_its_pooling_by_hand(tmp_path):
+    from scipy.special import softmax
+
+    _fake_seed(tmp_path / "seed0", 0, tmp_path / "real")
+    rel = real_study.seed_reliability(str(tmp_path / "seed0"))
+    assert set(rel) == set(ROWS) and set(rel["sft"]) == {"in", "out"}
+    t = rel["sft"]["in"]
+    assert t["count"] == [0, 0, 0, 0, 1, 0, 0, 1, 0, 0] and t["acc"][4] == 0.0 and t["acc"][7] == 1.0
+    assert t["conf"][4] == pytest.approx(0.46) and t["conf"][7] == pytest.approx(0.72)
+    assert t["letter_share"] == [0.5, 0.0, 0.5, 0.0]
+    # TS: the shipped model's log-likelihoods over T = 2 (argmax unchanged)
+    ts_conf = softmax(0.5 * __import__("numpy").log(PROBS), axis=1).max(axis=1)
+    assert rel["ts"]["in"]["letter_share"] == [0.5, 0.0, 0.5, 0.0]
+    assert sorted(c for c in rel["ts"]["in"]["conf"] if c is not None) == pytest.approx(sorted(ts_conf), abs=1e-6)
+    # two seeds pooled: counts, hits and confidences add; conf-ECE of the pooled bins (2*0.28 + 2*0.46) / 4
+    pooled = real_study.pooled_reliability({"0": {"reliability": rel}, "1": {"reliability": rel}})
+    p = pooled["sft"]["in"]
+    assert p["count"][4] == p["count"][7] == 2 and p["hits"][7] == 2 and p["hits"][4] == 0
+    assert p["conf_sum"][7] == pytest.approx(1.44) and p["n_seeds"] == 2
+    from axolotl_calib_plugin.eval.plots import stats_view
+    import numpy as np
+
+    c = np.asarray(p["count"], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        view = stats_view(c, np.asarray(p["hits"]) / c, np.asarray(p["conf_sum"]) / c)
+    assert view.ece == pytest.approx((2 * 0.28 + 2 * 0.46) / 4) and view.n == 4
+
+
+def test_summary_only_reads_finished_seeds_and_draws_the_figures(tmp_path):
+    out = tmp_path / "out"
+    for k in (0, 1, 2):
+        _fake_seed(out / "runs" / f"seed{k}", k, out / "real")
+    res = runner.run_study(str(out), [0, 1, 2], parallel=2, summary_dir=str(tmp_path / "sum"), kind="real",
+                           summary_only=True)
+    assert res["meta"]["wall_time_s"] == 303.0 and res["meta"]["code_fingerprint"]
+    assert res["summary"]["reliability"]["cft_heldout"]["out"]["n_seeds"] == 3
+    md = (tmp_path / "sum" / "real_model.md").read_text(encoding="utf-8")
+    assert "**Interim: 3 of the plan's 5 seeds.**" in md
+    assert "| SFT λ=0 | 0.600 ± 0.000 | A 0.50 B 0.00 C 0.50 D 0.00 |" in md
+    for name in ("real_model_reliability_in.png", "real_model_reliability_out.png", "real_model_deltas.png"):
+        assert (tmp_path / "sum" / name).stat().st_size > 10_000
+    # re-rendered from the JSON alone, byte for byte
+    before = md
+    RealStudy().rerender(str(tmp_path / "sum"))
+    assert (tmp_path / "sum" / "real_model.md").read_text(encoding="utf-8") == before
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda d: os.remove(d / "models" / "rcft" / "calib_run_done.json"), "rcft: no finished run"),
+    (lambda d: (d / "data" / "train.jsonl").write_text('{"question": "changed", "choices": ["a", "b"], '
+                                                       '"answer": 1}\n'),
+     "ls: trained with another config, data or code"),
+    (lambda d: os.remove(d / "eval" / "cft_temp__out.json"), "missing lm-eval dump"),
+    (lambda d: os.remove(d / "results.json"), "results.json"),
+])
+def test_summary_only_refuses_a_seed_that_is_not_finished_under_this_code(tmp_path, damage, said):
+    from axolotl_calib_plugin.orchestrate import StepFailed
+
+    out = tmp_path / "out"
+    _fake_seed(out / "runs" / "seed1", 1, out / "real")
+    damage(out / "runs" / "seed1")
+    with pytest.raises(StepFailed, match="seed 1") as e:
+        runner.run_study(str(out), [1], summary_dir=str(tmp_path / "sum"), kind="real", summary_only=True)
+    assert said in str(e.value) and not (tmp_path / "sum" / "real_model.json").exists()
+
+
+def test_cli_summary_only_needs_seeds(capsys):
+    from axolotl_calib_plugin.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--summary-only", "--output-dir", "x"])
+    assert e.value.code == 2 and "--summary-only summarises a study" in capsys.readouterr().err

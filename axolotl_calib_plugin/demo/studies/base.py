@@ -54,6 +54,22 @@ class Study:
 
         return run_seed(seed_dir, seed, settings, plan, parallel=parallel, reuse=reuse, plots=False)
 
+    def finished_seed(self, seed_dir: str, seed: int) -> dict:
+        """A seed that already ran, read back without running anything (``{"meta", "rows"}`` of its
+        ``results.json``); :class:`~axolotl_calib_plugin.orchestrate.StepFailed` naming the file when it is not
+        there. Studies whose runs can be checked against the current code override this to check them."""
+        from ...orchestrate import StepFailed
+
+        path = os.path.join(seed_dir, "results.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                res = json.load(f)
+        except (OSError, ValueError) as e:
+            raise StepFailed(f"seed {seed}: cannot read {path} ({e}); run the seed first") from None
+        if not isinstance(res, dict) or not isinstance(res.get("meta"), dict) or not isinstance(res.get("rows"), dict):
+            raise StepFailed(f"seed {seed}: {path} is not a seed's results (meta and rows); run the seed again")
+        return res
+
     def describe(self, settings, plan: Plan) -> dict:
         """What the study's meta records of its settings and plan."""
         from dataclasses import asdict

@@ -14,14 +14,19 @@ are Holm-adjusted as one family (3 rows × 2 domains).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+
+import numpy as np
 
 from ..real_pipeline import REAL, ROWS, RUNS, run_real_seed
 from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference
 from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
 
-__all__ = ["BASELINES", "DOMAINS", "METRICS", "PRIMARY", "RealStudy", "SECONDARY", "primary_answer", "summarize"]
+__all__ = ["BASELINES", "DOMAINS", "FIGURE_ROWS", "METRICS", "PLANNED_SEEDS", "PRIMARY", "RealStudy", "SECONDARY",
+           "check_seed_runs", "plot_deltas", "plot_reliability", "pooled_reliability", "primary_answer",
+           "seed_reliability", "summarize"]
 
 #: the pre-named CFT variant of the primary question
 PRIMARY = "cft_heldout"
@@ -29,6 +34,12 @@ SECONDARY = ("cft_train", "cft_temp", "rcft")
 BASELINES = ("sft", "ts")
 DOMAINS = {"in": "in-domain (test_in, geography)", "out": "out-of-domain (test_out, chemistry)"}
 METRICS = ("conf_ece", "cw_ece", "acc")
+#: the seeds of the plan (study/real_model_plan.md); a summary of fewer is printed as interim
+PLANNED_SEEDS = 5
+#: the rows drawn as reliability diagrams (pooled over the seeds): the start, its TS, λ=0 and the primary variant
+FIGURE_ROWS = ("dpo", "ts", "sft", PRIMARY)
+#: the rows of the forest plot, each against SFT λ=0 and against TS
+DELTA_ROWS = ("ls", PRIMARY) + SECONDARY
 
 
 def _condition(diff: dict, upper: float) -> str:
@@ -79,8 +90,67 @@ def summarize(per_seed: dict) -> dict:
                 for (r, d), p in zip(family, adjusted)}
     temps = [s["rows"]["ts"]["temperature"] for s in per_seed.values() if "temperature" in s["rows"].get("ts", {})]
     return {"rows": rows, "cells": cells, "diffs": diffs, "verdicts": verdicts, "holm_secondary": holm_out,
-            "temperature": mean_ci(temps),
+            "temperature": mean_ci(temps), "reliability": pooled_reliability(per_seed),
             "primary": primary_answer(diffs) if PRIMARY in verdicts else None}
+
+
+def seed_reliability(seed_dir: str) -> dict:
+    """Row -> domain -> the conf reliability bins (:func:`..analysis.bin_table`) and the share of the predictions
+    per option letter, from the seed's lm-eval dumps (the TS row: the shipped model's logits over the seed's T); a
+    row without dumps is left out. What the figures and the prediction table pool over the seeds."""
+    from scipy.special import softmax
+
+    from .. import analysis
+    from ..pipeline import load_eval
+
+    results = os.path.join(seed_dir, "results.json")
+    temperature = None
+    if os.path.isfile(results):
+        with open(results, encoding="utf-8") as f:
+            temperature = json.load(f)["rows"].get("ts", {}).get("temperature")
+    out = {}
+    for name in ROWS:
+        src = "dpo" if name == "ts" else name
+        for dom in DOMAINS:
+            path = os.path.join(seed_dir, "eval", f"{src}__{dom}.json")
+            if not os.path.isfile(path) or (name == "ts" and temperature is None):
+                continue
+            ev = load_eval(path)
+            probs = (analysis.apply_temperature(ev["logliks"], temperature) if name == "ts"
+                     else softmax(ev["logliks"], axis=1))
+            share = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
+            out.setdefault(name, {})[dom] = {**analysis.bin_table(probs, ev["labels"]),
+                                             "letter_share": [round(float(v), 6) for v in share]}
+    return out
+
+
+def pooled_reliability(per_seed: dict) -> dict:
+    """Row -> domain -> per-bin ``count``, ``hits`` and ``conf_sum`` summed over the seeds that have the row's
+    bins, the pooled ``letter_share`` and ``n_seeds``; empty when no seed carries bins."""
+    pooled = {}
+    for seed in per_seed.values():
+        for name, doms in (seed.get("reliability") or {}).items():
+            for dom, t in doms.items():
+                count = np.asarray(t["count"], dtype=np.float64)
+                acc = np.nan_to_num(np.asarray([np.nan if v is None else v for v in t["acc"]], dtype=np.float64))
+                conf = np.nan_to_num(np.asarray([np.nan if v is None else v for v in t["conf"]], dtype=np.float64))
+                share = np.asarray(t["letter_share"], dtype=np.float64) * count.sum()
+                p = pooled.setdefault(name, {}).setdefault(dom, {"count": 0.0, "hits": 0.0, "conf_sum": 0.0,
+                                                                  "letters": 0.0, "n_seeds": 0})
+                p["count"] = p["count"] + count
+                p["hits"] = p["hits"] + acc * count
+                p["conf_sum"] = p["conf_sum"] + conf * count
+                p["letters"] = p["letters"] + share
+                p["n_seeds"] += 1
+    out = {}
+    for name in ROWS:
+        for dom, p in pooled.get(name, {}).items():
+            n = float(p["count"].sum())
+            out.setdefault(name, {})[dom] = {
+                "count": [int(round(c)) for c in p["count"]], "hits": [round(float(h), 4) for h in p["hits"]],
+                "conf_sum": [round(float(c), 4) for c in p["conf_sum"]],
+                "letter_share": [round(float(v) / n, 4) for v in p["letters"]], "n_seeds": p["n_seeds"]}
+    return out
 
 
 def _table(study: dict, dom: str) -> list[str]:
@@ -103,6 +173,28 @@ def _diff_table(study: dict, dom: str) -> list[str]:
     return out
 
 
+def _prediction_table(study: dict) -> list[str]:
+    """Mean confidence and the share of the most-predicted letter per row (pooled over the seeds): a row can reach a
+    low conf-ECE by answering every question with one letter at the accuracy's confidence."""
+    rel = study["summary"].get("reliability") or {}
+    if not rel:
+        return []
+    out = ["## Predictions", "",
+           "Mean confidence (mean over the seeds) and the letters predicted, pooled over the seeds (share of each "
+           "option letter among the predictions; the shipped model answers nearly every question with one letter).",
+           "", "| row | " + " | ".join(f"mean conf. {d} | letters predicted {d}" for d in DOMAINS) + " |",
+           "|---|" + "---|---|" * len(DOMAINS)]
+    for r in study["summary"]["rows"]:
+        cells = []
+        for d in DOMAINS:
+            conf = mean_ci([v for v in seed_values(study["per_seed"], r, d, "mean_conf") if v is not None])
+            share = rel.get(r, {}).get(d, {}).get("letter_share")
+            cells += [fmt_pm(conf) if conf.get("n") else "–",
+                      " ".join(f"{'ABCDEFGHIJ'[i]} {v:.2f}" for i, v in enumerate(share)) if share else "–"]
+        out.append(f"| {ROWS[r]} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def render(study: dict) -> str:
     meta, s = study["meta"], study["summary"]
     seeds = meta["seeds"]
@@ -113,11 +205,15 @@ def render(study: dict) -> str:
               f"{k} {v}" for k, v in meta.get("settings", {}).items()) + ".", "",
           "Cells: mean ± 95 % t half-width over the seeds. Δ: paired difference (row − baseline) with its 95 % "
           "interval; accuracy in points.", "", MARGINS_TEXT, ""]
+    if len(seeds) < PLANNED_SEEDS:
+        md += [f"**Interim: {len(seeds)} of the plan's {PLANNED_SEEDS} seeds.** The verdicts and the answer below "
+               f"are those of these seeds; the plan reads them at {PLANNED_SEEDS}.", ""]
     t = s.get("temperature") or {}
     if t.get("n"):
         md += [f"TS: T fitted on the shipped model's `target` logits, {fmt_pm(t)} over the seeds.", ""]
     for dom, label in DOMAINS.items():
         md += [f"## {label[0].upper() + label[1:]}", "", *_table(study, dom), "", *_diff_table(study, dom), ""]
+    md += _prediction_table(study)
     md += ["## Verdicts (pre-registered margins)", ""]
     if not s["verdicts"]:
         md.append("None: no CFT / RCFT row has both SFT λ=0 and TS beside it yet.")
@@ -147,17 +243,136 @@ def render(study: dict) -> str:
     return "\n".join(md) + "\n"
 
 
+def plot_reliability(study: dict, dom: str, path: str) -> str:
+    """Confidence reliability panels of :data:`FIGURE_ROWS` on ``dom``, every seed's questions pooled (the panel's
+    conf-ECE is the pooled one, not the mean over seeds of the table)."""
+    from ...eval.plots import plot_bins, stats_view
+
+    rel = study["summary"]["reliability"]
+    views = {}
+    for r in FIGURE_ROWS:
+        p = rel.get(r, {}).get(dom)
+        if not p:
+            continue
+        count = np.asarray(p["count"], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc = np.where(count > 0, np.asarray(p["hits"]) / count, np.nan)
+            conf = np.where(count > 0, np.asarray(p["conf_sum"]) / count, np.nan)
+        views[ROWS[r]] = stats_view(count, acc, conf)
+    n_seeds = max(p.get(dom, {}).get("n_seeds", 0) for p in rel.values())
+    plot_bins(views, path, title=f"SmolLM2-135M-Instruct, {DOMAINS[dom]}: every question of {n_seeds} seed(s) "
+                                 "pooled")
+    return path
+
+
+def plot_deltas(study: dict, path: str) -> str:
+    """Paired differences (mean, 95 % interval over the seeds) of :data:`DELTA_ROWS`: conf-ECE against SFT λ=0 and
+    against TS, accuracy against SFT λ=0, in and out of domain, with the pre-registered margins drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    diffs = study["summary"]["diffs"]
+    rows = [r for r in DELTA_ROWS if r in diffs and all(b in diffs[r] for b in BASELINES)]
+    panels = (("sft", "conf_ece", "Δ conf-ECE vs SFT λ=0\n(< 0: better calibrated)", 0.0, None),
+              ("ts", "conf_ece", "Δ conf-ECE vs TS\n(no worse: interval below +0.01)", TS_EQUIVALENCE_MARGIN, None),
+              ("sft", "acc", "Δ accuracy vs SFT λ=0, points\n(kept: interval above −1)", None,
+               -100 * ACC_NONINFERIORITY_MARGIN))
+    fig, axes = plt.subplots(len(DOMAINS), len(panels), figsize=(14, 2.2 + 0.9 * len(rows) * len(DOMAINS)),
+                             sharey=True, squeeze=False)
+    for i, dom in enumerate(DOMAINS):
+        for j, (base, metric, title, upper, lower) in enumerate(panels):
+            ax = axes[i][j]
+            scale = 100.0 if metric == "acc" else 1.0
+            for k, r in enumerate(rows):
+                d = diffs[r][base][dom][metric]
+                half = 0.0 if math.isnan(d["half"]) else d["half"]
+                ax.errorbar(scale * d["mean"], k, xerr=scale * half, fmt="o", capsize=3,
+                            color="#d62728" if r == PRIMARY else "#1f77b4")
+            ax.axvline(0, color="black", lw=0.8)
+            for x in (upper, lower):
+                if x:
+                    ax.axvline(x, color="#2ca02c", ls="--", lw=1)
+            ax.set_yticks(range(len(rows)), [ROWS[r] for r in rows])
+            ax.invert_yaxis()
+            ax.grid(alpha=0.3, axis="x")
+            ax.set_title(f"{title}\n{DOMAINS[dom]}", fontsize=9.5)
+    n = len(study["meta"]["seeds"])
+    fig.suptitle(f"SmolLM2-135M-Instruct: paired differences over {n} seed(s) (95 % t-interval; dashed: margin; "
+                 "red: the pre-named primary variant)", fontsize=10.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def check_seed_runs(seed_dir: str, seed: int, real_dir: str, settings=REAL) -> None:
+    """Raise :class:`~axolotl_calib_plugin.orchestrate.StepFailed` unless every trained run of the seed finished
+    under the config, data and code that would train it now (the reuse key of
+    :func:`axolotl_calib_plugin.orchestrate.config_hash`) and every lm-eval dump the summary reads is there: a
+    summary of finished seeds is then the one a rerun would write."""
+    from ... import orchestrate
+    from ..real_pipeline import run_config
+    from ..real_world import MODEL_DIR
+
+    model = os.path.join(os.path.abspath(real_dir), MODEL_DIR)
+    data = {split: os.path.join(seed_dir, "data", f"{split}.jsonl")
+            for split in ("train", "target", "report", "test_in", "test_out")}
+    problems = []
+    for run in RUNS:
+        cfg = run_config(run, model, data, seed_dir, settings, seed)
+        done = os.path.join(cfg["output_dir"], orchestrate.DONE_FILE)
+        try:
+            with open(done, encoding="utf-8") as f:
+                mark = json.load(f)
+        except (OSError, ValueError):
+            problems.append(f"{run.name}: no finished run ({done})")
+            continue
+        if mark.get("config_hash") != orchestrate.config_hash(cfg):
+            problems.append(f"{run.name}: trained with another config, data or code than this checkout's ({done})")
+    dumps = [f"{n}__{d}.json" for n in ("dpo",) + tuple(r.name for r in RUNS) for d in DOMAINS] + ["dpo__target.json"]
+    problems += [f"missing lm-eval dump {os.path.join(seed_dir, 'eval', d)}" for d in dumps
+                 if not os.path.isfile(os.path.join(seed_dir, "eval", d))]
+    if not os.path.isfile(os.path.join(seed_dir, "results.json")):
+        problems.append(f"no {os.path.join(seed_dir, 'results.json')}")
+    if problems:
+        raise orchestrate.StepFailed(f"seed {seed} ({seed_dir}) is not finished under this code: "
+                                     + "; ".join(problems) + ". Run the study without --summary-only to (re)run it.")
+
+
 class RealStudy(Study):
-    """``--study real``: ``real_model.json``, ``real_model.md``. The shipped model is built once in
+    """``--study real``: ``real_model.json``, ``real_model.md``, ``real_model_reliability_{in,out}.png``,
+    ``real_model_deltas.png``. The shipped model is built once in
     ``<output dir>/real`` (:func:`axolotl_calib_plugin.demo.real_world.prepare`)."""
 
     name = "real"
     stem = "real_model"
     real_settings = REAL  # its own budget (not DemoSettings overrides: the synthetic pipeline is not used)
 
+    @staticmethod
+    def _real_dir(seed_dir: str) -> str:
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(seed_dir))), "real")
+
     def run_seed(self, seed_dir, seed, settings, plan, parallel, reuse) -> dict:
-        real_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(seed_dir))), "real")
-        return run_real_seed(seed_dir, seed, real_dir, self.real_settings, parallel=parallel, reuse=reuse)
+        return run_real_seed(seed_dir, seed, self._real_dir(seed_dir), self.real_settings, parallel=parallel,
+                             reuse=reuse)
+
+    def finished_seed(self, seed_dir: str, seed: int) -> dict:
+        check_seed_runs(seed_dir, seed, self._real_dir(seed_dir), self.real_settings)
+        return super().finished_seed(seed_dir, seed)
+
+    def seed_extras(self, seed_dir: str) -> dict:
+        return {"reliability": seed_reliability(seed_dir)}
+
+    def figures(self, study: dict, summary_dir: str) -> list[str]:
+        if not study["summary"].get("reliability"):
+            return []
+        out = [plot_reliability(study, dom, os.path.join(summary_dir, f"{self.stem}_reliability_{dom}.png"))
+               for dom in DOMAINS]
+        if any(r in study["summary"]["diffs"] for r in DELTA_ROWS):
+            out.append(plot_deltas(study, os.path.join(summary_dir, f"{self.stem}_deltas.png")))
+        return out
 
     def describe(self, settings, plan) -> dict:
         from dataclasses import asdict
