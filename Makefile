@@ -21,6 +21,7 @@ STUDY_OUT ?= study_out
 STUDY_SEEDS ?= 5
 REAL_STUDY_OUT ?= real_study_out
 REAL_STUDY_SEEDS ?= 5
+REAL_STUDY_PARALLEL ?= 2
 PYTEST_ARGS ?=
 # pytest-xdist workers of `make test`: one per CPU this process may use (nproc; xdist's own `auto` counts only
 # physical cores, 1 on a 2-vCPU runner)
@@ -67,7 +68,7 @@ study-online: $(STAMP)
 # The method study on the real model (study/real_model_plan.md: 5 seeds, ~82 CPU min per seed; the real extra;
 # resumable: rerun to continue). The shipped model is built once in $(REAL_STUDY_OUT)/real.
 study-real: $(STAMP)
-	$(VENV)/bin/axolotl-calib demo --seeds $(REAL_STUDY_SEEDS) --study real --parallel 1 --output-dir $(REAL_STUDY_OUT) --summary-dir study
+	$(VENV)/bin/axolotl-calib demo --seeds $(REAL_STUDY_SEEDS) --study real --parallel $(REAL_STUDY_PARALLEL) --output-dir $(REAL_STUDY_OUT) --summary-dir study
 
 # Whole files per worker (a file's tests share its trained runs), in collection order (tests/conftest.py puts the
 # slowest files first).
