@@ -12,6 +12,7 @@ study resumes where it stopped. The summaries are small and are what the README 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -19,7 +20,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Sequence
 
-from ..orchestrate import code_fingerprint
+from ..orchestrate import StepFailed, code_fingerprint
 from .pipeline import FULL, DemoSettings, Plan
 from .studies import get_study
 
@@ -65,7 +66,9 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
     """Run (or resume) every seed of the study registered as ``kind`` (its ``plan`` unless one is given, and
     ``settings`` with the study's own ``settings`` fields set), then let it write its summary files into
     ``summary_dir`` (default ``out``). ``summary_only``: run nothing, summarise seeds that already ran
-    (:meth:`~.studies.base.Study.finished_seed`); the wall time is then the sum of theirs."""
+    (:meth:`~.studies.base.Study.finished_seed`; the wall time is then the sum of theirs); a seed whose folder is
+    gone is taken from the summary already in ``summary_dir`` when that summary was written by code with this
+    checkout's fingerprint (a study carried over machines in its committed JSON), else refused."""
     study_def = get_study(kind)
     plan = study_def.plan if plan is None else plan
     settings = replace(settings, **study_def.settings)
@@ -73,9 +76,14 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
     out = os.path.abspath(out)
     summary_dir = os.path.abspath(summary_dir or out)
     os.makedirs(summary_dir, exist_ok=True)
-    per_seed = {}
+    per_seed, carried = {}, []
+    prior = _prior_summary(study_def.paths(summary_dir)["json"]) if summary_only else {}
     for seed in seeds:
         seed_dir = os.path.join(out, "runs", f"seed{seed}")
+        if summary_only and not os.path.isdir(seed_dir):
+            per_seed[str(seed)] = _carried_seed(prior, seed, seed_dir, study_def.paths(summary_dir)["json"])
+            carried.append(seed)
+            continue
         res = (study_def.finished_seed(seed_dir, seed) if summary_only
                else study_def.run_seed(seed_dir, seed, settings, plan, parallel, reuse))
         per_seed[str(seed)] = {"rows": compact_rows(res["rows"]), "errors": res["meta"]["errors"],
@@ -88,10 +96,35 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
                  "wall_time_s": round(sum(v["wall_time_s"] for v in per_seed.values()) if summary_only
                                       else time.time() - t0, 1), "commit": commit(),
                  "code_fingerprint": code_fingerprint(),
-                 "seed_wall_time_s": {k: v["wall_time_s"] for k, v in per_seed.items()}},
+                 "seed_wall_time_s": {k: v["wall_time_s"] for k, v in per_seed.items()},
+                 **({"seeds_from_summary": carried} if carried else {})},
         "per_seed": per_seed,
     }
     return study_def.write(study, summary_dir)
+
+
+def _prior_summary(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            prior = json.load(f)
+    except (OSError, ValueError) as e:
+        raise StepFailed(f"cannot read the existing summary {path} ({e}); restore it or remove it") from None
+    return prior if isinstance(prior, dict) else {}
+
+
+def _carried_seed(prior: dict, seed: int, seed_dir: str, path: str) -> dict:
+    """Seed ``seed`` as the summary at ``path`` holds it, when that summary's code is this checkout's."""
+    entry = (prior.get("per_seed") or {}).get(str(seed))
+    if entry is None:
+        raise StepFailed(f"seed {seed}: no {seed_dir} and not in {path}; run the seed first")
+    written_by = (prior.get("meta") or {}).get("code_fingerprint")
+    if written_by != code_fingerprint():
+        raise StepFailed(f"seed {seed}: no {seed_dir}, and {path} was written by other code (fingerprint "
+                         f"{written_by}, this checkout {code_fingerprint()}): its runs are not this code's; "
+                         "run the seed again")
+    return entry
 
 
 def rerender(summary_dir: str, kinds: Sequence[str] | None = None) -> list[str]:

@@ -271,3 +271,29 @@ def test_cli_summary_only_needs_seeds(capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--summary-only", "--output-dir", "x"])
     assert e.value.code == 2 and "--summary-only summarises a study" in capsys.readouterr().err
+
+
+def test_summary_only_carries_seeds_from_a_summary_of_this_code(tmp_path):
+    """A study spread over machines: seeds 0 and 1 ran here and were summarised; their folders are gone; seed 2 ran
+    later. The summary of 0, 1, 2 takes 0 and 1 from the committed JSON, and refuses when that JSON is other code's."""
+    import shutil
+
+    out, summary = tmp_path / "out", tmp_path / "sum"
+    for k in (0, 1):
+        _fake_seed(out / "runs" / f"seed{k}", k, out / "real")
+    first = runner.run_study(str(out), [0, 1], summary_dir=str(summary), kind="real", summary_only=True)
+    shutil.rmtree(out / "runs")
+    _fake_seed(out / "runs" / "seed2", 2, out / "real")
+    res = runner.run_study(str(out), [0, 1, 2], summary_dir=str(summary), kind="real", summary_only=True)
+    assert res["meta"]["seeds_from_summary"] == [0, 1] and res["meta"]["seeds"] == [0, 1, 2]
+    assert res["per_seed"]["0"] == first["per_seed"]["0"] and res["per_seed"]["2"]["wall_time_s"] == 102.0
+    path = summary / "real_model.json"
+    study = json.loads(path.read_text(encoding="utf-8"))
+    study["meta"]["code_fingerprint"] = "0123456789abcdef"
+    path.write_text(json.dumps(study), encoding="utf-8")
+    from axolotl_calib_plugin.orchestrate import StepFailed
+
+    with pytest.raises(StepFailed, match="seed 0: no .* written by other code"):
+        runner.run_study(str(out), [0, 1, 2], summary_dir=str(summary), kind="real", summary_only=True)
+    with pytest.raises(StepFailed, match="seed 7: no .* not in"):
+        runner.run_study(str(out), [7], summary_dir=str(tmp_path / "other"), kind="real", summary_only=True)
