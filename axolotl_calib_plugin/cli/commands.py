@@ -38,8 +38,8 @@ def cmd_demo(a) -> int:
     from ..demo.pipeline import FAST, FULL, StepFailed, print_summary, run_demo
     from ..demo.real_world import RealModelError
 
-    if a.study == "real" and (a.fast or not a.seeds or a.world != "topic"):
-        a.usage_error("--study real runs the real-model study (study/real_model_plan.md): give --seeds N, and no "
+    if a.study in ("real", "real_staged") and (a.fast or not a.seeds or a.world != "topic"):
+        a.usage_error(f"--study {a.study} runs a real-model study (study/real_model_plan.md): give --seeds N, and no "
                       "--fast or --world (its budget and data are the plan's)")
     try:
         if a.seeds:

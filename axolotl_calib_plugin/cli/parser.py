@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--world", choices=("topic", "sampled"), default="topic",
                    help="topic: hard labels, question text with learnable structure; sampled: a world "
                         "whose answers are sampled afresh from p* per row")
-    d.add_argument("--study", choices=("main", "heldout", "alignment", "online", "heldout_optimism", "real"),
+    d.add_argument("--study", choices=("main", "heldout", "alignment", "online", "heldout_optimism", "real", "real_staged"),
                    default="main",
                    help="with --seeds: main (the paper's Table 2 claims; study.json), heldout (the held-out M-step "
                         "variants in the over-fine-tuned arm; heldout.json), alignment (the aligned arm with the "
@@ -515,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "held-out study: conf-ECE on the rows that set the targets vs on rows that set none; "
                         "heldout_optimism.json) or real (SmolLM2-135M-Instruct on real facts, "
                         "study/real_model_plan.md: seed k = training seed k and split seed k, the shipped model built "
-                        "once in OUTPUT_DIR/real; the real extra; real_model.json)")
+                        "once in OUTPUT_DIR/real; the real extra; real_model.json) or real_staged (exploratory: one more epoch of SFT "
+                        "λ=0 / CFT from each seed's SFT λ=0 model of the real study, same OUTPUT_DIR; "
+                        "real_model_staged.json)")
     d.add_argument("--summary-dir", default=None,
                    help="where the study writes study.json, study.md and lambda_curve.png (default: --output-dir)")
     d.add_argument("--parallel", type=_positive_int, default=2, help="training runs at a time (1 torch thread each)")

@@ -161,7 +161,7 @@ def test_cli_refuses_settings_the_real_study_does_not_use(extra, capsys):
     seeds = [] if extra == [] else ["--seeds", "2"]
     with pytest.raises(SystemExit) as e:
         main(["demo", "--study", "real", "--output-dir", "x", *seeds, *extra])
-    assert e.value.code == 2 and "--study real runs the real-model study" in capsys.readouterr().err
+    assert e.value.code == 2 and "--study real runs a real-model study" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- finished seeds, bins and figures
@@ -297,3 +297,69 @@ def test_summary_only_carries_seeds_from_a_summary_of_this_code(tmp_path):
         runner.run_study(str(out), [0, 1, 2], summary_dir=str(summary), kind="real", summary_only=True)
     with pytest.raises(StepFailed, match="seed 7: no .* not in"):
         runner.run_study(str(out), [7], summary_dir=str(tmp_path / "other"), kind="real", summary_only=True)
+
+
+# ----------------------------------------------------------------------------- the staged (exploratory) study
+
+def _fake_staged(seed_dir, seed: int) -> None:
+    """What run_staged_seed leaves in ``seed_dir/staged``: done markers of this checkout, dumps, results.json."""
+    from axolotl_calib_plugin import orchestrate
+    from axolotl_calib_plugin.demo.real_pipeline import run_config as cfg_of
+    from axolotl_calib_plugin.demo.studies import real_staged
+
+    out = seed_dir / "staged"
+    for run in real_staged.RUNS:
+        cfg = cfg_of(run, real_staged.start_model(str(seed_dir)), real_study.seed_data(str(seed_dir)), str(out),
+                     real_staged.SETTINGS, seed)
+        os.makedirs(cfg["output_dir"])
+        with open(os.path.join(cfg["output_dir"], orchestrate.DONE_FILE), "w") as f:
+            json.dump({"config_hash": orchestrate.config_hash(cfg), "seconds": 1.0}, f)
+    (out / "eval").mkdir()
+    dump = {"logliks": [[math.log(p) for p in row] for row in PROBS], "labels": [0, 0]}
+    for name in ("dpo",) + tuple(r.name for r in real_staged.RUNS):
+        for dom in ("in", "out"):
+            (out / "eval" / f"{name}__{dom}.json").write_text(json.dumps(dump))
+    (out / "eval" / "dpo__target.json").write_text(json.dumps(dump))
+    main_rows = _per_seed(BASE_OVER)[str(seed)]["rows"]
+    rows = {"start": main_rows["sft"], "ts": {**main_rows["ts"], "temperature": 2.0}, "sft": main_rows["sft"],
+            "cft_heldout": main_rows["cft_heldout"], "cft_train": main_rows["cft_train"]}
+    (out / "results.json").write_text(json.dumps(
+        {"meta": {"errors": {}, "timings_s": {}, "wall_time_s": 10.0, "reused_runs": []}, "rows": rows}))
+
+
+def test_staged_runs_start_from_the_main_studys_sft_model_for_one_epoch():
+    from axolotl_calib_plugin.demo.studies import real_staged
+
+    for run in real_staged.RUNS:
+        cfg = run_config(run, "/out/runs/seed3/models/sft", DATA, "/out/runs/seed3/staged", real_staged.SETTINGS, 3)
+        assert cfg["base_model"] == "/out/runs/seed3/models/sft" and cfg["num_epochs"] == 1
+        assert (cfg["learning_rate"], cfg["micro_batch_size"], cfg["sequence_len"]) == (5e-5, 8, 64)
+        assert cfg["output_dir"] == f"/out/runs/seed3/staged/models/{run.name}"
+    assert [(r.name, r.lam, r.variant) for r in real_staged.RUNS] == [
+        ("sft", 0.0, "train"), ("cft_heldout", 1.0, "heldout"), ("cft_train", 1.0, "train")]
+    assert STUDIES["real_staged"] is real_staged.RealStagedStudy
+
+
+def test_staged_summary_only_and_its_refusals(tmp_path):
+    from axolotl_calib_plugin.orchestrate import StepFailed
+
+    out = tmp_path / "out"
+    for k in (0, 1):
+        _fake_seed(out / "runs" / f"seed{k}", k, out / "real")
+        _fake_staged(out / "runs" / f"seed{k}", k)
+    res = runner.run_study(str(out), [0, 1], summary_dir=str(tmp_path / "sum"), kind="real_staged",
+                           summary_only=True)
+    md = (tmp_path / "sum" / "real_model_staged.md").read_text(encoding="utf-8")
+    assert "| SFT λ=0, 3 epochs (the start) | 0.110 ± 0.127 |" in md and "TS: T fitted on the start model's" in md
+    assert "Does CFT, held-out bins, +1 epoch have lower conf-ECE than SFT λ=0, +1 epoch" in md
+    assert set(res["summary"]["reliability"]) == {"start", "ts", "sft", "cft_heldout", "cft_train"}
+    assert (tmp_path / "sum" / "real_model_staged_deltas.png").exists()
+    # the main study's sft run is the start: retrained under another config, the staged seed is refused
+    done = out / "runs" / "seed1" / "models" / "sft" / "calib_run_done.json"
+    done.write_text(json.dumps({"config_hash": "0" * 16, "seconds": 1.0}))
+    with pytest.raises(StepFailed, match="seed 1: the main study's sft run"):
+        runner.run_study(str(out), [0, 1], summary_dir=str(tmp_path / "sum2"), kind="real_staged",
+                         summary_only=True)
+    os.remove(out / "runs" / "seed0" / "staged" / "eval" / "cft_train__in.json")
+    with pytest.raises(StepFailed, match="missing lm-eval dump .*cft_train__in.json"):
+        runner.run_study(str(out), [0], summary_dir=str(tmp_path / "sum3"), kind="real_staged", summary_only=True)

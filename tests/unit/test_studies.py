@@ -28,12 +28,13 @@ def test_committed_summary_rerenders_byte_identical_from_its_json(tmp_path, name
     assert (tmp_path / f"{s.stem}.json").read_bytes() == (STUDY_DIR / f"{s.stem}.json").read_bytes()
 
 
-def test_the_five_studies_are_registered_study_subclasses_with_their_own_files():
-    assert set(STUDIES) == {"main", "heldout", "alignment", "online", "heldout_optimism", "real"}
+def test_the_studies_are_registered_study_subclasses_with_their_own_files():
+    assert set(STUDIES) == {"main", "heldout", "alignment", "online", "heldout_optimism", "real", "real_staged"}
     assert all(issubclass(cls, Study) for cls in STUDIES.values())
     assert sorted(cls.stem for cls in STUDIES.values()) == ["alignment", "heldout", "heldout_optimism", "online",
-                                                              "real_model", "study"]
-    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online, heldout_optimism, real"):
+                                                              "real_model", "real_model_staged", "study"]
+    with pytest.raises(KeyError, match="unknown study 'nope'; known: main, heldout, alignment, online, heldout_optimism, "
+                                       "real, real_staged"):
         get_study("nope")
 
 

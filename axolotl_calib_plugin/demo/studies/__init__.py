@@ -13,8 +13,10 @@ from .main import MainStudy
 from .online import OnlineStudy
 from .optimism import OptimismStudy
 from .real import RealStudy
+from .real_staged import RealStagedStudy
 
-__all__ = ["STUDIES", "AlignmentStudy", "HeldoutStudy", "MainStudy", "OnlineStudy", "OptimismStudy", "RealStudy", "Study",
+__all__ = ["STUDIES", "AlignmentStudy", "HeldoutStudy", "MainStudy", "OnlineStudy", "OptimismStudy", "RealStagedStudy", "RealStudy",
+           "Study",
            "get_study", "register",
            "seed_values"]
 
@@ -40,5 +42,5 @@ def get_study(name: str) -> Study:
     return STUDIES[name]()
 
 
-for _cls in (MainStudy, HeldoutStudy, AlignmentStudy, OnlineStudy, OptimismStudy, RealStudy):
+for _cls in (MainStudy, HeldoutStudy, AlignmentStudy, OnlineStudy, OptimismStudy, RealStudy, RealStagedStudy):
     register(_cls)

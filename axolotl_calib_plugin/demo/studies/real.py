@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,9 +25,9 @@ from ..real_pipeline import REAL, ROWS, RUNS, run_real_seed
 from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference
 from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
 
-__all__ = ["BASELINES", "DOMAINS", "FIGURE_ROWS", "METRICS", "PLANNED_SEEDS", "PRIMARY", "RealStudy", "SECONDARY",
-           "check_seed_runs", "plot_deltas", "plot_reliability", "pooled_reliability", "primary_answer",
-           "seed_reliability", "summarize"]
+__all__ = ["BASELINES", "DOMAINS", "Design", "FIGURE_ROWS", "MAIN", "METRICS", "PLANNED_SEEDS", "PRIMARY", "RealStudy",
+           "SECONDARY", "check_runs", "check_seed_runs", "seed_data", "plot_deltas", "plot_reliability", "pooled_reliability", "primary_answer",
+           "render", "seed_reliability", "summarize"]
 
 #: the pre-named CFT variant of the primary question
 PRIMARY = "cft_heldout"
@@ -40,6 +41,33 @@ PLANNED_SEEDS = 5
 FIGURE_ROWS = ("dpo", "ts", "sft", PRIMARY)
 #: the rows of the forest plot, each against SFT λ=0 and against TS
 DELTA_ROWS = ("ls", PRIMARY) + SECONDARY
+
+
+@dataclass(frozen=True)
+class Design:
+    """What a real-model study compares: its rows (key -> label, in table order; the λ=0 baseline is always
+    ``sft``, temperature scaling ``ts``, the primary variant :data:`PRIMARY`), the row whose logits TS rescales,
+    the secondary (Holm) rows, the rows drawn, the seeds its plan names, and the words of its report."""
+
+    rows: dict
+    #: row -> the name of the lm-eval dumps it is scored from, where not its own (``ts``: the logits it rescales)
+    dumps: dict
+    secondary: tuple
+    figure_rows: tuple
+    delta_rows: tuple
+    title: str
+    lead: str
+    ts_text: str
+    question_heading: str
+    planned_seeds: int = PLANNED_SEEDS
+
+
+#: the pre-registered study of study/real_model_plan.md: every row trained from the model as shipped
+MAIN = Design(rows=ROWS, dumps={"ts": "dpo"}, secondary=SECONDARY, figure_rows=FIGURE_ROWS, delta_rows=DELTA_ROWS,
+              title="The method study on the real model (SmolLM2-135M-Instruct, real facts)",
+              lead="Plan: [`real_model_plan.md`](real_model_plan.md)",
+              ts_text="TS: T fitted on the shipped model's `target` logits",
+              question_heading="Primary question (pre-registered)")
 
 
 def _condition(diff: dict, upper: float) -> str:
@@ -65,17 +93,17 @@ def primary_answer(diffs: dict, row: str = PRIMARY) -> dict:
     return out
 
 
-def summarize(per_seed: dict) -> dict:
+def summarize(per_seed: dict, design: Design = MAIN) -> dict:
     """Cells (row -> "<metric>_<dom>" -> mean_ci), paired differences (row -> baseline -> dom -> metric), the
     verdicts per compared row and domain, the Holm-adjusted secondary p-values and the primary answer."""
-    rows = [r for r in ROWS if any(r in s["rows"] for s in per_seed.values())]
+    rows = [r for r in design.rows if any(r in s["rows"] for s in per_seed.values())]
     cells = {r: {f"{m}_{d}": mean_ci([v for v in seed_values(per_seed, r, d, m) if v is not None])
                  for d in DOMAINS for m in METRICS} for r in rows}
     diffs = {r: {b: {d: {m: paired_difference(seed_values(per_seed, r, d, m), seed_values(per_seed, b, d, m))
                          for m in METRICS} for d in DOMAINS} for b in BASELINES if b in rows and b != r}
              for r in rows}
     verdicts = {}
-    for r in (PRIMARY,) + SECONDARY:
+    for r in (PRIMARY,) + design.secondary:
         if r not in diffs or not all(b in diffs[r] for b in BASELINES):
             continue
         verdicts[r] = {d: {"vs_sft_conf_ece": _condition(diffs[r]["sft"][d]["conf_ece"], 0.0),
@@ -83,20 +111,20 @@ def summarize(per_seed: dict) -> dict:
                            "vs_ts_no_worse": _condition(diffs[r]["ts"][d]["conf_ece"], TS_EQUIVALENCE_MARGIN),
                            "acc_vs_sft": non_inferior(diffs[r]["sft"][d]["acc"], ACC_NONINFERIORITY_MARGIN)}
                        for d in DOMAINS}
-    family = [(r, d) for r in SECONDARY if r in verdicts for d in DOMAINS]
+    family = [(r, d) for r in design.secondary if r in verdicts for d in DOMAINS]
     adjusted = holm([diffs[r]["sft"][d]["conf_ece"]["p"] for r, d in family])
     holm_out = {f"{r} {d}": {"p": diffs[r]["sft"][d]["conf_ece"]["p"], "p_holm": p,
                              "below_sft": bool(p < HOLM_ALPHA and diffs[r]["sft"][d]["conf_ece"]["mean"] < 0)}
                 for (r, d), p in zip(family, adjusted)}
     temps = [s["rows"]["ts"]["temperature"] for s in per_seed.values() if "temperature" in s["rows"].get("ts", {})]
     return {"rows": rows, "cells": cells, "diffs": diffs, "verdicts": verdicts, "holm_secondary": holm_out,
-            "temperature": mean_ci(temps), "reliability": pooled_reliability(per_seed),
+            "temperature": mean_ci(temps), "reliability": pooled_reliability(per_seed, design),
             "primary": primary_answer(diffs) if PRIMARY in verdicts else None}
 
 
-def seed_reliability(seed_dir: str) -> dict:
+def seed_reliability(seed_dir: str, design: Design = MAIN) -> dict:
     """Row -> domain -> the conf reliability bins (:func:`..analysis.bin_table`) and the share of the predictions
-    per option letter, from the seed's lm-eval dumps (the TS row: the shipped model's logits over the seed's T); a
+    per option letter, from the seed's lm-eval dumps (the TS row: its source row's logits over the seed's T); a
     row without dumps is left out. What the figures and the prediction table pool over the seeds."""
     from scipy.special import softmax
 
@@ -109,8 +137,8 @@ def seed_reliability(seed_dir: str) -> dict:
         with open(results, encoding="utf-8") as f:
             temperature = json.load(f)["rows"].get("ts", {}).get("temperature")
     out = {}
-    for name in ROWS:
-        src = "dpo" if name == "ts" else name
+    for name in design.rows:
+        src = design.dumps.get(name, name)
         for dom in DOMAINS:
             path = os.path.join(seed_dir, "eval", f"{src}__{dom}.json")
             if not os.path.isfile(path) or (name == "ts" and temperature is None):
@@ -124,7 +152,7 @@ def seed_reliability(seed_dir: str) -> dict:
     return out
 
 
-def pooled_reliability(per_seed: dict) -> dict:
+def pooled_reliability(per_seed: dict, design: Design = MAIN) -> dict:
     """Row -> domain -> per-bin ``count``, ``hits`` and ``conf_sum`` summed over the seeds that have the row's
     bins, the pooled ``letter_share`` and ``n_seeds``; empty when no seed carries bins."""
     pooled = {}
@@ -143,7 +171,7 @@ def pooled_reliability(per_seed: dict) -> dict:
                 p["letters"] = p["letters"] + share
                 p["n_seeds"] += 1
     out = {}
-    for name in ROWS:
+    for name in design.rows:
         for dom, p in pooled.get(name, {}).items():
             n = float(p["count"].sum())
             out.setdefault(name, {})[dom] = {
@@ -153,27 +181,27 @@ def pooled_reliability(per_seed: dict) -> dict:
     return out
 
 
-def _table(study: dict, dom: str) -> list[str]:
+def _table(study: dict, dom: str, design: Design) -> list[str]:
     s = study["summary"]
     out = [f"| row | conf-ECE | cw-ECE | accuracy |", "|---|---|---|---|"]
     for r in s["rows"]:
         c = s["cells"][r]
-        out.append(f"| {ROWS[r]} | {fmt_pm(c[f'conf_ece_{dom}'])} | {fmt_pm(c[f'cw_ece_{dom}'])} | "
+        out.append(f"| {design.rows[r]} | {fmt_pm(c[f'conf_ece_{dom}'])} | {fmt_pm(c[f'cw_ece_{dom}'])} | "
                    f"{fmt_pm(c[f'acc_{dom}'])} |")
     return out
 
 
-def _diff_table(study: dict, dom: str) -> list[str]:
+def _diff_table(study: dict, dom: str, design: Design) -> list[str]:
     s = study["summary"]
     out = ["| row | vs | Δ conf-ECE | Δ cw-ECE | Δ accuracy |", "|---|---|---|---|---|"]
     for r in s["rows"]:
         for b, d in s["diffs"][r].items():
-            out.append(f"| {ROWS[r]} | {ROWS[b]} | {fmt_ci(d[dom]['conf_ece'])} | {fmt_ci(d[dom]['cw_ece'])} | "
+            out.append(f"| {design.rows[r]} | {design.rows[b]} | {fmt_ci(d[dom]['conf_ece'])} | {fmt_ci(d[dom]['cw_ece'])} | "
                        f"{fmt_pt(d[dom]['acc'])} |")
     return out
 
 
-def _prediction_table(study: dict) -> list[str]:
+def _prediction_table(study: dict, design: Design) -> list[str]:
     """Mean confidence and the share of the most-predicted letter per row (pooled over the seeds): a row can reach a
     low conf-ECE by answering every question with one letter at the accuracy's confidence."""
     rel = study["summary"].get("reliability") or {}
@@ -181,7 +209,7 @@ def _prediction_table(study: dict) -> list[str]:
         return []
     out = ["## Predictions", "",
            "Mean confidence (mean over the seeds) and the letters predicted, pooled over the seeds (share of each "
-           "option letter among the predictions; the shipped model answers nearly every question with one letter).",
+           "option letter among the predictions).",
            "", "| row | " + " | ".join(f"mean conf. {d} | letters predicted {d}" for d in DOMAINS) + " |",
            "|---|" + "---|---|" * len(DOMAINS)]
     for r in study["summary"]["rows"]:
@@ -191,29 +219,29 @@ def _prediction_table(study: dict) -> list[str]:
             share = rel.get(r, {}).get(d, {}).get("letter_share")
             cells += [fmt_pm(conf) if conf.get("n") else "–",
                       " ".join(f"{'ABCDEFGHIJ'[i]} {v:.2f}" for i, v in enumerate(share)) if share else "–"]
-        out.append(f"| {ROWS[r]} | " + " | ".join(cells) + " |")
+        out.append(f"| {design.rows[r]} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
-def render(study: dict) -> str:
+def render(study: dict, design: Design = MAIN) -> str:
     meta, s = study["meta"], study["summary"]
     seeds = meta["seeds"]
-    md = ["# The method study on the real model (SmolLM2-135M-Instruct, real facts)", "",
+    md = [f"# {design.title}", "",
           f"Seeds (training seed, split seed): {', '.join(f'({k}, {k})' for k in seeds)}; commit {meta.get('commit')}, "
-          f"{meta.get('machine')}; wall time {meta.get('wall_time_s')} s. Plan: "
-          "[`real_model_plan.md`](real_model_plan.md); budget: " + ", ".join(
+          f"{meta.get('machine')}; wall time {meta.get('wall_time_s')} s. {design.lead}; budget: " + ", ".join(
               f"{k} {v}" for k, v in meta.get("settings", {}).items()) + ".", "",
           "Cells: mean ± 95 % t half-width over the seeds. Δ: paired difference (row − baseline) with its 95 % "
           "interval; accuracy in points.", "", MARGINS_TEXT, ""]
-    if len(seeds) < PLANNED_SEEDS:
-        md += [f"**Interim: {len(seeds)} of the plan's {PLANNED_SEEDS} seeds.** The verdicts and the answer below "
-               f"are those of these seeds; the plan reads them at {PLANNED_SEEDS}.", ""]
+    if len(seeds) < design.planned_seeds:
+        md += [f"**Interim: {len(seeds)} of the plan's {design.planned_seeds} seeds.** The verdicts and the answer "
+               f"below are those of these seeds; the plan reads them at {design.planned_seeds}.", ""]
     t = s.get("temperature") or {}
     if t.get("n"):
-        md += [f"TS: T fitted on the shipped model's `target` logits, {fmt_pm(t)} over the seeds.", ""]
+        md += [f"{design.ts_text}, {fmt_pm(t)} over the seeds.", ""]
     for dom, label in DOMAINS.items():
-        md += [f"## {label[0].upper() + label[1:]}", "", *_table(study, dom), "", *_diff_table(study, dom), ""]
-    md += _prediction_table(study)
+        md += [f"## {label[0].upper() + label[1:]}", "", *_table(study, dom, design), "",
+               *_diff_table(study, dom, design), ""]
+    md += _prediction_table(study, design)
     md += ["## Verdicts (pre-registered margins)", ""]
     if not s["verdicts"]:
         md.append("None: no CFT / RCFT row has both SFT λ=0 and TS beside it yet.")
@@ -223,16 +251,16 @@ def render(study: dict) -> str:
     for r, v in s["verdicts"].items():
         for dom in DOMAINS:
             x = v[dom]
-            md.append(f"| {ROWS[r]} | {dom} | {x['vs_sft_conf_ece']} | {x['vs_ts_conf_ece']} | {x['vs_ts_no_worse']} | "
+            md.append(f"| {design.rows[r]} | {dom} | {x['vs_sft_conf_ece']} | {x['vs_ts_conf_ece']} | {x['vs_ts_no_worse']} | "
                       f"{x['acc_vs_sft']} |")
     if s["holm_secondary"]:
         md += ["", f"Secondary rows, conf-ECE against SFT λ=0 (Holm over {len(s['holm_secondary'])} tests, "
                    f"α {HOLM_ALPHA:g}):", ""]
         md += [f"- {k}: p {v['p']:.3g}, Holm p {v['p_holm']:.3g}{' (below SFT λ=0)' if v['below_sft'] else ''}"
                for k, v in s["holm_secondary"].items()]
-    md += ["", "## Primary question (pre-registered)", "",
-           f"Does {ROWS[PRIMARY]} have lower conf-ECE than SFT λ=0, no worse than TS, with accuracy non-inferior to "
-           "SFT λ=0, in and out of domain?", ""]
+    md += ["", f"## {design.question_heading}", "",
+           f"Does {design.rows[PRIMARY]} have lower conf-ECE than {design.rows['sft']}, no worse than TS, with "
+           f"accuracy non-inferior to {design.rows['sft']}, in and out of domain?", ""]
     p = s.get("primary")
     if p is None:
         md.append("Not answerable: a seed lacks one of its rows.")
@@ -243,14 +271,14 @@ def render(study: dict) -> str:
     return "\n".join(md) + "\n"
 
 
-def plot_reliability(study: dict, dom: str, path: str) -> str:
+def plot_reliability(study: dict, dom: str, path: str, design: Design = MAIN) -> str:
     """Confidence reliability panels of :data:`FIGURE_ROWS` on ``dom``, every seed's questions pooled (the panel's
     conf-ECE is the pooled one, not the mean over seeds of the table)."""
     from ...eval.plots import plot_bins, stats_view
 
     rel = study["summary"]["reliability"]
     views = {}
-    for r in FIGURE_ROWS:
+    for r in design.figure_rows:
         p = rel.get(r, {}).get(dom)
         if not p:
             continue
@@ -258,14 +286,14 @@ def plot_reliability(study: dict, dom: str, path: str) -> str:
         with np.errstate(invalid="ignore", divide="ignore"):
             acc = np.where(count > 0, np.asarray(p["hits"]) / count, np.nan)
             conf = np.where(count > 0, np.asarray(p["conf_sum"]) / count, np.nan)
-        views[ROWS[r]] = stats_view(count, acc, conf)
+        views[design.rows[r]] = stats_view(count, acc, conf)
     n_seeds = max(p.get(dom, {}).get("n_seeds", 0) for p in rel.values())
     plot_bins(views, path, title=f"SmolLM2-135M-Instruct, {DOMAINS[dom]}: every question of {n_seeds} seed(s) "
                                  "pooled")
     return path
 
 
-def plot_deltas(study: dict, path: str) -> str:
+def plot_deltas(study: dict, path: str, design: Design = MAIN) -> str:
     """Paired differences (mean, 95 % interval over the seeds) of :data:`DELTA_ROWS`: conf-ECE against SFT λ=0 and
     against TS, accuracy against SFT λ=0, in and out of domain, with the pre-registered margins drawn."""
     import matplotlib
@@ -274,7 +302,7 @@ def plot_deltas(study: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     diffs = study["summary"]["diffs"]
-    rows = [r for r in DELTA_ROWS if r in diffs and all(b in diffs[r] for b in BASELINES)]
+    rows = [r for r in design.delta_rows if r in diffs and all(b in diffs[r] for b in BASELINES)]
     panels = (("sft", "conf_ece", "Δ conf-ECE vs SFT λ=0\n(< 0: better calibrated)", 0.0, None),
               ("ts", "conf_ece", "Δ conf-ECE vs TS\n(no worse: interval below +0.01)", TS_EQUIVALENCE_MARGIN, None),
               ("sft", "acc", "Δ accuracy vs SFT λ=0, points\n(kept: interval above −1)", None,
@@ -294,7 +322,7 @@ def plot_deltas(study: dict, path: str) -> str:
             for x in (upper, lower):
                 if x:
                     ax.axvline(x, color="#2ca02c", ls="--", lw=1)
-            ax.set_yticks(range(len(rows)), [ROWS[r] for r in rows])
+            ax.set_yticks(range(len(rows)), [design.rows[r] for r in rows])
             ax.invert_yaxis()
             ax.grid(alpha=0.3, axis="x")
             ax.set_title(f"{title}\n{DOMAINS[dom]}", fontsize=9.5)
@@ -307,31 +335,25 @@ def plot_deltas(study: dict, path: str) -> str:
     return path
 
 
-def check_seed_runs(seed_dir: str, seed: int, real_dir: str, settings=REAL) -> None:
-    """Raise :class:`~axolotl_calib_plugin.orchestrate.StepFailed` unless every trained run of the seed finished
-    under the config, data and code that would train it now (the reuse key of
-    :func:`axolotl_calib_plugin.orchestrate.config_hash`) and every lm-eval dump the summary reads is there: a
-    summary of finished seeds is then the one a rerun would write."""
+def check_runs(seed: int, seed_dir: str, configs: dict, dumps) -> None:
+    """Raise :class:`~axolotl_calib_plugin.orchestrate.StepFailed` unless every run of ``configs`` (name -> Axolotl
+    config) finished under the config, data and code that would train it now (the reuse key of
+    :func:`axolotl_calib_plugin.orchestrate.config_hash`), every lm-eval dump named in ``dumps`` is in
+    ``seed_dir/eval`` and ``seed_dir/results.json`` is there: a summary of finished seeds is then the one a rerun
+    would write."""
     from ... import orchestrate
-    from ..real_pipeline import run_config
-    from ..real_world import MODEL_DIR
 
-    model = os.path.join(os.path.abspath(real_dir), MODEL_DIR)
-    data = {split: os.path.join(seed_dir, "data", f"{split}.jsonl")
-            for split in ("train", "target", "report", "test_in", "test_out")}
     problems = []
-    for run in RUNS:
-        cfg = run_config(run, model, data, seed_dir, settings, seed)
+    for name, cfg in configs.items():
         done = os.path.join(cfg["output_dir"], orchestrate.DONE_FILE)
         try:
             with open(done, encoding="utf-8") as f:
                 mark = json.load(f)
         except (OSError, ValueError):
-            problems.append(f"{run.name}: no finished run ({done})")
+            problems.append(f"{name}: no finished run ({done})")
             continue
         if mark.get("config_hash") != orchestrate.config_hash(cfg):
-            problems.append(f"{run.name}: trained with another config, data or code than this checkout's ({done})")
-    dumps = [f"{n}__{d}.json" for n in ("dpo",) + tuple(r.name for r in RUNS) for d in DOMAINS] + ["dpo__target.json"]
+            problems.append(f"{name}: trained with another config, data or code than this checkout's ({done})")
     problems += [f"missing lm-eval dump {os.path.join(seed_dir, 'eval', d)}" for d in dumps
                  if not os.path.isfile(os.path.join(seed_dir, "eval", d))]
     if not os.path.isfile(os.path.join(seed_dir, "results.json")):
@@ -341,6 +363,24 @@ def check_seed_runs(seed_dir: str, seed: int, real_dir: str, settings=REAL) -> N
                                      + "; ".join(problems) + ". Run the study without --summary-only to (re)run it.")
 
 
+def seed_data(seed_dir: str) -> dict:
+    """The seed's fact-set files (written by its first run)."""
+    return {split: os.path.join(seed_dir, "data", f"{split}.jsonl")
+            for split in ("train", "target", "report", "test_in", "test_out")}
+
+
+def check_seed_runs(seed_dir: str, seed: int, real_dir: str, settings=REAL) -> None:
+    """:func:`check_runs` for a seed of the main study (every row trained from the shipped model)."""
+    from ..real_pipeline import run_config
+    from ..real_world import MODEL_DIR
+
+    model = os.path.join(os.path.abspath(real_dir), MODEL_DIR)
+    data = seed_data(seed_dir)
+    check_runs(seed, seed_dir, {r.name: run_config(r, model, data, seed_dir, settings, seed) for r in RUNS},
+               [f"{n}__{d}.json" for n in ("dpo",) + tuple(r.name for r in RUNS) for d in DOMAINS]
+               + ["dpo__target.json"])
+
+
 class RealStudy(Study):
     """``--study real``: ``real_model.json``, ``real_model.md``, ``real_model_reliability_{in,out}.png``,
     ``real_model_deltas.png``. The shipped model is built once in
@@ -348,6 +388,7 @@ class RealStudy(Study):
 
     name = "real"
     stem = "real_model"
+    design = MAIN
     real_settings = REAL  # its own budget (not DemoSettings overrides: the synthetic pipeline is not used)
 
     @staticmethod
@@ -363,15 +404,15 @@ class RealStudy(Study):
         return super().finished_seed(seed_dir, seed)
 
     def seed_extras(self, seed_dir: str) -> dict:
-        return {"reliability": seed_reliability(seed_dir)}
+        return {"reliability": seed_reliability(seed_dir, self.design)}
 
     def figures(self, study: dict, summary_dir: str) -> list[str]:
         if not study["summary"].get("reliability"):
             return []
-        out = [plot_reliability(study, dom, os.path.join(summary_dir, f"{self.stem}_reliability_{dom}.png"))
-               for dom in DOMAINS]
-        if any(r in study["summary"]["diffs"] for r in DELTA_ROWS):
-            out.append(plot_deltas(study, os.path.join(summary_dir, f"{self.stem}_deltas.png")))
+        out = [plot_reliability(study, dom, os.path.join(summary_dir, f"{self.stem}_reliability_{dom}.png"),
+                                self.design) for dom in DOMAINS]
+        if any(r in study["summary"]["diffs"] for r in self.design.delta_rows):
+            out.append(plot_deltas(study, os.path.join(summary_dir, f"{self.stem}_deltas.png"), self.design))
         return out
 
     def describe(self, settings, plan) -> dict:
@@ -380,7 +421,7 @@ class RealStudy(Study):
         return {"settings": asdict(self.real_settings), "runs": [asdict(r) for r in RUNS], "primary": PRIMARY}
 
     def summarize(self, per_seed: dict) -> dict:
-        return summarize(per_seed)
+        return summarize(per_seed, self.design)
 
     def render(self, study: dict) -> str:
-        return render(study)
+        return render(study, self.design)
