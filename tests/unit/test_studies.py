@@ -17,7 +17,7 @@ from axolotl_calib_plugin.demo.studies import STUDIES, Study, get_study, registe
 STUDY_DIR = Path(__file__).resolve().parents[2] / "study"
 
 
-@pytest.mark.parametrize("name", ["main", "heldout", "alignment", "online", "heldout_optimism"])
+@pytest.mark.parametrize("name", ["main", "heldout", "alignment", "online", "heldout_optimism", "real", "real_staged"])
 def test_committed_summary_rerenders_byte_identical_from_its_json(tmp_path, name):
     """study/<stem>.md is what the study code renders from study/<stem>.json (re-summarised from the per-seed
     numbers), and the JSON itself round-trips: nothing in the committed summary is hand-edited or stale."""
