@@ -70,8 +70,11 @@ def _fresh_venv(path: Path) -> Path:
 
 
 def _pip(python: Path, *args: str, cwd: Path) -> None:
+    # without PYTHONPATH: a checkout on it (with its egg-info) looks like the package already installed there
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                           "--no-index", "--no-build-isolation", *args], cwd=cwd, capture_output=True, text=True)
+                           "--no-index", "--no-build-isolation", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
