@@ -51,7 +51,7 @@ def parse_seeds(spec: str) -> list[int]:
     except ValueError:
         raise bad from None
     if n < 1:
-        raise bad
+        raise argparse.ArgumentTypeError(f"{bad} (a count: seed 0 alone is '0,')") if n == 0 else bad
     return list(range(n))
 
 

@@ -259,6 +259,14 @@ def test_seed_lists_parse():
     from axolotl_calib_plugin.cli.parser import parse_seeds
 
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,4, 7") == [0, 4, 7] and parse_seeds("5,") == [5]
+    import argparse
+
+    # "0" is a count, not seed 0: the message says how to ask for seed 0 alone
+    with pytest.raises(argparse.ArgumentTypeError, match="needs a count >= 1 .* got '0' \\(a count: seed 0 alone is '0,'\\)"):
+        parse_seeds("0")
+    for bad in ("-2", "x", "1,1", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="needs a count >= 1"):
+            parse_seeds(bad)
 
 
 @pytest.mark.parametrize("content, message", [
