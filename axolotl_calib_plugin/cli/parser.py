@@ -513,9 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "preference domain: alignment kept, and held-out bins there; alignment.json), online (CFT "
                         "with the online E-step against the exact one; online.json), heldout_optimism (a reduced "
                         "held-out study: conf-ECE on the rows that set the targets vs on rows that set none; "
-                        "heldout_optimism.json) or real (SmolLM2-135M-Instruct on real facts, "
+                        "heldout_optimism.json), real (SmolLM2-135M-Instruct on real facts, "
                         "study/real_model_plan.md: seed k = training seed k and split seed k, the shipped model built "
-                        "once in OUTPUT_DIR/real; the real extra; real_model.json) or real_staged (exploratory: one more epoch of SFT "
+                        "once in OUTPUT_DIR/real; the real extra; real_model.json) or real_staged (exploratory: one more "
+                        "epoch of SFT "
                         "λ=0 / CFT from each seed's SFT λ=0 model of the real study, same OUTPUT_DIR; "
                         "real_model_staged.json)")
     d.add_argument("--summary-dir", default=None,

@@ -76,12 +76,13 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
     out = os.path.abspath(out)
     summary_dir = os.path.abspath(summary_dir or out)
     os.makedirs(summary_dir, exist_ok=True)
-    per_seed, carried = {}, []
-    prior = _prior_summary(study_def.paths(summary_dir)["json"]) if summary_only else {}
+    per_seed, carried, fingerprint = {}, [], code_fingerprint()
+    summary_json = study_def.paths(summary_dir)["json"]
+    prior = _prior_summary(summary_json) if summary_only else {}
     for seed in seeds:
         seed_dir = os.path.join(out, "runs", f"seed{seed}")
         if summary_only and not os.path.isdir(seed_dir):
-            per_seed[str(seed)] = _carried_seed(prior, seed, seed_dir, study_def.paths(summary_dir)["json"])
+            per_seed[str(seed)] = _carried_seed(prior, seed, seed_dir, summary_json, fingerprint)
             carried.append(seed)
             continue
         res = (study_def.finished_seed(seed_dir, seed) if summary_only
@@ -95,7 +96,7 @@ def run_study(out: str, seeds: Sequence[int], settings: DemoSettings = FULL, pla
                             f"{parallel} runs at a time",
                  "wall_time_s": round(sum(v["wall_time_s"] for v in per_seed.values()) if summary_only
                                       else time.time() - t0, 1), "commit": commit(),
-                 "code_fingerprint": code_fingerprint(),
+                 "code_fingerprint": fingerprint,
                  "seed_wall_time_s": {k: v["wall_time_s"] for k, v in per_seed.items()},
                  **({"seeds_from_summary": carried} if carried else {})},
         "per_seed": per_seed,
@@ -114,15 +115,16 @@ def _prior_summary(path: str) -> dict:
     return prior if isinstance(prior, dict) else {}
 
 
-def _carried_seed(prior: dict, seed: int, seed_dir: str, path: str) -> dict:
-    """Seed ``seed`` as the summary at ``path`` holds it, when that summary's code is this checkout's."""
+def _carried_seed(prior: dict, seed: int, seed_dir: str, path: str, fingerprint: str) -> dict:
+    """Seed ``seed`` as the summary at ``path`` holds it, when that summary's code is this checkout's
+    (``fingerprint``)."""
     entry = (prior.get("per_seed") or {}).get(str(seed))
     if entry is None:
         raise StepFailed(f"seed {seed}: no {seed_dir} and not in {path}; run the seed first")
     written_by = (prior.get("meta") or {}).get("code_fingerprint")
-    if written_by != code_fingerprint():
+    if written_by != fingerprint:
         raise StepFailed(f"seed {seed}: no {seed_dir}, and {path} was written by other code (fingerprint "
-                         f"{written_by}, this checkout {code_fingerprint()}): its runs are not this code's; "
+                         f"{written_by}, this checkout {fingerprint}): its runs are not this code's; "
                          "run the seed again")
     return entry
 

@@ -26,7 +26,7 @@ from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_infe
 from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
 
 __all__ = ["BASELINES", "DOMAINS", "Design", "FIGURE_ROWS", "MAIN", "METRICS", "PLANNED_SEEDS", "PRIMARY", "RealStudy",
-           "SECONDARY", "check_runs", "check_seed_runs", "seed_data", "plot_deltas", "plot_reliability", "pooled_reliability", "primary_answer",
+           "SECONDARY", "check_runs", "check_seed_runs", "real_dir_of", "run_problem", "seed_data", "plot_deltas", "plot_reliability", "pooled_reliability", "primary_answer",
            "render", "seed_reliability", "summarize"]
 
 #: the pre-named CFT variant of the primary question
@@ -343,17 +343,7 @@ def check_runs(seed: int, seed_dir: str, configs: dict, dumps) -> None:
     would write."""
     from ... import orchestrate
 
-    problems = []
-    for name, cfg in configs.items():
-        done = os.path.join(cfg["output_dir"], orchestrate.DONE_FILE)
-        try:
-            with open(done, encoding="utf-8") as f:
-                mark = json.load(f)
-        except (OSError, ValueError):
-            problems.append(f"{name}: no finished run ({done})")
-            continue
-        if mark.get("config_hash") != orchestrate.config_hash(cfg):
-            problems.append(f"{name}: trained with another config, data or code than this checkout's ({done})")
+    problems = [p for p in (run_problem(name, cfg) for name, cfg in configs.items()) if p]
     problems += [f"missing lm-eval dump {os.path.join(seed_dir, 'eval', d)}" for d in dumps
                  if not os.path.isfile(os.path.join(seed_dir, "eval", d))]
     if not os.path.isfile(os.path.join(seed_dir, "results.json")):
@@ -361,6 +351,27 @@ def check_runs(seed: int, seed_dir: str, configs: dict, dumps) -> None:
     if problems:
         raise orchestrate.StepFailed(f"seed {seed} ({seed_dir}) is not finished under this code: "
                                      + "; ".join(problems) + ". Run the study without --summary-only to (re)run it.")
+
+
+def run_problem(name: str, cfg: dict):
+    """None when the run of ``cfg`` finished under this config, data and code (its done marker holds the reuse key
+    :func:`axolotl_calib_plugin.orchestrate.config_hash` computes now), else what is wrong, naming the marker."""
+    from ... import orchestrate
+
+    done = os.path.join(cfg["output_dir"], orchestrate.DONE_FILE)
+    try:
+        with open(done, encoding="utf-8") as f:
+            mark = json.load(f)
+    except (OSError, ValueError):
+        return f"{name}: no finished run ({done})"
+    if not isinstance(mark, dict) or mark.get("config_hash") != orchestrate.config_hash(cfg):
+        return f"{name}: trained with another config, data or code than this checkout's ({done})"
+    return None
+
+
+def real_dir_of(seed_dir: str) -> str:
+    """``<output dir>/real`` (the shipped model and its manifest) of ``<output dir>/runs/seed<k>``."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(seed_dir))), "real")
 
 
 def seed_data(seed_dir: str) -> dict:
@@ -391,16 +402,12 @@ class RealStudy(Study):
     design = MAIN
     real_settings = REAL  # its own budget (not DemoSettings overrides: the synthetic pipeline is not used)
 
-    @staticmethod
-    def _real_dir(seed_dir: str) -> str:
-        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(seed_dir))), "real")
-
     def run_seed(self, seed_dir, seed, settings, plan, parallel, reuse) -> dict:
-        return run_real_seed(seed_dir, seed, self._real_dir(seed_dir), self.real_settings, parallel=parallel,
+        return run_real_seed(seed_dir, seed, real_dir_of(seed_dir), self.real_settings, parallel=parallel,
                              reuse=reuse)
 
     def finished_seed(self, seed_dir: str, seed: int) -> dict:
-        check_seed_runs(seed_dir, seed, self._real_dir(seed_dir), self.real_settings)
+        check_seed_runs(seed_dir, seed, real_dir_of(seed_dir), self.real_settings)
         return super().finished_seed(seed_dir, seed)
 
     def seed_extras(self, seed_dir: str) -> dict:

@@ -18,7 +18,8 @@ import shutil
 from dataclasses import asdict, replace
 
 from ..real_pipeline import REAL, RealRun, analyse, evaluate, run_config
-from .real import DOMAINS, PRIMARY, Design, RealStudy, check_runs, seed_data, seed_reliability
+from .base import Study
+from .real import DOMAINS, PRIMARY, Design, RealStudy, check_runs, real_dir_of, run_problem, seed_data, seed_reliability
 
 __all__ = ["RUNS", "STAGED", "SETTINGS", "RealStagedStudy", "run_staged_seed", "start_model"]
 
@@ -49,27 +50,18 @@ def start_model(seed_dir: str) -> str:
     return os.path.join(seed_dir, "models", "sft")
 
 
-def _start_key(seed_dir: str, seed: int) -> str:
-    """The start model's reuse marker, checked against the main study's config for it: the staged runs are only
-    ever trained from the main study's own, finished ``sft`` run."""
+def _check_start(seed_dir: str, seed: int) -> None:
+    """The staged runs are only ever trained from the main study's own ``sft`` run, finished under this code."""
     from ... import orchestrate
     from ..real_pipeline import RUNS as MAIN_RUNS
     from ..real_world import MODEL_DIR
 
-    real_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(seed_dir))), "real")
     sft = next(r for r in MAIN_RUNS if r.name == "sft")
-    cfg = run_config(sft, os.path.join(real_dir, MODEL_DIR), seed_data(seed_dir), seed_dir, REAL, seed)
-
-    done = os.path.join(cfg["output_dir"], orchestrate.DONE_FILE)
-    try:
-        with open(done, encoding="utf-8") as f:
-            mark = json.load(f)
-    except (OSError, ValueError):
-        mark = {}
-    if mark.get("config_hash") != orchestrate.config_hash(cfg):
-        raise orchestrate.StepFailed(f"seed {seed}: the main study's sft run ({cfg['output_dir']}) is not finished "
-                                     "under this code; run `--study real` for this seed first")
-    return mark["config_hash"]
+    cfg = run_config(sft, os.path.join(real_dir_of(seed_dir), MODEL_DIR), seed_data(seed_dir), seed_dir, REAL, seed)
+    problem = run_problem("sft", cfg)
+    if problem:
+        raise orchestrate.StepFailed(f"seed {seed}: the main study's sft run is not finished under this code "
+                                     f"({problem}); run `--study real` for this seed first")
 
 
 def _configs(seed_dir: str, seed: int, settings=SETTINGS) -> dict:
@@ -88,7 +80,9 @@ def run_staged_seed(seed_dir: str, seed: int, settings=SETTINGS, parallel: int =
     from ..pipeline import log_step, train_logged
 
     t0 = time.time()
-    key = _start_key(seed_dir, seed)
+    _check_start(seed_dir, seed)
+    with open(os.path.join(start_model(seed_dir), orchestrate.DONE_FILE), encoding="utf-8") as f:
+        key = json.load(f)["config_hash"]
     out = os.path.join(seed_dir, "staged")
     key_path = os.path.join(out, "start.key")
     if os.path.isfile(key_path) and open(key_path).read() != key:
@@ -131,13 +125,12 @@ class RealStagedStudy(RealStudy):
         return run_staged_seed(seed_dir, seed, SETTINGS, parallel=parallel, reuse=reuse)
 
     def finished_seed(self, seed_dir: str, seed: int) -> dict:
-        _start_key(seed_dir, seed)
+        _check_start(seed_dir, seed)
         out = os.path.join(seed_dir, "staged")
         check_runs(seed, out, _configs(seed_dir, seed),
                    [f"{n}__{d}.json" for n in ("dpo",) + tuple(r.name for r in RUNS) for d in DOMAINS]
                    + ["dpo__target.json"])
-        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
-            return json.load(f)
+        return Study.finished_seed(self, out, seed)  # the results.json reader, not RealStudy's main-study check
 
     def seed_extras(self, seed_dir: str) -> dict:
         return {"reliability": seed_reliability(os.path.join(seed_dir, "staged"), self.design)}
