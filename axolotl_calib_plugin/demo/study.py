@@ -126,6 +126,16 @@ def _carried_seed(prior: dict, seed: int, seed_dir: str, path: str, fingerprint:
         raise StepFailed(f"seed {seed}: no {seed_dir}, and {path} was written by other code (fingerprint "
                          f"{written_by}, this checkout {fingerprint}): its runs are not this code's; "
                          "run the seed again")
+    rows = entry.get("rows") if isinstance(entry, dict) else None
+    if not isinstance(rows, dict):
+        raise StepFailed(f"seed {seed}: per_seed.{seed} in {path} has no rows; restore the file or run the seed again")
+    for name, row in rows.items():
+        for dom, scores in (row.items() if isinstance(row, dict) else ()):
+            for key, value in (scores.items() if isinstance(scores, dict) else ()):
+                if key in ("conf_ece", "cw_ece", "acc", "mean_conf") and not (
+                        value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+                    raise StepFailed(f"seed {seed}: per_seed.{seed}.rows.{name}.{dom}.{key} in {path} is "
+                                     f"{value!r}, not a number; restore the file or run the seed again")
     return entry
 
 

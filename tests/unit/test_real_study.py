@@ -363,3 +363,20 @@ def test_staged_summary_only_and_its_refusals(tmp_path):
     os.remove(out / "runs" / "seed0" / "staged" / "eval" / "cft_train__in.json")
     with pytest.raises(StepFailed, match="missing lm-eval dump .*cft_train__in.json"):
         runner.run_study(str(out), [0], summary_dir=str(tmp_path / "sum3"), kind="real_staged", summary_only=True)
+
+
+def test_summary_only_refuses_a_carried_seed_whose_numbers_are_text(tmp_path):
+    from axolotl_calib_plugin.orchestrate import StepFailed
+
+    out, summary = tmp_path / "out", tmp_path / "sum"
+    _fake_seed(out / "runs" / "seed0", 0, out / "real")
+    runner.run_study(str(out), [0], summary_dir=str(summary), kind="real", summary_only=True)
+    import shutil
+
+    shutil.rmtree(out / "runs")
+    path = summary / "real_model.json"
+    study = json.loads(path.read_text(encoding="utf-8"))
+    study["per_seed"]["0"]["rows"]["sft"]["in"]["conf_ece"] = "0.1"
+    path.write_text(json.dumps(study), encoding="utf-8")
+    with pytest.raises(StepFailed, match=r"per_seed\.0\.rows\.sft\.in\.conf_ece .* is '0\.1', not a number"):
+        runner.run_study(str(out), [0], summary_dir=str(summary), kind="real", summary_only=True)
