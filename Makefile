@@ -65,7 +65,7 @@ study-alignment: $(STAMP)
 study-online: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(STUDY_SEEDS) --study online --output-dir $(STUDY_OUT) --summary-dir study
 
-# The method study on the real model (study/real_model_plan.md: 5 seeds, ~82 CPU min per seed; the real extra;
+# The method study on the real model (study/real_model_plan.md: 5 seeds, 47-66 min wall per seed on 2 cores; the real extra;
 # resumable: rerun to continue). The shipped model is built once in $(REAL_STUDY_OUT)/real.
 study-real: $(STAMP)
 	$(VENV)/bin/axolotl-calib demo --seeds $(REAL_STUDY_SEEDS) --study real --parallel $(REAL_STUDY_PARALLEL) --output-dir $(REAL_STUDY_OUT) --summary-dir study
