@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["equivalence", "fmt_ci", "fmt_diff", "fmt_pm", "fmt_pt", "holm", "mean_ci", "non_inferior",
-           "paired_difference", "seeds_needed", "verdict"]
+           "paired_difference", "seeds_needed", "seeds_to_clear", "verdict"]
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
@@ -104,8 +104,19 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 def seeds_needed(mu: float, sd: float, margin: float, power: float = 0.8, reps: int = 20000, max_n: int = 400,
                  seed: int = 0) -> int | None:
     """Smallest n with P(95 % t interval of n normal(mu, sd) differences inside +-margin) >= power (None: > max_n)."""
+    return seeds_to_clear(mu, sd, -margin, margin, power, reps, max_n, seed)
+
+
+def seeds_to_clear(mu: float, sd: float, lo: float = -math.inf, hi: float = math.inf, power: float = 0.8,
+                   reps: int = 20000, max_n: int = 400, seed: int = 0) -> int | None:
+    """Smallest n with P(95 % t interval of n normal(mu, sd) differences inside [lo, hi]) >= power: the seeds a
+    criterion still open at a study's observed mean and sd would need (an infinite bound makes it one-sided).
+    None when no n up to ``max_n`` does; always None when ``mu`` is not strictly inside, since an interval around
+    a mean on the wrong side of a bound clears it with probability under 1/2."""
     if sd == 0:
-        return 2 if abs(mu) <= margin else None
+        return 2 if lo <= mu <= hi else None
+    if not lo < mu < hi and power > 0.5:
+        return None
     rng = np.random.default_rng(seed)
     for n in range(2, max_n + 1):
         # a study's mean and sd of n normal differences, drawn from their exact distributions (independent:
@@ -113,7 +124,7 @@ def seeds_needed(mu: float, sd: float, margin: float, power: float = 0.8, reps: 
         m = rng.normal(mu, sd / math.sqrt(n), size=reps)
         s = sd * np.sqrt(rng.chisquare(n - 1, size=reps) / (n - 1))
         half = stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)
-        if np.mean((m - half >= -margin) & (m + half <= margin)) >= power:
+        if np.mean((m - half >= lo) & (m + half <= hi)) >= power:
             return n
     return None
 

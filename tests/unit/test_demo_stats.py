@@ -183,3 +183,23 @@ def test_holm_and_non_inferiority_by_hand():
     assert non_inferior(d, 0.01) == "reproduced" and non_inferior(d, 0.005) == "inconclusive"
     assert non_inferior({"n": 5, "mean": -0.03, "lo": -0.04, "hi": -0.02}, 0.01) == "not reproduced"
     assert non_inferior({"n": 1, "mean": 0.0, "lo": float("nan"), "hi": float("nan")}, 0.01) == "inconclusive"
+
+
+def test_seeds_to_clear_one_and_two_sided():
+    from axolotl_calib_plugin.demo.stats import seeds_needed, seeds_to_clear
+
+    # no spread: two seeds decide a mean inside the bounds, none a mean outside them
+    assert seeds_to_clear(-0.02, 0.0, hi=0.0) == 2 and seeds_to_clear(0.02, 0.0, hi=0.0) is None
+    # a mean on the wrong side of (or on) a bound: no study clears it with probability above 1/2
+    assert seeds_to_clear(0.001, 0.01, hi=0.0) is None and seeds_to_clear(0.0, 0.01, hi=0.0) is None
+    assert seeds_to_clear(-0.02, 0.01, lo=-0.01) is None
+    # equivalence is the two-sided case of the same computation
+    assert seeds_needed(0.002, 0.006, 0.01) == seeds_to_clear(0.002, 0.006, -0.01, 0.01)
+    # one bound is easier to clear than two at the same distance, and a mean further from it needs fewer seeds
+    assert seeds_to_clear(0.0, 0.01, hi=0.005) <= seeds_needed(0.0, 0.01, 0.005)
+    assert seeds_to_clear(-0.01, 0.01, hi=0.0) < seeds_to_clear(-0.005, 0.01, hi=0.0)
+    # large n: the normal approximation ((z_.975 + z_.8) sd / distance)^2 = 31.4 seeds for a distance of sd / 2
+    n = seeds_to_clear(0.0, 1.0, hi=0.5)
+    assert 31 <= n <= 36
+    # a lower bound mirrors an upper one
+    assert seeds_to_clear(0.0, 1.0, lo=-0.5) == n

@@ -14,6 +14,7 @@ from axolotl_calib_plugin.cli.parser import build_parser
 from axolotl_calib_plugin.demo import study as runner
 from axolotl_calib_plugin.demo.real_pipeline import REAL, ROWS, RUNS, run_config
 from axolotl_calib_plugin.demo.studies import STUDIES, RealStudy, get_study
+from axolotl_calib_plugin.demo.stats import seeds_to_clear
 from axolotl_calib_plugin.demo.studies import real as real_study
 
 #: Student t quantiles (two-sided 95 %), df 2
@@ -113,6 +114,31 @@ def test_summary_cells_differences_and_holm_by_hand():
 def test_primary_answer_follows_the_pre_registered_margins(extra, answer):
     s = real_study.summarize(_per_seed({**BASE_OVER, **extra}))
     assert s["primary"]["answer"] == answer
+
+
+def test_primary_answer_gives_the_seeds_that_would_decide_each_open_condition():
+    p = real_study.summarize(_per_seed(BASE_OVER))["primary"]
+    # in domain only "no worse than TS" is open (differences 0 / +0.005 / +0.005 against a bound of +0.01)
+    assert p["seeds_needed"]["out"] == {} and list(p["seeds_needed"]["in"]) == ["conf_ece_no_worse_than_ts"]
+    n = p["seeds_needed"]["in"]["conf_ece_no_worse_than_ts"]
+    assert n == seeds_to_clear(0.01 / 3, 0.005 / math.sqrt(3), hi=0.01, power=real_study.SEEDS_POWER) and 3 < n < 10
+    # a mean that fails the condition: more seeds cannot make it hold
+    worse = {**BASE_OVER, ("cft_heldout", "in", "conf_ece"): [0.06, 0.075, 0.115]}  # +0.01 / +0.01 / +0.03 vs TS
+    p = real_study.summarize(_per_seed(worse))["primary"]
+    assert p["in"]["conf_ece_no_worse_than_ts"] == "open"
+    assert p["seeds_needed"]["in"]["conf_ece_no_worse_than_ts"] == "wrong side"
+    md_open = RealStudy().render(_study(_per_seed(worse)))
+    assert "- in: conf ece no worse than ts: wrong side" in md_open
+    # every condition decided: no such list
+    decided = {**BASE_OVER, ("ts", "in", "conf_ece"): [0.10, 0.12, 0.14]}
+    assert "Seeds a new study would need" not in RealStudy().render(_study(_per_seed(decided)))
+
+
+def _study(per_seed: dict) -> dict:
+    study = {"meta": {"seeds": [0, 1, 2], "commit": "abc", "machine": "2 CPU cores", "wall_time_s": 1.0,
+                      "settings": {"lr": 5e-5}}, "per_seed": per_seed}
+    study["summary"] = real_study.summarize(per_seed)
+    return json.loads(json.dumps(study))
 
 
 def test_render_from_the_study_dict():

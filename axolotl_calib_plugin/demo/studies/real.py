@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..real_pipeline import REAL, ROWS, RUNS, run_real_seed
-from ..stats import equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference
+from ..stats import (equivalence, fmt_ci, fmt_pm, fmt_pt, holm, mean_ci, non_inferior, paired_difference,
+                     seeds_to_clear)
 from .base import ACC_NONINFERIORITY_MARGIN, HOLM_ALPHA, MARGINS_TEXT, TS_EQUIVALENCE_MARGIN, Study, seed_values
 
 __all__ = ["BASELINES", "DOMAINS", "Design", "FIGURE_ROWS", "MAIN", "METRICS", "PLANNED_SEEDS", "PRIMARY", "RealStudy",
@@ -37,6 +38,8 @@ DOMAINS = {"in": "in-domain (test_in, geography)", "out": "out-of-domain (test_o
 METRICS = ("conf_ece", "cw_ece", "acc")
 #: the seeds of the plan (study/real_model_plan.md); a summary of fewer is printed as interim
 PLANNED_SEEDS = 5
+#: the power at which a still-open condition's seed count is given (a reading aid: the plan fixes the seeds)
+SEEDS_POWER = 0.8
 #: the rows drawn as reliability diagrams (pooled over the seeds): the start, its TS, λ=0 and the primary variant
 FIGURE_ROWS = ("dpo", "ts", "sft", PRIMARY)
 #: the rows of the forest plot, each against SFT λ=0 and against TS
@@ -78,18 +81,35 @@ def _condition(diff: dict, upper: float) -> str:
     return "yes" if diff["hi"] < upper else ("no" if diff["lo"] >= upper else "open")
 
 
+def _seeds_to_decide(diff: dict, lo: float = -math.inf, hi: float = math.inf) -> int | str | None:
+    """The seeds a new study would need for ``diff``'s interval to clear [lo, hi] with :data:`SEEDS_POWER`, at
+    this study's mean and sd: a count, "wrong side" (the mean does not clear the bound: no count does), "> 400",
+    or None under two seeds."""
+    if diff["n"] < 2 or math.isnan(diff["sd"]):
+        return None
+    if not lo < diff["mean"] < hi:
+        return "wrong side"
+    return seeds_to_clear(diff["mean"], diff["sd"], lo, hi, SEEDS_POWER) or "> 400"
+
+
 def primary_answer(diffs: dict, row: str = PRIMARY) -> dict:
     """Per domain the three conditions of the primary question for ``row`` and the answer: "yes" when all hold in
-    both domains, "no" when any fails in either, else "inconclusive"."""
-    out = {}
+    both domains, "no" when any fails in either, else "inconclusive"; for each open condition, the seeds that would
+    decide it (``seeds_needed``: domain -> condition -> :func:`_seeds_to_decide`)."""
+    out, needed = {}, {}
     for dom in DOMAINS:
         vs_sft, vs_ts = diffs[row]["sft"][dom], diffs[row]["ts"][dom]
         acc = non_inferior(vs_sft["acc"], ACC_NONINFERIORITY_MARGIN)
         out[dom] = {"conf_ece_below_sft": _condition(vs_sft["conf_ece"], 0.0),
                     "conf_ece_no_worse_than_ts": _condition(vs_ts["conf_ece"], TS_EQUIVALENCE_MARGIN),
                     "acc_non_inferior_to_sft": {"reproduced": "yes", "not reproduced": "no"}.get(acc, "open")}
+        bounds = {"conf_ece_below_sft": (vs_sft["conf_ece"], -math.inf, 0.0),
+                  "conf_ece_no_worse_than_ts": (vs_ts["conf_ece"], -math.inf, TS_EQUIVALENCE_MARGIN),
+                  "acc_non_inferior_to_sft": (vs_sft["acc"], -ACC_NONINFERIORITY_MARGIN, math.inf)}
+        needed[dom] = {k: _seeds_to_decide(*bounds[k]) for k, v in out[dom].items() if v == "open"}
     answers = [v for d in out.values() for v in d.values()]
     out["answer"] = "yes" if all(a == "yes" for a in answers) else ("no" if "no" in answers else "inconclusive")
+    out["seeds_needed"] = needed
     return out
 
 
@@ -267,6 +287,12 @@ def render(study: dict, design: Design = MAIN) -> str:
     else:
         for dom in DOMAINS:
             md.append(f"- {dom}: " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in p[dom].items()))
+        needed = {dom: v for dom, v in (p.get("seeds_needed") or {}).items() if any(x is not None for x in v.values())}
+        if needed:
+            md += ["", f"Seeds a new study would need to decide each open condition ({SEEDS_POWER:.0%} power, at "
+                       "this study's mean and sd of the paired difference; \"wrong side\": the mean itself fails the "
+                       "condition, so more seeds would not make it hold):", ""]
+            md += [f"- {dom}: " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in x.items()) for dom, x in needed.items()]
         md += ["", f"**Answer: {p['answer']}** ({len(seeds)} seeds)."]
     return "\n".join(md) + "\n"
 
